@@ -1,0 +1,58 @@
+# ModelWarden — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help install lint typecheck test test-unit test-integration cluster-up cluster-down cluster-build \
+        system-deps demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[install] pip install -e '.[dev]' into $(VENV)"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install modelwarden with its dev tools
+
+system-deps: ## install the Debian packages the local environment needs (prometheus, postgresql, openssl)
+	@bash hack/install-system-deps.sh
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check operator model_server localenv tests
+
+typecheck: $(STAMP) ## mypy --strict
+	$(VENV)/bin/mypy
+
+cluster-build: $(STAMP) ## build the pinned control plane + KWOK from the Go module proxy (cached)
+	@$(PY) -m localenv.cluster build
+
+cluster-up: $(STAMP) system-deps ## start the local control plane (idempotent); last line is KUBECONFIG=...
+	@$(PY) -m localenv.cluster up
+
+cluster-down: $(STAMP) ## stop the local control plane and delete its state
+	@$(PY) -m localenv.cluster down
+
+test-unit: $(STAMP) ## fast, pure tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP) system-deps ## tests against the real control plane, Prometheus and PostgreSQL
+	@$(PY) -m localenv.cluster build
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: lint typecheck test-unit test-integration ## everything CI runs
+
+demo: $(STAMP) ## the main job: the whole rollout/rollback story on a local cluster
+	@echo "make demo: the rollout/rollback demo arrives with the operator (issues 3, 4 and 7)."
+	@echo "Until then: make cluster-up starts the real local control plane; make test runs everything."
+
+clean: ## remove the venv and caches inside the repo (the binary cache outside it stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,352 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and KWOK (fake nodes whose pods become Running and Ready without a kubelet).
+
+Binaries are built once from the Go module proxy by ``hack/build-k8s.sh`` and cached outside the
+repository. Authentication is by static tokens; authorization is RBAC. One kubeconfig per user is
+written into the state directory; ``up`` prints ``KUBECONFIG=<admin kubeconfig>`` as its last line.
+
+    python -m localenv.cluster up | down | status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from localenv._proc import (
+    REPO_ROOT,
+    EnvironmentStartError,
+    cache_dir,
+    free_port,
+    pid_alive,
+    progress,
+    run,
+    start_process,
+    stop_pid,
+    wait_until,
+)
+
+K8S_VERSION = os.environ.get("K8S_VERSION", "v1.34.4")
+KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.7.0")
+FAKE_NODES = 3
+
+# user -> groups. Tokens are random per cluster; the groups are what the tests and policies rely on.
+USERS: dict[str, tuple[str, ...]] = {
+    "admin": ("system:masters",),
+    "finance-approver": ("modelwarden:finance-approvers",),
+    "regulatory-approver": ("modelwarden:regulatory-approvers",),
+    # One person in both approver groups: must never make a quorum alone.
+    "dual-approver": ("modelwarden:finance-approvers", "modelwarden:regulatory-approvers"),
+    "developer": (),
+    # The identity the operator runs as in tests; bound to exactly the operator's ClusterRole.
+    "modelwarden-operator": (),
+}
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    server: str
+    kubeconfigs: dict[str, Path]
+    tokens: dict[str, str]
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.kubeconfigs["admin"]
+
+    @property
+    def bin_dir(self) -> Path:
+        return binaries_dir()
+
+    def kubectl(self, *args: str, user: str = "admin", input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the cluster's own kubectl (same release as the API server) as ``user``."""
+        done = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfigs[user]), *args],
+            input=input, capture_output=True, text=True, check=False,
+        )
+        if check and done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+        return done
+
+    def healthy(self) -> bool:
+        return all(pid_alive(p) for p in self.pids.values()) and _readyz(self.server, self.tokens["admin"],
+                                                                           self.state_dir / "pki" / "ca.crt")
+
+    def save(self) -> None:
+        data = asdict(self)
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+        data["kubeconfigs"] = {u: str(p) for u, p in self.kubeconfigs.items()}
+        (self.state_dir / "cluster.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Cluster | None:
+        try:
+            data = json.loads((state_dir / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(
+            state_dir=Path(data["state_dir"]),
+            server=data["server"],
+            kubeconfigs={u: Path(p) for u, p in data["kubeconfigs"].items()},
+            tokens=data["tokens"],
+            pids={k: int(v) for k, v in data["pids"].items()},
+        )
+
+
+def default_state_dir() -> Path:
+    return cache_dir() / "cluster"
+
+
+def binaries_dir() -> Path:
+    return cache_dir() / "k8s" / f"{K8S_VERSION}-kwok-{KWOK_VERSION}" / "bin"
+
+
+def build_binaries() -> Path:
+    """Build (or reuse) the pinned binaries; the build script prints its own progress."""
+    bin_dir = binaries_dir()
+    if (bin_dir.parent / ".complete").exists():
+        return bin_dir
+    progress("cluster", f"building Kubernetes {K8S_VERSION} and KWOK {KWOK_VERSION} from the Go module proxy "
+             "(once; cached under " + str(bin_dir.parent) + ")")
+    env = {**os.environ, "K8S_VERSION": K8S_VERSION, "KWOK_VERSION": KWOK_VERSION,
+           "MODELWARDEN_CACHE": str(cache_dir())}
+    done = subprocess.run(["bash", str(REPO_ROOT / "hack" / "build-k8s.sh")], env=env, check=False,
+                          stdout=subprocess.DEVNULL)
+    if done.returncode != 0 or not (bin_dir.parent / ".complete").exists():
+        raise EnvironmentStartError(
+            f"building the control plane failed (hack/build-k8s.sh exited {done.returncode}); see its output above")
+    return bin_dir
+
+
+def _readyz(server: str, token: str, ca: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    req = urllib.request.Request(server + "/readyz", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _make_pki(pki: Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+    ossl = shutil.which("openssl")
+    if not ossl:
+        raise EnvironmentStartError("openssl is not installed (apt-get install openssl)")
+    what = "creating the cluster's certificates"
+    run([ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", pki / "ca.key", "-out", pki / "ca.crt",
+         "-days", "3650", "-subj", "/CN=modelwarden-local-ca"], what)
+    run([ossl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", pki / "apiserver.key", "-out",
+         pki / "apiserver.csr", "-subj", "/CN=kube-apiserver"], what)
+    (pki / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc\n")
+    run([ossl, "x509", "-req", "-in", pki / "apiserver.csr", "-CA", pki / "ca.crt", "-CAkey", pki / "ca.key",
+         "-CAcreateserial", "-out", pki / "apiserver.crt", "-days", "3650", "-extfile", pki / "san.ext"], what)
+    run([ossl, "genrsa", "-out", pki / "sa.key", "2048"], what)
+    run([ossl, "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub"], what)
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "modelwarden-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "modelwarden-local", "user": user}}],
+        "current-context": user,
+    }, indent=2))
+    path.chmod(0o600)
+
+
+_KWOK_NODE = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {
+        "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+        "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok"},
+    },
+    "status": {
+        "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
+                     "kubeProxyVersion": "fake"},
+    },
+}
+
+
+def up(state_dir: Path | None = None) -> Cluster:
+    """Start the control plane, or return the one already running from ``state_dir``. Idempotent."""
+    state_dir = state_dir or default_state_dir()
+    existing = Cluster.load(state_dir)
+    if existing and existing.healthy():
+        progress("cluster", f"already running at {existing.server}")
+        return existing
+    if existing:
+        progress("cluster", "stale state found; restarting")
+        down(state_dir)
+
+    bin_dir = build_binaries()
+    started = time.monotonic()
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    pki, logs = state_dir / "pki", state_dir / "logs"
+    logs.mkdir(parents=True)
+    _make_pki(pki)
+
+    tokens = {user: secrets.token_hex(16) for user in USERS}
+    with (state_dir / "tokens.csv").open("w") as f:
+        for i, (user, groups) in enumerate(USERS.items()):
+            f.write(f'{tokens[user]},{user},uid-{i},"{",".join(groups)}"\n')
+
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfigs = {}
+    for user in USERS:
+        kubeconfigs[user] = state_dir / f"{user}.kubeconfig"
+        _write_kubeconfig(kubeconfigs[user], server, pki / "ca.crt", user, tokens[user])
+    cluster = Cluster(state_dir=state_dir, server=server, kubeconfigs=kubeconfigs, tokens=tokens)
+
+    try:
+        progress("cluster", f"starting etcd on 127.0.0.1:{etcd_port}")
+        etcd = start_process([
+            bin_dir / "etcd", "--name", "local", "--data-dir", state_dir / "etcd",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"local=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ], logs / "etcd.log")
+        cluster.pids["etcd"] = etcd.pid
+
+        progress("cluster", f"starting kube-apiserver {K8S_VERSION} on {server}")
+        apiserver = start_process([
+            bin_dir / "kube-apiserver",
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--token-auth-file={state_dir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            # The loopback address cannot be an Endpoints address; nothing in-cluster dials the API via the
+            # kubernetes Service here.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true", "--profiling=false",
+            f"--cert-dir={pki}",
+        ], logs / "kube-apiserver.log")
+        cluster.pids["kube-apiserver"] = apiserver.pid
+        wait_until(lambda: _readyz(server, tokens["admin"], pki / "ca.crt"), timeout=90,
+                   what="kube-apiserver", log_path=logs / "kube-apiserver.log", process=apiserver)
+
+        progress("cluster", "starting kube-controller-manager and kube-scheduler")
+        kcm = start_process([
+            bin_dir / "kube-controller-manager", f"--kubeconfig={kubeconfigs['admin']}",
+            "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+            "--controllers=*,-nodeipam",
+        ], logs / "kube-controller-manager.log")
+        cluster.pids["kube-controller-manager"] = kcm.pid
+        scheduler = start_process([
+            bin_dir / "kube-scheduler", f"--kubeconfig={kubeconfigs['admin']}",
+            "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+        ], logs / "kube-scheduler.log")
+        cluster.pids["kube-scheduler"] = scheduler.pid
+
+        progress("cluster", f"starting KWOK {KWOK_VERSION} with {FAKE_NODES} fake nodes")
+        kwok = start_process([
+            bin_dir / "kwok", f"--kubeconfig={kubeconfigs['admin']}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--manage-nodes-with-label-selector=",
+            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
+            "--disregard-status-with-label-selector=",
+            "--cidr=10.0.0.1/24", "--node-ip=10.0.0.1",
+            "--server-address=127.0.0.1:0",
+        ], logs / "kwok.log")
+        cluster.pids["kwok"] = kwok.pid
+        cluster.save()
+
+        for i in range(FAKE_NODES):
+            node = json.loads(json.dumps(_KWOK_NODE))
+            node["metadata"]["name"] = f"kwok-node-{i}"
+            node["metadata"]["labels"]["kubernetes.io/hostname"] = f"kwok-node-{i}"
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
+
+        def nodes_ready() -> bool:
+            out = cluster.kubectl("get", "nodes", "-o",
+                                  "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").stdout
+            return out.split() == ["True"] * FAKE_NODES
+
+        wait_until(nodes_ready, timeout=60, what="KWOK nodes Ready", log_path=logs / "kwok.log", process=kwok)
+
+        def default_service_account() -> bool:
+            return cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+
+        wait_until(default_service_account, timeout=60, what="kube-controller-manager (default ServiceAccount)",
+                   log_path=logs / "kube-controller-manager.log", process=kcm)
+    except BaseException:
+        down(state_dir)
+        raise
+    progress("cluster", f"ready in {time.monotonic() - started:.1f}s; logs in {logs}")
+    return cluster
+
+
+def down(state_dir: Path | None = None) -> None:
+    """Stop every process of the cluster and delete its state. Safe to call when nothing runs."""
+    state_dir = state_dir or default_state_dir()
+    cluster = Cluster.load(state_dir)
+    if cluster:
+        for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            pid = cluster.pids.get(name)
+            if pid:
+                stop_pid(pid)
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localenv.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status", "build"])
+    parser.add_argument("--state-dir", type=Path, default=None, help="default: $MODELWARDEN_CACHE/cluster")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            print(build_binaries())
+        elif args.command == "up":
+            cluster = up(args.state_dir)
+            print(f"KUBECONFIG={cluster.admin_kubeconfig}")
+        elif args.command == "down":
+            down(args.state_dir)
+            progress("cluster", "stopped")
+        else:
+            found = Cluster.load(args.state_dir or default_state_dir())
+            if found and found.healthy():
+                print(f"running at {found.server}\nKUBECONFIG={found.admin_kubeconfig}")
+            else:
+                print("not running")
+                return 1
+    except EnvironmentStartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Artifact manifest, SHA256 verification, feature contract and report formats (shared with the server)."""

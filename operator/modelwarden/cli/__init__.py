@@ -1,0 +1,1 @@
+"""The ``modelwarden`` command line (also ``kubectl modelwarden``)."""

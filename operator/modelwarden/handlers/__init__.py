@@ -1,0 +1,1 @@
+"""Thin kopf layer: observe, ``engine.decide``, apply actions, write status once."""

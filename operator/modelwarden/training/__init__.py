@@ -1,0 +1,1 @@
+"""The scikit-learn training pipeline that produces verified artifact directories."""

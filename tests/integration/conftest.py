@@ -1,0 +1,70 @@
+"""Session fixtures for the real local environment. If a component cannot start, the run fails and
+says why (``EnvironmentStartError``); nothing here ever skips."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from localenv import cluster as cluster_env
+from localenv import postgres as postgres_env
+from localenv import prometheus as prometheus_env
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[cluster_env.Cluster]:
+    """The control plane: reused if `make cluster-up` already started it, else started (and stopped) here."""
+    already_running = cluster_env.Cluster.load(cluster_env.default_state_dir())
+    reuse = already_running is not None and already_running.healthy()
+    running = cluster_env.up()
+    yield running
+    if not reuse:
+        cluster_env.down()
+
+
+@pytest.fixture(scope="session")
+def api_clients(cluster: cluster_env.Cluster) -> dict[str, client.ApiClient]:
+    return {user: config.new_client_from_config(config_file=str(path)) for user, path in cluster.kubeconfigs.items()}
+
+
+@pytest.fixture
+def admin_api(api_clients: dict[str, client.ApiClient]) -> client.ApiClient:
+    return api_clients["admin"]
+
+
+@pytest.fixture
+def namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., prometheus_env.Prometheus]]:
+    """Start throw-away Prometheus servers; each is stopped at the end of the test."""
+    started: list[prometheus_env.Prometheus] = []
+
+    def start(**kwargs: Any) -> prometheus_env.Prometheus:
+        prom = prometheus_env.start(tmp_path / f"prometheus-{len(started)}", **kwargs)
+        started.append(prom)
+        return prom
+
+    yield start
+    for prom in started:
+        if prom.running():
+            prom.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[postgres_env.Postgres]:
+    pg = postgres_env.start()
+    yield pg
+    pg.destroy()
