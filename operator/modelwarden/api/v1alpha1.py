@@ -1,0 +1,329 @@
+"""``modelwarden.io/v1alpha1``: the MLModel and ModelApproval resources.
+
+These pydantic models are the single source of truth: ``make crds`` renders ``crds/*.yaml`` from them
+(:mod:`modelwarden.api.crdgen`), and the operator parses objects with them. Rules a structural schema
+cannot say are CEL ``x-kubernetes-validations`` attached here, so the API server rejects bad objects.
+
+No floats in spec: ratios and objectives are decimal strings (``"99.9"``), durations are ``…Seconds``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelwarden.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MLMODEL_PLURAL = "mlmodels"
+APPROVAL_PLURAL = "modelapprovals"
+
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
+# DNS-1123 label, so a version can appear in object names and label values.
+VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ROLE_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+
+# Labels and annotations we set or read.
+LABEL_MODEL = f"{GROUP}/model"
+LABEL_TRACK = f"{GROUP}/track"
+LABEL_VERSION = f"{GROUP}/version"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_SHA256 = f"{GROUP}/sha256"
+# `modelwarden promote` sets this to "<version>/<stepIndex>": it releases exactly that manual pause.
+ANNOTATION_PROMOTE = f"{GROUP}/promote"
+# `modelwarden resume` sets this to the halt's id: it clears exactly that halt.
+ANNOTATION_RESUME = f"{GROUP}/resume"
+
+Track = Literal["stable", "canary"]
+
+
+class ConditionType:
+    READY = "Ready"
+    APPROVED = "Approved"
+    ARTIFACT_VERIFIED = "ArtifactVerified"
+    PROGRESSING = "Progressing"
+    HEALTHY = "Healthy"
+    ROLLED_BACK = "RolledBack"
+    HALTED = "Halted"
+    RETRAINING_ELIGIBLE = "RetrainingEligible"
+
+
+class Reason:
+    """CamelCase reasons shared by conditions and Events."""
+
+    # Approved
+    QUORUM_MET = "QuorumMet"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    # ArtifactVerified
+    SHA256_MATCH = "Sha256Match"
+    SHA256_MISMATCH = "Sha256Mismatch"
+    ARTIFACT_UNAVAILABLE = "ArtifactUnavailable"
+    # Progressing / Ready
+    DEPLOYING = "Deploying"
+    WAITING_FOR_CANARY = "WaitingForCanaryReady"
+    STEP_PAUSED = "StepPaused"
+    AWAITING_PROMOTE = "AwaitingPromote"
+    STEP_ADVANCED = "StepAdvanced"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    DEPLOYED = "Deployed"
+    STABLE = "Stable"
+    CANARY_ABORTED = "CanaryAborted"
+    KILL_SWITCH = "KillSwitchEngaged"
+    WAITING_FOR_STABLE = "WaitingForStableReady"
+    ANALYSIS_PENDING = "AnalysisPending"
+
+
+class Phase:
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    STABLE = "Stable"
+    ROLLING_BACK = "RollingBack"
+    HALTED = "Halted"
+    DISABLED = "Disabled"
+    FAILED = "Failed"
+
+
+def _validations(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """``x-kubernetes-validations`` for a schema node: (rule, message[, fieldPath])."""
+    out = []
+    for rule in rules:
+        entry = {"rule": rule[0], "message": rule[1]}
+        if len(rule) == 3:
+            entry["fieldPath"] = rule[2]
+        out.append(entry)
+    return {"x-kubernetes-validations": out}
+
+
+class _Model(BaseModel):
+    """camelCase on the wire; unknown fields ignored when reading (the API server already pruned them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, no unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --- MLModel spec ---------------------------------------------------------------------------------------
+
+
+class ArtifactRef(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("self.format != 'joblib' || self.allowUnsafeJoblib",
+             "format joblib unpickles arbitrary code: set allowUnsafeJoblib: true to opt in", ".format"),
+        ),
+    )
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048, description="Where the model file is (file://, https://).")]
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN, description="SHA256 of the model file, 64 lowercase hex.")]
+    format: Literal["skops", "onnx", "joblib"] = "skops"
+    allow_unsafe_joblib: bool = False
+
+
+class FeatureContract(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("size(self.features) == self.nFeatures",
+             "featureContract.nFeatures must equal the number of features listed", ".nFeatures"),
+        ),
+    )
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    features: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=253)]],
+        Field(min_length=1, max_length=1024, json_schema_extra={"x-kubernetes-list-type": "set"},
+              description="Feature names in the order the model expects them."),
+    ]
+    n_features: Annotated[int, Field(ge=1, le=1024)]
+
+
+class SecretKeyRef(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    key: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class FeedbackStore(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("self.type != 'postgresql' || has(self.dsnSecretRef)",
+             "a postgresql feedback store needs dsnSecretRef", ".dsnSecretRef"),
+        ),
+    )
+
+    type: Literal["sqlite", "postgresql"] = "sqlite"
+    dsn_secret_ref: SecretKeyRef | None = None
+
+
+class Serving(_Model):
+    image: Annotated[str, Field(min_length=1, max_length=512)] = "modelwarden/model-server:0.1.0"
+    replicas: Annotated[int, Field(ge=1, le=1000)] = 2
+    neutral_prediction: Annotated[
+        str, Field(pattern=r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$", description="Answer served while disabled.")
+    ] = "0.0"
+    resources: dict[str, dict[str, str]] | None = Field(
+        default=None, description="Container resources (requests/limits), as in a Pod spec.")
+    feedback_store: FeedbackStore = Field(default_factory=FeedbackStore)
+
+
+class Step(_Model):
+    set_weight: Annotated[int, Field(ge=1, le=100, description="Percent of traffic on the canary.")]
+    pause_seconds: Annotated[
+        int | None,
+        Field(ge=0, le=604800, description="How long to hold this step; absent means wait for `modelwarden promote`."),
+    ] = None
+
+
+class GatewayAPIRouting(_Model):
+    http_route: Annotated[str, Field(min_length=1, max_length=253, description="HTTPRoute (same namespace) to weight.")]
+
+
+class TrafficRouting(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("self.type != 'gatewayAPI' || has(self.gatewayAPI)", "gatewayAPI routing needs gatewayAPI.httpRoute",
+             ".gatewayAPI"),
+        ),
+    )
+
+    type: Literal["replicas", "gatewayAPI"] = "replicas"
+    gateway_api: GatewayAPIRouting | None = Field(default=None, alias="gatewayAPI")
+
+
+class Analysis(_Model):
+    interval_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    max_error_ratio: Annotated[str, Field(pattern=DECIMAL_PATTERN)] = "0.05"
+    max_p99_latency_ms: Annotated[int, Field(ge=1)] = 500
+    max_feature_mismatch: Annotated[int, Field(ge=0)] = 0
+    min_requests: Annotated[int, Field(ge=0)] = 20
+
+
+def _default_steps() -> list[Step]:
+    return [Step(set_weight=10, pause_seconds=300), Step(set_weight=50, pause_seconds=600),
+            Step(set_weight=100, pause_seconds=0)]
+
+
+class Rollout(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("self.steps.map(s, s.setWeight).isSorted() && "
+             "self.steps.all(s, self.steps.exists_one(t, t.setWeight == s.setWeight))",
+             "rollout.steps[*].setWeight must strictly increase", ".steps"),
+        ),
+    )
+
+    steps: Annotated[list[Step], Field(min_length=1, max_length=20)] = Field(default_factory=_default_steps)
+    traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
+    analysis: Analysis = Field(default_factory=Analysis)
+
+
+class SLO(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("double(self.objective) > 0.0 && double(self.objective) < 100.0",
+             "slo.objective is a percentage strictly between 0 and 100", ".objective"),
+        ),
+    )
+
+    objective: Annotated[str, Field(pattern=DECIMAL_PATTERN, description='Availability target, e.g. "99.9".')] = "99.9"
+    window_seconds: Annotated[int, Field(ge=3600, le=90 * 86400)] = 28 * 86400
+
+
+class Approvals(_Model):
+    required_roles: Annotated[
+        list[Annotated[str, Field(pattern=ROLE_PATTERN)]],
+        Field(min_length=1, max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=lambda: ["finance", "regulatory"])
+
+
+class MLModelSpec(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="The kill switch: false makes every replica answer the neutral prediction (DISABLED_CONFIG).")
+    version: Annotated[str, Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)]
+    artifact: ArtifactRef
+    feature_contract: FeatureContract
+    serving: Serving = Field(default_factory=Serving)
+    rollout: Rollout = Field(default_factory=Rollout)
+    slo: SLO = Field(default_factory=SLO)
+    approvals: Approvals = Field(default_factory=Approvals)
+
+
+# --- MLModel status -------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class ApprovalRecord(_Model):
+    role: str
+    approver: str
+    approved_at: str | None = None
+    name: str | None = Field(default=None, description="The ModelApproval object.")
+
+
+class ArtifactVersion(_Model):
+    version: str
+    sha256: str
+    uri: str
+    format: str = "skops"
+
+
+class HistoryEntry(_Model):
+    version: str
+    sha256: str
+    uri: str
+    format: str = "skops"
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    deployed_at: str
+    retired_at: str | None = None
+    outcome: Literal["Serving", "Superseded", "RolledBack"] = "Serving"
+
+
+class MLModelStatus(_Model):
+    observed_generation: int | None = None
+    phase: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    stable: ArtifactVersion | None = None
+    canary: ArtifactVersion | None = None
+    current_step_index: int | None = Field(
+        default=None, description="Index into spec.rollout.steps; equal to its length while promoting.")
+    canary_weight: int = 0
+    step_started_at: str | None = None
+    verified_sha256: str | None = Field(default=None, description="The last artifact sha256 the operator verified.")
+    approvals: list[ApprovalRecord] = Field(default_factory=list, description="The quorum for the version in spec.")
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+# --- ModelApproval ------------------------------------------------------------------------------------------
+
+
+class ModelRef(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class ModelApprovalSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(("self == oldSelf", "a ModelApproval is immutable once created")),
+    )
+
+    model_ref: ModelRef
+    version: Annotated[str, Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)]
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+    role: Annotated[str, Field(pattern=ROLE_PATTERN)]
+    approver: Annotated[str, Field(min_length=1, max_length=253, description="Must be the creating user's name.")]
+    comment: Annotated[str, Field(max_length=4096)] = ""

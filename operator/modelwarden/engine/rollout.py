@@ -1,0 +1,475 @@
+"""The rollout state machine (DESIGN §3), as one pure function.
+
+``decide(spec, status, observation, now)`` reads everything the handler observed and returns the new status,
+the actions that make the world match it, and the Events to record. It never reads the clock and never
+talks to anything; deciding again on its own result (with the actions applied) yields no new actions.
+
+    new revision → verify sha256 → AwaitingApproval → canary up and Ready → steps (pause or promote)
+    → promote (history entry appended) → Stable
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from modelwarden.api.v1alpha1 import (
+    ApprovalRecord,
+    ArtifactVersion,
+    ConditionType,
+    HistoryEntry,
+    MLModelSpec,
+    MLModelStatus,
+    Phase,
+    Reason,
+    Track,
+)
+from modelwarden.engine.approvals import Approval, Quorum, evaluate_quorum
+from modelwarden.engine.conditions import set_condition, timestamp
+from modelwarden.engine.traffic import TrafficPlan, plan_traffic
+
+HISTORY_LIMIT = 20
+
+AnalysisVerdict = Literal["Pass", "Fail", "Inconclusive", "NotRun"]
+
+
+# --- what the handler observed ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """A Deployment of one track, as observed."""
+
+    version: str
+    sha256: str
+    fingerprint: str
+    replicas: int
+    ready_replicas: int
+    # the Deployment controller has seen and finished rolling out the latest template
+    rolled_out: bool = True
+
+    def serves(self, artifact: ArtifactVersion) -> bool:
+        return self.version == artifact.version and self.sha256 == artifact.sha256
+
+    def ready_for(self, artifact: ArtifactVersion, fingerprint: str, replicas: int) -> bool:
+        return (self.serves(artifact) and self.fingerprint == fingerprint and self.rolled_out
+                and self.replicas == replicas and self.ready_replicas >= replicas)
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``."""
+
+    uri: str
+    actual: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    approvals: tuple[Approval, ...] = ()
+    stable: TrackState | None = None
+    canary: TrackState | None = None
+    services_present: bool = False
+    # gatewayAPI only: the canary weight the HTTPRoute carries now
+    route_canary_weight: int | None = None
+    artifact: ArtifactCheck | None = None
+    promote: str | None = None
+    analysis: AnalysisVerdict = "NotRun"
+
+
+# --- what the handler must do -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnsureServices:
+    pass
+
+
+@dataclass(frozen=True)
+class ApplyTrack:
+    track: Track
+    artifact: ArtifactVersion
+    replicas: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class DeleteTrack:
+    track: Track
+
+
+@dataclass(frozen=True)
+class SetRouteWeight:
+    canary_weight: int
+
+
+Action = EnsureServices | ApplyTrack | DeleteTrack | SetRouteWeight
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: MLModelStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    # ask to be woken after this many seconds even if nothing changes (timed pauses)
+    requeue_after: float | None = None
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------
+
+
+def target_of(spec: MLModelSpec) -> ArtifactVersion:
+    return ArtifactVersion(version=spec.version, sha256=spec.artifact.sha256, uri=spec.artifact.uri,
+                           format=spec.artifact.format)
+
+
+def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion) -> str:
+    """Identifies a pod template: what is served (artifact) and how (serving spec, contract)."""
+    payload = {"artifact": artifact.wire(), "serving": spec.serving.wire(),
+               "contract": spec.feature_contract.wire(), "joblib": spec.artifact.allow_unsafe_joblib}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def artifact_check_needed(spec: MLModelSpec, status: MLModelStatus) -> bool:
+    """True when the handler must hash ``spec.artifact.uri`` before ``decide`` can go on."""
+    target = target_of(spec)
+    if status.stable is not None and _same(status.stable, target):
+        return False
+    return status.verified_sha256 != target.sha256
+
+
+def _same(a: ArtifactVersion | None, b: ArtifactVersion | None) -> bool:
+    return a is not None and b is not None and a.version == b.version and a.sha256 == b.sha256
+
+
+def _seconds_since(stamp: str, now: datetime) -> float:
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    return (now - then).total_seconds()
+
+
+def promote_token(version: str, step_index: int) -> str:
+    """The ``modelwarden.io/promote`` value that releases manual pause ``step_index`` of ``version``."""
+    return f"{version}/{step_index}"
+
+
+# --- the decision ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    """Mutable scratch for one decision; frozen into a Decision at the end."""
+
+    spec: MLModelSpec
+    old: MLModelStatus
+    obs: Observation
+    now: datetime
+    status: MLModelStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def condition(self, type: str, status: bool | None, reason: str, message: str) -> None:
+        self.update(conditions=set_condition(
+            self.status.conditions, type=type, status=status, reason=reason, message=message, now=self.now,
+            generation=self.obs.generation))
+
+    def update(self, **changes: object) -> None:
+        self.status = self.status.model_copy(update=changes)
+
+    def event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type, reason, message))
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def apply_track(self, track: Track, artifact: ArtifactVersion, replicas: int) -> None:
+        fp = fingerprint(self.spec, artifact)
+        observed = self.obs.stable if track == "stable" else self.obs.canary
+        if (observed is None or not observed.serves(artifact) or observed.fingerprint != fp
+                or observed.replicas != replicas):
+            self.actions.append(ApplyTrack(track, artifact, replicas, fp))
+
+    def delete_canary(self) -> None:
+        self.set_route(0)
+        if self.obs.canary is not None:
+            self.actions.append(DeleteTrack("canary"))
+
+    def set_route(self, canary_weight: int) -> None:
+        if self.spec.rollout.traffic_routing.type != "gatewayAPI":
+            return
+        if self.obs.route_canary_weight != canary_weight:
+            self.actions.append(SetRouteWeight(canary_weight))
+
+    def finish(self, phase: str) -> Decision:
+        self.update(phase=phase, observed_generation=self.obs.generation)
+        return Decision(status=self.status, actions=tuple(self.actions), events=tuple(self.events),
+                        requeue_after=self.requeue_after)
+
+
+def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Decision:
+    p = _Pass(spec=spec, old=status, obs=obs, now=now, status=status)
+    target = target_of(spec)
+
+    if not obs.services_present:
+        p.actions.append(EnsureServices())
+
+    if not spec.enabled:
+        p.condition(ConditionType.READY, False, Reason.KILL_SWITCH,
+                    "spec.enabled is false: every replica answers the neutral prediction")
+        if p.old.phase != Phase.DISABLED:
+            p.event("Warning", Reason.KILL_SWITCH, "kill switch engaged: serving neutral predictions")
+        # Rollouts stand still while disabled; what is deployed stays, so re-enabling is instant.
+        return p.finish(Phase.DISABLED)
+
+    if _same(status.stable, target):
+        return _steady(p, target)
+
+    if not _verify_artifact(p, target):
+        return p.finish(Phase.FAILED if _mismatch(p) else Phase.PROGRESSING)
+
+    quorum = evaluate_quorum(spec.approvals.required_roles, obs.approvals, version=target.version,
+                             sha256=target.sha256)
+    if not quorum.met:
+        return _await_approval(p, quorum)
+    records = [ApprovalRecord(role=r, approver=a.approver, approved_at=a.approved_at, name=a.name)
+               for r, a in quorum.assignment.items()]
+    if not p.old.approvals or [a.wire() for a in p.old.approvals] != [a.wire() for a in records]:
+        p.event("Normal", Reason.QUORUM_MET, quorum.message)
+    p.update(approvals=records)
+    p.condition(ConditionType.APPROVED, True, Reason.QUORUM_MET, quorum.message)
+
+    if status.stable is None:
+        return _first_deployment(p, target, records)
+    return _canary(p, target, records)
+
+
+def _mismatch(p: _Pass) -> bool:
+    a = p.obs.artifact
+    return a is not None and a.error is None and a.actual != p.spec.artifact.sha256
+
+
+def _verify_artifact(p: _Pass, target: ArtifactVersion) -> bool:
+    if p.status.verified_sha256 == target.sha256:
+        return True
+    check = p.obs.artifact
+    if check is None or check.uri != target.uri:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, None, Reason.ARTIFACT_UNAVAILABLE,
+                    f"not yet checked: {target.uri}")
+        p.requeue(5)
+        return False
+    if check.error is not None:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, Reason.ARTIFACT_UNAVAILABLE,
+                    f"cannot read {target.uri}: {check.error}")
+        p.requeue(30)
+        _abort_canary_not_serving(p, target)
+        return False
+    if check.actual != target.sha256:
+        message = f"{target.uri} has sha256 {check.actual}, spec says {target.sha256}: not serving it"
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, Reason.SHA256_MISMATCH, message)
+        if not _condition_reason_was(p.old, ConditionType.ARTIFACT_VERIFIED, Reason.SHA256_MISMATCH):
+            p.event("Warning", Reason.SHA256_MISMATCH, message)
+        _abort_canary_not_serving(p, target)
+        return False
+    p.update(verified_sha256=target.sha256)
+    p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
+                f"{target.uri} matches sha256 {target.sha256}")
+    return True
+
+
+def _condition_reason_was(status: MLModelStatus, type: str, reason: str) -> bool:
+    return any(c.type == type and c.reason == reason for c in status.conditions)
+
+
+def _abort_canary_not_serving(p: _Pass, target: ArtifactVersion) -> None:
+    """Nothing unverified or unapproved is served: a canary of ``target`` (or of an older target) goes."""
+    if p.obs.canary is not None or p.status.canary is not None:
+        if p.status.canary is not None:
+            p.event("Warning", Reason.CANARY_ABORTED, f"canary {p.status.canary.version} removed")
+        p.delete_canary()
+        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    if p.status.stable is not None and p.obs.stable is not None:
+        p.apply_track("stable", p.status.stable, p.spec.serving.replicas)
+
+
+def _await_approval(p: _Pass, quorum: Quorum) -> Decision:
+    p.update(approvals=[])
+    p.condition(ConditionType.APPROVED, False, Reason.AWAITING_APPROVAL, quorum.message)
+    if not _condition_reason_was(p.old, ConditionType.APPROVED, Reason.AWAITING_APPROVAL):
+        p.event("Normal", Reason.AWAITING_APPROVAL, quorum.message)
+    _abort_canary_not_serving(p, target_of(p.spec))
+    p.condition(ConditionType.PROGRESSING, False, Reason.AWAITING_APPROVAL, quorum.message)
+    return p.finish(Phase.AWAITING_APPROVAL)
+
+
+def _steady(p: _Pass, target: ArtifactVersion) -> Decision:
+    """Serving ``target`` from the stable track; a canary left over (spec reverted) is removed."""
+    if p.status.canary is not None or p.obs.canary is not None:
+        if p.status.canary is not None:
+            p.event("Normal", Reason.CANARY_ABORTED,
+                    f"spec is back on stable {target.version}; canary {p.status.canary.version} removed")
+        p.delete_canary()
+        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    replicas = p.spec.serving.replicas
+    p.apply_track("stable", target, replicas)
+    fp = fingerprint(p.spec, target)
+    return _stable(p, target, ready=p.obs.stable is not None and p.obs.stable.ready_for(target, fp, replicas))
+
+
+def _stable(p: _Pass, target: ArtifactVersion, *, ready: bool) -> Decision:
+    """Conditions of a model that serves ``target`` from the stable track (the same on every pass)."""
+    replicas = p.spec.serving.replicas
+    p.condition(ConditionType.PROGRESSING, False, Reason.STABLE, f"serving {target.version}")
+    if ready:
+        p.condition(ConditionType.READY, True, Reason.STABLE, f"{target.version} ready ({replicas} replicas)")
+    else:
+        p.condition(ConditionType.READY, False, Reason.WAITING_FOR_STABLE,
+                    f"waiting for {replicas} ready replicas of {target.version}")
+    return p.finish(Phase.STABLE)
+
+
+def _history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime) -> HistoryEntry:
+    return HistoryEntry(version=artifact.version, sha256=artifact.sha256, uri=artifact.uri, format=artifact.format,
+                        approvals=approvals, deployed_at=timestamp(now), outcome="Serving")
+
+
+def _first_deployment(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
+    replicas = p.spec.serving.replicas
+    p.apply_track("stable", target, replicas)
+    if p.obs.stable is None or not p.obs.stable.ready_for(target, fingerprint(p.spec, target), replicas):
+        p.condition(ConditionType.PROGRESSING, True, Reason.DEPLOYING, f"deploying {target.version}")
+        p.condition(ConditionType.READY, False, Reason.WAITING_FOR_STABLE,
+                    f"waiting for {replicas} ready replicas of {target.version}")
+        return p.finish(Phase.PROGRESSING)
+    history = [*p.status.history, _history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    p.update(stable=target, history=history)
+    p.event("Normal", Reason.DEPLOYED, f"{target.version} (sha256 {target.sha256[:12]}) serving 100%")
+    return _stable(p, target, ready=True)
+
+
+def _canary(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
+    spec, obs = p.spec, p.obs
+    stable = p.status.stable
+    assert stable is not None
+    steps = spec.rollout.steps
+    replicas = spec.serving.replicas
+    router = spec.rollout.traffic_routing.type
+
+    if not _same(p.status.canary, target):
+        if p.status.canary is not None:
+            p.event("Normal", Reason.CANARY_ABORTED,
+                    f"canary {p.status.canary.version} superseded by {target.version}")
+        p.update(canary=target, current_step_index=0, step_started_at=None, canary_weight=0)
+        p.event("Normal", Reason.DEPLOYING, f"canary {target.version} starting; stable {stable.version} serves")
+    index = p.status.current_step_index or 0
+
+    if index >= len(steps):
+        return _promote(p, target, approvals)
+
+    step = steps[index]
+    full = plan_traffic(router, replicas, step.set_weight, canary_ready=True)
+    fp = fingerprint(spec, target)
+    canary_ready = obs.canary is not None and obs.canary.ready_for(target, fp, full.canary_replicas)
+    stable_ready = obs.stable is not None and obs.stable.ready_replicas >= full.stable_replicas
+    if router == "replicas" and not stable_ready and not canary_ready:
+        # Surge the stable first: a canary pod that turns Ready beside too few stable pods would take more
+        # than its share of the traffic.
+        p.apply_track("stable", stable, max(full.stable_replicas, obs.stable.replicas if obs.stable else replicas))
+        if obs.canary is not None and obs.canary.serves(target):
+            p.apply_track("canary", target, min(obs.canary.replicas, full.canary_replicas))
+        elif obs.canary is not None:
+            p.actions.append(DeleteTrack("canary"))
+        message = f"scaling stable {stable.version} to {full.stable_replicas} before the canary joins"
+        p.condition(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_STABLE, message)
+        return p.finish(Phase.PROGRESSING)
+    p.apply_track("canary", target, full.canary_replicas)
+    if not canary_ready:
+        # Never route to a canary that is not Ready: hold the stable and the previous weight.
+        held_stable = max(full.stable_replicas, obs.stable.replicas if obs.stable is not None else replicas)
+        p.apply_track("stable", stable, held_stable)
+        p.set_route(p.status.canary_weight)
+        message = f"waiting for {full.canary_replicas} ready canary replicas of {target.version}"
+        p.condition(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_CANARY, message)
+        return p.finish(Phase.PROGRESSING)
+
+    p.apply_track("stable", stable, full.stable_replicas)
+    p.set_route(full.canary_weight)
+    if p.status.step_started_at is None:
+        p.update(step_started_at=timestamp(p.now), canary_weight=full.canary_weight)
+        p.event("Normal", Reason.STEP_ADVANCED,
+                f"step {index + 1}/{len(steps)}: {full.canary_weight}% of traffic on canary {target.version}")
+    return _hold_or_advance(p, target, index, full)
+
+
+def _hold_or_advance(p: _Pass, target: ArtifactVersion, index: int, plan: TrafficPlan) -> Decision:
+    step = p.spec.rollout.steps[index]
+    where = f"step {index + 1}/{len(p.spec.rollout.steps)} at {plan.canary_weight}%"
+    if step.pause_seconds is None:
+        token = promote_token(target.version, index)
+        if p.obs.promote != token:
+            message = f"{where}: waiting for `modelwarden promote` (annotation {token})"
+            p.condition(ConditionType.PROGRESSING, True, Reason.AWAITING_PROMOTE, message)
+            return p.finish(Phase.PAUSED)
+    else:
+        assert p.status.step_started_at is not None
+        remaining = step.pause_seconds - _seconds_since(p.status.step_started_at, p.now)
+        if remaining > 0:
+            p.condition(ConditionType.PROGRESSING, True, Reason.STEP_PAUSED,
+                        f"{where}: holding {int(remaining + 0.999)}s more")
+            p.requeue(remaining)
+            return p.finish(Phase.PROGRESSING)
+    if p.obs.analysis == "Inconclusive":
+        # No data is no verdict: never promote on it (DESIGN §3).
+        p.condition(ConditionType.PROGRESSING, True, Reason.ANALYSIS_PENDING,
+                    f"{where}: canary analysis has no verdict yet; not advancing")
+        p.requeue(p.spec.rollout.analysis.interval_seconds)
+        return p.finish(Phase.PROGRESSING)
+    p.update(current_step_index=index + 1, step_started_at=None)
+    # Re-decide at once so the next step's replicas are requested in this same pass, instead of this step's.
+    p.actions = [a for a in p.actions if not isinstance(a, ApplyTrack | SetRouteWeight)]
+    return _canary(p, target, p.status.approvals)
+
+
+def _promote(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
+    replicas = p.spec.serving.replicas
+    router = p.spec.rollout.traffic_routing.type
+    full = plan_traffic(router, replicas, 100, canary_ready=True)
+    # The canary keeps all traffic while the stable track rolls to the new version.
+    p.apply_track("canary", target, full.canary_replicas)
+    p.apply_track("stable", target, replicas)
+    fp = fingerprint(p.spec, target)
+    if p.obs.stable is None or not p.obs.stable.ready_for(target, fp, replicas):
+        p.set_route(100)
+        if p.old.current_step_index != p.status.current_step_index or p.old.canary_weight != 100:
+            p.event("Normal", Reason.PROMOTING, f"promoting {target.version} to stable")
+        p.update(canary_weight=100)
+        p.condition(ConditionType.PROGRESSING, True, Reason.PROMOTING,
+                    f"promoting {target.version}: waiting for {replicas} ready stable replicas")
+        return p.finish(Phase.PROGRESSING)
+
+    p.delete_canary()
+    previous = p.status.stable
+    history = [
+        h.model_copy(update={"retired_at": timestamp(p.now), "outcome": "Superseded"})
+        if previous is not None and h.outcome == "Serving" and h.sha256 == previous.sha256
+        and h.version == previous.version else h
+        for h in p.status.history
+    ]
+    history = [*history, _history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    p.update(stable=target, canary=None, current_step_index=None, step_started_at=None, canary_weight=0,
+             history=history)
+    p.event("Normal", Reason.PROMOTED,
+            f"{target.version} (sha256 {target.sha256[:12]}) promoted to stable; "
+            f"{previous.version if previous else 'nothing'} retired")
+    return _stable(p, target, ready=True)
