@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 PYTEST_ARGS ?=
 
 .PHONY: help install lint typecheck test test-unit test-integration cluster-up cluster-down cluster-build \
-        system-deps demo clean
+        system-deps demo clean crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ cluster-up: $(STAMP) system-deps ## start the local control plane (idempotent); 
 
 cluster-down: $(STAMP) ## stop the local control plane and delete its state
 	@$(PY) -m localenv.cluster down
+
+crds: $(STAMP) ## regenerate crds/ from operator/modelwarden/api (a unit test fails when it is stale)
+	@$(PY) -m modelwarden.api.crdgen crds
 
 test-unit: $(STAMP) ## fast, pure tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

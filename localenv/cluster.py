@@ -277,7 +277,6 @@ def up(state_dir: Path | None = None) -> Cluster:
             "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
             "--disregard-status-with-label-selector=",
             "--cidr=10.0.0.1/24", "--node-ip=10.0.0.1",
-            "--server-address=127.0.0.1:0",
         ], logs / "kwok.log")
         cluster.pids["kwok"] = kwok.pid
         cluster.save()

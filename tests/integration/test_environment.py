@@ -69,7 +69,7 @@ def test_rbac_forbids_developer_but_not_admin(api_clients: dict[str, client.ApiC
     with pytest.raises(ApiException) as denied:
         client.RbacAuthorizationV1Api(api_clients["developer"]).create_cluster_role(role)
     assert denied.value.status == 403
-    assert 'User "developer" cannot create resource "clusterroles"' in denied.value.body
+    assert 'User "developer" cannot create resource "clusterroles"' in json.loads(denied.value.body)["message"]
 
     admin = client.RbacAuthorizationV1Api(api_clients["admin"])
     admin.create_cluster_role(role)

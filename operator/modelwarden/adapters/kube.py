@@ -1,0 +1,253 @@
+"""The Kubernetes edge: Deployments, Services, status and Events for an MLModel.
+
+Everything we create carries the ``modelwarden.io/*`` labels and an owner reference to its MLModel, and is
+written with server-side apply under the field manager ``modelwarden`` — re-applying is a no-op. The
+official client is synchronous; calls run in a thread so the kopf event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.rollout import TrackState
+
+FIELD_MANAGER = "modelwarden"
+SERVER_PORT = 8080
+# Bound in each model namespace so the server can watch its own MLModel (the kill switch), read-only.
+SERVER_SERVICE_ACCOUNT = "modelwarden-model-server"
+SERVER_CLUSTER_ROLE = "modelwarden-model-server"
+ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Conflict(KubeError):
+    """Someone else wrote first (409): re-read and decide again."""
+
+
+@dataclass(frozen=True)
+class ModelObject:
+    """Which MLModel an operation is for: enough to name and own what we create."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {"apiVersion": api.API_VERSION, "kind": "MLModel", "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+    def deployment_name(self, track: api.Track) -> str:
+        return f"{self.name}-{track}"
+
+
+class Workloads(Protocol):
+    async def ensure_services(self, model: ModelObject, router: str) -> None: ...
+    async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
+    async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
+
+
+class ModelStatusWriter(Protocol):
+    async def replace_status(self, body: dict[str, Any], status: api.MLModelStatus) -> dict[str, Any]: ...
+
+
+class EventRecorder(Protocol):
+    async def record(self, model: ModelObject, type: str, reason: str, message: str) -> None: ...
+
+
+def _wrap(e: ApiException, what: str) -> KubeError:
+    status = int(e.status or 0)
+    message = f"{what}: {e.status} {e.reason}"
+    if e.body:
+        message += f": {e.body if isinstance(e.body, str) else e.body!r}"[:600]
+    return Conflict(message, status) if status == 409 else KubeError(message, status)
+
+
+def labels(model: ModelObject, track: api.Track | None = None) -> dict[str, str]:
+    out = {api.LABEL_MODEL: model.name, api.LABEL_MANAGED_BY: "modelwarden"}
+    if track:
+        out[api.LABEL_TRACK] = track
+    return out
+
+
+def track_state(deployment: dict[str, Any]) -> TrackState:
+    """What the engine needs to know of one of our Deployments (a raw dict, as kopf delivers it)."""
+    meta = deployment.get("metadata", {})
+    spec = deployment.get("spec", {})
+    status = deployment.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    replicas = int(spec.get("replicas", 1))
+    rolled_out = (int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+                  and int(status.get("updatedReplicas", 0)) >= replicas)
+    return TrackState(
+        version=(meta.get("labels") or {}).get(api.LABEL_VERSION, ""),
+        sha256=annotations.get(api.ANNOTATION_SHA256, ""),
+        fingerprint=annotations.get(ANNOTATION_FINGERPRINT, ""),
+        replicas=replicas,
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        rolled_out=rolled_out or replicas == 0,
+    )
+
+
+def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
+                        artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> dict[str, Any]:
+    selector = labels(model, track)
+    pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
+    annotations = {api.ANNOTATION_SHA256: artifact.sha256, ANNOTATION_FINGERPRINT: fingerprint}
+    env = [
+        {"name": "MODEL_NAME", "value": model.name},
+        {"name": "MODEL_VERSION", "value": artifact.version},
+        {"name": "MODEL_TRACK", "value": track},
+        {"name": "ARTIFACT_URI", "value": artifact.uri},
+        {"name": "ARTIFACT_SHA256", "value": artifact.sha256},
+        {"name": "MODEL_FORMAT", "value": artifact.format},
+        {"name": "ALLOW_JOBLIB", "value": "true" if spec.artifact.allow_unsafe_joblib else "false"},
+        {"name": "NEUTRAL_PREDICTION", "value": spec.serving.neutral_prediction},
+        {"name": "FEATURE_CONTRACT", "value": ",".join(spec.feature_contract.features)},
+        {"name": "MLMODEL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": spec.serving.image,
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "env": env,
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.serving.resources:
+        container["resources"] = spec.serving.resources
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": model.deployment_name(track),
+            "namespace": model.namespace,
+            "labels": pod_labels,
+            "annotations": annotations,
+            "ownerReferences": [model.owner_reference()],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": SERVER_SERVICE_ACCOUNT,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def service_manifests(model: ModelObject, router: str) -> list[dict[str, Any]]:
+    """``<model>`` selects both tracks (the replicas router); gatewayAPI also gets one Service per track."""
+    def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": model.namespace, "labels": labels(model),
+                         "ownerReferences": [model.owner_reference()]},
+            "spec": {"selector": selector,
+                     "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
+        }
+
+    out = [service(model.name, {api.LABEL_MODEL: model.name})]
+    if router == "gatewayAPI":
+        out += [service(model.deployment_name(t), labels(model, t)) for t in ("stable", "canary")]
+    return out
+
+
+class KubeWorkloads:
+    """Workloads, status and Events over the official client (one ApiClient, thread-safe for requests)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+        self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._rbac = client.RbacAuthorizationV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as e:
+            raise _wrap(e, what) from e
+
+    async def _apply(self, what: str, fn: Any, name: str, namespace: str, body: dict[str, Any]) -> Any:
+        return await self._call(what, fn, name, namespace, body, field_manager=FIELD_MANAGER, force=True,
+                                _content_type="application/apply-patch+yaml")
+
+    async def ensure_services(self, model: ModelObject, router: str) -> None:
+        for svc in service_manifests(model, router):
+            await self._apply(f"apply Service {svc['metadata']['name']}", self._core.patch_namespaced_service,
+                              svc["metadata"]["name"], model.namespace, svc)
+        account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace,
+                                "labels": {api.LABEL_MANAGED_BY: "modelwarden"}}}
+        await self._apply("apply ServiceAccount", self._core.patch_namespaced_service_account,
+                          SERVER_SERVICE_ACCOUNT, model.namespace, account)
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace,
+                         "labels": {api.LABEL_MANAGED_BY: "modelwarden"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SERVER_CLUSTER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace}],
+        }
+        await self._apply("apply RoleBinding", self._rbac.patch_namespaced_role_binding,
+                          SERVER_SERVICE_ACCOUNT, model.namespace, binding)
+
+    async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint)
+        await self._apply(f"apply Deployment {body['metadata']['name']}", self._apps.patch_namespaced_deployment,
+                          body["metadata"]["name"], model.namespace, body)
+
+    async def delete_track(self, model: ModelObject, track: api.Track) -> None:
+        name = model.deployment_name(track)
+        try:
+            await self._call(f"delete Deployment {name}", self._apps.delete_namespaced_deployment, name,
+                             model.namespace, propagation_policy="Background")
+        except KubeError as e:
+            if e.status != 404:
+                raise
+
+    async def replace_status(self, body: dict[str, Any], status: api.MLModelStatus) -> dict[str, Any]:
+        """Write the whole status once, guarded by resourceVersion (a stale writer gets Conflict)."""
+        meta = body["metadata"]
+        obj = {"apiVersion": api.API_VERSION, "kind": "MLModel",
+               "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                            "resourceVersion": meta["resourceVersion"]},
+               "spec": body["spec"], "status": status.wire()}
+        result: dict[str, Any] = await self._call(
+            f"write status of {meta['namespace']}/{meta['name']}",
+            self._custom.replace_namespaced_custom_object_status, api.GROUP, api.VERSION, meta["namespace"],
+            api.MLMODEL_PLURAL, meta["name"], obj, field_manager=FIELD_MANAGER)
+        return result
+
+    async def record(self, model: ModelObject, type: str, reason: str, message: str) -> None:
+        now = dt.datetime.now(dt.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{model.name}.", namespace=model.namespace),
+            involved_object=client.V1ObjectReference(api_version=api.API_VERSION, kind="MLModel", name=model.name,
+                                                     namespace=model.namespace, uid=model.uid),
+            type=type, reason=reason, message=message[:1024], count=1, first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component="modelwarden"),
+            reporting_component="modelwarden.io/operator", reporting_instance="modelwarden",
+        )
+        await self._call(f"record Event {reason}", self._core.create_namespaced_event, model.namespace, event)

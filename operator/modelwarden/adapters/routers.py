@@ -1,0 +1,88 @@
+"""Traffic routers, one small class per provider (as Flagger does), behind :class:`TrafficRouter`.
+
+The ``replicas`` router has nothing to do here: its weight *is* the replica ratio the engine plans, applied
+through the Deployments. The ``gatewayAPI`` router sets the backend weights of the HTTPRoute the user names
+in ``spec.rollout.trafficRouting.gatewayAPI.httpRoute``; the route's backendRefs must point at the
+``<model>-stable`` and ``<model>-canary`` Services the operator creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelwarden.adapters.kube import KubeError, ModelObject
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_VERSION = "v1"
+
+
+class TrafficRouter(Protocol):
+    async def canary_weight(self, model: ModelObject) -> int | None:
+        """The canary's weight as the router carries it now (None: not applicable or not found)."""
+
+    async def set_canary_weight(self, model: ModelObject, weight: int) -> None: ...
+
+
+class ReplicasRouter:
+    async def canary_weight(self, model: ModelObject) -> int | None:
+        return None
+
+    async def set_canary_weight(self, model: ModelObject, weight: int) -> None:
+        return None
+
+
+def weighted_rules(route: dict[str, Any], model: ModelObject, weight: int) -> list[dict[str, Any]]:
+    """The route's rules with our two backends weighted ``100-weight`` / ``weight``; others untouched."""
+    names = {model.deployment_name("stable"): 100 - weight, model.deployment_name("canary"): weight}
+    rules = []
+    for rule in route.get("spec", {}).get("rules", []):
+        refs = [{**ref, "weight": names[ref["name"]]} if ref.get("name") in names else ref
+                for ref in rule.get("backendRefs", [])]
+        rules.append({**rule, "backendRefs": refs})
+    return rules
+
+
+def canary_weight_of(route: dict[str, Any], model: ModelObject) -> int | None:
+    canary = model.deployment_name("canary")
+    for rule in route.get("spec", {}).get("rules", []):
+        for ref in rule.get("backendRefs", []):
+            if ref.get("name") == canary:
+                return int(ref.get("weight", 1))
+    return None
+
+
+class GatewayAPIRouter:
+    def __init__(self, api_client: client.ApiClient, route_name: str) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._route = route_name
+
+    async def _get(self, model: ModelObject) -> dict[str, Any]:
+        try:
+            route: Any = await asyncio.to_thread(
+                self._custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION, model.namespace,
+                "httproutes", self._route)
+        except ApiException as e:
+            raise KubeError(f"read HTTPRoute {model.namespace}/{self._route}: {e.status} {e.reason}",
+                            int(e.status or 0)) from e
+        return dict(route)
+
+    async def canary_weight(self, model: ModelObject) -> int | None:
+        return canary_weight_of(await self._get(model), model)
+
+    async def set_canary_weight(self, model: ModelObject, weight: int) -> None:
+        route = await self._get(model)
+        if canary_weight_of(route, model) is None:
+            raise KubeError(f"HTTPRoute {model.namespace}/{self._route} has no backendRef to "
+                            f"{model.deployment_name('canary')}: add one (weight 0) so the canary can be routed")
+        patch = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]},
+                 "spec": {"rules": weighted_rules(route, model, weight)}}
+        try:
+            await asyncio.to_thread(self._custom.patch_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION,
+                                    model.namespace, "httproutes", self._route, patch)
+        except ApiException as e:
+            raise KubeError(f"weight HTTPRoute {model.namespace}/{self._route}: {e.status} {e.reason}",
+                            int(e.status or 0)) from e

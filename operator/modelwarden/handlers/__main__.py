@@ -1,0 +1,36 @@
+"""``python -m modelwarden.handlers``: run the operator (all namespaces, or ``--namespace`` repeated)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+
+from modelwarden.handlers import operator as _handlers  # registers the handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelwarden-operator", description=__doc__)
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeat for several); default: all namespaces")
+    parser.add_argument("--liveness", default="http://127.0.0.1:8081/healthz",
+                        help="liveness endpoint (loopback by default)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    del _handlers
+    asyncio.run(kopf.operator(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The reconcile loop: observe (from watch caches) → ``engine.decide`` → apply actions → write status once.
+
+kopf's watch streams feed the caches (:meth:`Controller.observe_*`) and wake the affected model; workers take
+keys off a deduplicating queue. All state is read before deciding; the status is written only when it
+changed, guarded by resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable
+from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelObject, ModelStatusWriter, Workloads
+from modelwarden.adapters.kube import track_state as deployment_track_state
+from modelwarden.adapters.routers import TrafficRouter
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.approvals import Approval
+from modelwarden.engine.rollout import (
+    ApplyTrack,
+    ArtifactCheck,
+    Decision,
+    DeleteTrack,
+    EnsureServices,
+    Observation,
+    SetRouteWeight,
+    artifact_check_needed,
+    decide,
+)
+from modelwarden.handlers.workqueue import WorkQueue
+
+log = logging.getLogger("modelwarden.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Controller:
+    workloads: Workloads
+    status_writer: ModelStatusWriter
+    events: EventRecorder
+    artifacts: ArtifactStore
+    router_for: Callable[[api.MLModelSpec], TrafficRouter]
+    clock: Clock = utcnow
+    resync_seconds: float = 60.0
+    workers: int = 4
+
+    models: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    approvals: dict[Key, dict[str, Approval]] = field(default_factory=dict)
+    deployments: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # (model key, router type) pairs whose Services this process has applied
+    services_ensured: set[tuple[Key, str]] = field(default_factory=set)
+    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    # --- feeding the caches (called from kopf event handlers) ---
+
+    def observe_model(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.models.pop(key, None)
+            self.deployments.pop(key, None)
+            self.services_ensured = {s for s in self.services_ensured if s[0] != key}
+            return
+        self.models[key] = dict(body)
+        self.queue.add(key)
+
+    def observe_approval(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta, spec = body["metadata"], body.get("spec") or {}
+        key = (meta["namespace"], (spec.get("modelRef") or {}).get("name", ""))
+        per_model = self.approvals.setdefault(key, {})
+        if event_type == "DELETED":
+            per_model.pop(meta["name"], None)
+        else:
+            per_model[meta["name"]] = Approval(
+                name=meta["name"], role=spec.get("role", ""), approver=spec.get("approver", ""),
+                version=spec.get("version", ""), sha256=spec.get("sha256", ""),
+                approved_at=meta.get("creationTimestamp"))
+        self.queue.add(key)
+
+    def observe_deployment(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        labels = meta.get("labels") or {}
+        model, track = labels.get(api.LABEL_MODEL), labels.get(api.LABEL_TRACK)
+        if not model or track not in ("stable", "canary"):
+            return
+        key = (meta["namespace"], model)
+        tracks = self.deployments.setdefault(key, {})
+        if event_type == "DELETED":
+            tracks.pop(track, None)
+        else:
+            tracks[track] = dict(body)
+        self.queue.add(key)
+
+    # --- the loop ---
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"modelwarden-worker-{i}"))
+
+    async def stop(self) -> None:
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                requeue = await self.reconcile(key)
+            except Exception:
+                log.exception("reconciling %s/%s failed; retrying", *key)
+                requeue = 5.0
+            finally:
+                self.queue.done(key)
+            if requeue is not None and key in self.models:
+                self.queue.add_after(key, requeue)
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One pass for one model; returns seconds until it wants to run again."""
+        body = self.models.get(key)
+        if body is None:
+            return None
+        meta = body["metadata"]
+        model = ModelObject(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+        try:
+            spec = api.MLModelSpec.model_validate(body.get("spec") or {})
+            status = api.MLModelStatus.model_validate(body.get("status") or {})
+        except ValidationError as e:
+            # The CRD schema should make this impossible; say so loudly rather than guess.
+            log.error("%s/%s does not parse: %s", model.namespace, model.name, e)
+            return None
+        router = self.router_for(spec)
+
+        observation = await self._observe(key, body, spec, status, model, router)
+        decision = decide(spec, status, observation, self.clock())
+        await self._apply(model, spec, router, decision)
+        await self._write_status(key, body, status, decision)
+        for event in decision.events:
+            try:
+                await self.events.record(model, event.type, event.reason, event.message)
+            except KubeError as e:
+                log.warning("could not record Event %s for %s/%s: %s", event.reason, *key, e)
+        if decision.requeue_after is not None:
+            return min(decision.requeue_after, self.resync_seconds)
+        return self.resync_seconds
+
+    async def _observe(self, key: Key, body: Mapping[str, Any], spec: api.MLModelSpec, status: api.MLModelStatus,
+                       model: ModelObject, router: TrafficRouter) -> Observation:
+        tracks = self.deployments.get(key, {})
+        check = None
+        if artifact_check_needed(spec, status):
+            try:
+                check = ArtifactCheck(uri=spec.artifact.uri, actual=await self.artifacts.sha256(spec.artifact.uri))
+            except ArtifactUnavailable as e:
+                check = ArtifactCheck(uri=spec.artifact.uri, error=str(e))
+        route_weight = None
+        if spec.rollout.traffic_routing.type == "gatewayAPI":
+            try:
+                route_weight = await router.canary_weight(model)
+            except KubeError as e:
+                log.warning("%s/%s: %s", *key, e)
+        annotations = body["metadata"].get("annotations") or {}
+        return Observation(
+            generation=int(body["metadata"].get("generation", 0)),
+            approvals=tuple(self.approvals.get(key, {}).values()),
+            stable=deployment_track_state(tracks["stable"]) if "stable" in tracks else None,
+            canary=deployment_track_state(tracks["canary"]) if "canary" in tracks else None,
+            services_present=(key, spec.rollout.traffic_routing.type) in self.services_ensured,
+            route_canary_weight=route_weight,
+            artifact=check,
+            promote=annotations.get(api.ANNOTATION_PROMOTE),
+        )
+
+    async def _apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
+                     decision: Decision) -> None:
+        key = (model.namespace, model.name)
+        for action in decision.actions:
+            if isinstance(action, EnsureServices):
+                await self.workloads.ensure_services(model, spec.rollout.traffic_routing.type)
+                self.services_ensured.add((key, spec.rollout.traffic_routing.type))
+            elif isinstance(action, ApplyTrack):
+                await self.workloads.apply_track(model, spec, action.track, action.artifact, action.replicas,
+                                                 action.fingerprint)
+            elif isinstance(action, DeleteTrack):
+                await self.workloads.delete_track(model, action.track)
+            elif isinstance(action, SetRouteWeight):
+                await router.set_canary_weight(model, action.canary_weight)
+
+    async def _write_status(self, key: Key, body: dict[str, Any], old: api.MLModelStatus,
+                            decision: Decision) -> None:
+        if decision.status.wire() == old.wire():
+            return
+        try:
+            written = await self.status_writer.replace_status(body, decision.status)
+        except Conflict:
+            # A newer object is on its way through the watch; it will wake us.
+            log.info("%s/%s changed while deciding; deciding again", *key)
+            self.queue.add_after(key, 0.5)
+            return
+        # Keep our cache at least as new as what we wrote, so the next pass does not decide on stale status;
+        # unless the watch already delivered something newer while we were writing.
+        cached = self.models.get(key)
+        based_on = body["metadata"].get("resourceVersion")
+        if cached is not None and cached["metadata"].get("resourceVersion") == based_on and written.get("metadata"):
+            self.models[key] = written
