@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from localenv import cluster as cluster_env
+from localenv import modelwarden as modelwarden_env
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
 
@@ -68,3 +69,20 @@ def postgres() -> Iterator[postgres_env.Postgres]:
     pg = postgres_env.start()
     yield pg
     pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def modelwarden_installed(cluster: cluster_env.Cluster) -> cluster_env.Cluster:
+    """CRDs, RBAC and the approval admission policy applied to the cluster."""
+    modelwarden_env.install(cluster)
+    return cluster
+
+
+@pytest.fixture
+def operator(modelwarden_installed: cluster_env.Cluster, tmp_path: Path) -> Iterator[modelwarden_env.OperatorProcess]:
+    """A running operator (as the least-privilege `modelwarden-operator` user), stopped after the test."""
+    proc = modelwarden_env.OperatorProcess(modelwarden_installed, tmp_path / "operator.log",
+                                           env={"MODELWARDEN_RESYNC_SECONDS": "10"})
+    proc.start()
+    yield proc
+    proc.stop()

@@ -227,6 +227,29 @@ class KubeWorkloads:
             if e.status != 404:
                 raise
 
+    async def list_all(self, namespaces: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """MLModels, ModelApprovals and our Deployments as raw objects (as watch events carry them), to fill
+        the caches before the first decision: deciding on a half-filled cache would undo real state."""
+        selector = f"{api.LABEL_MANAGED_BY}=modelwarden"
+        out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "deployments": []}
+        for ns in namespaces or [None]:
+            for plural in (api.MLMODEL_PLURAL, api.APPROVAL_PLURAL):
+                if ns is None:
+                    listed = await self._call(f"list {plural}", self._custom.list_cluster_custom_object,
+                                              api.GROUP, api.VERSION, plural)
+                else:
+                    listed = await self._call(f"list {plural}", self._custom.list_namespaced_custom_object,
+                                              api.GROUP, api.VERSION, ns, plural)
+                out[plural] += listed.get("items", [])
+            if ns is None:
+                deps = await self._call("list deployments", self._apps.list_deployment_for_all_namespaces,
+                                        label_selector=selector)
+            else:
+                deps = await self._call("list deployments", self._apps.list_namespaced_deployment, ns,
+                                        label_selector=selector)
+            out["deployments"] += [self._api.sanitize_for_serialization(d) for d in deps.items]
+        return out
+
     async def replace_status(self, body: dict[str, Any], status: api.MLModelStatus) -> dict[str, Any]:
         """Write the whole status once, guarded by resourceVersion (a stale writer gets Conflict)."""
         meta = body["metadata"]

@@ -1,17 +1,155 @@
-"""Entry point of the ``modelwarden`` command."""
+"""Entry point of the ``modelwarden`` command (also ``kubectl modelwarden``).
+
+Talks to the cluster of the current kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``).
+Every command that changes something writes only metadata or a new ModelApproval: never an MLModel's spec.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from modelwarden import __version__
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.rollout import promote_token
+
+
+class CLIError(Exception):
+    """A failure the user can act on; printed as `error: ...` with exit code 1."""
+
+
+def _client(kubeconfig: str | None) -> client.ApiClient:
+    try:
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call,no-any-return]
+    except (config.ConfigException, OSError) as e:
+        raise CLIError(f"cannot load kubeconfig ({kubeconfig or '$KUBECONFIG or ~/.kube/config'}): {e}") from e
+
+
+def _api_error(e: ApiException, what: str) -> CLIError:
+    message = e.reason or ""
+    try:
+        message = json.loads(e.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        pass
+    hint = ""
+    if e.status == 404:
+        hint = " (check the name and --namespace)"
+    elif e.status == 403:
+        hint = " (ask your cluster admin for the modelwarden role you need)"
+    return CLIError(f"{what}: {message}{hint}")
+
+
+def _get_model(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    try:
+        obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, name)
+    except ApiException as e:
+        raise _api_error(e, f"reading MLModel {namespace}/{name}") from e
+    return dict(obj)
+
+
+def _whoami(api_client: client.ApiClient) -> str:
+    review = client.AuthenticationV1Api(api_client).create_self_subject_review(client.V1SelfSubjectReview())
+    return str(review.status.user_info.username)
+
+
+def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
+    api_client = _client(args.kubeconfig)
+    model = _get_model(api_client, args.namespace, args.model)
+    spec = api.MLModelSpec.model_validate(model["spec"])
+    version = args.version or spec.version
+    sha256 = args.sha256 or spec.artifact.sha256
+    if version != spec.version and not args.sha256:
+        raise CLIError(f"--version {version} is not the version in spec ({spec.version}): give --sha256 too")
+    approver = _whoami(api_client)
+    body = {
+        "apiVersion": api.API_VERSION, "kind": "ModelApproval",
+        "metadata": {"name": f"{args.model}-{version}-{args.role}-{approver}".lower().replace(":", "-")[:253],
+                     "namespace": args.namespace,
+                     "labels": {api.LABEL_MODEL: args.model, api.LABEL_VERSION: version}},
+        "spec": api.ModelApprovalSpec(model_ref=api.ModelRef(name=args.model), version=version, sha256=sha256,
+                                      role=args.role, approver=approver, comment=args.comment).wire(),
+    }
+    try:
+        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            api.GROUP, api.VERSION, args.namespace, api.APPROVAL_PLURAL, body)
+    except ApiException as e:
+        raise _api_error(e, f"approving {args.model} {version} as {args.role}") from e
+    return {"approved": args.model, "version": version, "sha256": sha256, "role": args.role, "approver": approver}
+
+
+def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
+    api_client = _client(args.kubeconfig)
+    model = _get_model(api_client, args.namespace, args.model)
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    if status.canary is None or status.current_step_index is None:
+        raise CLIError(f"{args.model} has no canary waiting (phase {status.phase or 'unknown'}): nothing to promote")
+    token = promote_token(status.canary.version, status.current_step_index)
+    patch = {"metadata": {"annotations": {api.ANNOTATION_PROMOTE: token}}}
+    try:
+        client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, args.namespace, api.MLMODEL_PLURAL, args.model, patch)
+    except ApiException as e:
+        raise _api_error(e, f"promoting {args.model}") from e
+    return {"promoted": args.model, "canary": status.canary.version, "step": status.current_step_index + 1}
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    status = model.get("status") or {}
+    return {"name": args.model, "namespace": args.namespace, "generation": model["metadata"].get("generation"),
+            "spec": {"version": model["spec"]["version"], "sha256": model["spec"]["artifact"]["sha256"]},
+            "status": status}
+
+
+def _print_status(result: dict[str, Any]) -> None:
+    status = api.MLModelStatus.model_validate(result["status"])
+    print(f"{result['namespace']}/{result['name']}  phase {status.phase or '-'}")
+    if status.stable:
+        print(f"  stable  {status.stable.version}  sha256 {status.stable.sha256}")
+    if status.canary:
+        step = "-" if status.current_step_index is None else status.current_step_index + 1
+        print(f"  canary  {status.canary.version}  sha256 {status.canary.sha256}  step {step}  "
+              f"weight {status.canary_weight}%")
+    for c in status.conditions:
+        print(f"  {c.type:<18} {c.status:<7} {c.reason:<22} {c.message}")
+    if status.history:
+        print("  history:")
+        for h in status.history:
+            who = ", ".join(f"{a.role}={a.approver}" for a in h.approvals)
+            print(f"    {h.version:<10} {h.sha256[:12]}  {h.outcome:<10} deployed {h.deployed_at}  [{who}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelwarden", description="Governed ML model rollouts on Kubernetes.")
     parser.add_argument("--version", action="version", version=f"modelwarden {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", default=None)
+    common.add_argument("-n", "--namespace", default="default")
+    common.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("approve", parents=[common], help="sign off a model version in one role, as yourself")
+    p.add_argument("model")
+    p.add_argument("--role", required=True, help="e.g. finance, regulatory")
+    p.add_argument("--version", dest="version", default=None, help="default: the version in the MLModel's spec")
+    p.add_argument("--sha256", default=None, help="default: the sha256 in the MLModel's spec")
+    p.add_argument("--comment", default="")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("promote", parents=[common], help="release the canary's current manual pause")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("status", parents=[common], help="phase, versions, steps, conditions and history")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_status, printer=_print_status)
     return parser
 
 
@@ -21,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    try:
+        result = args.func(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(result, sort_keys=False), end="")
+    elif getattr(args, "printer", None):
+        args.printer(result)
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import kopf
 
-from modelwarden.handlers import operator as _handlers  # registers the handlers
+import modelwarden.handlers.operator  # noqa: F401  (registers the kopf handlers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    del _handlers
+    os.environ["MODELWARDEN_NAMESPACES"] = ",".join(args.namespace)
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not args.namespace,

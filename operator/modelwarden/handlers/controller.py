@@ -104,6 +104,15 @@ class Controller:
             tracks[track] = dict(body)
         self.queue.add(key)
 
+    def prime(self, snapshot: Mapping[str, list[dict[str, Any]]]) -> None:
+        """Fill the caches from a full listing before the workers start (see ``KubeWorkloads.list_all``)."""
+        for body in snapshot.get("deployments", []):
+            self.observe_deployment(None, body)
+        for body in snapshot.get("modelapprovals", []):
+            self.observe_approval(None, body)
+        for body in snapshot.get("mlmodels", []):
+            self.observe_model(None, body)
+
     # --- the loop ---
 
     def start(self) -> None:

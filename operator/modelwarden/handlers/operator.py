@@ -50,6 +50,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         router_for=router_for,
         resync_seconds=float(os.environ.get("MODELWARDEN_RESYNC_SECONDS", "60")),
     )
+    # kopf starts watching only after the startup handlers: the listing below is never newer than its events.
+    namespaces = [n for n in os.environ.get("MODELWARDEN_NAMESPACES", "").split(",") if n]
+    controller.prime(await workloads.list_all(namespaces))
     controller.start()
     memo["controller"] = controller
 

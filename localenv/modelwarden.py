@@ -1,0 +1,100 @@
+"""Install ModelWarden into the local cluster and run the operator as a local process.
+
+The operator runs as the ``modelwarden-operator`` user, bound to exactly the ClusterRole shipped in
+``manifests/rbac`` — so tests exercise the least-privilege RBAC, not admin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localenv._proc import REPO_ROOT, EnvironmentStartError, free_port, log_tail, start_process, stop_pid, wait_until
+from localenv.cluster import Cluster
+
+BINDINGS = [
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-operator-local-user"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-operator"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
+    # Everyone may file approvals and read models; the admission policy decides which approvals stand.
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-approval-editors-local"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "modelwarden-approval-editor"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]},
+]
+
+
+def install(cluster: Cluster) -> None:
+    """Apply CRDs, RBAC and the approval admission policy (server-side apply: idempotent)."""
+    for path in ("crds", "manifests/rbac", "manifests/admission"):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / path))
+    cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io")
+
+
+@dataclass
+class OperatorProcess:
+    """The operator as a child process; ``kill()`` is a crash (SIGKILL), ``stop()`` a clean shutdown."""
+
+    cluster: Cluster
+    log_path: Path
+    user: str = "modelwarden-operator"
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    liveness_port: int = 0
+
+    def start(self) -> OperatorProcess:
+        self.liveness_port = free_port()
+        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), **self.env}
+        self.process = start_process(
+            [sys.executable, "-m", "modelwarden.handlers",
+             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz"],
+            self.log_path, env=env, cwd=REPO_ROOT)
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+
+        def alive() -> bool:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait_until(alive, timeout=60, what="modelwarden operator", log_path=self.log_path, process=self.process)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_pid(self.process.pid, timeout=15)
+            self.process.wait()
+            self.process = None
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise EnvironmentStartError(f"the operator died:\n{log_tail(self.log_path, 40)}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is truthy; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,103 @@
+"""Shared steps for tests that drive ModelWarden on the real control plane."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelwarden.api import v1alpha1 as api
+
+FEATURES = ["f1", "f2", "f3"]
+
+
+def artifact(directory: Path, version: str, payload: bytes | None = None) -> tuple[str, str]:
+    """Write a model file; return (file:// uri, sha256)."""
+    data = payload if payload is not None else f"model {version}".encode() * 64
+    path = directory / f"model-{version}.skops"
+    path.write_bytes(data)
+    return path.as_uri(), hashlib.sha256(data).hexdigest()
+
+
+def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[str, Any]] | None = None,
+            replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": name},
+        "spec": {
+            "version": version,
+            "artifact": {"uri": uri, "sha256": sha256, "format": "skops"},
+            "featureContract": {"name": "demo", "features": FEATURES, "nFeatures": len(FEATURES)},
+            "serving": {"replicas": replicas},
+            "rollout": {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1}, {"setWeight": 100, "pauseSeconds": 1}]},
+            **spec,
+        },
+    }
+
+
+def approval(model: str, version: str, sha256: str, role: str, approver: str, name: str | None = None,
+             ) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION, "kind": "ModelApproval",
+        "metadata": {"name": name or f"{model}-{version}-{role}-{approver}"},
+        "spec": {"modelRef": {"name": model}, "version": version, "sha256": sha256, "role": role,
+                 "approver": approver},
+    }
+
+
+class Models:
+    """MLModel and ModelApproval calls in one namespace, as one user."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace,
+                                                                api.MLMODEL_PLURAL, body))
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace,
+                                                             api.MLMODEL_PLURAL, name))
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace,
+                                                               api.MLMODEL_PLURAL, name, {"spec": spec}))
+
+    def approve(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace,
+                                                                api.APPROVAL_PLURAL, body))
+
+    def status(self, name: str) -> api.MLModelStatus:
+        return api.MLModelStatus.model_validate(self.get(name).get("status") or {})
+
+    def deployment(self, name: str) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace)
+        except client.exceptions.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return list(self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=MLModel").items)
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60, check: Callable[[], None] | None = None,
+                   ) -> api.MLModelStatus:
+        deadline = time.monotonic() + timeout
+        status = api.MLModelStatus()
+        while time.monotonic() < deadline:
+            if check is not None:
+                check()
+            status = self.status(name)
+            if status.phase == phase:
+                return status
+            time.sleep(0.2)
+        pytest.fail(f"{name} not {phase} after {timeout}s; status: {status.model_dump_json(indent=1)}")
