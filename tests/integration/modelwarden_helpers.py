@@ -33,7 +33,8 @@ def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[
             "artifact": {"uri": uri, "sha256": sha256, "format": "skops"},
             "featureContract": {"name": "demo", "features": FEATURES, "nFeatures": len(FEATURES)},
             "serving": {"replicas": replicas},
-            "rollout": {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1}, {"setWeight": 100, "pauseSeconds": 1}]},
+            "rollout": {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1},
+                                           {"setWeight": 100, "pauseSeconds": 1}]},
             **spec,
         },
     }

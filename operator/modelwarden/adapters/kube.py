@@ -73,7 +73,7 @@ def _wrap(e: ApiException, what: str) -> KubeError:
     status = int(e.status or 0)
     message = f"{what}: {e.status} {e.reason}"
     if e.body:
-        message += f": {e.body if isinstance(e.body, str) else e.body!r}"[:600]
+        message += f": {e.body!s}"[:600]
     return Conflict(message, status) if status == 409 else KubeError(message, status)
 
 
@@ -232,7 +232,8 @@ class KubeWorkloads:
         the caches before the first decision: deciding on a half-filled cache would undo real state."""
         selector = f"{api.LABEL_MANAGED_BY}=modelwarden"
         out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "deployments": []}
-        for ns in namespaces or [None]:
+        scopes: list[str | None] = list(namespaces) or [None]
+        for ns in scopes:
             for plural in (api.MLMODEL_PLURAL, api.APPROVAL_PLURAL):
                 if ns is None:
                     listed = await self._call(f"list {plural}", self._custom.list_cluster_custom_object,
@@ -247,8 +248,12 @@ class KubeWorkloads:
             else:
                 deps = await self._call("list deployments", self._apps.list_namespaced_deployment, ns,
                                         label_selector=selector)
-            out["deployments"] += [self._api.sanitize_for_serialization(d) for d in deps.items]
+            out["deployments"] += [self._raw(d) for d in deps.items]
         return out
+
+    def _raw(self, obj: Any) -> dict[str, Any]:
+        """A typed client object as the API's camelCase dict."""
+        return dict(self._api.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
 
     async def replace_status(self, body: dict[str, Any], status: api.MLModelStatus) -> dict[str, Any]:
         """Write the whole status once, guarded by resourceVersion (a stale writer gets Conflict)."""

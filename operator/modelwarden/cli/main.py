@@ -7,6 +7,7 @@ Every command that changes something writes only metadata or a new ModelApproval
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -33,10 +34,8 @@ def _client(kubeconfig: str | None) -> client.ApiClient:
 
 def _api_error(e: ApiException, what: str) -> CLIError:
     message = e.reason or ""
-    try:
-        message = json.loads(e.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        pass
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        message = json.loads(e.body or "")["message"]
     hint = ""
     if e.status == 404:
         hint = " (check the name and --namespace)"
@@ -47,7 +46,7 @@ def _api_error(e: ApiException, what: str) -> CLIError:
 
 def _get_model(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     try:
-        obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        obj: Any = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, name)
     except ApiException as e:
         raise _api_error(e, f"reading MLModel {namespace}/{name}") from e
@@ -56,7 +55,10 @@ def _get_model(api_client: client.ApiClient, namespace: str, name: str) -> dict[
 
 def _whoami(api_client: client.ApiClient) -> str:
     review = client.AuthenticationV1Api(api_client).create_self_subject_review(client.V1SelfSubjectReview())
-    return str(review.status.user_info.username)
+    user = review.status.user_info if review.status else None
+    if user is None or not user.username:
+        raise CLIError("the API server did not say who you are (SelfSubjectReview)")
+    return str(user.username)
 
 
 def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
