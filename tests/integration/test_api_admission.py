@@ -1,0 +1,168 @@
+"""The API server itself refuses bad MLModels and ModelApprovals, and forged sign-offs.
+
+Schema and CEL rules come from crds/ (generated from the pydantic models); identity rules from the
+ValidatingAdmissionPolicy in manifests/admission/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localenv.cluster import Cluster
+from localenv.modelwarden import OperatorProcess
+from modelwarden.api.v1alpha1 import Phase
+from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+
+SHA = "ab" * 32
+GOOD = mlmodel("m", "v1", "file:///models/m.skops", SHA)
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with ``path`` (dotted; [i] for list items) set to ``value``; None deletes it."""
+    body = copy.deepcopy(GOOD)
+    node: Any = body
+    parts = path.replace("[", ".").replace("]", "").split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    last = parts[-1]
+    if value is None:
+        del node[last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return body
+
+
+BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
+    ("sha256 in upper case", _with("spec.artifact.sha256", "AB" * 32), "spec.artifact.sha256"),
+    ("sha256 too short", _with("spec.artifact.sha256", "ab" * 31), "spec.artifact.sha256"),
+    ("unknown format", _with("spec.artifact.format", "pickle"), "spec.artifact.format"),
+    ("joblib without opt-in", _with("spec.artifact.format", "joblib"), "spec.artifact.format"),
+    ("feature count disagrees", _with("spec.featureContract.nFeatures", 4), "spec.featureContract.nFeatures"),
+    ("duplicate feature", _with("spec.featureContract.features", ["f1", "f1", "f2"]),
+     "spec.featureContract.features"),
+    ("weights not increasing", _with("spec.rollout.steps", [{"setWeight": 50}, {"setWeight": 20}]),
+     "spec.rollout.steps"),
+    ("repeated weight", _with("spec.rollout.steps", [{"setWeight": 50}, {"setWeight": 50}]), "spec.rollout.steps"),
+    ("weight above 100", _with("spec.rollout.steps", [{"setWeight": 101}]), "spec.rollout.steps[0].setWeight"),
+    ("weight zero", _with("spec.rollout.steps", [{"setWeight": 0}]), "spec.rollout.steps[0].setWeight"),
+    ("no required roles", _with("spec.approvals", {"requiredRoles": []}), "spec.approvals.requiredRoles"),
+    ("required role twice", _with("spec.approvals", {"requiredRoles": ["finance", "finance"]}),
+     "spec.approvals.requiredRoles"),
+    ("objective as a float", _with("spec.slo", {"objective": 99.9}), "spec.slo.objective"),
+    ("objective of 100%", _with("spec.slo", {"objective": "100"}), "spec.slo.objective"),
+    ("version not a DNS label", _with("spec.version", "V1_final"), "spec.version"),
+    ("zero replicas", _with("spec.serving", {"replicas": 0}), "spec.serving.replicas"),
+    ("missing artifact", _with("spec.artifact", None), "spec.artifact"),
+    ("gatewayAPI without a route", _with("spec.rollout.trafficRouting", {"type": "gatewayAPI"}),
+     "spec.rollout.trafficRouting.gatewayAPI"),
+]
+
+
+def _rejection(create: Callable[[], object]) -> tuple[int, str]:
+    with pytest.raises(ApiException) as rejected:
+        create()
+    return int(rejected.value.status), str(json.loads(rejected.value.body)["message"])
+
+
+@pytest.mark.parametrize(("case", "body", "field"), BAD_MODELS, ids=[c[0] for c in BAD_MODELS])
+def test_bad_mlmodel_is_rejected_naming_the_field(case: str, body: dict[str, Any], field: str,
+                                                  modelwarden_installed: Cluster, admin_api: client.ApiClient,
+                                                  namespace: str) -> None:
+    status, message = _rejection(lambda: Models(admin_api, namespace).create(body))
+    assert status == 422, message
+    assert field in message, message
+
+
+def test_good_mlmodel_is_accepted(modelwarden_installed: Cluster, admin_api: client.ApiClient,
+                                  namespace: str) -> None:
+    created = Models(admin_api, namespace).create(GOOD)
+    assert created["spec"]["enabled"] is True, "defaults are applied by the API server"
+
+
+BAD_APPROVALS: list[tuple[str, dict[str, Any], str]] = [
+    ("sha256 not hex", {"sha256": "z" * 64}, "spec.sha256"),
+    ("role with spaces", {"role": "head of risk"}, "spec.role"),
+    ("no model", {"modelRef": None}, "spec.modelRef"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), BAD_APPROVALS, ids=[c[0] for c in BAD_APPROVALS])
+def test_bad_approval_is_rejected_naming_the_field(case: str, change: dict[str, Any], field: str,
+                                                   modelwarden_installed: Cluster,
+                                                   api_clients: dict[str, client.ApiClient], namespace: str) -> None:
+    body = approval("m", "v1", SHA, "finance", "finance-approver")
+    for key, value in change.items():
+        if value is None:
+            del body["spec"][key]
+        else:
+            body["spec"][key] = value
+    status, message = _rejection(lambda: Models(api_clients["finance-approver"], namespace).approve(body))
+    assert status == 422, message
+    assert field in message, message
+
+
+FORGERIES: list[tuple[str, str, str, str, str]] = [
+    # (case, requesting user, role, spec.approver, expected message fragment)
+    ("developer approving", "developer", "finance", "developer", "developer may not approve as finance"),
+    ("finance approving as regulatory", "finance-approver", "regulatory", "finance-approver",
+     "finance-approver may not approve as regulatory"),
+    ("claiming another person's name", "finance-approver", "finance", "regulatory-approver",
+     "spec.approver must be the requesting user finance-approver"),
+    ("a role nobody maps", "finance-approver", "treasury", "finance-approver", "not a known approver role"),
+]
+
+
+@pytest.mark.parametrize(("case", "user", "role", "approver", "fragment"), FORGERIES, ids=[c[0] for c in FORGERIES])
+def test_forged_approval_is_denied_by_the_api_server(case: str, user: str, role: str, approver: str, fragment: str,
+                                                     modelwarden_installed: Cluster,
+                                                     api_clients: dict[str, client.ApiClient],
+                                                     namespace: str) -> None:
+    body = approval("m", "v1", SHA, role, approver)
+    status, message = _rejection(lambda: Models(api_clients[user], namespace).approve(body))
+    assert status in (403, 422), message
+    assert fragment in message, message
+
+
+def test_approval_cannot_be_edited_after_creation(modelwarden_installed: Cluster,
+                                                  api_clients: dict[str, client.ApiClient], namespace: str) -> None:
+    finance = Models(api_clients["finance-approver"], namespace)
+    created = finance.approve(approval("m", "v1", SHA, "finance", "finance-approver"))
+    name = created["metadata"]["name"]
+    # Even a cluster admin, whom RBAC lets update anything, cannot rewrite a sign-off.
+    admin = Models(api_clients["admin"], namespace)
+    status, message = _rejection(lambda: admin.custom.patch_namespaced_custom_object(
+        "modelwarden.io", "v1alpha1", namespace, "modelapprovals", name, {"spec": {"comment": "changed my mind"}}))
+    assert status in (403, 422), message
+    assert "immutable" in message, message
+
+
+def test_one_person_in_both_roles_does_not_make_a_quorum(operator: OperatorProcess,
+                                                         api_clients: dict[str, client.ApiClient],
+                                                         namespace: str, tmp_path: Path) -> None:
+    uri, sha = artifact(tmp_path, "v1")
+    admin = Models(api_clients["admin"], namespace)
+    admin.create(mlmodel("solo", "v1", uri, sha))
+    dual = Models(api_clients["dual-approver"], namespace)
+    # Both are admitted: dual-approver is in both groups...
+    dual.approve(approval("solo", "v1", sha, "finance", "dual-approver"))
+    dual.approve(approval("solo", "v1", sha, "regulatory", "dual-approver"))
+    # ...but the operator will not count one person twice.
+    status = admin.wait_phase("solo", Phase.AWAITING_APPROVAL, check=operator.check_alive)
+    approved = next(c for c in status.conditions if c.type == "Approved")
+    assert approved.status == "False"
+    assert "each required role needs a different person" in approved.message
+    assert admin.deployment("solo-stable") is None
+    # A second person completes it.
+    Models(api_clients["regulatory-approver"], namespace).approve(
+        approval("solo", "v1", sha, "regulatory", "regulatory-approver"))
+    status = admin.wait_phase("solo", Phase.STABLE, timeout=90, check=operator.check_alive)
+    assert {(a.role, a.approver) for a in status.history[0].approvals} == {
+        ("finance", "dual-approver"), ("regulatory", "regulatory-approver")}
