@@ -194,9 +194,10 @@ class KubeWorkloads:
                                 _content_type="application/apply-patch+yaml")
 
     async def ensure_services(self, model: ModelObject, router: str) -> None:
-        for svc in service_manifests(model, router):
-            await self._apply(f"apply Service {svc['metadata']['name']}", self._core.patch_namespaced_service,
-                              svc["metadata"]["name"], model.namespace, svc)
+        await asyncio.gather(*(
+            self._apply(f"apply Service {svc['metadata']['name']}", self._core.patch_namespaced_service,
+                        svc["metadata"]["name"], model.namespace, svc)
+            for svc in service_manifests(model, router)))
         account = {"apiVersion": "v1", "kind": "ServiceAccount",
                    "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace,
                                 "labels": {api.LABEL_MANAGED_BY: "modelwarden"}}}

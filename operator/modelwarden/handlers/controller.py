@@ -198,7 +198,9 @@ class Controller:
     async def _apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
                      decision: Decision) -> None:
         key = (model.namespace, model.name)
-        for action in decision.actions:
+        # Deployments first: Services and RBAC for the pods can follow a moment later.
+        ordered = sorted(decision.actions, key=lambda a: isinstance(a, EnsureServices))
+        for action in ordered:
             if isinstance(action, EnsureServices):
                 await self.workloads.ensure_services(model, spec.rollout.traffic_routing.type)
                 self.services_ensured.add((key, spec.rollout.traffic_routing.type))
