@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localenv._proc import REPO_ROOT, EnvironmentStartError, free_port, log_tail, start_process, stop_pid, wait_until
+from localenv._proc import (
+    REPO_ROOT,
+    EnvironmentStartError,
+    free_port,
+    log_tail,
+    run,
+    start_process,
+    stop_pid,
+    wait_until,
+)
 from localenv.cluster import Cluster
 
 BINDINGS = [
@@ -41,6 +50,21 @@ def install(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io")
+
+
+GATEWAY_API_VERSION = "v1.3.0"
+
+
+def install_gateway_api(cluster: Cluster) -> None:
+    """The Gateway API CRDs, as shipped inside the ``sigs.k8s.io/gateway-api`` Go module (standard channel)."""
+    out = run(["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}"],
+              "downloading the Gateway API module")
+    crds = Path(json.loads(out)["Dir"]) / "config" / "crd" / "standard"
+    cluster.kubectl("apply", "--server-side", "-f", str(crds / "gateway.networking.k8s.io_httproutes.yaml"),
+                    "-f", str(crds / "gateway.networking.k8s.io_gateways.yaml"),
+                    "-f", str(crds / "gateway.networking.k8s.io_gatewayclasses.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/httproutes.gateway.networking.k8s.io")
 
 
 @dataclass

@@ -25,7 +25,11 @@ def artifact(directory: Path, version: str, payload: bytes | None = None) -> tup
 
 
 def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[str, Any]] | None = None,
-            replicas: int = 2, **spec: Any) -> dict[str, Any]:
+            replicas: int = 2, routing: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    rollout: dict[str, Any] = {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1},
+                                                  {"setWeight": 100, "pauseSeconds": 1}]}
+    if routing is not None:
+        rollout["trafficRouting"] = routing
     return {
         "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": name},
         "spec": {
@@ -33,8 +37,7 @@ def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[
             "artifact": {"uri": uri, "sha256": sha256, "format": "skops"},
             "featureContract": {"name": "demo", "features": FEATURES, "nFeatures": len(FEATURES)},
             "serving": {"replicas": replicas},
-            "rollout": {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1},
-                                           {"setWeight": 100, "pauseSeconds": 1}]},
+            "rollout": rollout,
             **spec,
         },
     }
