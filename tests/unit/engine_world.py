@@ -74,8 +74,9 @@ class World:
                 same_template = (current is not None and current.fingerprint == a.fingerprint
                                  and current.serves(a.artifact))
                 ready = min(current.ready_replicas, a.replicas) if current is not None and same_template else 0
+                # Any write bumps the Deployment's generation: not rolled out until its controller catches up.
                 new = TrackState(version=a.artifact.version, sha256=a.artifact.sha256, fingerprint=a.fingerprint,
-                                 replicas=a.replicas, ready_replicas=ready, rolled_out=same_template)
+                                 replicas=a.replicas, ready_replicas=ready, rolled_out=False)
                 if a.track == "stable":
                     self.stable = new
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -226,7 +227,7 @@ OPS = st.sampled_from(["tick", "ready", "approve_v2", "approve_v3", "forge_v3", 
                        "promote", "disable", "enable", "tamper_v3"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "300")), deadline=None)
 @given(st.lists(OPS, min_size=1, max_size=40), st.sampled_from(["replicas", "gatewayAPI"]),
        st.integers(min_value=1, max_value=7))
 def test_invariants(ops: list[str], router: str, replicas: int) -> None:
