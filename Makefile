@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 PYTEST_ARGS ?=
 
 .PHONY: help install lint typecheck test test-unit test-integration cluster-up cluster-down cluster-build \
-        system-deps demo clean crds
+        system-deps demo clean crds rules
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ cluster-down: $(STAMP) ## stop the local control plane and delete its state
 
 crds: $(STAMP) ## regenerate crds/ from operator/modelwarden/api (a unit test fails when it is stale)
 	@$(PY) -m modelwarden.api.crdgen crds
+
+rules: $(STAMP) ## regenerate manifests/prometheus/prometheusrule.yaml from rules.yaml
+	@$(PY) hack/gen_prometheusrule.py > manifests/prometheus/prometheusrule.yaml
 
 test-unit: $(STAMP) ## fast, pure tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
