@@ -100,7 +100,7 @@ def counter_increase(samples: Samples, *, window_start: float) -> int:
     for v in inside:
         total += v - previous if v >= previous else v
         previous = v
-    return int(round(total))
+    return round(total)
 
 
 def assess_critical_feedback(per_stakeholder: Sequence[Samples], *, now: float, window_seconds: float,
