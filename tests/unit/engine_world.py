@@ -9,9 +9,9 @@ from typing import Any
 
 from modelwarden.api.v1alpha1 import MLModelSpec, MLModelStatus
 from modelwarden.engine.approvals import Approval
+from modelwarden.engine.health import MetricsView
 from modelwarden.engine.rollout import (
     Action,
-    AnalysisVerdict,
     ApplyTrack,
     ArtifactCheck,
     Decision,
@@ -20,7 +20,7 @@ from modelwarden.engine.rollout import (
     Observation,
     SetRouteWeight,
     TrackState,
-    artifact_check_needed,
+    artifact_to_check,
     decide,
 )
 
@@ -62,7 +62,10 @@ class World:
     real_sha: dict[str, str] = field(default_factory=dict)
     approvals: tuple[Approval, ...] = ()
     promote: str | None = None
-    analysis: AnalysisVerdict = "NotRun"
+    resume: str | None = None
+    # None with metrics_configured: Prometheus is down
+    metrics: MetricsView | None = None
+    metrics_configured: bool = False
     generation: int = 1
 
     def apply(self, actions: tuple[Action, ...]) -> None:
@@ -94,14 +97,14 @@ class World:
 
     def observe(self, spec: MLModelSpec, status: MLModelStatus) -> Observation:
         check = None
-        if artifact_check_needed(spec, status):
-            uri = spec.artifact.uri
+        uri = artifact_to_check(spec, status)
+        if uri is not None:
             actual = self.real_sha.get(uri)
             check = ArtifactCheck(uri=uri, actual=actual, error=None if actual else "no such file")
         return Observation(
             generation=self.generation, approvals=self.approvals, stable=self.stable, canary=self.canary,
             services_present=self.services, route_canary_weight=self.route, artifact=check, promote=self.promote,
-            analysis=self.analysis,
+            resume=self.resume, metrics=self.metrics, metrics_configured=self.metrics_configured,
         )
 
     def step(self, spec: MLModelSpec, status: MLModelStatus, now: datetime) -> Decision:

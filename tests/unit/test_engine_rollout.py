@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase, Reason
 from modelwarden.engine.approvals import Approval
 from modelwarden.engine.conditions import get_condition
+from modelwarden.engine.health import MetricsView
 from modelwarden.engine.rollout import (
     ApplyTrack,
     DeleteTrack,
@@ -150,7 +151,8 @@ def test_no_verdict_from_analysis_means_no_advance() -> None:
     world = honest_world("v1", "v2")
     status = stable_on_v1(world)
     world.approvals += approvals("v2")
-    world.analysis = "Inconclusive"
+    world.metrics_configured = True
+    world.metrics = MetricsView(at=T0.timestamp(), step_seconds=30)  # Prometheus answers, but has nothing
     status, _, _ = settle(world, make_spec("v2"), status, T0 + timedelta(hours=1), max_passes=5)
     assert status.current_step_index == 0
     assert get_condition(status.conditions, "Progressing").reason == Reason.ANALYSIS_PENDING  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +60,7 @@ class Workloads(Protocol):
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
+    async def record_incident(self, model: ModelObject, rollback: api.Rollback, extra: dict[str, Any]) -> None: ...
 
 
 class ModelStatusWriter(Protocol):
@@ -251,6 +253,20 @@ class KubeWorkloads:
                                         label_selector=selector)
             out["deployments"] += [self._raw(d) for d in deps.items]
         return out
+
+    async def record_incident(self, model: ModelObject, rollback: api.Rollback, extra: dict[str, Any]) -> None:
+        """The full incident record, beside the model: a ConfigMap named after the rollback id (idempotent)."""
+        name = f"{model.name}-{rollback.id}"[:253]
+        record = {"model": model.name, "namespace": model.namespace, **rollback.wire(), **extra}
+        body = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": model.namespace,
+                         "labels": {**labels(model), f"{api.GROUP}/incident": rollback.id},
+                         "ownerReferences": [model.owner_reference()]},
+            "data": {"incident.json": json.dumps(record, indent=2, sort_keys=True)},
+        }
+        await self._apply(f"record incident {name}", self._core.patch_namespaced_config_map, name, model.namespace,
+                          body)
 
     def _raw(self, obj: Any) -> dict[str, Any]:
         """A typed client object as the API's camelCase dict."""

@@ -76,6 +76,17 @@ class Reason:
     KILL_SWITCH = "KillSwitchEngaged"
     WAITING_FOR_STABLE = "WaitingForStableReady"
     ANALYSIS_PENDING = "AnalysisPending"
+    # Healthy / Halted / RolledBack
+    HEALTHY = "WithinBudget"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    ROLLBACK_STARTED = "RollbackStarted"
+    TRAFFIC_RESTORED = "TrafficRestored"
+    ROLLBACK_COMPLETE = "RollbackComplete"
+    NO_ROLLBACK_TARGET = "NoRollbackTarget"
+    TARGET_SHA256_MISMATCH = "RollbackTargetSha256Mismatch"
+    HALTED = "Halted"
+    RESUMED = "Resumed"
+    NEW_REVISION = "NewRevision"
 
 
 class Phase:
@@ -235,6 +246,32 @@ class SLO(_Model):
     window_seconds: Annotated[int, Field(ge=3600, le=90 * 86400)] = 28 * 86400
 
 
+class CriticalFeedback(_Model):
+    threshold: Annotated[int, Field(ge=1, le=1000)] = 3
+    window_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 3600
+    stakeholders: Annotated[
+        list[Annotated[str, Field(pattern=ROLE_PATTERN)]],
+        Field(min_length=1, max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=lambda: ["finance", "regulator"])
+
+
+class FastBurn(_Model):
+    enabled: bool = True
+    factor: Annotated[str, Field(pattern=DECIMAL_PATTERN, description="Burn-rate multiple over 1h and 5m.")] = "14.4"
+
+
+class RollbackPolicy(_Model):
+    error_budget_floor_percent: Annotated[
+        str, Field(pattern=DECIMAL_PATTERN, description="Roll back when the budget stays below this percent.")
+    ] = "5"
+    sustain_seconds: Annotated[int, Field(ge=60, le=86400)] = 900
+    critical_feedback: CriticalFeedback = Field(default_factory=CriticalFeedback)
+    fast_burn: FastBurn = Field(default_factory=FastBurn)
+    no_data_notify_seconds: Annotated[
+        int, Field(ge=60, le=86400, description="Notify when metrics stay unavailable this long.")
+    ] = 600
+
+
 class Approvals(_Model):
     required_roles: Annotated[
         list[Annotated[str, Field(pattern=ROLE_PATTERN)]],
@@ -252,6 +289,7 @@ class MLModelSpec(_Model):
     serving: Serving = Field(default_factory=Serving)
     rollout: Rollout = Field(default_factory=Rollout)
     slo: SLO = Field(default_factory=SLO)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
     approvals: Approvals = Field(default_factory=Approvals)
 
 
@@ -294,6 +332,43 @@ class HistoryEntry(_Model):
     outcome: Literal["Serving", "Superseded", "RolledBack"] = "Serving"
 
 
+class ErrorBudget(_Model):
+    version: str
+    remaining_percent: str = Field(description="Last observed error budget left, percent (may be negative).")
+    observed_at: str
+
+
+class TimelineEntry(_Model):
+    at: str
+    event: str
+    message: str = ""
+
+
+class Rollback(_Model):
+    """One rollback (or canary abort), from the trigger to done. Its id names the incident everywhere."""
+
+    id: str
+    trigger: str
+    message: str
+    values: dict[str, str] = Field(default_factory=dict)
+    from_version: str
+    from_sha256: str
+    to_version: str | None = None
+    to_sha256: str | None = None
+    started_at: str
+    traffic_restored_at: str | None = None
+    completed_at: str | None = None
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+
+class Halt(_Model):
+    id: str = Field(description="Set the modelwarden.io/resume annotation to this id to clear the halt.")
+    reason: str
+    version: str
+    sha256: str
+    since: str
+
+
 class MLModelStatus(_Model):
     observed_generation: int | None = None
     phase: str | None = None
@@ -307,6 +382,12 @@ class MLModelStatus(_Model):
     verified_sha256: str | None = Field(default=None, description="The last artifact sha256 the operator verified.")
     approvals: list[ApprovalRecord] = Field(default_factory=list, description="The quorum for the version in spec.")
     history: list[HistoryEntry] = Field(default_factory=list)
+    error_budget: ErrorBudget | None = None
+    metrics_unavailable_since: str | None = None
+    metrics_unavailable_notified: bool = False
+    halt: Halt | None = None
+    last_rollback: Rollback | None = None
+    incidents: list[Rollback] = Field(default_factory=list, description="The last few; full records elsewhere.")
 
 
 # --- ModelApproval ------------------------------------------------------------------------------------------

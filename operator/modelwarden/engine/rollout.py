@@ -20,20 +20,25 @@ from modelwarden.api.v1alpha1 import (
     ApprovalRecord,
     ArtifactVersion,
     ConditionType,
+    ErrorBudget,
+    Halt,
     HistoryEntry,
     MLModelSpec,
     MLModelStatus,
     Phase,
     Reason,
+    Rollback,
+    TimelineEntry,
     Track,
 )
 from modelwarden.engine.approvals import Approval, Quorum, evaluate_quorum
 from modelwarden.engine.conditions import set_condition, timestamp
+from modelwarden.engine.health import Health, MetricsView, budget_percent, judge
 from modelwarden.engine.traffic import TrafficPlan, plan_traffic
+from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
 HISTORY_LIMIT = 20
-
-AnalysisVerdict = Literal["Pass", "Fail", "Inconclusive", "NotRun"]
+INCIDENT_LIMIT = 10
 
 
 # --- what the handler observed ------------------------------------------------------------------------------
@@ -79,7 +84,13 @@ class Observation:
     route_canary_weight: int | None = None
     artifact: ArtifactCheck | None = None
     promote: str | None = None
-    analysis: AnalysisVerdict = "NotRun"
+    resume: str | None = None
+    # None: no metrics source configured (no analysis, no triggers). A view with no series for a version
+    # whose metrics are expected means NoData for it.
+    metrics: MetricsView | None = None
+    metrics_configured: bool = False
+    # why ``metrics`` is None although configured (Prometheus down, timeout)
+    metrics_error: str | None = None
 
 
 # --- what the handler must do -------------------------------------------------------------------------------
@@ -108,7 +119,33 @@ class SetRouteWeight:
     canary_weight: int
 
 
-Action = EnsureServices | ApplyTrack | DeleteTrack | SetRouteWeight
+@dataclass(frozen=True)
+class FlushAndWarm:
+    """Drop the aborted version's queued work, warm the restored version's caches (best effort)."""
+
+    flush_track: Track | None
+    warm_track: Track
+
+
+@dataclass(frozen=True)
+class AnnotateGrafana:
+    rollback: Rollback
+
+
+@dataclass(frozen=True)
+class RecordIncident:
+    rollback: Rollback
+
+
+@dataclass(frozen=True)
+class Notify:
+    severity: Literal["page", "warning", "info"]
+    summary: str
+    rollback: Rollback | None = None
+
+
+Action = (EnsureServices | ApplyTrack | DeleteTrack | SetRouteWeight | FlushAndWarm | AnnotateGrafana
+          | RecordIncident | Notify)
 
 
 @dataclass(frozen=True)
@@ -142,12 +179,40 @@ def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def artifact_check_needed(spec: MLModelSpec, status: MLModelStatus) -> bool:
-    """True when the handler must hash ``spec.artifact.uri`` before ``decide`` can go on."""
+def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
+    """The URI the handler must hash before ``decide`` can go on (None: nothing to check).
+
+    A rollback re-verifies its target's sha256 before serving it; a new spec revision is verified once.
+    """
+    rollback = status.last_rollback
+    if rollback is not None and rollback.completed_at is None and rollback.to_version is not None \
+            and not _verified_target(rollback):
+        entry = _history_entry_for(status, rollback.to_version, rollback.to_sha256)
+        return entry.uri if entry is not None else None
     target = target_of(spec)
     if status.stable is not None and _same(status.stable, target):
-        return False
-    return status.verified_sha256 != target.sha256
+        return None
+    if status.verified_sha256 == target.sha256:
+        return None
+    return target.uri
+
+
+def _verified_target(rollback: Rollback) -> bool:
+    return any(t.event == "TargetVerified" for t in rollback.timeline)
+
+
+def _history_entry_for(status: MLModelStatus, version: str | None, sha256: str | None) -> HistoryEntry | None:
+    return next((h for h in reversed(status.history) if h.version == version and h.sha256 == sha256), None)
+
+
+def rollback_target(history: list[HistoryEntry], current: ArtifactVersion) -> HistoryEntry | None:
+    """The newest entry before the current one that was approved and not itself rolled back."""
+    for entry in reversed(history):
+        if entry.version == current.version and entry.sha256 == current.sha256:
+            continue
+        if entry.outcome != "RolledBack" and entry.approvals:
+            return entry
+    return None
 
 
 def _same(a: ArtifactVersion | None, b: ArtifactVersion | None) -> bool:
@@ -233,6 +298,29 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
         # Rollouts stand still while disabled; what is deployed stays, so re-enabling is instant.
         return p.finish(Phase.DISABLED)
 
+    rollback = status.last_rollback
+    if rollback is not None and rollback.completed_at is None:
+        return _continue_rollback(p, rollback)
+
+    health = _health(spec, status, obs, now)
+    _record_health(p, health)
+    if health is not None and health.stable_trigger is not None and status.stable is not None:
+        return _start_rollback(p, health.stable_trigger)
+    if health is not None and health.canary is not None and health.canary.fired and status.canary is not None:
+        return _start_rollback(p, health.canary, canary_only=True)
+
+    if status.halt is not None:
+        if obs.resume == status.halt.id:
+            p.event("Normal", Reason.RESUMED, f"halt {status.halt.id} cleared by the resume annotation")
+            p.update(halt=None)
+            p.condition(ConditionType.HALTED, False, Reason.RESUMED, f"resumed after {status.halt.id}")
+        elif (status.halt.version, status.halt.sha256) != (target.version, target.sha256):
+            p.event("Normal", Reason.RESUMED, f"halt {status.halt.id} cleared by a new revision {target.version}")
+            p.update(halt=None)
+            p.condition(ConditionType.HALTED, False, Reason.NEW_REVISION, f"new revision {target.version}")
+        else:
+            return _halted(p)
+
     if _same(status.stable, target):
         return _steady(p, target)
 
@@ -252,7 +340,7 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
 
     if status.stable is None:
         return _first_deployment(p, target, records)
-    return _canary(p, target, records)
+    return _canary(p, target, records, health)
 
 
 def _mismatch(p: _Pass) -> bool:
@@ -358,7 +446,8 @@ def _first_deployment(p: _Pass, target: ArtifactVersion, approvals: list[Approva
     return _stable(p, target, ready=True)
 
 
-def _canary(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
+def _canary(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], health: Health | None,
+            ) -> Decision:
     spec, obs = p.spec, p.obs
     stable = p.status.stable
     assert stable is not None
@@ -409,10 +498,11 @@ def _canary(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) 
         p.update(step_started_at=timestamp(p.now), canary_weight=full.canary_weight)
         p.event("Normal", Reason.STEP_ADVANCED,
                 f"step {index + 1}/{len(steps)}: {full.canary_weight}% of traffic on canary {target.version}")
-    return _hold_or_advance(p, target, index, full)
+    return _hold_or_advance(p, target, index, full, health)
 
 
-def _hold_or_advance(p: _Pass, target: ArtifactVersion, index: int, plan: TrafficPlan) -> Decision:
+def _hold_or_advance(p: _Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, health: Health | None,
+                     ) -> Decision:
     step = p.spec.rollout.steps[index]
     where = f"step {index + 1}/{len(p.spec.rollout.steps)} at {plan.canary_weight}%"
     if step.pause_seconds is None:
@@ -429,7 +519,7 @@ def _hold_or_advance(p: _Pass, target: ArtifactVersion, index: int, plan: Traffi
                         f"{where}: holding {int(remaining + 0.999)}s more")
             p.requeue(remaining)
             return p.finish(Phase.PROGRESSING)
-    if p.obs.analysis == "Inconclusive":
+    if health is not None and (health.canary is None or health.canary.verdict != "Clear"):
         # No data is no verdict: never promote on it (DESIGN §3).
         p.condition(ConditionType.PROGRESSING, True, Reason.ANALYSIS_PENDING,
                     f"{where}: canary analysis has no verdict yet; not advancing")
@@ -438,7 +528,8 @@ def _hold_or_advance(p: _Pass, target: ArtifactVersion, index: int, plan: Traffi
     p.update(current_step_index=index + 1, step_started_at=None)
     # Re-decide at once so the next step's replicas are requested in this same pass, instead of this step's.
     p.actions = [a for a in p.actions if not isinstance(a, ApplyTrack | SetRouteWeight)]
-    return _canary(p, target, p.status.approvals)
+    # The next step's weight is not yet analysed: only the first pass may advance on this verdict.
+    return _canary(p, target, p.status.approvals, None if health is None else Health())
 
 
 def _promote(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
@@ -473,3 +564,184 @@ def _promote(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord])
             f"{target.version} (sha256 {target.sha256[:12]}) promoted to stable; "
             f"{previous.version if previous else 'nothing'} retired")
     return _stable(p, target, ready=True)
+
+
+# --- health, rollback and halt --------------------------------------------------------------------------
+
+
+def _health(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Health | None:
+    if not obs.metrics_configured:
+        return None
+    if obs.metrics is None:
+        down = Assessment("Prometheus", "NoData", f"Prometheus unavailable: {obs.metrics_error or 'no answer'}")
+        canary = Assessment(CANARY_ANALYSIS, "NoData", down.message) if status.canary is not None else None
+        return Health(canary=canary, no_data=(down,))
+    return judge(spec, status, obs.metrics, now)
+
+
+def _record_health(p: _Pass, health: Health | None) -> None:
+    """Healthy condition, the budget shown in status, and the bounded wait before saying metrics are gone."""
+    if health is None:
+        return
+    stable_version = p.status.stable.version if p.status.stable else None
+    percent = budget_percent(p.obs.metrics, stable_version)
+    if percent is not None and stable_version is not None:
+        old = p.status.error_budget
+        if old is None or old.remaining_percent != percent or old.version != stable_version:
+            p.update(error_budget=ErrorBudget(version=stable_version, remaining_percent=percent,
+                                              observed_at=timestamp(p.now)))
+    if health.metrics_unavailable:
+        message = "; ".join(a.message for a in health.no_data)
+        p.condition(ConditionType.HEALTHY, None, Reason.METRICS_UNAVAILABLE,
+                    f"{message}: no automatic rollback and no promotion until metrics return")
+        since = p.status.metrics_unavailable_since
+        limit = p.spec.rollback.no_data_notify_seconds
+        if since is None:
+            p.update(metrics_unavailable_since=timestamp(p.now))
+            p.requeue(limit)
+        elif not p.status.metrics_unavailable_notified:
+            waited = _seconds_since(since, p.now)
+            if waited >= limit:
+                summary = f"metrics unavailable for {int(waited // 60)}m: automatic rollback is off ({message})"
+                p.event("Warning", Reason.METRICS_UNAVAILABLE, summary)
+                p.actions.append(Notify("warning", summary))
+                p.update(metrics_unavailable_notified=True)
+            else:
+                p.requeue(limit - waited)
+        return
+    if p.status.metrics_unavailable_since is not None:
+        p.update(metrics_unavailable_since=None, metrics_unavailable_notified=False)
+    trigger = health.stable_trigger or (health.canary if health.canary and health.canary.fired else None)
+    if trigger is None:
+        summary = "; ".join(a.message for a in health.clear) or "no served version to judge"
+        p.condition(ConditionType.HEALTHY, True, Reason.HEALTHY, summary)
+
+
+def _rollback_id(p: _Pass, version: str) -> str:
+    return f"rb-{p.now.strftime('%Y%m%dt%H%M%S')}-{version}".lower()
+
+
+def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False) -> Decision:
+    """A trigger fired: halt, then put traffic back on the prior approved SHA (DESIGN §3)."""
+    status = p.status
+    spec_target = target_of(p.spec)
+    if canary_only:
+        assert status.canary is not None and status.stable is not None
+        bad, restore = status.canary, _history_entry_for(status, status.stable.version, status.stable.sha256)
+    else:
+        assert status.stable is not None
+        bad, restore = status.stable, rollback_target(status.history, status.stable)
+    rb = Rollback(
+        id=_rollback_id(p, bad.version), trigger=trigger.trigger, message=trigger.message, values=trigger.values,
+        from_version=bad.version, from_sha256=bad.sha256,
+        to_version=restore.version if restore else None, to_sha256=restore.sha256 if restore else None,
+        started_at=timestamp(p.now),
+        timeline=[TimelineEntry(at=timestamp(p.now), event="TriggerFired", message=trigger.message),
+                  TimelineEntry(at=timestamp(p.now), event="Halted",
+                                message=f"rollouts of {spec_target.version} halted")],
+    )
+    p.update(last_rollback=rb,
+             halt=Halt(id=rb.id, reason=trigger.trigger, version=spec_target.version, sha256=spec_target.sha256,
+                       since=timestamp(p.now)))
+    p.condition(ConditionType.HEALTHY, False, trigger.trigger, trigger.message)
+    p.condition(ConditionType.HALTED, True, trigger.trigger,
+                f"halted by {rb.id}: set annotation modelwarden.io/resume={rb.id} or apply a new revision")
+    where = f"{bad.version} → {restore.version}" if restore else f"{bad.version} (no approved version to go back to)"
+    p.event("Warning", Reason.ROLLBACK_STARTED, f"{trigger.message}; rolling back {where}")
+    return _continue_rollback(p, rb)
+
+
+def _timeline(rb: Rollback, p: _Pass, event: str, message: str) -> Rollback:
+    return rb.model_copy(update={"timeline": [*rb.timeline, TimelineEntry(at=timestamp(p.now), event=event,
+                                                                          message=message)]})
+
+
+def _continue_rollback(p: _Pass, rb: Rollback) -> Decision:
+    """Each step is idempotent and re-derived from status and observation, so a crash anywhere resumes."""
+    replicas = p.spec.serving.replicas
+    if rb.to_version is None:
+        return _finish_rollback(p, rb, restored=None, canary_only=False, severity="page",
+                                summary=f"{rb.message}; no approved earlier version of {rb.from_version} to "
+                                        "roll back to: canary removed, stable kept, rollouts halted")
+    canary_only = p.status.canary is not None and (p.status.canary.version, p.status.canary.sha256) == (
+        rb.from_version, rb.from_sha256)
+    entry = _history_entry_for(p.status, rb.to_version, rb.to_sha256)
+    assert entry is not None, "a rollback target always comes from history"
+    restore = ArtifactVersion(version=entry.version, sha256=entry.sha256, uri=entry.uri, format=entry.format)
+
+    if not canary_only and not _verified_target(rb):
+        check = p.obs.artifact
+        if check is None or check.uri != restore.uri:
+            p.requeue(0)  # the handler hashes the target on the very next pass
+            p.update(last_rollback=rb)
+            return p.finish(Phase.ROLLING_BACK)
+        if check.error is not None or check.actual != restore.sha256:
+            found = check.error or f"sha256 {check.actual}"
+            message = f"rollback target {restore.version} at {restore.uri} no longer matches: {found}"
+            p.event("Warning", Reason.TARGET_SHA256_MISMATCH, message)
+            rb = _timeline(rb, p, "TargetRejected", message).model_copy(update={"to_version": None,
+                                                                                  "to_sha256": None})
+            return _finish_rollback(p, rb, restored=None, canary_only=False, severity="page",
+                                    summary=f"{rb.message}; {message}: stable kept, rollouts halted")
+        rb = _timeline(rb, p, "TargetVerified", f"{restore.uri} sha256 {restore.sha256}")
+
+    # Traffic: 100% on the restored stable, canary to 0.
+    p.delete_canary()
+    p.apply_track("stable", restore, replicas)
+    restored = (p.obs.stable is not None and p.obs.stable.ready_for(restore, fingerprint(p.spec, restore), replicas)
+                and p.obs.canary is None and (p.spec.rollout.traffic_routing.type != "gatewayAPI"
+                                              or p.obs.route_canary_weight in (0, None)))
+    if not restored:
+        p.update(last_rollback=rb, canary_weight=0)
+        p.condition(ConditionType.PROGRESSING, True, Reason.ROLLBACK_STARTED,
+                    f"rolling back to {restore.version} (sha256 {restore.sha256[:12]})")
+        return p.finish(Phase.ROLLING_BACK)
+    return _finish_rollback(p, rb, restored=restore, canary_only=canary_only, severity="page",
+                            summary=f"{rb.message}; rolled back {rb.from_version} → {restore.version} "
+                                    f"(sha256 {restore.sha256})")
+
+
+def _finish_rollback(p: _Pass, rb: Rollback, *, restored: ArtifactVersion | None, canary_only: bool,
+                     severity: Literal["page", "warning"], summary: str) -> Decision:
+    now = timestamp(p.now)
+    if restored is not None:
+        rb = _timeline(rb, p, "TrafficRestored", f"100% of traffic on {restored.version} "
+                                                 f"(sha256 {restored.sha256})")
+        rb = rb.model_copy(update={"traffic_restored_at": now})
+        if not canary_only:
+            history = [h.model_copy(update={"outcome": "RolledBack", "retired_at": now})
+                       if h.outcome == "Serving" and (h.version, h.sha256) == (rb.from_version, rb.from_sha256)
+                       else h for h in p.status.history]
+            previous = _history_entry_for(p.status, restored.version, restored.sha256)
+            approvals = previous.approvals if previous is not None else []
+            history = [*history, _history_entry(restored, approvals, p.now)][-HISTORY_LIMIT:]
+            p.update(stable=restored, history=history)
+        p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
+        p.event("Normal", Reason.TRAFFIC_RESTORED, f"traffic back on {restored.version} (sha256 {restored.sha256})")
+    else:
+        # No valid target: the canary (if any) goes, the stable stays.
+        p.delete_canary()
+        if p.status.stable is not None:
+            p.apply_track("stable", p.status.stable, p.spec.serving.replicas)
+        p.event("Warning", Reason.NO_ROLLBACK_TARGET, summary)
+    rb = _timeline(rb, p, "Recorded", "incident recorded, Grafana annotated, notification sent")
+    rb = rb.model_copy(update={"completed_at": now})
+    p.actions += [AnnotateGrafana(rb), RecordIncident(rb), Notify(severity, summary, rb)]
+    incidents = [*[i for i in p.status.incidents if i.id != rb.id], rb][-INCIDENT_LIMIT:]
+    p.update(last_rollback=rb, incidents=incidents, canary=None, current_step_index=None, step_started_at=None,
+             canary_weight=0)
+    p.condition(ConditionType.ROLLED_BACK, True, rb.trigger, summary)
+    p.condition(ConditionType.PROGRESSING, False, Reason.ROLLBACK_COMPLETE, summary)
+    p.event("Warning", Reason.ROLLBACK_COMPLETE, summary)
+    return p.finish(Phase.HALTED)
+
+
+def _halted(p: _Pass) -> Decision:
+    """Halted: the stable keeps serving, nothing new rolls out until resume or a new revision."""
+    assert p.status.halt is not None
+    if p.status.canary is not None or p.obs.canary is not None:
+        p.delete_canary()
+        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    if p.status.stable is not None:
+        p.apply_track("stable", p.status.stable, p.spec.serving.replicas)
+    return p.finish(Phase.HALTED)

@@ -11,10 +11,13 @@ import sys
 import kopf
 
 import modelwarden.handlers.operator  # noqa: F401  (registers the kopf handlers)
+from modelwarden.handlers.settings import ENV
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelwarden-operator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="modelwarden-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="environment:\n" + "\n".join(f"  {k:<36} {v}" for k, v in ENV.items()))
     parser.add_argument("--namespace", "-n", action="append", default=[],
                         help="watch only this namespace (repeat for several); default: all namespaces")
     parser.add_argument("--liveness", default="http://127.0.0.1:8081/healthz",

@@ -8,6 +8,7 @@ changed, guarded by resourceVersion.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -19,18 +20,26 @@ from pydantic import ValidationError
 from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelObject, ModelStatusWriter, Workloads
 from modelwarden.adapters.kube import track_state as deployment_track_state
+from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
+from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider, MetricsUnavailable
 from modelwarden.adapters.routers import TrafficRouter
+from modelwarden.adapters.server_admin import ServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.approvals import Approval
+from modelwarden.engine.health import MetricsView
 from modelwarden.engine.rollout import (
+    AnnotateGrafana,
     ApplyTrack,
     ArtifactCheck,
     Decision,
     DeleteTrack,
     EnsureServices,
+    FlushAndWarm,
+    Notify,
     Observation,
+    RecordIncident,
     SetRouteWeight,
-    artifact_check_needed,
+    artifact_to_check,
     decide,
 )
 from modelwarden.handlers.workqueue import WorkQueue
@@ -55,6 +64,11 @@ class Controller:
     clock: Clock = utcnow
     resync_seconds: float = 60.0
     workers: int = 4
+    metrics: MetricsProvider | None = None
+    evaluation_interval: float = 30.0
+    notifier: Notifier = field(default_factory=LogOnly)
+    annotator: Annotator = field(default_factory=LogOnly)
+    server_admin: ServerAdmin | None = None
 
     models: dict[Key, dict[str, Any]] = field(default_factory=dict)
     approvals: dict[Key, dict[str, Approval]] = field(default_factory=dict)
@@ -62,6 +76,8 @@ class Controller:
     # (model key, router type) pairs whose Services this process has applied
     services_ensured: set[tuple[Key, str]] = field(default_factory=set)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    fleet: FleetMetrics | None = None
+    metrics_error: str | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     # --- feeding the caches (called from kopf event handlers) ---
@@ -118,6 +134,40 @@ class Controller:
     def start(self) -> None:
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"modelwarden-worker-{i}"))
+        if self.metrics is not None:
+            self._tasks.append(asyncio.create_task(self._evaluate_forever(), name="modelwarden-evaluation"))
+
+    async def evaluate_once(self) -> None:
+        """One evaluation cycle: a fixed set of batched queries for the whole fleet, then every model decides."""
+        assert self.metrics is not None
+        specs = []
+        for body in self.models.values():
+            try:
+                specs.append(api.MLModelSpec.model_validate(body.get("spec") or {}))
+            except ValidationError:
+                continue
+        budget_lookback = max([s.rollback.sustain_seconds for s in specs] or [900]) + 300
+        feedback_lookback = max([s.rollback.critical_feedback.window_seconds for s in specs] or [3600]) + 300
+        try:
+            self.fleet = await self.metrics.evaluate(
+                self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
+                analysis_seconds=int(self.evaluation_interval))
+            self.metrics_error = None
+        except MetricsUnavailable as e:
+            self.fleet, self.metrics_error = None, str(e)
+            log.warning("metrics unavailable: %s", e)
+        for key in list(self.models):
+            self.queue.add(key)
+
+    async def _evaluate_forever(self) -> None:
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                await self.evaluate_once()
+            except Exception:
+                log.exception("evaluation cycle failed")
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(0.0, self.evaluation_interval - elapsed))
 
     async def stop(self) -> None:
         self.queue.close()
@@ -172,11 +222,12 @@ class Controller:
                        model: ModelObject, router: TrafficRouter) -> Observation:
         tracks = self.deployments.get(key, {})
         check = None
-        if artifact_check_needed(spec, status):
+        uri = artifact_to_check(spec, status)
+        if uri is not None:
             try:
-                check = ArtifactCheck(uri=spec.artifact.uri, actual=await self.artifacts.sha256(spec.artifact.uri))
+                check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
             except ArtifactUnavailable as e:
-                check = ArtifactCheck(uri=spec.artifact.uri, error=str(e))
+                check = ArtifactCheck(uri=uri, error=str(e))
         route_weight = None
         if spec.rollout.traffic_routing.type == "gatewayAPI":
             try:
@@ -193,6 +244,25 @@ class Controller:
             route_canary_weight=route_weight,
             artifact=check,
             promote=annotations.get(api.ANNOTATION_PROMOTE),
+            resume=annotations.get(api.ANNOTATION_RESUME),
+            metrics=self._metrics_view(model, spec),
+            metrics_configured=self.metrics is not None,
+            metrics_error=self.metrics_error,
+        )
+
+    def _metrics_view(self, model: ModelObject, spec: api.MLModelSpec) -> MetricsView | None:
+        fleet = self.fleet
+        if fleet is None:
+            return None
+        key = fleet.for_model(model.namespace, model.name)
+        counted = set(spec.rollback.critical_feedback.stakeholders)
+        return MetricsView(
+            at=fleet.at, step_seconds=fleet.step_seconds,
+            budget=fleet.budget.get(key, {}),
+            critical_feedback={version: [s for who, s in by_stakeholder.items() if who in counted]
+                               for version, by_stakeholder in fleet.feedback.get(key, {}).items()},
+            burn=fleet.burn.get(key, {}),
+            canary=fleet.canary.get(key, {}),
         )
 
     async def _apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
@@ -211,6 +281,34 @@ class Controller:
                 await self.workloads.delete_track(model, action.track)
             elif isinstance(action, SetRouteWeight):
                 await router.set_canary_weight(model, action.canary_weight)
+            else:
+                await self._side_effect(model, action)
+
+    async def _side_effect(self, model: ModelObject, action: FlushAndWarm | AnnotateGrafana | RecordIncident | Notify,
+                           ) -> None:
+        """After traffic is back: best effort, each failure recorded as a Warning Event, none blocking."""
+        failure: str | None = None
+        what = type(action).__name__
+        if isinstance(action, RecordIncident):
+            try:
+                await self.workloads.record_incident(model, action.rollback, {})
+            except KubeError as e:
+                failure = str(e)
+        elif isinstance(action, AnnotateGrafana):
+            failure = await self.annotator.annotate(model.name, model.namespace, action.rollback)
+        elif isinstance(action, Notify):
+            failure = await self.notifier.notify(model.name, model.namespace, action.severity, action.summary,
+                                                 action.rollback)
+        elif isinstance(action, FlushAndWarm) and self.server_admin is not None:
+            problems = []
+            if action.flush_track is not None:
+                problems.append(await self.server_admin.call(model, action.flush_track, "flush"))
+            problems.append(await self.server_admin.call(model, action.warm_track, "warmup"))
+            failure = "; ".join(p for p in problems if p) or None
+        if failure:
+            log.warning("%s/%s: %s failed: %s", model.namespace, model.name, what, failure)
+            with contextlib.suppress(KubeError):
+                await self.events.record(model, "Warning", f"{what}Failed", failure)
 
     async def _write_status(self, key: Key, body: dict[str, Any], old: api.MLModelStatus,
                             decision: Decision) -> None:

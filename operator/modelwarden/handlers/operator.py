@@ -8,7 +8,6 @@ writes nothing to the objects (no finalizers, no progress annotations) — the o
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -16,9 +15,13 @@ from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
+from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import GatewayAPIRouter, ReplicasRouter, TrafficRouter
+from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.handlers.controller import Controller
+from modelwarden.handlers.settings import Settings
 
 _REPLICAS = ReplicasRouter()
 
@@ -32,10 +35,11 @@ def _api_client() -> client.ApiClient:
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    config = Settings.from_env()
     api_client = _api_client()
     workloads = KubeWorkloads(api_client)
 
@@ -48,11 +52,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     controller = Controller(
         workloads=workloads, status_writer=workloads, events=workloads, artifacts=URIArtifactStore(),
         router_for=router_for,
-        resync_seconds=float(os.environ.get("MODELWARDEN_RESYNC_SECONDS", "60")),
+        resync_seconds=config.resync_seconds,
+        evaluation_interval=config.evaluation_interval,
+        metrics=(PrometheusMetrics(config.prometheus_url, timeout_seconds=config.prometheus_timeout)
+                 if config.prometheus_url else None),
+        notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
+                  if config.webhook_url else LogOnly()),
+        annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
+        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
     )
+    if controller.metrics is None:
+        logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
     # kopf starts watching only after the startup handlers: the listing below is never newer than its events.
-    namespaces = [n for n in os.environ.get("MODELWARDEN_NAMESPACES", "").split(",") if n]
-    controller.prime(await workloads.list_all(namespaces))
+    controller.prime(await workloads.list_all(list(config.namespaces)))
     controller.start()
     memo["controller"] = controller
 

@@ -1,0 +1,37 @@
+"""Admin calls to a model's inference servers (through its Services): flush a queue, warm caches.
+
+The URL of a track's Service comes from a template (default: in-cluster DNS), so a local operator can reach
+servers running on loopback. Best effort: a failure is returned, never raised.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httpx
+
+from modelwarden.adapters.kube import ModelObject
+from modelwarden.api.v1alpha1 import Track
+
+DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:8080"
+
+
+class ServerAdmin(Protocol):
+    async def call(self, model: ModelObject, track: Track, action: str) -> str | None: ...
+
+
+class HTTPServerAdmin:
+    def __init__(self, token: str | None, url_template: str = DEFAULT_URL_TEMPLATE, timeout: float = 5.0) -> None:
+        self._token, self._template, self._timeout = token, url_template, timeout
+
+    async def call(self, model: ModelObject, track: Track, action: str) -> str | None:
+        if not self._token:
+            return "no admin token configured (MODELWARDEN_ADMIN_TOKEN)"
+        url = self._template.format(service=model.deployment_name(track), namespace=model.namespace,
+                                    model=model.name, track=track) + f"/admin/{action}"
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout) as http:
+                resp = await http.post(url, headers={"Authorization": f"Bearer {self._token}"})
+        except httpx.HTTPError as e:
+            return f"POST {url}: {type(e).__name__}: {e}"
+        return None if resp.status_code < 300 else f"POST {url}: HTTP {resp.status_code}"

@@ -1,0 +1,63 @@
+"""Operator settings from the environment (the chart sets them; `--help` of the operator lists them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import cast
+
+from modelwarden.adapters.notify import Flavor
+
+ENV = {
+    "MODELWARDEN_NAMESPACES": "comma-separated namespaces to watch; empty: all",
+    "MODELWARDEN_RESYNC_SECONDS": "re-decide every model at least this often (default 60)",
+    "MODELWARDEN_PROMETHEUS_URL": "Prometheus base URL; unset: no analysis and no automatic rollback",
+    "MODELWARDEN_EVALUATION_INTERVAL": "seconds between metric evaluations (default 30)",
+    "MODELWARDEN_PROMETHEUS_TIMEOUT": "seconds per Prometheus query (default 10)",
+    "MODELWARDEN_WEBHOOK_URL": "where notifications go; unset: Events and logs only",
+    "MODELWARDEN_WEBHOOK_FLAVOR": "generic | slack | pagerduty (default generic)",
+    "MODELWARDEN_PAGERDUTY_ROUTING_KEY": "routing key for the pagerduty flavor",
+    "MODELWARDEN_GRAFANA_URL": "Grafana base URL for rollback annotations; unset: none",
+    "MODELWARDEN_GRAFANA_TOKEN": "Grafana service-account token",
+    "MODELWARDEN_ADMIN_TOKEN": "bearer token of the servers' /admin endpoints (flush, warmup)",
+    "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    resync_seconds: float = 60.0
+    prometheus_url: str | None = None
+    evaluation_interval: float = 30.0
+    prometheus_timeout: float = 10.0
+    webhook_url: str | None = None
+    webhook_flavor: Flavor = "generic"
+    pagerduty_routing_key: str | None = None
+    grafana_url: str | None = None
+    grafana_token: str | None = None
+    admin_token: str | None = None
+    server_url_template: str = "http://{service}.{namespace}.svc:8080"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        def get(name: str) -> str | None:
+            return os.environ.get(name) or None
+
+        flavor = get("MODELWARDEN_WEBHOOK_FLAVOR") or "generic"
+        if flavor not in ("generic", "slack", "pagerduty"):
+            raise ValueError(f"MODELWARDEN_WEBHOOK_FLAVOR={flavor!r}: use generic, slack or pagerduty")
+        return cls(
+            namespaces=tuple(n for n in (get("MODELWARDEN_NAMESPACES") or "").split(",") if n),
+            resync_seconds=float(get("MODELWARDEN_RESYNC_SECONDS") or 60),
+            prometheus_url=get("MODELWARDEN_PROMETHEUS_URL"),
+            evaluation_interval=float(get("MODELWARDEN_EVALUATION_INTERVAL") or 30),
+            prometheus_timeout=float(get("MODELWARDEN_PROMETHEUS_TIMEOUT") or 10),
+            webhook_url=get("MODELWARDEN_WEBHOOK_URL"),
+            webhook_flavor=cast(Flavor, flavor),
+            pagerduty_routing_key=get("MODELWARDEN_PAGERDUTY_ROUTING_KEY"),
+            grafana_url=get("MODELWARDEN_GRAFANA_URL"),
+            grafana_token=get("MODELWARDEN_GRAFANA_TOKEN"),
+            admin_token=get("MODELWARDEN_ADMIN_TOKEN"),
+            server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or "http://{service}.{namespace}.svc:8080",
+        )
