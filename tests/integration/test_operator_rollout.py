@@ -118,7 +118,7 @@ def test_operator_killed_mid_rollout_resumes_at_the_same_step(
     operator.check_alive()
 
     status = admin.status("churn")
-    assert status.phase == Phase.PAUSED and status.current_step_index == 1
+    assert status.phase == Phase.PAUSED and status.current_step_index == 1, status.model_dump_json(indent=1)
     for track, old in before.items():
         new = admin.deployment(f"churn-{track}")
         assert old is not None and new is not None
