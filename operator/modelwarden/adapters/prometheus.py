@@ -24,7 +24,10 @@ from modelwarden.engine.triggers import CanaryNumbers
 
 ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series carry no namespace label
 
-BUDGET = 'ml_inference_error_budget_remaining{version!=""}'
+# Prometheus fills a range query's steps with the last sample for up to 5 minutes (lookback); the `and`
+# keeps only steps with a real sample in their own step window, so a gap reads as a gap.
+BUDGET = ('ml_inference_error_budget_remaining{{version!=""}} '
+          'and count_over_time(ml_inference_error_budget_remaining{{version!=""}}[{step}s])')
 FEEDBACK = 'sum by (namespace, model, version, stakeholder) (ml_feedback_labels_total{severity="critical"})'
 BURN_LONG = "ml:inference_burn_rate:rate1h"
 BURN_SHORT = "ml:inference_burn_rate:rate5m"
@@ -111,7 +114,7 @@ class PrometheusMetrics:
     def _evaluate(self, at: float, lookback_seconds: float, analysis_seconds: int) -> FleetMetrics:
         fleet = FleetMetrics(at=at, step_seconds=self.step_seconds)
         start = at - lookback_seconds
-        for row in self._range(BUDGET, start, at):
+        for row in self._range(BUDGET.format(step=int(self.step_seconds)), start, at):
             key, version = _key(row["metric"])
             fleet.budget[key][version] = [(float(t), _value(v)) for t, v in row.get("values", [])]
         for row in self._range(FEEDBACK, start, at):

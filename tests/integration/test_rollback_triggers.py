@@ -1,0 +1,182 @@
+"""Rollback triggers on a real Prometheus with backfilled history and the real control plane.
+
+The production Controller runs in this process with an injected clock set to the end of the backfilled
+history (which ends hours before now, as promtool backfilling wants), as the least-privilege operator user.
+Its caches are refreshed from the API server before every pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from localenv import prometheus as prometheus_env
+from localenv.cluster import Cluster
+from modelwarden.adapters.artifact_store import URIArtifactStore
+from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.prometheus import PrometheusMetrics
+from modelwarden.adapters.routers import ReplicasRouter
+from modelwarden.api.v1alpha1 import MLModelStatus, Phase
+from modelwarden.handlers.controller import Controller
+from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+
+END = (math.floor(time.time() / 60) * 60) - 3 * 3600  # history ends 3 hours ago
+STEP = 30
+
+
+class InProcessOperator:
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        api_client = config.new_client_from_config(config_file=str(cluster.kubeconfigs["modelwarden-operator"]))
+        self.workloads = KubeWorkloads(api_client)
+        self.namespace = namespace
+        self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
+        self.controller = Controller(workloads=self.workloads, status_writer=self.workloads, events=self.workloads,
+                                     artifacts=URIArtifactStore(), router_for=lambda spec: ReplicasRouter(),
+                                     clock=lambda: self.now)
+
+    def passes(self, name: str, count: int = 1) -> MLModelStatus:
+        async def run() -> None:
+            for _ in range(count):
+                self.controller.prime(await self.workloads.list_all([self.namespace]))
+                await self.controller.reconcile((self.namespace, name))
+                await asyncio.sleep(0.3)  # let the kube controllers and KWOK move
+
+        asyncio.run(run())
+        return MLModelStatus.model_validate(
+            self.controller.models[(self.namespace, name)].get("status") or {})
+
+    def until(self, name: str, done: Callable[[MLModelStatus], bool], limit: int = 60) -> MLModelStatus:
+        status = MLModelStatus()
+        for _ in range(limit):
+            status = self.passes(name)
+            if done(status):
+                return status
+        pytest.fail(f"{name}: condition not reached; status {status.model_dump_json(indent=1)}")
+
+    def evaluate(self, prometheus_url: str) -> None:
+        self.controller.metrics = PrometheusMetrics(prometheus_url, step_seconds=STEP)
+        self.now = dt.datetime.fromtimestamp(END, dt.UTC)
+        asyncio.run(self.controller.evaluate_once())
+
+
+def promoted_v2(op: InProcessOperator, api_clients: dict[str, client.ApiClient], namespace: str,
+                tmp_path: Path) -> tuple[Models, dict[str, str]]:
+    """v1 then v2 approved and promoted (no metrics configured yet)."""
+    admin = Models(api_clients["admin"], namespace)
+    shas = {}
+    for version in ("v1", "v2"):
+        uri, sha = artifact(tmp_path, version)
+        shas[version] = sha
+        for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
+            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
+        if version == "v1":
+            admin.create(mlmodel("m", "v1", uri, sha, steps=[{"setWeight": 100, "pauseSeconds": 0}]))
+        else:
+            admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri, "sha256": sha}})
+        op.until("m", lambda s, v=version: s.phase == Phase.STABLE and s.stable is not None and s.stable.version == v)
+    return admin, shas
+
+
+def budget_series(version: str, minutes_low: float, *, history_minutes: float = 120,
+                  nan_minutes: tuple[float, float] | None = None,
+                  gap_minutes: tuple[float, float] | None = None) -> prometheus_env.Series:
+    points = []
+    t = END - history_minutes * 60
+    while t <= END:
+        value = 0.02 if t > END - minutes_low * 60 else 0.6
+        if nan_minutes and END - nan_minutes[0] * 60 <= t <= END - nan_minutes[1] * 60:
+            value = math.nan
+        if not (gap_minutes and END - gap_minutes[0] * 60 <= t <= END - gap_minutes[1] * 60):
+            points.append((float(t), value))
+        t += STEP
+    return prometheus_env.Series("ml_inference_error_budget_remaining", {"model": "m", "version": version}, points)
+
+
+CASES = [
+    ("budget below 5% for 14 minutes", [budget_series("v2", 14)], "Stable"),
+    ("budget below 5% for 16 minutes", [budget_series("v2", 16)], "RolledBack"),
+    ("a one-minute-old series below 5%", [budget_series("v2", 60, history_minutes=1)], "Stable"),
+    ("NaN for the last 10 minutes", [budget_series("v2", 30, nan_minutes=(10, 0))], "MetricsUnavailable"),
+    ("a 6-minute gap inside the window", [budget_series("v2", 30, gap_minutes=(10, 4))], "MetricsUnavailable"),
+    ("only v1 is low (burn is attributed to a version)", [budget_series("v1", 60), budget_series("v2", 0)],
+     "Stable"),
+]
+
+
+@pytest.mark.parametrize(("case", "history", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_error_budget_trigger_on_backfilled_history(
+        case: str, history: list[prometheus_env.Series], expected: str, modelwarden_installed: Cluster,
+        api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    op = InProcessOperator(modelwarden_installed, namespace)
+    admin, shas = promoted_v2(op, api_clients, namespace, tmp_path)
+    prom = prometheus_factory(backfilled=history)
+    op.evaluate(prom.url)
+    status = op.passes("m", 3)
+
+    healthy = next((c for c in status.conditions if c.type == "Healthy"), None)
+    if expected == "RolledBack":
+        status = op.until("m", lambda s: s.phase == Phase.HALTED)
+        assert status.stable is not None and status.stable.sha256 == shas["v1"]
+        deployment = admin.deployment("m-stable")
+        assert deployment is not None
+        assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == shas["v1"]
+        assert status.last_rollback is not None and status.last_rollback.trigger == "ErrorBudgetExhausted"
+        assert [h.outcome for h in status.history] == ["Superseded", "RolledBack", "Serving"]
+        assert admin.get("m")["spec"]["version"] == "v2", "the operator never rewrites spec"
+        incident = admin.core.read_namespaced_config_map(f"m-{status.last_rollback.id}", namespace)
+        assert "ErrorBudgetExhausted" in incident.data["incident.json"]
+    elif expected == "MetricsUnavailable":
+        assert status.phase == Phase.STABLE and status.stable is not None and status.stable.version == "v2"
+        assert healthy is not None and (healthy.status, healthy.reason) == ("Unknown", "MetricsUnavailable"), healthy
+    else:
+        assert status.phase == Phase.STABLE and status.stable is not None and status.stable.version == "v2"
+        assert healthy is not None and healthy.status == "True", healthy
+        assert status.last_rollback is None
+
+
+def feedback_series(stakeholder: str, labels_at_minutes: list[float]) -> prometheus_env.Series:
+    points, count = [], 0
+    t = END - 120 * 60
+    while t <= END:
+        count = sum(1 for m in labels_at_minutes if END - m * 60 <= t)
+        points.append((float(t), float(count)))
+        t += STEP
+    return prometheus_env.Series("ml_feedback_labels_total", {
+        "model": "m", "version": "v2", "severity": "critical", "stakeholder": stakeholder}, points, type="counter")
+
+
+FEEDBACK_CASES = [
+    ("three from finance and regulator within the hour",
+     [feedback_series("finance", [50, 20]), feedback_series("regulator", [5])], True),
+    ("two from finance and regulator, one from risk",
+     [feedback_series("finance", [50]), feedback_series("regulator", [5]), feedback_series("risk", [10])], False),
+    ("three, but one of them 70 minutes ago",
+     [feedback_series("finance", [70, 20]), feedback_series("regulator", [5])], False),
+]
+
+
+@pytest.mark.parametrize(("case", "history", "rolls_back"), FEEDBACK_CASES, ids=[c[0] for c in FEEDBACK_CASES])
+def test_critical_feedback_trigger(case: str, history: list[prometheus_env.Series], rolls_back: bool,
+                                   modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],
+                                   namespace: str, tmp_path: Path,
+                                   prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    op = InProcessOperator(modelwarden_installed, namespace)
+    _, shas = promoted_v2(op, api_clients, namespace, tmp_path)
+    prom = prometheus_factory(backfilled=[budget_series("v2", 0), *history])
+    op.evaluate(prom.url)
+    status = op.passes("m", 3)
+    if rolls_back:
+        status = op.until("m", lambda s: s.phase == Phase.HALTED)
+        assert status.last_rollback is not None and status.last_rollback.trigger == "CriticalFeedback"
+        assert status.last_rollback.values["criticalLabels"] == "3"
+        assert status.stable is not None and status.stable.sha256 == shas["v1"]
+    else:
+        assert status.phase == Phase.STABLE and status.last_rollback is None
