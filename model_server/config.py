@@ -1,0 +1,214 @@
+"""Settings of one server process, read from environment variables (the operator sets them on the pod).
+
+Every variable, its default and its meaning is in :data:`ENV_VARS`; ``python -m model_server --help-env``
+prints that table. Invalid values stop the process at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from modelwarden.artifacts import FeatureContract, is_sha256_hex
+
+Track = Literal["stable", "canary"]
+Format = Literal["skops", "onnx", "joblib"]
+
+# Error kinds that count towards DISABLED_BY_GOVERNANCE by default: failures of the model itself. A client's
+# bad payload (FEATURE_MISMATCH, INVALID_INPUT) is refused before the model runs and serves nothing wrong, so
+# it must not be able to switch the model off for every other client; canary analysis watches those instead.
+DEFAULT_GOVERNANCE_KINDS = ("PREDICT_ERROR", "NON_FINITE_OUTPUT")
+
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "MODEL_NAME": ("(required)", "MLModel name; the `model` label and the OIP model name"),
+    "MODEL_VERSION": ("(required)", "version being served; the `version` label"),
+    "MODEL_TRACK": ("stable", "stable | canary; the `track` label"),
+    "ARTIFACT_DIR": ("(required)", "local directory holding manifest.json, model_meta.json and the model file"),
+    "ARTIFACT_SHA256": ("(required)", "expected SHA256 of the model file (from MLModel spec.artifact.sha256)"),
+    "MODEL_FORMAT": ("(required)", "skops | onnx | joblib; must match the manifest"),
+    "ALLOW_JOBLIB": ("false", "true to accept joblib (pickle) artifacts; refused otherwise"),
+    "SKOPS_TRUSTED_TYPES": ("", "extra comma-separated types to trust in skops files, beyond the built-in list"),
+    "FEATURE_CONTRACT": ("", 'JSON {"name": ..., "features": [...]}; must equal model_meta.json features'),
+    "MODEL_ENABLED": ("true", "initial kill-switch position (MLModel spec.enabled); false serves neutral only"),
+    "NEUTRAL_PREDICTION": ("0.0", "the answer while disabled (a decimal string)"),
+    "FEEDBACK_DSN": ("feedback.sqlite3", "SQLite file path (or sqlite:///path) or postgresql://... DSN"),
+    "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
+    "PREDICTION_RETENTION_MAX_ROWS": ("1000000", "and at most this many per model are kept (oldest go first)"),
+    "ADMIN_TOKEN": ("", "bearer token for /admin/*; admin endpoints answer 403 while it is unset"),
+    "GOVERNANCE_MAX_MODEL_ERRORS": ("5", "model errors within the window that switch to DISABLED_BY_GOVERNANCE"),
+    "GOVERNANCE_WINDOW_SECONDS": ("300", "sliding window for the count above"),
+    "GOVERNANCE_ERROR_KINDS": (",".join(DEFAULT_GOVERNANCE_KINDS), "error kinds that count (comma-separated)"),
+    "DRIFT_WINDOW_SIZE": ("2000", "rows in the sliding drift window"),
+    "DRIFT_MIN_SAMPLES": ("200", "rows needed before PSI is published"),
+    "DRIFT_INTERVAL_SECONDS": ("15", "how often PSI is recomputed (off the request path)"),
+    "DRIFT_DEGRADED_PSI": ("0.25", "a PSI at or above this marks the state ENABLED|DEGRADED"),
+    "HEARTBEAT_SECONDS": ("30", "period of the HEARTBEAT log line"),
+    "WARMUP_ROUNDS": ("20", "warm-up rounds (batches of 1 and 32 rows) before ready"),
+    "MAX_BODY_BYTES": ("4194304", "larger request bodies are refused with 413"),
+    "MAX_BATCH_ROWS": ("10000", "rows per /predict or infer request"),
+    "MLMODEL_WATCH": ("false", "true to follow spec.enabled of the MLModel through the Kubernetes API"),
+    "MLMODEL_NAMESPACE": ("default", "namespace of the MLModel to follow"),
+    "MLMODEL_RESOURCE_NAME": ("$MODEL_NAME", "name of the MLModel to follow"),
+    "HOST": ("127.0.0.1", "listen address (a pod sets 0.0.0.0)"),
+    "PORT": ("8080", "listen port"),
+    "GRACEFUL_SHUTDOWN_SECONDS": ("20", "how long in-flight requests may take to finish after SIGTERM"),
+    "LOG_LEVEL": ("INFO", "DEBUG | INFO | WARNING | ERROR"),
+}
+
+
+class ConfigError(ValueError):
+    """A missing or invalid environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str
+    model_version: str
+    artifact_dir: Path
+    artifact_sha256: str
+    model_format: Format
+    model_track: Track = "stable"
+    allow_joblib: bool = False
+    skops_trusted_types: tuple[str, ...] = ()
+    feature_contract: FeatureContract | None = None
+    model_enabled: bool = True
+    neutral_prediction: float = 0.0
+    feedback_dsn: str = "feedback.sqlite3"
+    prediction_retention_seconds: float = 30 * 86400
+    prediction_retention_max_rows: int = 1_000_000
+    admin_token: str | None = None
+    governance_max_model_errors: int = 5
+    governance_window_seconds: float = 300.0
+    governance_error_kinds: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_GOVERNANCE_KINDS))
+    drift_window_size: int = 2000
+    drift_min_samples: int = 200
+    drift_interval_seconds: float = 15.0
+    drift_degraded_psi: float = 0.25
+    heartbeat_seconds: float = 30.0
+    warmup_rounds: int = 20
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch_rows: int = 10_000
+    mlmodel_watch: bool = False
+    mlmodel_namespace: str = "default"
+    mlmodel_resource_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    graceful_shutdown_seconds: float = 20.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; :class:`ConfigError` names the first bad one."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        track = reader.choice("MODEL_TRACK", ("stable", "canary"))
+        fmt = reader.choice("MODEL_FORMAT", ("skops", "onnx", "joblib"), required=True)
+        sha = reader.text("ARTIFACT_SHA256", required=True).lower()
+        if not is_sha256_hex(sha):
+            raise ConfigError("ARTIFACT_SHA256 must be 64 hex digits")
+        neutral = reader.number("NEUTRAL_PREDICTION")
+        if not math.isfinite(neutral):
+            raise ConfigError("NEUTRAL_PREDICTION must be a finite number")
+        kinds = frozenset(k.strip() for k in reader.text("GOVERNANCE_ERROR_KINDS").split(",") if k.strip())
+        return cls(
+            model_name=reader.text("MODEL_NAME", required=True),
+            model_version=reader.text("MODEL_VERSION", required=True),
+            model_track=track,  # type: ignore[arg-type]
+            artifact_dir=Path(reader.text("ARTIFACT_DIR", required=True)),
+            artifact_sha256=sha,
+            model_format=fmt,  # type: ignore[arg-type]
+            allow_joblib=reader.flag("ALLOW_JOBLIB"),
+            skops_trusted_types=tuple(t.strip() for t in reader.text("SKOPS_TRUSTED_TYPES").split(",") if t.strip()),
+            feature_contract=reader.contract("FEATURE_CONTRACT"),
+            model_enabled=reader.flag("MODEL_ENABLED"),
+            neutral_prediction=neutral,
+            feedback_dsn=reader.text("FEEDBACK_DSN"),
+            prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
+            prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),
+            admin_token=reader.text("ADMIN_TOKEN") or None,
+            governance_max_model_errors=reader.integer("GOVERNANCE_MAX_MODEL_ERRORS", minimum=1),
+            governance_window_seconds=reader.number("GOVERNANCE_WINDOW_SECONDS", minimum=1),
+            governance_error_kinds=kinds,
+            drift_window_size=reader.integer("DRIFT_WINDOW_SIZE", minimum=10),
+            drift_min_samples=reader.integer("DRIFT_MIN_SAMPLES", minimum=1),
+            drift_interval_seconds=reader.number("DRIFT_INTERVAL_SECONDS", minimum=0.1),
+            drift_degraded_psi=reader.number("DRIFT_DEGRADED_PSI", minimum=0),
+            heartbeat_seconds=reader.number("HEARTBEAT_SECONDS", minimum=0.1),
+            warmup_rounds=reader.integer("WARMUP_ROUNDS", minimum=0),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", minimum=1024),
+            max_batch_rows=reader.integer("MAX_BATCH_ROWS", minimum=1),
+            mlmodel_watch=reader.flag("MLMODEL_WATCH"),
+            mlmodel_namespace=reader.text("MLMODEL_NAMESPACE"),
+            mlmodel_resource_name=env.get("MLMODEL_RESOURCE_NAME") or None,
+            host=reader.text("HOST"),
+            port=reader.integer("PORT", minimum=0, maximum=65535),
+            graceful_shutdown_seconds=reader.number("GRACEFUL_SHUTDOWN_SECONDS", minimum=0),
+            log_level=reader.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+    @property
+    def mlmodel_name(self) -> str:
+        return self.mlmodel_resource_name or self.model_name
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, *, required: bool = False) -> str:
+        value = self.env.get(name, "").strip()
+        if not value:
+            if required:
+                raise ConfigError(f"{name} is required ({ENV_VARS[name][1]})")
+            default = ENV_VARS[name][0]
+            return "" if default.startswith(("(", "$")) else default
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], *, required: bool = False) -> str:
+        value = self.text(name, required=required)
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {' | '.join(allowed)}, got {value!r}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self.text(name).lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def number(self, name: str, *, minimum: float | None = None) -> float:
+        raw = self.text(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if minimum is not None and not value >= minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+        return value
+
+    def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self.text(name)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ConfigError(f"{name} must be within [{minimum}, {maximum}], got {raw!r}")
+        return value
+
+    def contract(self, name: str) -> FeatureContract | None:
+        raw = self.text(name)
+        if not raw:
+            return None
+        try:
+            return FeatureContract.model_validate_json(raw)
+        except ValidationError as e:
+            raise ConfigError(f"{name} is not a valid feature contract: {e.errors()[0]['msg']}") from None

@@ -1,0 +1,313 @@
+"""Feedback store: prediction records and the human feedback labels joined to them.
+
+One :class:`FeedbackStore` protocol, two implementations:
+
+* :class:`SqliteFeedbackStore` - the default, embedded, one replica. WAL with ``synchronous=FULL``: a
+  committed label is on disk, so a ``201`` survives ``kill -9`` (and power loss) a moment later.
+* :class:`PostgresFeedbackStore` - for several replicas sharing one database (psycopg 3). Reconnects after the
+  database restarts; every write is idempotent (primary keys, ``ON CONFLICT DO NOTHING``) so a retry after
+  an ambiguous commit cannot duplicate.
+
+Methods are synchronous and called from one dedicated worker thread. ``add_feedback`` returns only once the
+label is durable. Prediction records are kept for the feedback join up to a retention bound; a prediction
+that has feedback is never purged (it is incident evidence).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or refused the write; nothing was acknowledged."""
+
+
+class PredictionRecord(NamedTuple):
+    """One answer, kept for the feedback join (a tuple: one is made per scored row on the hot path)."""
+
+    prediction_id: str
+    model: str
+    version: str
+    track: str
+    state: str           # governance state when answered; neutral answers are recorded too
+    inputs: str          # JSON object: feature name -> value, as received
+    output: float
+    created_at: float    # unix seconds
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    feedback_id: str
+    prediction_id: str
+    model: str
+    version: str          # the version that made the prediction
+    label: str            # JSON scalar, as received
+    severity: str
+    stakeholder: str
+    comment: str | None
+    author: str | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class PredictionFeedback:
+    prediction: PredictionRecord | None
+    feedback: list[FeedbackRecord]
+
+
+class FeedbackStore(Protocol):
+    def record_predictions(self, records: Sequence[PredictionRecord]) -> None: ...
+    def prediction(self, prediction_id: str) -> PredictionRecord | None: ...
+    def add_feedback(self, record: FeedbackRecord) -> None: ...
+    def feedback_for(self, prediction_id: str) -> PredictionFeedback: ...
+    def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int: ...
+    def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int: ...
+    def close(self) -> None: ...
+
+
+def open_store(dsn: str) -> FeedbackStore:
+    """``postgresql://...`` / ``postgres://...`` ⇒ PostgreSQL; ``sqlite:///path`` or a plain path ⇒ SQLite."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return PostgresFeedbackStore(dsn)
+    path = dsn.removeprefix("sqlite://") if dsn.startswith("sqlite://") else dsn
+    return SqliteFeedbackStore(Path(path))
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+_PREDICTION_COLUMNS = "prediction_id, model, version, track, state, inputs, output, created_at"
+_FEEDBACK_COLUMNS = ("feedback_id, prediction_id, model, version, label, severity, stakeholder, comment, author, "
+                     "received_at")
+
+
+def _prediction_row(r: PredictionRecord) -> tuple[Any, ...]:
+    return tuple(r)
+
+
+def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
+    return (r.feedback_id, r.prediction_id, r.model, r.version, r.label, r.severity, r.stakeholder, r.comment,
+            r.author, r.received_at)
+
+
+class SqliteFeedbackStore:
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS predictions (
+        prediction_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL, version TEXT NOT NULL, track TEXT NOT NULL, state TEXT NOT NULL,
+        inputs TEXT NOT NULL, output REAL NOT NULL, created_at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS predictions_model_created ON predictions (model, created_at);
+    CREATE TABLE IF NOT EXISTS feedback (
+        feedback_id TEXT PRIMARY KEY, prediction_id TEXT NOT NULL,
+        model TEXT NOT NULL, version TEXT NOT NULL, label TEXT NOT NULL,
+        severity TEXT NOT NULL, stakeholder TEXT NOT NULL, comment TEXT, author TEXT, received_at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id);
+    CREATE INDEX IF NOT EXISTS feedback_model_received ON feedback (model, received_at);
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection, used by one worker thread at a time (the lock makes direct use from tests safe too).
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit; NORMAL would lose the last commits on power loss.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(self._SCHEMA)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(self._conn)
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+
+    def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        if records:
+            self._tx(lambda c: c.executemany(
+                f"INSERT OR IGNORE INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                [_prediction_row(r) for r in records]))
+
+    def prediction(self, prediction_id: str) -> PredictionRecord | None:
+        rows = self._query(f"SELECT {_PREDICTION_COLUMNS} FROM predictions WHERE prediction_id = ?", (prediction_id,))
+        return PredictionRecord(*rows[0]) if rows else None
+
+    def add_feedback(self, record: FeedbackRecord) -> None:
+        self._tx(lambda c: c.execute(
+            f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            _feedback_row(record)))
+
+    def feedback_for(self, prediction_id: str) -> PredictionFeedback:
+        rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE prediction_id = ? "
+                           "ORDER BY received_at, feedback_id", (prediction_id,))
+        return PredictionFeedback(self.prediction(prediction_id), [FeedbackRecord(*r) for r in rows])
+
+    def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int:
+        marks = ",".join("?" * len(stakeholders)) or "NULL"
+        rows = self._query(f"SELECT count(*) FROM feedback WHERE model = ? AND received_at >= ? AND severity = ? "
+                           f"AND stakeholder IN ({marks})", (model, since, severity, *stakeholders))
+        return int(rows[0][0])
+
+    def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
+        no_feedback = "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = predictions.prediction_id)"
+
+        def purge(c: sqlite3.Connection) -> int:
+            deleted = c.execute(f"DELETE FROM predictions WHERE model = ? AND created_at < ? AND {no_feedback}",
+                                (model, older_than)).rowcount
+            (count,) = c.execute("SELECT count(*) FROM predictions WHERE model = ?", (model,)).fetchone()
+            if count > keep_at_most:
+                deleted += c.execute(
+                    f"DELETE FROM predictions WHERE prediction_id IN (SELECT prediction_id FROM predictions "
+                    f"WHERE model = ? AND {no_feedback} ORDER BY created_at LIMIT ?)",
+                    (model, count - keep_at_most)).rowcount
+            return int(deleted)
+
+        return self._tx(purge)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresFeedbackStore:
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS model_predictions (
+        prediction_id text PRIMARY KEY,
+        model text NOT NULL, version text NOT NULL, track text NOT NULL, state text NOT NULL,
+        inputs jsonb NOT NULL, output double precision NOT NULL, created_at double precision NOT NULL);
+    CREATE INDEX IF NOT EXISTS model_predictions_model_created ON model_predictions (model, created_at);
+    CREATE TABLE IF NOT EXISTS model_feedback (
+        feedback_id text PRIMARY KEY, prediction_id text NOT NULL,
+        model text NOT NULL, version text NOT NULL, label jsonb NOT NULL,
+        severity text NOT NULL, stakeholder text NOT NULL, comment text, author text,
+        received_at double precision NOT NULL);
+    CREATE INDEX IF NOT EXISTS model_feedback_prediction ON model_feedback (prediction_id);
+    CREATE INDEX IF NOT EXISTS model_feedback_model_received ON model_feedback (model, received_at);
+    """
+    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (it is not atomic in PostgreSQL).
+    _SCHEMA_LOCK = 0x6D77_6664  # "mwfd"
+
+    def __init__(self, dsn: str, connect_timeout: float = 5.0) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self._dsn = dsn
+        self._timeout = connect_timeout
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        conn = self._psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout)), autocommit=True)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
+            for statement in filter(str.strip, self._SCHEMA.split(";")):
+                conn.execute(statement)
+        return conn
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` in a transaction; after a connection failure, once more on a fresh connection."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect()
+                    with self._conn.transaction():
+                        return fn(self._conn)
+                except self._psycopg.OperationalError as e:
+                    self._drop()
+                    if attempt == 2:
+                        raise StoreUnavailable(f"postgresql: {e}") from e
+                except self._psycopg.Error as e:
+                    self._drop()
+                    raise StoreUnavailable(f"postgresql: {e}") from e
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        if not records:
+            return
+        rows = [_prediction_row(r) for r in records]
+        self._run(lambda c: c.cursor().executemany(
+            f"INSERT INTO model_predictions ({_PREDICTION_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (prediction_id) DO NOTHING", rows))
+
+    def prediction(self, prediction_id: str) -> PredictionRecord | None:
+        row = self._run(lambda c: c.execute(
+            "SELECT prediction_id, model, version, track, state, inputs::text, output, created_at "
+            "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone())
+        return PredictionRecord(*row) if row else None
+
+    def add_feedback(self, record: FeedbackRecord) -> None:
+        # synchronous_commit stays at its default (on): COMMIT returns after the WAL is flushed.
+        self._run(lambda c: c.execute(
+            f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (feedback_id) DO NOTHING", _feedback_row(record)))
+
+    def feedback_for(self, prediction_id: str) -> PredictionFeedback:
+        def read(c: Any) -> PredictionFeedback:
+            p = c.execute("SELECT prediction_id, model, version, track, state, inputs::text, output, created_at "
+                          "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone()
+            rows = c.execute(
+                "SELECT feedback_id, prediction_id, model, version, label::text, severity, stakeholder, comment, "
+                "author, received_at FROM model_feedback WHERE prediction_id = %s ORDER BY received_at, feedback_id",
+                (prediction_id,)).fetchall()
+            return PredictionFeedback(PredictionRecord(*p) if p else None, [FeedbackRecord(*r) for r in rows])
+
+        return self._run(read)
+
+    def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int:
+        row = self._run(lambda c: c.execute(
+            "SELECT count(*) FROM model_feedback WHERE model = %s AND received_at >= %s AND severity = %s "
+            "AND stakeholder = ANY(%s)", (model, since, severity, list(stakeholders))).fetchone())
+        return int(row[0])
+
+    def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
+        no_feedback = "NOT EXISTS (SELECT 1 FROM model_feedback f WHERE f.prediction_id = p.prediction_id)"
+
+        def purge(c: Any) -> int:
+            deleted = c.execute(f"DELETE FROM model_predictions p WHERE model = %s AND created_at < %s "
+                                f"AND {no_feedback}", (model, older_than)).rowcount
+            (count,) = c.execute("SELECT count(*) FROM model_predictions WHERE model = %s", (model,)).fetchone()
+            if count > keep_at_most:
+                deleted += c.execute(
+                    f"DELETE FROM model_predictions WHERE prediction_id IN (SELECT prediction_id FROM "
+                    f"model_predictions p WHERE model = %s AND {no_feedback} ORDER BY created_at LIMIT %s)",
+                    (model, count - keep_at_most)).rowcount
+            return int(deleted)
+
+        return self._run(purge)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

@@ -1,0 +1,156 @@
+"""One feedback-store suite, run against SQLite and against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from localenv import postgres as postgres_env
+from model_server.store import (
+    FeedbackRecord,
+    FeedbackStore,
+    PostgresFeedbackStore,
+    PredictionRecord,
+    SqliteFeedbackStore,
+    open_store,
+)
+
+StoreFactory = Callable[[], FeedbackStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_new(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens (another) store on the same database; every store opened is closed afterwards."""
+    dsn = str(tmp_path / "feedback.sqlite3")
+    if request.param == "postgresql":
+        dsn = request.getfixturevalue("postgres").dsn
+    opened: list[FeedbackStore] = []
+
+    def factory() -> FeedbackStore:
+        opened.append(open_store(dsn))
+        return opened[-1]
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def model() -> str:
+    """A model name of its own: the PostgreSQL database is shared by the whole session."""
+    return f"m-{uuid.uuid4().hex[:8]}"
+
+
+def _prediction(model: str, created_at: float, version: str = "1.0.0") -> PredictionRecord:
+    return PredictionRecord(uuid.uuid4().hex, model, version, "stable", "ENABLED|OK", '{"a": 1.5, "b": -2}', 0.25,
+                            created_at)
+
+
+def _feedback(p: PredictionRecord, severity: str = "critical", stakeholder: str = "finance",
+              received_at: float | None = None, label: str = '"wrong"') -> FeedbackRecord:
+    return FeedbackRecord(uuid.uuid4().hex, p.prediction_id, p.model, p.version, label, severity, stakeholder,
+                          "note", "alice", received_at if received_at is not None else time.time())
+
+
+def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    assert isinstance(open_store(str(tmp_path / "a.db")), SqliteFeedbackStore)
+    assert isinstance(open_store(f"sqlite://{tmp_path}/b.db"), SqliteFeedbackStore)
+    assert isinstance(open_store("postgresql://user@127.0.0.1:1/db"), PostgresFeedbackStore)
+
+
+def test_predictions_round_trip_and_writes_are_idempotent(open_new: StoreFactory, model: str) -> None:
+    store = open_new()
+    records = [_prediction(model, 1000.0 + i) for i in range(3)]
+    store.record_predictions(records)
+    store.record_predictions(records[:1])  # a retry after an ambiguous failure
+    got = store.prediction(records[1].prediction_id)
+    assert got is not None
+    assert (got.model, got.version, got.state, got.output, got.created_at) == (model, "1.0.0", "ENABLED|OK", 0.25,
+                                                                               1001.0)
+    assert json.loads(got.inputs) == {"a": 1.5, "b": -2}
+    assert store.prediction("missing") is None
+
+
+def test_feedback_is_joined_in_order_and_durable_across_reopen(open_new: StoreFactory, model: str) -> None:
+    store = open_new()
+    p = _prediction(model, time.time())
+    store.record_predictions([p])
+    first = _feedback(p, "critical", "regulator", received_at=2000.0, label='"should have flagged"')
+    second = _feedback(p, "minor", "finance", received_at=2001.0, label="0.5")
+    store.add_feedback(second)
+    store.add_feedback(first)
+    store.add_feedback(first)  # idempotent by feedback id
+    store.close()
+
+    reopened = open_new()
+    joined = reopened.feedback_for(p.prediction_id)
+    assert joined.prediction is not None and joined.prediction.prediction_id == p.prediction_id
+    assert [(f.severity, f.stakeholder, json.loads(f.label)) for f in joined.feedback] == [
+        ("critical", "regulator", "should have flagged"), ("minor", "finance", 0.5)]
+    assert joined.feedback[0].comment == "note" and joined.feedback[0].author == "alice"
+    empty = reopened.feedback_for("no-such-prediction")
+    assert empty.prediction is None and empty.feedback == []
+
+
+def test_counting_critical_labels_in_a_window(open_new: StoreFactory, model: str) -> None:
+    """What the rollback trigger needs: an exact count, never an extrapolation."""
+    store = open_new()
+    p = _prediction(model, time.time())
+    store.record_predictions([p])
+    now = time.time()
+    for stakeholder, severity, age in [("finance", "critical", 10), ("regulator", "critical", 3000),
+                                       ("regulator", "critical", 4000), ("customer", "critical", 10),
+                                       ("finance", "minor", 10)]:
+        store.add_feedback(_feedback(p, severity, stakeholder, received_at=now - age))
+    assert store.count_feedback(model, now - 3600, ["finance", "regulator"], "critical") == 2
+    assert store.count_feedback(model, now - 7200, ["finance", "regulator"], "critical") == 3
+    assert store.count_feedback(model, now - 7200, [], "critical") == 0
+
+
+def test_retention_keeps_predictions_with_feedback(open_new: StoreFactory, model: str) -> None:
+    store = open_new()
+    now = time.time()
+    old = [_prediction(model, now - 100_000 - i) for i in range(3)]
+    recent = [_prediction(model, now - 10 * i) for i in range(5)]
+    store.record_predictions(old + recent)
+    store.add_feedback(_feedback(old[0]))
+    store.add_feedback(_feedback(recent[4]))
+
+    assert store.purge_predictions(model, older_than=now - 50_000, keep_at_most=1000) == 2
+    assert store.prediction(old[0].prediction_id) is not None  # evidence is kept
+    assert store.prediction(old[1].prediction_id) is None
+
+    # The row bound drops the oldest predictions without feedback first.
+    assert store.purge_predictions(model, older_than=now - 50_000, keep_at_most=4) == 2
+    left = {r.prediction_id for r in [*old, *recent] if store.prediction(r.prediction_id) is not None}
+    assert left == {old[0].prediction_id, recent[0].prediction_id, recent[1].prediction_id,
+                    recent[4].prediction_id}
+
+
+def test_postgres_store_reconnects_after_a_server_restart(postgres: postgres_env.Postgres, model: str) -> None:
+    store = PostgresFeedbackStore(postgres.dsn)
+    try:
+        p = _prediction(model, time.time())
+        store.record_predictions([p])
+        postgres.restart()
+        store.add_feedback(_feedback(p))  # the old connection is dead: one retry on a fresh one
+        assert len(store.feedback_for(p.prediction_id).feedback) == 1
+    finally:
+        store.close()
+
+
+def test_sqlite_store_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = SqliteFeedbackStore(tmp_path / "f.db")
+    try:
+        rows = store._query("PRAGMA journal_mode", ())
+        assert rows == [("wal",)]
+        assert store._query("PRAGMA synchronous", ()) == [(2,)]  # FULL
+    finally:
+        store.close()
+    assert os.path.exists(tmp_path / "f.db")
