@@ -259,7 +259,9 @@ def up(state_dir: Path | None = None) -> Cluster:
             bin_dir / "kube-controller-manager", f"--kubeconfig={kubeconfigs['admin']}",
             "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            "--controllers=*,-nodeipam",
+            # KWOK nodes have no kubelet: the node lifecycle controller would declare them not-Ready between
+            # KWOK's heartbeats and mark every pod NotReady, so it is off; KWOK keeps the nodes' status.
+            "--controllers=*,-nodeipam,-nodelifecycle",
         ], logs / "kube-controller-manager.log")
         cluster.pids["kube-controller-manager"] = kcm.pid
         scheduler = start_process([
@@ -276,7 +278,7 @@ def up(state_dir: Path | None = None) -> Cluster:
             "--manage-nodes-with-label-selector=",
             "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
             "--disregard-status-with-label-selector=",
-            "--cidr=10.0.0.1/24", "--node-ip=10.0.0.1",
+            "--cidr=10.0.0.1/24", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
         ], logs / "kwok.log")
         cluster.pids["kwok"] = kwok.pid
         cluster.save()

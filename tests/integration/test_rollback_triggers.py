@@ -180,3 +180,34 @@ def test_critical_feedback_trigger(case: str, history: list[prometheus_env.Serie
         assert status.stable is not None and status.stable.sha256 == shas["v1"]
     else:
         assert status.phase == Phase.STABLE and status.last_rollback is None
+
+
+def test_prometheus_stopped_mid_canary_neither_promotes_nor_rolls_back(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    op = InProcessOperator(modelwarden_installed, namespace)
+    admin = Models(api_clients["admin"], namespace)
+    shas = {}
+    for version in ("v1", "v2"):
+        uri, sha = artifact(tmp_path, version)
+        shas[version] = (uri, sha)
+        for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
+            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
+    steps = [{"setWeight": 50, "pauseSeconds": 0}, {"setWeight": 100, "pauseSeconds": 0}]
+    admin.create(mlmodel("m", "v1", *shas["v1"], steps=steps))
+    op.until("m", lambda s: s.phase == Phase.STABLE)
+    prom = prometheus_factory(backfilled=[budget_series("v1", 0)])
+    op.evaluate(prom.url)
+    admin.patch_spec("m", {"version": "v2", "artifact": {"uri": shas["v2"][0], "sha256": shas["v2"][1]}})
+    status = op.until("m", lambda s: s.canary_weight == 50)
+    prom.stop()
+    for minute in range(1, 6):
+        op.now = dt.datetime.fromtimestamp(END + 60 * minute, dt.UTC)
+        asyncio.run(op.controller.evaluate_once())
+        status = op.passes("m", 2)
+        assert status.current_step_index == 0 and status.canary_weight == 50, "no promotion without metrics"
+        assert status.last_rollback is None and status.phase == Phase.PROGRESSING, "and no rollback"
+        healthy = next(c for c in status.conditions if c.type == "Healthy")
+        assert (healthy.status, healthy.reason) == ("Unknown", "MetricsUnavailable")
+        assert "Prometheus unavailable" in healthy.message
+    assert admin.deployment("m-canary") is not None
