@@ -310,6 +310,13 @@ class ModelServer:
         self.log.event("MODEL_SERVER", "SERVER_STARTING", "starting", sha256=s.artifact_sha256,
                        format=s.model_format, state=self.governance.state.value,
                        feedback_store=type(self.store).__name__)
+        if s.mlmodel_watch:
+            from model_server.watcher import MLModelWatcher
+
+            self._watcher = MLModelWatcher(s.mlmodel_namespace, s.mlmodel_name, self.set_config_enabled, self.log)
+            # The kill switch holds across restarts: read it before deciding whether to load anything.
+            await asyncio.to_thread(self._watcher.read_once)
+            self._watcher.start()
         if self.governance.config_enabled:
             self._start_loading()
         else:
@@ -317,11 +324,6 @@ class ModelServer:
             self.ready_for_traffic = True
             self.log.event("ML_GOVERNANCE", "MODEL_NOT_LOADED", "DISABLED_CONFIG: serving the neutral prediction",
                            ml_state=GovernanceState.DISABLED_CONFIG.value)
-        if s.mlmodel_watch:
-            from model_server.watcher import MLModelWatcher
-
-            self._watcher = MLModelWatcher(s.mlmodel_namespace, s.mlmodel_name, self.set_config_enabled, self.log)
-            self._watcher.start()
 
     async def shutdown(self) -> None:
         """Called by uvicorn after it stopped accepting and drained in-flight requests."""

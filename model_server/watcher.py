@@ -55,6 +55,17 @@ class MLModelWatcher:
         if self._watch is not None:
             self._watch.stop()
 
+    def read_once(self, timeout_seconds: float = 5.0) -> None:
+        """One read before the server decides to load anything, so that a restarted server starts in the
+        position the MLModel says; if it cannot be read, MODEL_ENABLED stands until the watch succeeds."""
+        try:
+            self.apply(self._client().get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=timeout_seconds))
+        except Exception as e:
+            self._log.event("ML_GOVERNANCE", "MLMODEL_READ_FAILED",
+                            f"cannot read MLModel {self.namespace}/{self.name} at start ({type(e).__name__}: {e}); "
+                            "starting with MODEL_ENABLED", level=logging.WARNING)
+
     def apply(self, mlmodel: Mapping[str, Any]) -> None:
         enabled = enabled_from(mlmodel)
         if enabled is not None:
