@@ -144,7 +144,8 @@ class ModelServer:
     def __init__(self, settings: Settings, *, store_factory: Callable[[str], FeedbackStore] = open_store) -> None:
         self.settings = s = settings
         self.log = EventLog(s.model_name, s.model_version, s.model_track)
-        self.metrics = ServerMetrics(s.model_name, s.model_version, s.model_track, s.artifact_sha256, ())
+        self.metrics = ServerMetrics(s.model_name, s.model_version, s.model_track, s.artifact_sha256, (),
+                                     slo_objective_ratio=s.slo_objective_ratio)
         self.governance = Governance(
             config_enabled=s.model_enabled, max_model_errors=s.governance_max_model_errors,
             window_seconds=s.governance_window_seconds, counted_kinds=s.governance_error_kinds,

@@ -37,6 +37,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "FEATURE_CONTRACT": ("", 'JSON {"name": ..., "features": [...]}; must equal model_meta.json features'),
     "MODEL_ENABLED": ("true", "initial kill-switch position (MLModel spec.enabled); false serves neutral only"),
     "NEUTRAL_PREDICTION": ("0.0", "the answer while disabled (a decimal string)"),
+    "SLO_OBJECTIVE": ("99.9", "availability objective in percent (MLModel spec.slo.objective); exported as "
+                              "ml_slo_objective_ratio for the error-budget rules"),
     "FEEDBACK_DSN": ("feedback.sqlite3", "SQLite file path (or sqlite:///path) or postgresql://... DSN"),
     "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
     "PREDICTION_RETENTION_MAX_ROWS": ("1000000", "and at most this many per model are kept (oldest go first)"),
@@ -79,6 +81,7 @@ class Settings:
     feature_contract: FeatureContract | None = None
     model_enabled: bool = True
     neutral_prediction: float = 0.0
+    slo_objective_ratio: float = 0.999
     feedback_dsn: str = "feedback.sqlite3"
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
@@ -116,6 +119,9 @@ class Settings:
         if not math.isfinite(neutral):
             raise ConfigError("NEUTRAL_PREDICTION must be a finite number")
         kinds = frozenset(k.strip() for k in reader.text("GOVERNANCE_ERROR_KINDS").split(",") if k.strip())
+        objective = reader.number("SLO_OBJECTIVE")
+        if not 0 < objective < 100:
+            raise ConfigError("SLO_OBJECTIVE must be a percentage strictly between 0 and 100")
         return cls(
             model_name=reader.text("MODEL_NAME", required=True),
             model_version=reader.text("MODEL_VERSION", required=True),
@@ -128,6 +134,7 @@ class Settings:
             feature_contract=reader.contract("FEATURE_CONTRACT"),
             model_enabled=reader.flag("MODEL_ENABLED"),
             neutral_prediction=neutral,
+            slo_objective_ratio=objective / 100,
             feedback_dsn=reader.text("FEEDBACK_DSN"),
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),

@@ -29,7 +29,8 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class ServerMetrics:
-    def __init__(self, model: str, version: str, track: str, sha256: str, drift_features: Iterable[str]) -> None:
+    def __init__(self, model: str, version: str, track: str, sha256: str, drift_features: Iterable[str],
+                 slo_objective_ratio: float = 0.999) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._model, self._version, self._track = model, version, track
         r = self.registry
@@ -47,6 +48,9 @@ class ServerMetrics:
                                 ["model", "version", "state"], registry=r)
         self.info = Gauge("ml_model_info", "1 once the artifact with this SHA256 is verified and loaded.",
                           ["model", "version", "sha256"], registry=r)
+        self.slo_objective = Gauge("ml_slo_objective_ratio",
+                                   "The model's availability objective (0.999 for 99.9%), for the budget rules.",
+                                   ["model", "version"], registry=r)
         self.records_dropped = Counter("ml_prediction_records_dropped",
                                        "Prediction records dropped because the feedback store lagged.",
                                        ["model", "version"], registry=r)
@@ -63,6 +67,7 @@ class ServerMetrics:
         self.info_child = self.info.labels(model, version, sha256)
         self.info_child.set(0)
         self.records_dropped_child = self.records_dropped.labels(model, version)
+        self.slo_objective.labels(model, version).set(slo_objective_ratio)
 
     def add_drift_features(self, features: Iterable[str]) -> None:
         for f in features:

@@ -25,6 +25,7 @@ SERVER_PORT = 8080
 SERVER_SERVICE_ACCOUNT = "modelwarden-model-server"
 SERVER_CLUSTER_ROLE = "modelwarden-model-server"
 ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
+ARTIFACT_MOUNT = "/var/lib/modelwarden"
 
 
 class KubeError(Exception):
@@ -110,18 +111,34 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
     annotations = {api.ANNOTATION_SHA256: artifact.sha256, ANNOTATION_FINGERPRINT: fingerprint}
-    env = [
+    contract = {"name": spec.feature_contract.name, "features": spec.feature_contract.features}
+    # The server's environment (`python -m model_server --help-env`). spec.enabled is deliberately not here:
+    # the server watches its MLModel, so the kill switch flips without a pod restart.
+    env: list[dict[str, Any]] = [
         {"name": "MODEL_NAME", "value": model.name},
         {"name": "MODEL_VERSION", "value": artifact.version},
         {"name": "MODEL_TRACK", "value": track},
         {"name": "ARTIFACT_URI", "value": artifact.uri},
+        {"name": "ARTIFACT_DIR", "value": f"{ARTIFACT_MOUNT}/artifact"},
         {"name": "ARTIFACT_SHA256", "value": artifact.sha256},
         {"name": "MODEL_FORMAT", "value": artifact.format},
         {"name": "ALLOW_JOBLIB", "value": "true" if spec.artifact.allow_unsafe_joblib else "false"},
         {"name": "NEUTRAL_PREDICTION", "value": spec.serving.neutral_prediction},
-        {"name": "FEATURE_CONTRACT", "value": ",".join(spec.feature_contract.features)},
+        {"name": "SLO_OBJECTIVE", "value": spec.slo.objective},
+        {"name": "FEATURE_CONTRACT", "value": json.dumps(contract, separators=(",", ":"))},
+        {"name": "FEEDBACK_DSN", "value": f"{ARTIFACT_MOUNT}/feedback.sqlite3"},
+        {"name": "MLMODEL_WATCH", "value": "true"},
         {"name": "MLMODEL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "HOST", "value": "0.0.0.0"},
+        {"name": "PORT", "value": str(SERVER_PORT)},
     ]
+    if spec.serving.feedback_store.dsn_secret_ref is not None:
+        ref = spec.serving.feedback_store.dsn_secret_ref
+        env = [e for e in env if e["name"] != "FEEDBACK_DSN"]
+        env.append({"name": "FEEDBACK_DSN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    security = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]}}
+    volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}]
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.serving.image,
@@ -129,9 +146,12 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         "env": env,
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
-        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
-                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": security,
+        "volumeMounts": volume_mounts,
     }
+    # Fetch and verify the artifact directory before the server starts (model_server/fetch.py).
+    fetch = {"name": "fetch-artifact", "image": spec.serving.image, "command": ["python", "-m", "model_server.fetch"],
+             "env": env, "securityContext": security, "volumeMounts": volume_mounts}
     if spec.serving.resources:
         container["resources"] = spec.serving.resources
     return {
@@ -151,7 +171,9 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
                 "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": {
                     "serviceAccountName": SERVER_SERVICE_ACCOUNT,
+                    "initContainers": [fetch],
                     "containers": [container],
+                    "volumes": [{"name": "artifact", "emptyDir": {}}],
                 },
             },
         },
