@@ -63,6 +63,7 @@ class World:
     approvals: tuple[Approval, ...] = ()
     promote: str | None = None
     resume: str | None = None
+    rollback: str | None = None
     # None with metrics_configured: Prometheus is down
     metrics: MetricsView | None = None
     metrics_configured: bool = False
@@ -104,7 +105,7 @@ class World:
         return Observation(
             generation=self.generation, approvals=self.approvals, stable=self.stable, canary=self.canary,
             services_present=self.services, route_canary_weight=self.route, artifact=check, promote=self.promote,
-            resume=self.resume, metrics=self.metrics, metrics_configured=self.metrics_configured,
+            resume=self.resume, rollback=self.rollback, metrics=self.metrics, metrics_configured=self.metrics_configured,
         )
 
     def step(self, spec: MLModelSpec, status: MLModelStatus, now: datetime) -> Decision:

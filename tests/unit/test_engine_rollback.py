@@ -229,3 +229,31 @@ def test_new_approved_revision_clears_a_halt() -> None:
     assert d.status.halt is None
     assert d.status.canary is not None and d.status.canary.version == "v3"
     assert promote_token("v3", 0) == "v3/0"
+
+
+def test_manual_rollback_takes_the_same_path_once_per_request() -> None:
+    world = honest_world("v1", "v2")
+    status, now = promoted_v2(world)
+    spec = make_spec("v2", rollout=STEPS)
+    world.rollback = "req1"
+    for _ in range(3):
+        world.pods_ready()
+        status = world.step(spec, status, now).status
+    assert status.phase == Phase.HALTED
+    assert status.stable is not None and status.stable.sha256 == SHA["v1"]
+    assert status.last_rollback is not None and status.last_rollback.trigger == Reason.MANUAL_ROLLBACK
+    assert status.last_rollback.request == "req1"
+    # The annotation stays on the object; it does not roll back again.
+    world.pods_ready()
+    again = world.step(spec, status, now + timedelta(minutes=1))
+    assert again.actions == () and again.status.last_rollback == status.last_rollback
+
+
+def test_manual_rollback_to_a_version_not_in_history_pages_and_keeps_stable() -> None:
+    world = honest_world("v1", "v2")
+    status, now = promoted_v2(world)
+    world.rollback = "req2:v9"
+    d = world.step(make_spec("v2", rollout=STEPS), status, now)
+    assert d.status.phase == Phase.HALTED
+    assert d.status.stable is not None and d.status.stable.version == "v2"
+    assert any(isinstance(a, Notify) and a.severity == "page" for a in d.actions)

@@ -37,6 +37,8 @@ ANNOTATION_SHA256 = f"{GROUP}/sha256"
 ANNOTATION_PROMOTE = f"{GROUP}/promote"
 # `modelwarden resume` sets this to the halt's id: it clears exactly that halt.
 ANNOTATION_RESUME = f"{GROUP}/resume"
+# `modelwarden rollback [--to VERSION]` sets this to "<request id>[:<version>]": one rollback per request id.
+ANNOTATION_ROLLBACK = f"{GROUP}/rollback"
 
 Track = Literal["stable", "canary"]
 
@@ -87,6 +89,7 @@ class Reason:
     HALTED = "Halted"
     RESUMED = "Resumed"
     NEW_REVISION = "NewRevision"
+    MANUAL_ROLLBACK = "ManualRollback"
 
 
 class Phase:
@@ -351,6 +354,7 @@ class Rollback(_Model):
     trigger: str
     message: str
     values: dict[str, str] = Field(default_factory=dict)
+    request: str | None = Field(default=None, description="The rollback annotation that asked for it, if manual.")
     from_version: str
     from_sha256: str
     to_version: str | None = None

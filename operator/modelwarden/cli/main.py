@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+import uuid
 from typing import Any
 
 import yaml
@@ -93,13 +94,40 @@ def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
     if status.canary is None or status.current_step_index is None:
         raise CLIError(f"{args.model} has no canary waiting (phase {status.phase or 'unknown'}): nothing to promote")
     token = promote_token(status.canary.version, status.current_step_index)
-    patch = {"metadata": {"annotations": {api.ANNOTATION_PROMOTE: token}}}
+    _annotate(args, api.ANNOTATION_PROMOTE, token, f"promoting {args.model}")
+    return {"promoted": args.model, "canary": status.canary.version, "step": status.current_step_index + 1}
+
+
+def _annotate(args: argparse.Namespace, key: str, value: str, what: str) -> None:
+    patch = {"metadata": {"annotations": {key: value}}}
     try:
-        client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        client.CustomObjectsApi(_client(args.kubeconfig)).patch_namespaced_custom_object(
             api.GROUP, api.VERSION, args.namespace, api.MLMODEL_PLURAL, args.model, patch)
     except ApiException as e:
-        raise _api_error(e, f"promoting {args.model}") from e
-    return {"promoted": args.model, "canary": status.canary.version, "step": status.current_step_index + 1}
+        raise _api_error(e, what) from e
+
+
+def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
+    model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    if status.stable is None:
+        raise CLIError(f"{args.model} serves nothing yet: there is nothing to roll back")
+    if args.to and not any(h.version == args.to for h in status.history):
+        known = ", ".join(sorted({h.version for h in status.history}))
+        raise CLIError(f"{args.to} is not in {args.model}'s history (known: {known})")
+    request = uuid.uuid4().hex[:8] + (f":{args.to}" if args.to else "")
+    _annotate(args, api.ANNOTATION_ROLLBACK, request, f"rolling back {args.model}")
+    return {"rollback": args.model, "request": request, "from": status.stable.version,
+            "to": args.to or "the previous approved version"}
+
+
+def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
+    model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    if status.halt is None:
+        raise CLIError(f"{args.model} is not halted (phase {status.phase or 'unknown'})")
+    _annotate(args, api.ANNOTATION_RESUME, status.halt.id, f"resuming {args.model}")
+    return {"resumed": args.model, "halt": status.halt.id, "reason": status.halt.reason}
 
 
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,6 +149,11 @@ def _print_status(result: dict[str, Any]) -> None:
               f"weight {status.canary_weight}%")
     for c in status.conditions:
         print(f"  {c.type:<18} {c.status:<7} {c.reason:<22} {c.message}")
+    if status.halt:
+        print(f"  HALTED by {status.halt.id} ({status.halt.reason}): `modelwarden resume` clears it")
+    if status.last_rollback:
+        rb = status.last_rollback
+        print(f"  last rollback {rb.id}: {rb.from_version} -> {rb.to_version or 'none'} ({rb.trigger}) {rb.message}")
     if status.history:
         print("  history:")
         for h in status.history:
@@ -148,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", parents=[common], help="release the canary's current manual pause")
     p.add_argument("model")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", parents=[common],
+                       help="roll back now, by the same path as an automatic rollback (halts the model)")
+    p.add_argument("model")
+    p.add_argument("--to", default=None, metavar="VERSION", help="an earlier approved version from history")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("resume", parents=[common], help="clear the current halt so rollouts go on")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", parents=[common], help="phase, versions, steps, conditions and history")
     p.add_argument("model")

@@ -85,6 +85,7 @@ class Observation:
     artifact: ArtifactCheck | None = None
     promote: str | None = None
     resume: str | None = None
+    rollback: str | None = None
     # None: no metrics source configured (no analysis, no triggers). A view with no series for a version
     # whose metrics are expected means NoData for it.
     metrics: MetricsView | None = None
@@ -301,6 +302,9 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
     rollback = status.last_rollback
     if rollback is not None and rollback.completed_at is None:
         return _continue_rollback(p, rollback)
+
+    if obs.rollback and obs.rollback not in _handled_requests(status) and status.stable is not None:
+        return _manual_rollback(p, obs.rollback)
 
     health = _health(spec, status, obs, now)
     _record_health(p, health)
@@ -621,7 +625,23 @@ def _rollback_id(p: _Pass, version: str) -> str:
     return f"rb-{p.now.strftime('%Y%m%dt%H%M%S')}-{version}".lower()
 
 
-def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False) -> Decision:
+def _handled_requests(status: MLModelStatus) -> set[str]:
+    return {i.request for i in status.incidents if i.request} | (
+        {status.last_rollback.request} if status.last_rollback and status.last_rollback.request else set())
+
+
+def _manual_rollback(p: _Pass, request: str) -> Decision:
+    """`modelwarden rollback [--to VERSION]`: the same path as an automatic rollback. Without --to, a running
+    canary is aborted, else the stable goes back to the previous approved version."""
+    _, _, version = request.partition(":")
+    message = f"manual rollback to {version} requested" if version else "manual rollback requested"
+    trigger = Assessment(Reason.MANUAL_ROLLBACK, "Fired", message, {"request": request})
+    return _start_rollback(p, trigger, canary_only=p.status.canary is not None and not version, request=request,
+                           restore_version=version or None)
+
+
+def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False, request: str | None = None,
+                    restore_version: str | None = None) -> Decision:
     """A trigger fired: halt, then put traffic back on the prior approved SHA (DESIGN §3)."""
     status = p.status
     spec_target = target_of(p.spec)
@@ -631,8 +651,13 @@ def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False)
     else:
         assert status.stable is not None
         bad, restore = status.stable, rollback_target(status.history, status.stable)
+        if restore_version is not None:
+            restore = next((h for h in reversed(status.history) if h.version == restore_version
+                            and h.outcome != "RolledBack" and h.approvals
+                            and (h.version, h.sha256) != (bad.version, bad.sha256)), None)
     rb = Rollback(
         id=_rollback_id(p, bad.version), trigger=trigger.trigger, message=trigger.message, values=trigger.values,
+        request=request,
         from_version=bad.version, from_sha256=bad.sha256,
         to_version=restore.version if restore else None, to_sha256=restore.sha256 if restore else None,
         started_at=timestamp(p.now),

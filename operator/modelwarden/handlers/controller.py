@@ -245,6 +245,7 @@ class Controller:
             artifact=check,
             promote=annotations.get(api.ANNOTATION_PROMOTE),
             resume=annotations.get(api.ANNOTATION_RESUME),
+            rollback=annotations.get(api.ANNOTATION_ROLLBACK),
             metrics=self._metrics_view(model, spec),
             metrics_configured=self.metrics is not None,
             metrics_error=self.metrics_error,
