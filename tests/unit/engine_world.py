@@ -105,7 +105,8 @@ class World:
         return Observation(
             generation=self.generation, approvals=self.approvals, stable=self.stable, canary=self.canary,
             services_present=self.services, route_canary_weight=self.route, artifact=check, promote=self.promote,
-            resume=self.resume, rollback=self.rollback, metrics=self.metrics, metrics_configured=self.metrics_configured,
+            resume=self.resume, rollback=self.rollback, metrics=self.metrics,
+            metrics_configured=self.metrics_configured,
         )
 
     def step(self, spec: MLModelSpec, status: MLModelStatus, now: datetime) -> Decision:
