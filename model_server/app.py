@@ -20,6 +20,7 @@ import hmac
 import logging
 import math
 import os
+import random
 import re
 import time
 import uuid
@@ -41,7 +42,7 @@ from model_server.governance import Governance, GovernanceState
 from model_server.loader import ArtifactRejected, LoadedModel, Matrix, ModelLoadError, load_artifact, warm_up
 from model_server.logs import EventLog
 from model_server.metrics import ServerMetrics
-from model_server.schemas import PREDICTION_ID_PATTERN, FeedbackIn, ReenableIn, openapi_document
+from model_server.schemas import PREDICTION_ID_PATTERN, FaultsIn, FeedbackIn, ReenableIn, openapi_document
 from model_server.store import (
     FeedbackRecord,
     FeedbackStore,
@@ -183,7 +184,10 @@ class ModelServer:
             "/admin/flush": {"POST": self._admin(self._flush)},
             "/admin/warmup": {"POST": self._admin(self._warmup)},
             "/admin/reenable": {"POST": self._admin(self._reenable)},
+            "/admin/faults": {"POST": self._admin(self._faults)},
         }
+        self._fault_ratio = 0.0
+        self._fault_random = random.Random()
 
     # ------------------------------------------------------------------ hooks for the operator side
 
@@ -479,6 +483,9 @@ class ModelServer:
             model, batcher = self.model, self.batcher
             assert model is not None and batcher is not None
             matrix = self._rows_to_matrix(rows, model.contract, batch)
+            if self._fault_ratio and self._fault_random.random() < self._fault_ratio:
+                raise HttpError(500, {"error": "INJECTED_FAULT", "message": "fault injected by /admin/faults"},
+                                outcome="error")
             try:
                 result = await batcher.submit(matrix)
             except Exception as e:
@@ -888,6 +895,14 @@ class ModelServer:
         if not self.governance.reenable(request.actor, request.reason):
             raise HttpError(409, {"error": "NOT_DISABLED_BY_GOVERNANCE", "state": self.governance.state.value})
         return json_response({"reenabled": True, "state": self.governance.state.value})
+
+    async def _faults(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+        request = self._validate(FaultsIn, await self._json_body(scope, receive))
+        self._fault_ratio = request.error_ratio
+        self.log.event("MODEL_SERVER", "FAULT_INJECTION_SET", f"injecting errors into {request.error_ratio:.0%} "
+                       "of requests", level=logging.WARNING, error_ratio=request.error_ratio, actor=request.actor,
+                       reason=request.reason)
+        return json_response({"errorRatio": self._fault_ratio})
 
     # ------------------------------------------------------------------ background jobs
 

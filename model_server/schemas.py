@@ -44,6 +44,15 @@ class ReenableIn(_Model):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class FaultsIn(_Model):
+    """Chaos testing: answer this share of scored requests with an injected 500 (counted as outcome error, not
+    as a model error, so governance does not switch the model off). 0 turns it off."""
+
+    error_ratio: float = Field(alias="errorRatio", ge=0.0, le=1.0)
+    actor: str = Field(min_length=1, max_length=256)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class FeedbackCreated(_Model):
     feedback_id: str = Field(alias="feedbackId")
     prediction_id: str = Field(alias="predictionId")
@@ -233,6 +242,10 @@ def openapi_document(*, title: str, version: str, contract: FeatureContract | No
             "requestBody": {"required": True, **_json(ReenableIn, "who and why")},
             "responses": {"200": _json(simple, "re-enabled"), "401": error, "403": error, "409": error,
                           "422": error}}},
+        "/admin/faults": {"post": {
+            "summary": "Inject errors into a share of requests (chaos testing of rollbacks)", "security": bearer,
+            "requestBody": {"required": True, **_json(FaultsIn, "error ratio, who and why")},
+            "responses": {"200": _json(simple, "set"), "401": error, "403": error, "422": error}}},
     }
     return {
         "openapi": "3.1.0",

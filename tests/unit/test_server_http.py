@@ -445,3 +445,24 @@ def test_structured_logs(artifact: DemoArtifact, tmp_path: Path, capsys: pytest.
     assert mismatch["missing_features"] == list(artifact.features)
     loaded = next(e for e in events if e["event"] == "MODEL_LOADED")
     assert loaded["sha256"] == artifact.sha256
+
+
+def test_injected_faults_are_errors_for_the_sli_but_not_model_errors(client: httpx.Client,
+                                                                      artifact: DemoArtifact) -> None:
+    labels = {"model": "fraud", "version": "2.1.0", "track": "canary"}
+    errors_before = metric(client, "ml_inference_requests_total", **labels, outcome="error")
+    model_errors_before = sum(metric(client, "ml_model_errors_total", **labels, kind=k)
+                              for k in ("PREDICT_ERROR", "NON_FINITE_OUTPUT"))
+    body = {"errorRatio": 1.0, "actor": "chaos", "reason": "rollback drill"}
+    assert client.post("/admin/faults", json=body).status_code == 401, "admin only"
+    assert client.post("/admin/faults", json=body, headers=ADMIN).status_code == 200
+    try:
+        resp = client.post("/predict", json={"features": row(artifact)})
+        assert resp.status_code == 500 and resp.json()["error"] == "INJECTED_FAULT"
+    finally:
+        client.post("/admin/faults", json={**body, "errorRatio": 0.0}, headers=ADMIN)
+    assert client.post("/predict", json={"features": row(artifact)}).status_code == 200
+    assert metric(client, "ml_inference_requests_total", **labels, outcome="error") == errors_before + 1
+    assert sum(metric(client, "ml_model_errors_total", **labels, kind=k)
+               for k in ("PREDICT_ERROR", "NON_FINITE_OUTPUT")) == model_errors_before
+    assert client.post("/admin/faults", json={**body, "errorRatio": 2}, headers=ADMIN).status_code == 422
