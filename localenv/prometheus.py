@@ -111,8 +111,10 @@ def start(
     scrape_interval: str = "1s",
     rule_files: Iterable[Path] = (),
     backfilled: Iterable[Series] = (),
+    file_sd: Path | None = None,
 ) -> Prometheus:
-    """Start Prometheus on a free loopback port, scraping ``scrape_targets`` (``host:port``) as job ``test``."""
+    """Start Prometheus on a free loopback port, scraping ``scrape_targets`` (``host:port``) as job ``test``,
+    and the targets listed in the ``file_sd`` JSON file (re-read when it changes) as job ``servers``."""
     binary = require_debian_package("prometheus", "prometheus")
     work_dir.mkdir(parents=True, exist_ok=True)
     data_dir = work_dir / "tsdb"
@@ -125,6 +127,9 @@ def start(
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [{"job_name": "test", "static_configs": [{"targets": targets}]}] if targets else [],
     }
+    if file_sd is not None:
+        config["scrape_configs"].append({"job_name": "servers",
+                                         "file_sd_configs": [{"files": [str(file_sd)], "refresh_interval": "2s"}]})
     config_path = work_dir / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     port = free_port()

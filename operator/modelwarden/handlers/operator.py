@@ -59,7 +59,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
-        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
+        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template) if config.admin_token else None,
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
