@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint typecheck test test-unit test-integration cluster-up cluster-down cluster-build \
+.PHONY: help install lint typecheck test test-unit test-integration test-e2e cluster-up cluster-down cluster-build \
         system-deps demo clean crds rules
 
 help: ## list the targets
@@ -27,7 +27,7 @@ system-deps: ## install the Debian packages the local environment needs (prometh
 	@bash hack/install-system-deps.sh
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check operator model_server localenv tests
+	$(VENV)/bin/ruff check operator model_server localenv tests bench hack
 
 typecheck: $(STAMP) ## mypy --strict
 	$(VENV)/bin/mypy
@@ -54,11 +54,15 @@ test-integration: $(STAMP) system-deps ## tests against the real control plane, 
 	@$(PY) -m localenv.cluster build
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: lint typecheck test-unit test-integration ## everything CI runs
+test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under load, Prometheus, operator)
+	@$(PY) -m localenv.cluster build
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-demo: $(STAMP) ## the main job: the whole rollout/rollback story on a local cluster
-	@echo "make demo: the rollout/rollback demo arrives with the operator (issues 3, 4 and 7)."
-	@echo "Until then: make cluster-up starts the real local control plane; make test runs everything."
+test: lint typecheck test-unit test-integration test-e2e ## everything CI runs
+
+demo: $(STAMP) system-deps ## the main job: v1 approved and served, v2 canaried and promoted, errors injected, automatic rollback to v1's SHA256
+	@$(PY) -m localenv.cluster build
+	@$(PY) -m localenv.demo
 
 clean: ## remove the venv and caches inside the repo (the binary cache outside it stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

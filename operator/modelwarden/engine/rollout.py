@@ -742,6 +742,8 @@ def _finish_rollback(p: _Pass, rb: Rollback, *, restored: ArtifactVersion | None
             history = [*history, _history_entry(restored, approvals, p.now)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
         p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
+        p.condition(ConditionType.READY, True, Reason.STABLE,
+                    f"{restored.version} ready ({p.spec.serving.replicas} replicas)")
         p.event("Normal", Reason.TRAFFIC_RESTORED, f"traffic back on {restored.version} (sha256 {restored.sha256})")
     else:
         # No valid target: the canary (if any) goes, the stable stays.

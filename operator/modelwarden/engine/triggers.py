@@ -65,7 +65,7 @@ def assess_error_budget(samples: Samples | None, *, now: float, floor: float, su
     latest = valid[-1][1]
     values = {"budgetRemaining": _fmt(latest), "floor": _fmt(floor)}
     if first_seen > start + step_seconds:
-        minutes = (now - first_seen) / 60
+        minutes = max(0.0, now - first_seen) / 60
         return Assessment(ERROR_BUDGET, "Clear",
                           f"series only {minutes:.0f}m old; needs {sustain_seconds / 60:.0f}m of history", values)
     in_window = _window(valid, start, now)
