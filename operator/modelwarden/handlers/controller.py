@@ -50,6 +50,15 @@ Key = tuple[str, str]  # (namespace, name)
 Clock = Callable[[], dt.datetime]
 
 
+def _older(body: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:
+    """A watch event older than what we already hold (e.g. our own status write, cached on return)."""
+    if cached is None:
+        return False
+    new, have = body["metadata"].get("resourceVersion", ""), cached["metadata"].get("resourceVersion", "")
+    # resourceVersions are etcd revisions here; compare only when both are plain integers.
+    return bool(new.isdigit() and have.isdigit() and int(new) < int(have))
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -90,6 +99,8 @@ class Controller:
             self.deployments.pop(key, None)
             self.services_ensured = {s for s in self.services_ensured if s[0] != key}
             return
+        if _older(body, self.models.get(key)):
+            return
         self.models[key] = dict(body)
         self.queue.add(key)
 
@@ -121,7 +132,13 @@ class Controller:
         self.queue.add(key)
 
     def prime(self, snapshot: Mapping[str, list[dict[str, Any]]]) -> None:
-        """Fill the caches from a full listing before the workers start (see ``KubeWorkloads.list_all``)."""
+        """Fill the caches from a full listing before the workers start (see ``KubeWorkloads.list_all``).
+        A listing is the whole truth: what it does not hold is gone."""
+        self.deployments.clear()
+        self.approvals.clear()
+        listed = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in snapshot.get("mlmodels", [])}
+        for key in [k for k in self.models if k not in listed]:
+            del self.models[key]
         for body in snapshot.get("deployments", []):
             self.observe_deployment(None, body)
         for body in snapshot.get("modelapprovals", []):
@@ -148,11 +165,14 @@ class Controller:
                 continue
         budget_lookback = max([s.rollback.sustain_seconds for s in specs] or [900]) + 300
         feedback_lookback = max([s.rollback.critical_feedback.window_seconds for s in specs] or [3600]) + 300
+        started = asyncio.get_running_loop().time()
         try:
             self.fleet = await self.metrics.evaluate(
                 self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
                 analysis_seconds=int(self.evaluation_interval))
             self.metrics_error = None
+            log.info("evaluation: %d queries for %d models in %.3fs", self.fleet.queries, len(self.models),
+                     asyncio.get_running_loop().time() - started)
         except MetricsUnavailable as e:
             self.fleet, self.metrics_error = None, str(e)
             log.warning("metrics unavailable: %s", e)
@@ -210,6 +230,8 @@ class Controller:
         await self._apply(model, spec, router, decision)
         await self._write_status(key, body, status, decision)
         for event in decision.events:
+            if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
+                log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:
                 await self.events.record(model, event.type, event.reason, event.message)
             except KubeError as e:

@@ -1,0 +1,197 @@
+"""Benchmark: from the first evaluation at which a rollback trigger holds to 100% of traffic on the prior SHA.
+
+    .venv/bin/python -m bench.rollback_latency [--runs 10] [--interval 30]
+
+Real control plane, real operator process (default evaluation interval 30 s unless --interval), real
+Prometheus scraping a small exporter that plays each model's metrics: healthy v1 and v2 (so the canary
+passes analysis and is promoted), then — one model at a time, each in a different evaluation cycle — v2's
+burn rate jumps past 14.4x. For each model the clock starts at the start of the evaluation cycle that first
+saw the trigger (from the operator's log) and stops when this process sees the stable Deployment fully
+rolled out and ready on v1's sha256 (100% of traffic, no canary). The aim (DESIGN §3, issue 4): at most one
+interval + 5 s from the trigger becoming true, i.e. this number plus the wait for the next evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import re
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from localenv import cluster as cluster_env
+from localenv import modelwarden as modelwarden_env
+from localenv import prometheus as prometheus_env
+from modelwarden.api import v1alpha1 as api
+
+
+class Exporter:
+    """Serves per-model metrics; ``bad`` models' v2 burns its budget 100x."""
+
+    def __init__(self, models: list[str]) -> None:
+        self.models = models
+        self.bad: set[str] = set()
+        self.started = time.time()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = owner.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def render(self) -> str:
+        requests = int((time.time() - self.started) * 100)
+        lines = []
+        for m in self.models:
+            for v in ("v1", "v2"):
+                burn = 100.0 if (m in self.bad and v == "v2") else 0.0
+                lines += [
+                    f'ml_inference_requests_total{{model="{m}",version="{v}",track="canary",outcome="success"}} '
+                    f"{requests}",
+                    f'ml_inference_error_budget_remaining{{model="{m}",version="{v}"}} 0.9',
+                    f'ml:inference_burn_rate:rate1h{{model="{m}",version="{v}"}} {burn}',
+                    f'ml:inference_burn_rate:rate5m{{model="{m}",version="{v}"}} {burn}',
+                ]
+        return "\n".join(lines) + "\n"
+
+
+def restored_on(apps: client.AppsV1Api, namespace: str, model: str, sha: str) -> bool:
+    d: Any = apps.read_namespaced_deployment(f"{model}-stable", namespace)
+    ready = (d.status.ready_replicas or 0) >= d.spec.replicas and (d.status.updated_replicas or 0) >= d.spec.replicas
+    current = d.status.observed_generation == d.metadata.generation
+    canary_gone = not apps.list_namespaced_deployment(namespace,
+                                                      label_selector=f"{api.LABEL_MODEL}={model},"
+                                                                     f"{api.LABEL_TRACK}=canary").items
+    return bool(d.spec.template.metadata.annotations[api.ANNOTATION_SHA256] == sha and ready and current
+                and canary_gone)
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_times(log: str, needle: str) -> list[tuple[float, str]]:
+    out = []
+    for line in log.splitlines():
+        m = LOG_TIME.match(line)
+        if m and needle in line:
+            # logging's asctime is local time, as is a naive datetime's .timestamp()
+            stamp = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: DTZ007
+            out.append((stamp, line))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--interval", type=int, default=30, help="the operator's evaluation interval (default 30)")
+    args = parser.parse_args()
+
+    cluster = cluster_env.up()
+    modelwarden_env.install(cluster)
+    admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
+    core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
+    ns = f"bench-rb-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    work = Path(tempfile.mkdtemp(prefix="modelwarden-bench-"))
+    models = [f"m{i}" for i in range(args.runs)]
+    exporter = Exporter(models)
+    prom = prometheus_env.start(work / "prometheus", scrape_targets=[exporter.target])
+    operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
+        "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(args.interval)}).start()
+    try:
+        shas = {}
+        for v in ("v1", "v2"):
+            data = f"bench {v}".encode()
+            (work / f"{v}.skops").write_bytes(data)
+            shas[v] = ((work / f"{v}.skops").as_uri(), hashlib.sha256(data).hexdigest())
+        users = {u: config.new_client_from_config(config_file=str(cluster.kubeconfigs[u]))  # type: ignore[no-untyped-call]
+                 for u in ("finance-approver", "regulatory-approver")}
+        for m in models:
+            for v, (_, sha) in shas.items():
+                for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
+                    client.CustomObjectsApi(users[user]).create_namespaced_custom_object(
+                        api.GROUP, api.VERSION, ns, api.APPROVAL_PLURAL,
+                        {"apiVersion": api.API_VERSION, "kind": "ModelApproval",
+                         "metadata": {"name": f"{m}-{v}-{role}"},
+                         "spec": {"modelRef": {"name": m}, "version": v, "sha256": sha, "role": role,
+                                  "approver": user}})
+            uri, sha = shas["v1"]
+            custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, {
+                "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": m},
+                "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": sha},
+                         "featureContract": {"name": "fc", "features": ["a"], "nFeatures": 1},
+                         "serving": {"replicas": 2},
+                         "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}],
+                                     "analysis": {"intervalSeconds": args.interval}}}})
+
+        def phase(m: str) -> api.MLModelStatus:
+            obj: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, m)
+            return api.MLModelStatus.model_validate(obj.get("status") or {})
+
+        def wait(cond: Any, timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if cond():
+                    return
+                time.sleep(0.2)
+            raise TimeoutError(what)
+
+        wait(lambda: all(phase(m).phase == "Stable" for m in models), 120, "v1 stable everywhere")
+        uri, sha = shas["v2"]
+        for m in models:
+            custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, m,
+                                                  {"spec": {"version": "v2", "artifact": {"uri": uri, "sha256": sha}}})
+        print(f"promoting v2 on {len(models)} models (canary analysis at the {args.interval}s interval)…",
+              flush=True)
+        wait(lambda: all((lambda s: s.stable is not None and s.stable.version == "v2")(phase(m)) for m in models),
+             10 * args.interval + 120, "v2 promoted everywhere")
+
+        latencies = []
+        for m in models:
+            exporter.bad.add(m)
+            flipped = time.time()
+            wait(lambda m=m: restored_on(apps, ns, m, shas["v1"][1]), 3 * args.interval + 60, f"{m} restored")
+            restored = time.time()
+            log = operator.log()
+            started = [t for t, line in log_times(log, "RollbackStarted") if f"/{m} RollbackStarted" in line]
+            cycles = [t for t, _ in log_times(log, "evaluation:") if t <= started[0]] if started else []
+            # The evaluation that saw it started `took` seconds before its log line; use the line itself, so
+            # the figure never undercounts.
+            since_eval = restored - cycles[-1] if cycles else float("nan")
+            latencies.append(since_eval)
+            print(f"  {m}: trigger true → restored {restored - flipped:5.1f}s; "
+                  f"from the evaluation that saw it {since_eval:5.2f}s", flush=True)
+            time.sleep(args.interval / 3)  # the next model's trigger falls in another evaluation cycle
+    finally:
+        operator.stop()
+        prom.stop()
+        core.delete_namespace(ns)
+    ok = [x for x in latencies if x == x]
+    print(f"\nfrom the first evaluation at which the trigger holds to 100% traffic on the prior SHA "
+          f"({len(ok)} runs, interval {args.interval}s):")
+    print(f"  p50 {statistics.median(ok):.2f}s  max {max(ok):.2f}s  (aim: within one interval + 5 s of the "
+          f"trigger becoming true, i.e. ≤ 5 s here plus the wait for the next evaluation)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
