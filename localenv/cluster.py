@@ -259,9 +259,10 @@ def up(state_dir: Path | None = None) -> Cluster:
             bin_dir / "kube-controller-manager", f"--kubeconfig={kubeconfigs['admin']}",
             "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            # KWOK nodes have no kubelet: the node lifecycle controller would declare them not-Ready between
-            # KWOK's heartbeats and mark every pod NotReady, so it is off; KWOK keeps the nodes' status.
-            "--controllers=*,-nodeipam,-nodelifecycle",
+            "--controllers=*,-nodeipam",
+            # KWOK nodes have no kubelet; on a busy 2-core machine their heartbeats can be late, and the node
+            # lifecycle controller would then mark every pod NotReady. It still lifts the startup taints.
+            "--node-monitor-grace-period=5m",
         ], logs / "kube-controller-manager.log")
         cluster.pids["kube-controller-manager"] = kcm.pid
         scheduler = start_process([
@@ -292,7 +293,9 @@ def up(state_dir: Path | None = None) -> Cluster:
         def nodes_ready() -> bool:
             out = cluster.kubectl("get", "nodes", "-o",
                                   "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").stdout
-            return out.split() == ["True"] * FAKE_NODES
+            taints = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[*].spec.taints}").stdout
+            # Ready, and the node lifecycle controller has lifted the not-ready taint: pods can be scheduled.
+            return out.split() == ["True"] * FAKE_NODES and "not-ready" not in taints
 
         wait_until(nodes_ready, timeout=60, what="KWOK nodes Ready", log_path=logs / "kwok.log", process=kwok)
 
