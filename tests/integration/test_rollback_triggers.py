@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
 import time
 from collections.abc import Callable
@@ -211,3 +212,45 @@ def test_prometheus_stopped_mid_canary_neither_promotes_nor_rolls_back(
         assert (healthy.status, healthy.reason) == ("Unknown", "MetricsUnavailable")
         assert "Prometheus unavailable" in healthy.message
     assert admin.deployment("m-canary") is not None
+
+
+def test_crash_between_rollback_steps_finishes_once_and_gitops_reapply_changes_nothing(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    op = InProcessOperator(modelwarden_installed, namespace)
+    admin, shas = promoted_v2(op, api_clients, namespace, tmp_path)
+    manifest = admin.get("m")
+    prom = prometheus_factory(backfilled=[budget_series("v2", 30)])
+    op.evaluate(prom.url)
+    status = op.passes("m", 1)
+    assert status.phase == Phase.ROLLING_BACK and status.last_rollback is not None
+    rollback_id = status.last_rollback.id
+
+    # The operator dies here; a new one (empty caches) picks the rollback up from status and the cluster.
+    fresh = InProcessOperator(modelwarden_installed, namespace)
+    fresh.controller.metrics = op.controller.metrics
+    fresh.now = op.now
+    asyncio.run(fresh.controller.evaluate_once())
+    status = fresh.until("m", lambda s: s.phase == Phase.HALTED)
+    assert status.last_rollback is not None and status.last_rollback.id == rollback_id, "the same rollback"
+    assert [h.outcome for h in status.history].count("RolledBack") == 1
+    assert [i.id for i in status.incidents] == [rollback_id]
+    assert status.stable is not None and status.stable.sha256 == shas["v1"]
+    events = [e.reason for e in admin.events("m")]
+    assert events.count("RollbackStarted") == 1 and events.count("RollbackComplete") == 1
+
+    # A GitOps sync re-applies the committed manifest (server-side apply, its own field manager): nothing moves.
+    committed = {"apiVersion": manifest["apiVersion"], "kind": "MLModel",
+                 "metadata": {"name": "m", "namespace": namespace}, "spec": manifest["spec"]}
+    before = admin.get("m")
+    modelwarden_installed.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-",
+                                  input=json.dumps(committed))
+    after = admin.get("m")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"] == before["spec"]
+    status = fresh.passes("m", 3)
+    assert status.phase == Phase.HALTED and status.stable is not None and status.stable.sha256 == shas["v1"]
+    assert [i.id for i in status.incidents] == [rollback_id], "no second rollback"
+    deployment = admin.deployment("m-stable")
+    assert deployment is not None
+    assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == shas["v1"]
