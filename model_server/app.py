@@ -23,6 +23,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
@@ -41,11 +42,12 @@ from model_server.drift import DriftWindow
 from model_server.governance import Governance, GovernanceState
 from model_server.loader import ArtifactRejected, LoadedModel, Matrix, ModelLoadError, load_artifact, warm_up
 from model_server.logs import EventLog
-from model_server.metrics import ServerMetrics
+from model_server.metrics import STAKEHOLDERS, ServerMetrics
 from model_server.schemas import PREDICTION_ID_PATTERN, FaultsIn, FeedbackIn, ReenableIn, openapi_document
 from model_server.store import (
     FeedbackRecord,
     FeedbackStore,
+    PredictionFeedback,
     PredictionRecord,
     StoreUnavailable,
     iso,
@@ -185,6 +187,7 @@ class ModelServer:
             "/admin/warmup": {"POST": self._admin(self._warmup)},
             "/admin/reenable": {"POST": self._admin(self._reenable)},
             "/admin/faults": {"POST": self._admin(self._faults)},
+            "/admin/feedback": {"GET": self._admin(self._admin_feedback)},
         }
         self._fault_ratio = 0.0
         self._fault_random = random.Random()
@@ -750,16 +753,31 @@ class ModelServer:
             raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": str(e)[:300]}) from None
         if found.prediction is None and not found.feedback:
             raise HttpError(404, {"error": "UNKNOWN_PREDICTION", "predictionId": prediction_id})
-        p = found.prediction
-        return json_response({
-            "predictionId": prediction_id,
-            "prediction": None if p is None else {
-                "model": p.model, "version": p.version, "track": p.track, "state": p.state,
-                "features": orjson.loads(p.inputs), "prediction": p.output, "createdAt": iso(p.created_at)},
-            "feedback": [{"feedbackId": f.feedback_id, "label": orjson.loads(f.label), "severity": f.severity,
-                          "stakeholder": f.stakeholder, "comment": f.comment, "author": f.author,
-                          "version": f.version, "receivedAt": iso(f.received_at)} for f in found.feedback],
-        })
+        return json_response(_feedback_view(prediction_id, found))
+
+    async def _admin_feedback(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+        """The predictions behind recent feedback, as `GET /feedback/{id}` shows each: for incident records."""
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            since = float(query.get("since", ["0"])[0])
+            limit = max(1, min(int(query.get("limit", ["100"])[0]), 1000))
+        except ValueError:
+            raise HttpError(400, {"error": "INVALID_QUERY",
+                                  "message": "since (unix seconds) and limit must be numbers"}) from None
+        severity = query.get("severity", ["critical"])[0]
+        stakeholders = query.get("stakeholder", []) or list(STAKEHOLDERS)
+        store = self._require_store()
+        model = self.settings.model_name
+
+        def read() -> list[tuple[str, PredictionFeedback]]:
+            ids = store.predictions_with_feedback(model, since, stakeholders, severity, limit)
+            return [(i, store.feedback_for(i)) for i in ids]
+
+        try:
+            found = await self._in_store_thread(read)
+        except StoreUnavailable as e:
+            raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": str(e)[:300]}) from None
+        return json_response({"records": [_feedback_view(i, f) for i, f in found]})
 
     def _require_store(self) -> FeedbackStore:
         if self.store is None:
@@ -937,3 +955,16 @@ class ModelServer:
         if deleted:
             self.log.event("FEEDBACK_STORE", "PREDICTIONS_PURGED", f"{deleted} prediction records past retention",
                            deleted=deleted)
+
+
+def _feedback_view(prediction_id: str, found: PredictionFeedback) -> dict[str, Any]:
+    p = found.prediction
+    return {
+        "predictionId": prediction_id,
+        "prediction": None if p is None else {
+            "model": p.model, "version": p.version, "track": p.track, "state": p.state,
+            "features": orjson.loads(p.inputs), "prediction": p.output, "createdAt": iso(p.created_at)},
+        "feedback": [{"feedbackId": f.feedback_id, "label": orjson.loads(f.label), "severity": f.severity,
+                      "stakeholder": f.stakeholder, "comment": f.comment, "author": f.author,
+                      "version": f.version, "receivedAt": iso(f.received_at)} for f in found.feedback],
+    }

@@ -69,6 +69,9 @@ class FeedbackStore(Protocol):
     def add_feedback(self, record: FeedbackRecord) -> None: ...
     def feedback_for(self, prediction_id: str) -> PredictionFeedback: ...
     def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int: ...
+    def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
+                                  limit: int) -> list[str]:
+        """Prediction ids that received matching feedback since ``since``, oldest feedback first."""
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int: ...
     def close(self) -> None: ...
 
@@ -172,6 +175,14 @@ class SqliteFeedbackStore:
         rows = self._query(f"SELECT count(*) FROM feedback WHERE model = ? AND received_at >= ? AND severity = ? "
                            f"AND stakeholder IN ({marks})", (model, since, severity, *stakeholders))
         return int(rows[0][0])
+
+    def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
+                                  limit: int) -> list[str]:
+        marks = ",".join("?" * len(stakeholders)) or "NULL"
+        rows = self._query(f"SELECT prediction_id FROM feedback WHERE model = ? AND received_at >= ? AND severity = ? "
+                           f"AND stakeholder IN ({marks}) GROUP BY prediction_id ORDER BY min(received_at) LIMIT ?",
+                           (model, since, severity, *stakeholders, limit))
+        return [str(r[0]) for r in rows]
 
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
         no_feedback = "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = predictions.prediction_id)"
@@ -291,6 +302,14 @@ class PostgresFeedbackStore:
             "SELECT count(*) FROM model_feedback WHERE model = %s AND received_at >= %s AND severity = %s "
             "AND stakeholder = ANY(%s)", (model, since, severity, list(stakeholders))).fetchone())
         return int(row[0])
+
+    def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
+                                  limit: int) -> list[str]:
+        rows = self._run(lambda c: c.execute(
+            "SELECT prediction_id FROM model_feedback WHERE model = %s AND received_at >= %s AND severity = %s "
+            "AND stakeholder = ANY(%s) GROUP BY prediction_id ORDER BY min(received_at) LIMIT %s",
+            (model, since, severity, list(stakeholders), limit)).fetchall())
+        return [str(r[0]) for r in rows]
 
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
         no_feedback = "NOT EXISTS (SELECT 1 FROM model_feedback f WHERE f.prediction_id = p.prediction_id)"

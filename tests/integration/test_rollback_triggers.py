@@ -20,10 +20,13 @@ from kubernetes import client, config
 
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
+from model_server.demo_artifact import build_demo_artifact, train
+from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeWorkloads
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import ReplicasRouter
+from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
 from modelwarden.handlers.controller import Controller
 from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
@@ -254,3 +257,36 @@ def test_crash_between_rollback_steps_finishes_once_and_gitops_reapply_changes_n
     deployment = admin.deployment("m-stable")
     assert deployment is not None
     assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == shas["v1"]
+
+
+def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    """The incident holds what `GET /feedback/{predictionId}` returns for each labelled prediction, collected
+    from the serving version's server before traffic moves (a pod's SQLite store goes with the pod)."""
+    demo = build_demo_artifact(tmp_path / "served", fmt="onnx", trained=train("logistic", 3, 200, seed=5))
+    env = {**demo.env("m", "v2"), "ADMIN_TOKEN": "t0ken", "WARMUP_ROUNDS": "1",
+           "FEEDBACK_DSN": str(tmp_path / "fb.sqlite3")}
+    with serve_subprocess(env, log_path=tmp_path / "server.log") as (url, _), http_client(url) as http:
+        ids = []
+        for i, stakeholder in enumerate(("finance", "regulator", "finance")):
+            pid = http.post("/predict", json={"features": dict.fromkeys(demo.features, float(i))}).json()[
+                "predictionId"]
+            assert http.post("/feedback", json={"predictionId": pid, "label": "wrong", "severity": "critical",
+                                                "stakeholder": stakeholder}).status_code == 201
+            ids.append(pid)
+
+        op = InProcessOperator(modelwarden_installed, namespace)
+        admin, _ = promoted_v2(op, api_clients, namespace, tmp_path)
+        op.controller.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),
+                                              feedback_series("regulator", [5])])
+        op.evaluate(prom.url)
+        status = op.until("m", lambda s: s.phase == Phase.HALTED)
+    assert status.last_rollback is not None and status.last_rollback.trigger == "CriticalFeedback"
+    incident = admin.core.read_namespaced_config_map(f"m-{status.last_rollback.id}", namespace)
+    evidence = json.loads(incident.data["feedback.json"])
+    assert evidence["error"] is None
+    assert [r["predictionId"] for r in evidence["records"]] == ids
+    assert {f["stakeholder"] for r in evidence["records"] for f in r["feedback"]} == {"finance", "regulator"}
+    assert "incident.json" in incident.data, "the final record did not take the evidence away"

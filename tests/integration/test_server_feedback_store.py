@@ -154,3 +154,19 @@ def test_sqlite_store_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     finally:
         store.close()
     assert os.path.exists(tmp_path / "f.db")
+
+
+def test_finding_the_predictions_behind_critical_labels(open_new: StoreFactory, model: str) -> None:
+    store = open_new()
+    now = time.time()
+    ps = [_prediction(model, now - 100 * i) for i in range(4)]
+    store.record_predictions(ps)
+    store.add_feedback(_feedback(ps[0], "critical", "finance", received_at=now - 50))
+    store.add_feedback(_feedback(ps[1], "critical", "regulator", received_at=now - 200))
+    store.add_feedback(_feedback(ps[1], "critical", "finance", received_at=now - 100))
+    store.add_feedback(_feedback(ps[2], "critical", "customer", received_at=now - 10))
+    store.add_feedback(_feedback(ps[3], "critical", "finance", received_at=now - 9000))
+    found = store.predictions_with_feedback(model, now - 3600, ["finance", "regulator"], "critical", 10)
+    assert found == [ps[1].prediction_id, ps[0].prediction_id], "each once, oldest label first"
+    assert store.predictions_with_feedback(model, now - 3600, ["finance", "regulator"], "critical", 1) == [
+        ps[1].prediction_id]

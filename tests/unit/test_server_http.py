@@ -466,3 +466,21 @@ def test_injected_faults_are_errors_for_the_sli_but_not_model_errors(client: htt
     assert sum(metric(client, "ml_model_errors_total", **labels, kind=k)
                for k in ("PREDICT_ERROR", "NON_FINITE_OUTPUT")) == model_errors_before
     assert client.post("/admin/faults", json={**body, "errorRatio": 2}, headers=ADMIN).status_code == 422
+
+
+def test_admin_feedback_lists_the_predictions_behind_critical_labels(client: httpx.Client,
+                                                                     artifact: DemoArtifact) -> None:
+    since = time.time() - 1
+    ids = [client.post("/predict", json={"features": row(artifact, i)}).json()["predictionId"] for i in range(3)]
+    for pid, stakeholder, severity in zip(ids, ("finance", "regulator", "risk"), ("critical", "critical", "critical"),
+                                          strict=True):
+        assert client.post("/feedback", json={"predictionId": pid, "label": "wrong", "severity": severity,
+                                              "stakeholder": stakeholder}).status_code == 201
+    query = {"since": str(since), "stakeholder": ["finance", "regulator"], "severity": "critical"}
+    assert client.get("/admin/feedback", params=query).status_code == 401, "admin only"
+    found = client.get("/admin/feedback", params=query, headers=ADMIN)
+    assert found.status_code == 200, found.text
+    records = found.json()["records"]
+    assert [r["predictionId"] for r in records] == ids[:2]
+    assert records[0] == client.get(f"/feedback/{ids[0]}").json(), "the same view as GET /feedback/{id}"
+    assert client.get("/admin/feedback", params={"since": "yesterday"}, headers=ADMIN).status_code == 400

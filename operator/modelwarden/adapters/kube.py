@@ -62,6 +62,7 @@ class Workloads(Protocol):
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
     async def record_incident(self, model: ModelObject, rollback: api.Rollback, extra: dict[str, Any]) -> None: ...
+    async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
 
 
 class ModelStatusWriter(Protocol):
@@ -289,6 +290,19 @@ class KubeWorkloads:
         }
         await self._apply(f"record incident {name}", self._core.patch_namespaced_config_map, name, model.namespace,
                           body)
+
+    async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None:
+        """One more file in the incident's ConfigMap, written under its own field manager so the final
+        incident record (written later) does not take it away."""
+        cm_name = f"{model.name}-{rollback.id}"[:253]
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": cm_name, "namespace": model.namespace,
+                             "labels": {**labels(model), f"{api.GROUP}/incident": rollback.id},
+                             "ownerReferences": [model.owner_reference()]},
+                "data": {name: json.dumps(data, indent=2, sort_keys=True)}}
+        await self._call(f"record evidence {cm_name}", self._core.patch_namespaced_config_map, cm_name,
+                         model.namespace, body, field_manager=f"{FIELD_MANAGER}-evidence", force=True,
+                         _content_type="application/apply-patch+yaml")
 
     def _raw(self, obj: Any) -> dict[str, Any]:
         """A typed client object as the API's camelCase dict."""

@@ -6,7 +6,7 @@ servers running on loopback. Best effort: a failure is returned, never raised.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -18,17 +18,38 @@ DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:8080"
 
 class ServerAdmin(Protocol):
     async def call(self, model: ModelObject, track: Track, action: str) -> str | None: ...
+    async def feedback(self, model: ModelObject, track: Track, since: float,
+                       stakeholders: tuple[str, ...]) -> tuple[list[Any], str | None]:
+        """Critical feedback records (with their predictions) since ``since``; or what went wrong."""
 
 
 class HTTPServerAdmin:
     def __init__(self, token: str | None, url_template: str = DEFAULT_URL_TEMPLATE, timeout: float = 5.0) -> None:
         self._token, self._template, self._timeout = token, url_template, timeout
 
+    def _url(self, model: ModelObject, track: Track, path: str) -> str:
+        return self._template.format(service=model.deployment_name(track), namespace=model.namespace,
+                                     model=model.name, track=track) + path
+
+    async def feedback(self, model: ModelObject, track: Track, since: float,
+                       stakeholders: tuple[str, ...]) -> tuple[list[Any], str | None]:
+        if not self._token:
+            return [], "no admin token configured (MODELWARDEN_ADMIN_TOKEN)"
+        url = self._url(model, track, "/admin/feedback")
+        params = {"since": f"{since:.3f}", "severity": "critical", "stakeholder": list(stakeholders)}
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout) as http:
+                resp = await http.get(url, params=params, headers={"Authorization": f"Bearer {self._token}"})
+        except httpx.HTTPError as e:
+            return [], f"GET {url}: {type(e).__name__}: {e}"
+        if resp.status_code != 200:
+            return [], f"GET {url}: HTTP {resp.status_code}"
+        return list(resp.json().get("records", [])), None
+
     async def call(self, model: ModelObject, track: Track, action: str) -> str | None:
         if not self._token:
             return "no admin token configured (MODELWARDEN_ADMIN_TOKEN)"
-        url = self._template.format(service=model.deployment_name(track), namespace=model.namespace,
-                                    model=model.name, track=track) + f"/admin/{action}"
+        url = self._url(model, track, f"/admin/{action}")
         try:
             async with httpx.AsyncClient(timeout=self._timeout) as http:
                 resp = await http.post(url, headers={"Authorization": f"Bearer {self._token}"})

@@ -35,7 +35,7 @@ from modelwarden.engine.approvals import Approval, Quorum, evaluate_quorum
 from modelwarden.engine.conditions import set_condition, timestamp
 from modelwarden.engine.health import Health, MetricsView, budget_percent, judge
 from modelwarden.engine.traffic import TrafficPlan, plan_traffic
-from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
+from modelwarden.engine.triggers import CANARY_ANALYSIS, CRITICAL_FEEDBACK, Assessment
 
 HISTORY_LIMIT = 20
 INCIDENT_LIMIT = 10
@@ -139,6 +139,17 @@ class RecordIncident:
 
 
 @dataclass(frozen=True)
+class CollectFeedbackEvidence:
+    """Before traffic moves: keep the feedback records behind a CriticalFeedback trigger for the incident
+    (a server's SQLite store goes with its pods)."""
+
+    rollback: Rollback
+    track: Track
+    since_seconds: int
+    stakeholders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Notify:
     severity: Literal["page", "warning", "info"]
     summary: str
@@ -146,7 +157,7 @@ class Notify:
 
 
 Action = (EnsureServices | ApplyTrack | DeleteTrack | SetRouteWeight | FlushAndWarm | AnnotateGrafana
-          | RecordIncident | Notify)
+          | RecordIncident | CollectFeedbackEvidence | Notify)
 
 
 @dataclass(frozen=True)
@@ -671,6 +682,10 @@ def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False,
     p.condition(ConditionType.HEALTHY, False, trigger.trigger, trigger.message)
     p.condition(ConditionType.HALTED, True, trigger.trigger,
                 f"halted by {rb.id}: set annotation modelwarden.io/resume={rb.id} or apply a new revision")
+    if trigger.trigger == CRITICAL_FEEDBACK:
+        feedback = p.spec.rollback.critical_feedback
+        p.actions.append(CollectFeedbackEvidence(rb, "canary" if canary_only else "stable", feedback.window_seconds,
+                                                 tuple(feedback.stakeholders)))
     where = f"{bad.version} → {restore.version}" if restore else f"{bad.version} (no approved version to go back to)"
     p.event("Warning", Reason.ROLLBACK_STARTED, f"{trigger.message}; rolling back {where}")
     return _continue_rollback(p, rb)

@@ -31,6 +31,7 @@ from modelwarden.engine.rollout import (
     AnnotateGrafana,
     ApplyTrack,
     ArtifactCheck,
+    CollectFeedbackEvidence,
     Decision,
     DeleteTrack,
     EnsureServices,
@@ -307,7 +308,8 @@ class Controller:
             else:
                 await self._side_effect(model, action)
 
-    async def _side_effect(self, model: ModelObject, action: FlushAndWarm | AnnotateGrafana | RecordIncident | Notify,
+    async def _side_effect(self, model: ModelObject,
+                           action: FlushAndWarm | AnnotateGrafana | RecordIncident | CollectFeedbackEvidence | Notify,
                            ) -> None:
         """After traffic is back: best effort, each failure recorded as a Warning Event, none blocking."""
         failure: str | None = None
@@ -315,6 +317,18 @@ class Controller:
         if isinstance(action, RecordIncident):
             try:
                 await self.workloads.record_incident(model, action.rollback, {})
+            except KubeError as e:
+                failure = str(e)
+        elif isinstance(action, CollectFeedbackEvidence):
+            since = self.clock().timestamp() - action.since_seconds
+            records: list[Any] = []
+            if self.server_admin is None:
+                failure = "no admin token configured (MODELWARDEN_ADMIN_TOKEN): feedback records not collected"
+            else:
+                records, failure = await self.server_admin.feedback(model, action.track, since, action.stakeholders)
+            try:
+                await self.workloads.record_evidence(model, action.rollback, "feedback.json",
+                                                     {"records": records, "error": failure})
             except KubeError as e:
                 failure = str(e)
         elif isinstance(action, AnnotateGrafana):
