@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelwarden import __version__
 from modelwarden.api import v1alpha1 as api
+from modelwarden.cli.training import CheckOutcome, UsageError, add_subcommands
 from modelwarden.engine.rollout import promote_token
 
 
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="phase, versions, steps, conditions and history")
     p.add_argument("model")
     p.set_defaults(func=cmd_status, printer=_print_status)
+
+    add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata: no cluster needed
     return parser
 
 
@@ -206,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    code = 0
+    if isinstance(result, CheckOutcome):  # a check: its result is printed either way, failure exits 1
+        code = 0 if result.ok else 1
+        result = result.result
     if args.output == "json":
         print(json.dumps(result, indent=2))
     elif args.output == "yaml":
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         args.printer(result)
     else:
         print(", ".join(f"{k}: {v}" for k, v in result.items()))
-    return 0
+    return code
 
 
 if __name__ == "__main__":
