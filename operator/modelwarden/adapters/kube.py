@@ -186,7 +186,7 @@ def service_manifests(model: ModelObject, router: str) -> list[dict[str, Any]]:
     def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
         return {
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": model.namespace, "labels": labels(model),
+            "metadata": {"name": name, "namespace": model.namespace, "labels": selector | labels(model),
                          "ownerReferences": [model.owner_reference()]},
             "spec": {"selector": selector,
                      "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},

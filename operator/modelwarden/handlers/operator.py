@@ -39,6 +39,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    # The resources are named explicitly: no cluster-wide CRD/namespace scanning (and no RBAC for it).
+    settings.scanning.disabled = True
     config = Settings.from_env()
     api_client = _api_client()
     workloads = KubeWorkloads(api_client)
