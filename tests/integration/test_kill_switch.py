@@ -5,6 +5,9 @@ read-only (as the `developer` user, who may only read models)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +58,12 @@ def test_kill_switch_flips_running_servers_and_holds_across_restarts(
         assert before["state"] == "ENABLED|OK" and before["neutral"] is False
         pid = proc.pid
 
-        admin.patch_spec("scorer", {"enabled": False})
+        # The runbook's emergency disable, as a person would run it.
+        done = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", "disable", "scorer", "-n", namespace],
+                              env={**os.environ, "KUBECONFIG": str(modelwarden_installed.admin_kubeconfig)},
+                              capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "DISABLED_CONFIG" in done.stdout and "gitops" in done.stdout
         took = _until(lambda: _predict(url, demo)["state"] == "DISABLED_CONFIG", 10, "DISABLED_CONFIG")
         disabled = _predict(url, demo)
         assert disabled["neutral"] is True and disabled["prediction"] == 0.0

@@ -11,6 +11,9 @@ import asyncio
 import datetime as dt
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -290,3 +293,12 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
     assert [r["predictionId"] for r in evidence["records"]] == ids
     assert {f["stakeholder"] for r in evidence["records"] for f in r["feedback"]} == {"finance", "regulator"}
     assert "incident.json" in incident.data, "the final record did not take the evidence away"
+
+    # The evidence, as the compliance repository gets it.
+    done = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", "incidents", "m", "-n", namespace,
+                           "-o", "markdown"], capture_output=True, text=True, check=False, timeout=60,
+                          env={**os.environ, "KUBECONFIG": str(modelwarden_installed.admin_kubeconfig)})
+    assert done.returncode == 0, done.stderr
+    assert f"## {status.last_rollback.id} — CriticalFeedback" in done.stdout
+    assert "| TrafficRestored |" in done.stdout
+    assert all(f"`{pid}`" in done.stdout for pid in ids)

@@ -1,7 +1,8 @@
 """Entry point of the ``modelwarden`` command (also ``kubectl modelwarden``).
 
 Talks to the cluster of the current kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``).
-Every command that changes something writes only metadata or a new ModelApproval: never an MLModel's spec.
+Every command that changes something writes only metadata or a new ModelApproval — except `disable`/`enable`,
+the runbook's emergency kill switch, which sets ``spec.enabled`` (commit the same change to a GitOps repository).
 """
 
 from __future__ import annotations
@@ -131,6 +132,89 @@ def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     return {"resumed": args.model, "halt": status.halt.id, "reason": status.halt.reason}
 
 
+def _status_of(args: argparse.Namespace) -> tuple[dict[str, Any], api.MLModelStatus]:
+    model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    return model, api.MLModelStatus.model_validate(model.get("status") or {})
+
+
+def cmd_history(args: argparse.Namespace) -> dict[str, Any]:
+    _, status = _status_of(args)
+    return {"model": args.model, "history": [h.wire() for h in status.history]}
+
+
+def _print_history(result: dict[str, Any]) -> None:
+    print(f"{'VERSION':<12} {'SHA256':<14} {'OUTCOME':<11} {'DEPLOYED':<21} {'RETIRED':<21} APPROVALS")
+    for raw in result["history"]:
+        h = api.HistoryEntry.model_validate(raw)
+        who = ", ".join(f"{a.role}={a.approver}" for a in h.approvals)
+        retired = h.retired_at or "-"
+        print(f"{h.version:<12} {h.sha256[:12]:<14} {h.outcome:<11} {h.deployed_at:<21} {retired:<21} {who}")
+
+
+def cmd_incidents(args: argparse.Namespace) -> dict[str, Any]:
+    """The incidents in status, each with its full record (ConfigMap) when it can be read."""
+    api_client = _client(args.kubeconfig)
+    model = _get_model(api_client, args.namespace, args.model)
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    core = client.CoreV1Api(api_client)
+    incidents = []
+    for incident in status.incidents:
+        entry: dict[str, Any] = incident.wire()
+        try:
+            record = core.read_namespaced_config_map(f"{args.model}-{incident.id}", args.namespace)
+            data = record.data or {}
+            if "feedback.json" in data:
+                entry["feedbackRecords"] = json.loads(data["feedback.json"]).get("records", [])
+        except ApiException as e:
+            entry["recordError"] = f"full record not readable: {e.status} {e.reason}"
+        incidents.append(entry)
+    return {"model": args.model, "namespace": args.namespace, "incidents": incidents}
+
+
+def _print_incidents_markdown(result: dict[str, Any]) -> None:
+    """Markdown for the compliance evidence repository."""
+    print(f"# Incidents of {result['namespace']}/{result['model']}\n")
+    if not result["incidents"]:
+        print("No incidents.")
+    for raw in result["incidents"]:
+        rb = api.Rollback.model_validate(raw)
+        print(f"## {rb.id} — {rb.trigger}\n")
+        print(f"- **What**: {rb.message}")
+        print(f"- **Rolled back**: {rb.from_version} (sha256 `{rb.from_sha256}`) → "
+              f"{rb.to_version or 'none'}{f' (sha256 `{rb.to_sha256}`)' if rb.to_sha256 else ''}")
+        print(f"- **Started**: {rb.started_at}; traffic restored: {rb.traffic_restored_at or '-'}; "
+              f"completed: {rb.completed_at or '-'}")
+        if rb.values:
+            print("- **Trigger values**: " + ", ".join(f"{k}={v}" for k, v in sorted(rb.values.items())))
+        print("\n| time | event | detail |\n|---|---|---|")
+        for t in rb.timeline:
+            print(f"| {t.at} | {t.event} | {t.message.replace('|', '/')} |")
+        if raw.get("recordError"):
+            print(f"\n_{raw['recordError']}_")
+        records = raw.get("feedbackRecords") or []
+        if records:
+            print(f"\nFeedback behind it ({len(records)} predictions):\n")
+            for r in records:
+                labels = "; ".join(f"{f['stakeholder']}/{f['severity']}: {f['label']}" for f in r["feedback"])
+                print(f"- `{r['predictionId']}`: {labels}")
+        print()
+
+
+def cmd_enable(args: argparse.Namespace) -> dict[str, Any]:
+    """The kill switch. The one command that writes spec: it is the runbook's emergency procedure; a GitOps
+    repository must get the same change, or its next sync undoes it."""
+    enabled = args.command == "enable"
+    patch = {"spec": {"enabled": enabled}}
+    try:
+        client.CustomObjectsApi(_client(args.kubeconfig)).patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, args.namespace, api.MLMODEL_PLURAL, args.model, patch)
+    except ApiException as e:
+        raise _api_error(e, f"{args.command} {args.model}") from e
+    return {"model": args.model, "enabled": enabled,
+            "state": "ENABLED" if enabled else "DISABLED_CONFIG (neutral predictions, within seconds)",
+            "gitops": "commit spec.enabled: " + ("true" if enabled else "false") + " too, or a sync reverts it"}
+
+
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
     status = model.get("status") or {}
@@ -168,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--kubeconfig", default=None)
     common.add_argument("-n", "--namespace", default="default")
-    common.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    common.add_argument("-o", "--output", choices=["text", "markdown", "json", "yaml"], default="text",
+                        help="text (and markdown) for people, json/yaml for tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("approve", parents=[common], help="sign off a model version in one role, as yourself")
@@ -192,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", parents=[common], help="clear the current halt so rollouts go on")
     p.add_argument("model")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("history", parents=[common], help="approved, deployed versions with sha256 and approvers")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_history, printer=_print_history)
+
+    p = sub.add_parser("incidents", parents=[common],
+                       help="rollbacks with their timeline (-o markdown for the evidence repository, or json)")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_incidents, printer=_print_incidents_markdown)
+
+    for name, text in (("disable", "the kill switch: every replica answers the neutral prediction"),
+                       ("enable", "lift the kill switch")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("model")
+        p.set_defaults(func=cmd_enable)
 
     p = sub.add_parser("status", parents=[common], help="phase, versions, steps, conditions and history")
     p.add_argument("model")
