@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 PYTEST_ARGS ?=
 
 .PHONY: help install lint typecheck test test-unit test-integration test-e2e cluster-up cluster-down cluster-build \
-        system-deps demo clean crds rules
+        system-deps demo clean crds rules docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ cluster-down: $(STAMP) ## stop the local control plane and delete its state
 
 crds: $(STAMP) ## regenerate crds/ from operator/modelwarden/api (a unit test fails when it is stale)
 	@$(PY) -m modelwarden.api.crdgen crds
+
+docs: $(STAMP) ## regenerate docs/crd-reference.md from the API models (a unit test fails when it is stale)
+	@$(PY) -m modelwarden.api.docs > docs/crd-reference.md
 
 rules: $(STAMP) ## regenerate manifests/prometheus/prometheusrule.yaml from rules.yaml
 	@$(PY) hack/gen_prometheusrule.py > manifests/prometheus/prometheusrule.yaml

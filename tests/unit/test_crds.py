@@ -46,3 +46,10 @@ def test_a_minimal_model_gets_the_runbook_defaults() -> None:
     assert spec.enabled is True
     assert spec.serving.neutral_prediction == "0.0"
     assert spec.slo.objective == "99.9" and spec.slo.window_seconds == 28 * 86400
+
+
+def test_crd_reference_is_not_stale() -> None:
+    from modelwarden.api import docs
+
+    path = CRDS.parent / "docs" / "crd-reference.md"
+    assert path.read_text() == docs.render(), f"{path} is stale: run `make docs`"
