@@ -217,10 +217,14 @@ def _history_entry_for(status: MLModelStatus, version: str | None, sha256: str |
     return next((h for h in reversed(status.history) if h.version == version and h.sha256 == sha256), None)
 
 
-def rollback_target(history: list[HistoryEntry], current: ArtifactVersion) -> HistoryEntry | None:
-    """The newest entry before the current one that was approved and not itself rolled back."""
+def rollback_target(history: list[HistoryEntry], current: ArtifactVersion,
+                    version: str | None = None) -> HistoryEntry | None:
+    """The newest entry (of ``version``, if given) other than the current one that was approved and not
+    itself rolled back."""
     for entry in reversed(history):
-        if entry.version == current.version and entry.sha256 == current.sha256:
+        if (entry.version, entry.sha256) == (current.version, current.sha256):
+            continue
+        if version is not None and entry.version != version:
             continue
         if entry.outcome != "RolledBack" and entry.approvals:
             return entry
@@ -661,11 +665,7 @@ def _start_rollback(p: _Pass, trigger: Assessment, *, canary_only: bool = False,
         bad, restore = status.canary, _history_entry_for(status, status.stable.version, status.stable.sha256)
     else:
         assert status.stable is not None
-        bad, restore = status.stable, rollback_target(status.history, status.stable)
-        if restore_version is not None:
-            restore = next((h for h in reversed(status.history) if h.version == restore_version
-                            and h.outcome != "RolledBack" and h.approvals
-                            and (h.version, h.sha256) != (bad.version, bad.sha256)), None)
+        bad, restore = status.stable, rollback_target(status.history, status.stable, restore_version)
     rb = Rollback(
         id=_rollback_id(p, bad.version), trigger=trigger.trigger, message=trigger.message, values=trigger.values,
         request=request,
