@@ -1,16 +1,25 @@
-"""Benchmark model_server against the in-process floor, on loopback, with wrk as the load generator.
+"""Benchmark model_server against its peers and the in-process floor, on loopback, with wrk as the load generator.
 
-    .venv/bin/python bench/server/run.py [--duration 10] [--models logistic,gbm] [--formats skops,onnx]
+    .venv/bin/python bench/server/run.py [--duration 10] [--repeats 5] [--models logistic,gbm]
+        [--formats skops,onnx] [--peers mlserver,mlserver-pw0,kserve] [--json out.json]
 
 Models: LogisticRegression and GradientBoostingClassifier (50 trees, depth 3) on 28 generated features.
 For each, the floor is an in-process call on one row: scikit-learn's public ``predict_proba`` and the
-server's own scorer (its verified fast path for skops, onnxruntime for ONNX). The server runs as
-``python -m model_server`` (one process, as in a pod) and is driven by wrk at concurrency 1 and 32 with a
-single-row ``POST /predict`` body keyed by feature name (in shuffled order, so reordering is exercised).
-With two or more cores the server and wrk are pinned to different cores.
+server's own scorer (its verified fast path for skops, onnxruntime for ONNX). The servers, each driven by wrk
+at concurrency 1 and 32 with a one-row request:
 
-Peers (MLServer with mlserver-sklearn, KServe's sklearn server) are not measured yet: they need their own
-virtualenv (MLServer 1.7 pins uvloop<0.22).
+* model_server: ``python -m model_server`` (one process, as in a pod) from a skops and from an ONNX artifact,
+  ``POST /predict`` keyed by feature name (in shuffled order, so reordering is exercised);
+* the peers (``peers/``): MLServer with mlserver-sklearn, its defaults and ``parallel_workers=0`` (OIP v2
+  ``infer`` asking for ``predict_proba``), and KServe's ModelServer with sklearnserver's model (v1 ``:predict``,
+  ``PREDICT_PROBA=true``), serving a joblib file of the same fitted estimator from their own virtualenvs under
+  ``$MODELWARDEN_CACHE/bench-venvs`` (created on first use).
+
+Every server's answer to the request is checked against the estimator's ``predict_proba`` before it is
+measured. With two or more cores each server (with all its processes) runs on one core and wrk on another. A
+repeat measures everything once, one server at a time, each started afresh and warmed up (3 s at concurrency
+32); the order of the servers rotates from one repeat to the next, and the table gives the median of the
+repeats for each number. Every wrk run is bounded in time (``--duration``) and in requests (``MAX_REQUESTS``).
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -37,13 +48,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
+import peers  # noqa: E402
+
 from model_server.config import Settings  # noqa: E402
-from model_server.demo_artifact import Kind, build_demo_artifact, train  # noqa: E402
+from model_server.demo_artifact import Kind, build_demo_artifact, save_model, train  # noqa: E402
 from model_server.loader import load_artifact  # noqa: E402
 from model_server.testing import free_port, serve_subprocess, wait_until  # noqa: E402
 from modelwarden.artifacts import ModelFormat  # noqa: E402
 
 N_FEATURES = 28
+CONCURRENCIES = (1, 32)
+WARMUP_SECONDS = 3
+MAX_REQUESTS = 1_000_000  # per wrk run: far above what 2 cores answer in --duration, a bound all the same
+CHECK_TOLERANCE = 1e-3  # on P(class 1); ONNX scores in float32
 
 
 @dataclass
@@ -55,6 +72,50 @@ class Result:
     p50_us: float
     p99_us: float
     errors: int = 0
+
+
+@dataclass
+class Summary:
+    """The median over the repeats of one measurement, and the range of its throughput."""
+
+    model: str
+    target: str
+    concurrency: int
+    repeats: int
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_us: float
+    p99_us: float
+    errors: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    body: str  # one row, JSON
+    probability: Callable[[Any], float] | None  # P(class 1) from the response, to check against the estimator
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    start: Callable[[], AbstractContextManager[Endpoint]]
+    log: Path
+    peer: bool = False
+
+
+@dataclass
+class Prepared:
+    kind: str
+    expected: float
+    in_process: list[tuple[str, Callable[[np.ndarray], object]]]
+    x: np.ndarray
+    targets: list[Target]
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def in_process(model: str, target: str, call: Callable[[np.ndarray], object], x: np.ndarray,
@@ -84,101 +145,267 @@ def _latency(text: str, pct: str) -> float:
 
 
 def wrk(url: str, script: Path, concurrency: int, seconds: float, cpu: str | None) -> tuple[float, float, float, int]:
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), f"{url}/predict"]
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk -c{concurrency} exited with {proc.returncode}: "
+                           f"{(proc.stderr + proc.stdout).strip()[-2000:]}")
+    out = proc.stdout
+    if int(re.search(r"(\d+) requests in", out).group(1)) >= MAX_REQUESTS:  # type: ignore[union-attr]
+        # wrk divides by the whole duration even when the script stopped it early.
+        raise RuntimeError(f"wrk reached the {MAX_REQUESTS:,}-request bound: its req/s would be wrong")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rps, _latency(out, "50"), _latency(out, "99"), int(errors.group(1)) if errors else 0
 
 
 def _script(work: Path, body: str) -> Path:
-    script = work / "predict.lua"
+    script = work / "request.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+                      f"wrk.body = {json.dumps(body)}\n"
+                      "local answered = 0\n"
+                      "function response(status, headers, body)\n"
+                      "  answered = answered + 1\n"
+                      f"  if answered >= {MAX_REQUESTS} then wrk.thread:stop() end\n"
+                      "end\n")
     return script
 
 
-def bare_transport(work: Path, seconds: float, server_cpu: str | None, load_cpu: str | None) -> list[Result]:
+def _log_tail(path: Path, lines: int = 20) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
+@contextmanager
+def _bare(log_path: Path, cpu: str | None, body: str) -> Iterator[Endpoint]:
     """uvicorn answering a fixed body: what any Python ASGI server on this machine cannot beat."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "bare_asgi:app",
            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
            "--no-access-log", "--lifespan", "off", "--log-level", "warning"]
-    if server_cpu is not None:
-        cmd = ["taskset", "-c", server_cpu, *cmd]
-    proc = subprocess.Popen(cmd)
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{url}/").status_code == 200, 30, "the bare ASGI server")
-        script = _script(work, json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}}))
-        wrk(url, script, 32, 2, load_cpu)
-        out = []
-        for concurrency in (1, 32):
-            rps, p50, p99, errors = wrk(url, script, concurrency, seconds, load_cpu)
-            out.append(Result("-", "bare uvicorn ASGI app (transport floor)", concurrency, rps, p50, p99, errors))
-        return out
+        yield Endpoint(f"{url}/predict", body, None)
     finally:
         proc.terminate()
         proc.wait()
 
 
+@contextmanager
+def _model_server(env: dict[str, str], log_path: Path, cpu: str | None, body: str) -> Iterator[Endpoint]:
+    with serve_subprocess(env, log_path=log_path) as (url, proc):
+        if cpu is not None:
+            subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(proc.pid)], check=True, capture_output=True)
+        yield Endpoint(f"{url}/predict", body, lambda doc: float(doc["prediction"]))
+
+
+@contextmanager
+def _peer(peer: peers.Peer, venv_dir: Path, model_file: Path, work: Path, row: list[float], log_path: Path,
+          cpu: str | None) -> Iterator[Endpoint]:
+    launch = peer.launch(venv_dir, model_file, work, row)
+    with peers.serve(launch, log_path=log_path, cpu=cpu):
+        yield Endpoint(launch.infer_url, launch.body, launch.probability)
+
+
+def measure(model: str, target: Target, work: Path, seconds: float, load_cpu: str | None,
+            expected: float | None) -> list[Result]:
+    with target.start() as endpoint:
+        if endpoint.probability is not None and expected is not None:
+            answer = httpx.post(endpoint.url, content=endpoint.body, headers={"Content-Type": "application/json"},
+                                timeout=10)
+            got = endpoint.probability(answer.raise_for_status().json())
+            if abs(got - expected) > CHECK_TOLERANCE:
+                raise RuntimeError(f"{target.label} answered P(1)={got}, the estimator says {expected}")
+        script = _script(work, endpoint.body)
+        wrk(endpoint.url, script, 32, WARMUP_SECONDS, load_cpu)
+        out = []
+        for concurrency in CONCURRENCIES:
+            rps, p50, p99, errors = wrk(endpoint.url, script, concurrency, seconds, load_cpu)
+            out.append(Result(model, target.label, concurrency, rps, p50, p99, errors))
+        return out
+
+
+def prepare(kind: str, formats: list[str], peer_venvs: dict[str, tuple[peers.Peer, Path]], work: Path,
+            server_cpu: str | None) -> Prepared:
+    """Train the model, write its artifacts (skops/ONNX for model_server, joblib for the peers) and say how to
+    start each server on it."""
+    directory = work / kind
+    trained = train(cast(Kind, kind), N_FEATURES, 5000, seed=0)
+    estimator, sample = trained
+    x = sample[:1]
+    row = sample[1]
+    floors: list[tuple[str, Callable[[np.ndarray], object]]] = [
+        ("in-process sklearn predict_proba", estimator.predict_proba)]
+    targets: list[Target] = []
+    for fmt in formats:
+        artifact = build_demo_artifact(directory / fmt, kind=cast(Kind, kind), fmt=cast(ModelFormat, fmt),
+                                       trained=trained)
+        env = {**artifact.env("bench", "1.0.0"), "FEEDBACK_DSN": str(directory / f"{fmt}.sqlite3"),
+               "LOG_LEVEL": "WARNING"}
+        loaded = load_artifact(Settings.from_env(env))
+        label = f"{fmt}: {loaded.fast_path or loaded.platform}"
+        floors.append((f"in-process model_server scorer ({label})", loaded.score))
+        features = list(artifact.features)
+        random.Random(0).shuffle(features)
+        body = json.dumps({"features": {f: float(row[artifact.features.index(f)]) for f in features}})
+        log = directory / f"model_server-{fmt}.log"
+        targets.append(Target(f"model_server ({label})",
+                              partial(_model_server, env, log, server_cpu, body), log))
+    model_file = directory / "joblib" / "model.joblib"  # alone in its directory, as KServe wants it
+    model_file.parent.mkdir(parents=True)
+    save_model(estimator, sample, "joblib", model_file)
+    for key, (peer, venv_dir) in peer_venvs.items():
+        log = directory / f"{key}.log"
+        targets.append(Target(peer.label, partial(_peer, peer, venv_dir, model_file, directory,
+                                                  [float(v) for v in row], log, server_cpu), log, peer=True))
+    return Prepared(kind, float(estimator.predict_proba(sample[1:2])[0, 1]), floors, x, targets)
+
+
+def summarize(results: list[Result]) -> Summary:
+    rps = [r.rps for r in results]
+    first = results[0]
+    return Summary(first.model, first.target, first.concurrency, len(results), statistics.median(rps), min(rps),
+                   max(rps), statistics.median(r.p50_us for r in results),
+                   statistics.median(r.p99_us for r in results), sum(r.errors for r in results))
+
+
+def ratios(prepared: list[Prepared], summaries: dict[tuple[str, str, int], Summary]) -> list[str]:
+    """The issue's aims, per model and model_server format: throughput and p99 against the peer with the highest
+    throughput at concurrency 32, and p50 at concurrency 1 over the in-process floors."""
+    lines = ["| model | model_server | best peer at c=32 | req/s ratio (c=32) | p99 ratio (c=32) | p99 ratio (c=1) "
+             "| p50 c=1 over in-process sklearn p50 (µs) | p50 c=1 over in-process scorer p50 (µs) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for p in prepared:
+        peer_rows = [summaries[(p.kind, t.label, 32)] for t in p.targets if t.peer and (p.kind, t.label, 32)
+                     in summaries]
+        if not peer_rows:
+            continue
+        best = max(peer_rows, key=lambda s: s.rps)
+        best_c1 = summaries.get((p.kind, best.target, 1))
+        sklearn = summaries.get((p.kind, "in-process sklearn predict_proba", 1))
+        for t in p.targets:
+            ours32, ours1 = summaries.get((p.kind, t.label, 32)), summaries.get((p.kind, t.label, 1))
+            if t.peer or ours32 is None or ours1 is None:
+                continue
+            scorer = summaries.get((p.kind, t.label.replace("model_server", "in-process model_server scorer"), 1))
+            c1 = f"{ours1.p99_us / best_c1.p99_us:.2f}" if best_c1 else "-"
+            d_sklearn = f"{ours1.p50_us - sklearn.p50_us:,.0f}" if sklearn else "-"
+            d_scorer = f"{ours1.p50_us - scorer.p50_us:,.0f}" if scorer else "-"
+            lines.append(f"| {p.kind} | {t.label} | {best.target} | {ours32.rps / best.rps:.2f} "
+                         f"| {ours32.p99_us / best.p99_us:.2f} | {c1} | {d_sklearn} | {d_scorer} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="the table gives the median of this many repeats")
     parser.add_argument("--models", default="logistic,gbm")
     parser.add_argument("--formats", default="skops,onnx")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--peers", default=",".join(peers.PEERS), help=f"any of {', '.join(peers.PEERS)}; '' for none")
+    parser.add_argument("--json", type=Path, help="also write every repeat and the medians here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
+    peer_keys = [k for k in args.peers.split(",") if k]
+    unknown = sorted(set(peer_keys) - set(peers.PEERS))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; known: {', '.join(peers.PEERS)}")
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     server_cpu, load_cpu = ("1", "0") if pin else (None, None)
-    results: list[Result] = []
+
+    failures: list[str] = []
+    peer_venvs: dict[str, tuple[peers.Peer, Path]] = {}
+    installed: dict[Path, str] = {}
+    for key in peer_keys:
+        peer = peers.PEERS[key]
+        try:
+            venv_dir = peers.ensure_venv(peer.venv, progress)
+        except peers.PeerError as exc:
+            failures.append(f"{key}: {exc}")
+            continue
+        peer_venvs[key] = (peer, venv_dir)
+        installed[venv_dir] = peers.installed(venv_dir, "mlserver", "mlserver-sklearn", "kserve", "scikit-learn",
+                                              "numpy", "uvicorn", "uvloop", "fastapi")
+
+    samples: dict[tuple[str, str, int], list[Result]] = {}
+    order: list[tuple[str, str]] = []
+    loads: list[float] = []
+
+    def add(results: list[Result]) -> None:
+        for r in results:
+            samples.setdefault((r.model, r.target, r.concurrency), []).append(r)
+
     work = Path(tempfile.mkdtemp(prefix="mw-bench-"))
+    started = time.monotonic()
     try:
-        results.extend(bare_transport(work, args.duration, server_cpu, load_cpu))
+        bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}})
+        bare = Target("bare uvicorn ASGI app (transport floor)",
+                      partial(_bare, work / "bare.log", server_cpu, bare_body), work / "bare.log")
+        order.append(("-", bare.label))
+        prepared = []
         for kind in args.models.split(","):
-            trained = train(cast(Kind, kind), N_FEATURES, 5000, seed=0)
-            estimator, sample = trained
-            x = sample[:1]
-            results.append(in_process(kind, "in-process sklearn predict_proba", estimator.predict_proba,
-                                      x, min(args.duration, 5)))
-            for fmt in args.formats.split(","):
-                artifact = build_demo_artifact(work / f"{kind}-{fmt}", kind=cast(Kind, kind),
-                                               fmt=cast(ModelFormat, fmt), trained=trained)
-                env = {**artifact.env("bench", "1.0.0"), "FEEDBACK_DSN": str(work / f"{kind}-{fmt}.sqlite3"),
-                       "LOG_LEVEL": "WARNING"}
-                loaded = load_artifact(Settings.from_env(env))
-                label = f"{fmt}: {loaded.fast_path or loaded.platform}"
-                results.append(in_process(kind, f"in-process model_server scorer ({label})", loaded.score, x,
-                                          min(args.duration, 5)))
-                features = list(artifact.features)
-                random.Random(0).shuffle(features)
-                body = json.dumps({"features": {f: float(sample[1, artifact.features.index(f)]) for f in features}})
-                script = _script(work, body)
-                with serve_subprocess(env, log_path=work / "server.log") as (url, proc):
-                    if pin:
-                        subprocess.run(["taskset", "-a", "-p", "-c", str(server_cpu), str(proc.pid)], check=True,
-                                       capture_output=True)
-                    wrk(url, script, 32, 3, load_cpu)  # warm-up
-                    for concurrency in (1, 32):
-                        rps, p50, p99, errors = wrk(url, script, concurrency, args.duration, load_cpu)
-                        results.append(Result(kind, f"model_server ({label})", concurrency, rps, p50, p99, errors))
+            progress(f"preparing {kind}")
+            p = prepare(kind, args.formats.split(","), peer_venvs, work, server_cpu)
+            prepared.append(p)
+            order.extend((kind, label) for label, _ in p.in_process)
+            order.extend((kind, t.label) for t in p.targets)
+        for repeat in range(args.repeats):
+            runs: list[tuple[str, Target, float | None]] = [("-", bare, None)]
+            for p in prepared:
+                shift = repeat % len(p.targets)
+                runs.extend((p.kind, t, p.expected) for t in p.targets[shift:] + p.targets[:shift])
+            for p in prepared:
+                for label, call in p.in_process:
+                    loads.append(os.getloadavg()[0])
+                    add([in_process(p.kind, label, call, p.x, min(args.duration, 5))])
+            for model, target, expected in runs:
+                progress(f"repeat {repeat + 1}/{args.repeats}: {model} {target.label}")
+                loads.append(os.getloadavg()[0])
+                try:
+                    add(measure(model, target, work, args.duration, load_cpu, expected))
+                except (peers.PeerError, RuntimeError, TimeoutError, httpx.HTTPError,
+                        subprocess.SubprocessError) as exc:
+                    tail = "" if isinstance(exc, peers.PeerError) else _log_tail(target.log)  # PeerError has it
+                    failures.append(f"repeat {repeat + 1}, {model}, {target.label}: {exc}"
+                                    + (f"\n  log ({target.log.name}):\n{tail}" if tail else ""))
+                    progress(f"FAILED: {target.label}: {exc}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{os.cpu_count()} CPUs; pinned: {pin}; {args.duration:g}s per HTTP measurement\n")
-    print("| model | target | concurrency | req/s | p50 (µs) | p99 (µs) | non-2xx |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.model} | {r.target} | {r.concurrency} | {r.rps:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} "
-              f"| {r.errors} |")
+    summaries = {key: summarize(rs) for key, rs in samples.items()}
+    print(f"\n{os.cpu_count()} CPUs; pinned: {pin} (server on CPU {server_cpu}, wrk on CPU {load_cpu}); "
+          f"{args.duration:g}s per HTTP measurement, median of {args.repeats} repeats; "
+          f"1-min load average during the run {min(loads, default=0):.1f}-{max(loads, default=0):.1f}; "
+          f"took {(time.monotonic() - started) / 60:.0f} min")
+    for venv_dir, versions in installed.items():
+        print(f"{venv_dir}: {versions}")
+    print("\n| model | target | concurrency | req/s | req/s min-max | p50 (µs) | p99 (µs) | non-2xx | runs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for model, label in order:
+        for concurrency in CONCURRENCIES:
+            s = summaries.get((model, label, concurrency))
+            if s is not None:
+                print(f"| {s.model} | {s.target} | {s.concurrency} | {s.rps:,.0f} | {s.rps_min:,.0f}-{s.rps_max:,.0f} "
+                      f"| {s.p50_us:,.0f} | {s.p99_us:,.0f} | {s.errors} | {s.repeats} |")
+    print()
+    print("\n".join(ratios(prepared, summaries)))
+    if failures:
+        print("\nFailures:\n" + "\n".join(f"* {f}" for f in failures))
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
-    return 0
+        args.json.write_text(json.dumps({"repeats": [asdict(r) for rs in samples.values() for r in rs],
+                                         "medians": [asdict(s) for s in summaries.values()],
+                                         "failures": failures}, indent=2))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
