@@ -14,51 +14,16 @@ import argparse
 import hashlib
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
+from bench.common import DeploymentWatch, baseline_deployment, percentile
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from modelwarden.api import v1alpha1 as api
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class DeploymentWatch:
-    """Records when each Deployment in a namespace is first seen."""
-
-    def __init__(self, apps: client.AppsV1Api, namespace: str) -> None:
-        self.seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(apps, namespace), daemon=True)
-        self._thread.start()
-        time.sleep(1.0)  # the watch is open before anything is created
-
-    def _run(self, apps: client.AppsV1Api, namespace: str) -> None:
-        w = watch.Watch()
-        for event in w.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=600):
-            name = event["object"].metadata.name
-            self.seen.setdefault(name, time.monotonic())
-            if self._stop.is_set():
-                w.stop()
-
-    def wait(self, names: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not all(n in self.seen for n in names):
-            time.sleep(0.05)
-        missing = [n for n in names if n not in self.seen]
-        if missing:
-            raise TimeoutError(f"{len(missing)} Deployments never appeared, e.g. {missing[:3]}")
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def main() -> int:
@@ -82,13 +47,7 @@ def main() -> int:
         for i in range(args.models):
             name = f"baseline-{i}"
             start = time.monotonic()
-            apps.create_namespaced_deployment(ns, client.V1Deployment(
-                metadata=client.V1ObjectMeta(name=name),
-                spec=client.V1DeploymentSpec(
-                    replicas=0, selector=client.V1LabelSelector(match_labels={"b": name}),
-                    template=client.V1PodTemplateSpec(
-                        metadata=client.V1ObjectMeta(labels={"b": name}),
-                        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")])))))
+            apps.create_namespaced_deployment(ns, baseline_deployment(name))
             seen.wait([name], 30)
             baseline.append(seen.seen[name] - start)
 

@@ -14,89 +14,21 @@ interval + 5 s from the trigger becoming true, i.e. this number plus the wait fo
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
-import re
 import statistics
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
+from bench.common import Exporter, log_times, restored_on
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
 from modelwarden.api import v1alpha1 as api
-
-
-class Exporter:
-    """Serves per-model metrics; ``bad`` models' v2 burns its budget 100x."""
-
-    def __init__(self, models: list[str]) -> None:
-        self.models = models
-        self.bad: set[str] = set()
-        self.started = time.time()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = owner.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-
-    def render(self) -> str:
-        requests = int((time.time() - self.started) * 100)
-        lines = []
-        for m in self.models:
-            for v in ("v1", "v2"):
-                burn = 100.0 if (m in self.bad and v == "v2") else 0.0
-                lines += [
-                    f'ml_inference_requests_total{{model="{m}",version="{v}",track="canary",outcome="success"}} '
-                    f"{requests}",
-                    f'ml_inference_error_budget_remaining{{model="{m}",version="{v}"}} 0.9',
-                    f'ml:inference_burn_rate:rate1h{{model="{m}",version="{v}"}} {burn}',
-                    f'ml:inference_burn_rate:rate5m{{model="{m}",version="{v}"}} {burn}',
-                ]
-        return "\n".join(lines) + "\n"
-
-
-def restored_on(apps: client.AppsV1Api, namespace: str, model: str, sha: str) -> bool:
-    d: Any = apps.read_namespaced_deployment(f"{model}-stable", namespace)
-    ready = (d.status.ready_replicas or 0) >= d.spec.replicas and (d.status.updated_replicas or 0) >= d.spec.replicas
-    current = d.status.observed_generation == d.metadata.generation
-    canary_gone = not apps.list_namespaced_deployment(namespace,
-                                                      label_selector=f"{api.LABEL_MODEL}={model},"
-                                                                     f"{api.LABEL_TRACK}=canary").items
-    return bool(d.spec.template.metadata.annotations[api.ANNOTATION_SHA256] == sha and ready and current
-                and canary_gone)
-
-
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def log_times(log: str, needle: str) -> list[tuple[float, str]]:
-    out = []
-    for line in log.splitlines():
-        m = LOG_TIME.match(line)
-        if m and needle in line:
-            # logging's asctime is local time, as is a naive datetime's .timestamp()
-            stamp = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: DTZ007
-            out.append((stamp, line))
-    return out
 
 
 def main() -> int:
@@ -113,7 +45,7 @@ def main() -> int:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     work = Path(tempfile.mkdtemp(prefix="modelwarden-bench-"))
     models = [f"m{i}" for i in range(args.runs)]
-    exporter = Exporter(models)
+    exporter = Exporter((ns, m) for m in models)
     prom = prometheus_env.start(work / "prometheus", scrape_targets=[exporter.target])
     operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
         "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(args.interval)}).start()
@@ -167,7 +99,7 @@ def main() -> int:
 
         latencies = []
         for m in models:
-            exporter.bad.add(m)
+            exporter.bad.add((ns, m))
             flipped = time.time()
             wait(lambda m=m: restored_on(apps, ns, m, shas["v1"][1]), 3 * args.interval + 60, f"{m} restored")
             restored = time.time()

@@ -88,6 +88,9 @@ class Controller:
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     fleet: FleetMetrics | None = None
     metrics_error: str | None = None
+    # The evaluation cycle in flight: when it started and the models it has not decided yet (for its log line).
+    _cycle_started: float = 0.0
+    _cycle_pending: set[Key] = field(default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     # --- feeding the caches (called from kopf event handlers) ---
@@ -99,6 +102,7 @@ class Controller:
             self.models.pop(key, None)
             self.deployments.pop(key, None)
             self.services_ensured = {s for s in self.services_ensured if s[0] != key}
+            self._decided(key)
             return
         if _older(body, self.models.get(key)):
             return
@@ -177,8 +181,17 @@ class Controller:
         except MetricsUnavailable as e:
             self.fleet, self.metrics_error = None, str(e)
             log.warning("metrics unavailable: %s", e)
+        self._cycle_started, self._cycle_pending = started, set(self.models)
         for key in list(self.models):
             self.queue.add(key)
+
+    def _decided(self, key: Key) -> None:
+        if key not in self._cycle_pending:
+            return
+        self._cycle_pending.discard(key)
+        if not self._cycle_pending:
+            log.info("evaluation cycle: every model decided %.3fs after it started",
+                     asyncio.get_running_loop().time() - self._cycle_started)
 
     async def _evaluate_forever(self) -> None:
         while True:
@@ -207,6 +220,7 @@ class Controller:
                 requeue = 5.0
             finally:
                 self.queue.done(key)
+                self._decided(key)
             if requeue is not None and key in self.models:
                 self.queue.add_after(key, requeue)
 

@@ -1,0 +1,339 @@
+"""Benchmark: one operator replica governing 100, 300 and 1,000 MLModels (issue 8).
+
+    .venv/bin/python -m bench.scale [--counts 100 300 1000] [--interval 30] [--per-namespace 10]
+
+Each count runs on a fresh control plane (Kubernetes, KWOK nodes) with a real Prometheus scraping an
+exporter that plays every model's metrics (namespace, model, version labels, as the servers and recording
+rules produce them), and the real operator process at the default 30 s evaluation interval. The models are
+spread over namespaces (``--per-namespace`` each), every one approved by finance and regulatory before it is
+created, one replica each. Measured:
+
+- **to Stable**: from the first MLModel create to every model ``Stable`` (its stable Deployment Ready);
+- **evaluation cycle**: the Prometheus queries one cycle issues and how long they take, and the wall time from
+  the cycle's start until every model has decided on its numbers (operator log, median of the steady cycles);
+- **operator RSS** (steady and peak) and **CPU** (share of one core over a steady window of two cycles);
+- **apply → Deployment** p50/p95 for 20 more models created one at a time while the fleet is governed, with
+  the same process creating Deployments itself as the baseline;
+- **rollback**: ``--rollbacks`` models are promoted to v2 through a canary, then one at a time v2's burn rate
+  jumps past 14.4x; from the exporter flip (trigger true at the next scrape) and from the evaluation cycle that
+  saw it to the stable Deployment Ready on v1's sha256 with no canary.
+
+Progress goes to stderr; the table for ``bench/README.md`` to stdout (``--json`` also writes the raw figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from bench.common import DeploymentWatch, Exporter, ModelKey, baseline_deployment, log_times, percentile, restored_on
+from localenv import cluster as cluster_env
+from localenv import modelwarden as modelwarden_env
+from localenv import prometheus as prometheus_env
+from modelwarden.api import v1alpha1 as api
+
+APPLY_SAMPLES = 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(message: str) -> None:
+    print(f"[scale] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Level:
+    models: int
+    namespaces: int
+    create_seconds: float = math.nan
+    to_stable_seconds: float = math.nan
+    queries_per_cycle: list[int] = field(default_factory=list)
+    query_seconds: float = math.nan
+    cycle_seconds: float = math.nan
+    rss_mib: float = math.nan
+    peak_rss_mib: float = math.nan
+    cpu_share: float = math.nan
+    cpu_seconds_to_stable: float = math.nan
+    apply_p50: float = math.nan
+    apply_p95: float = math.nan
+    baseline_p50: float = math.nan
+    baseline_p95: float = math.nan
+    rollback_trigger_seconds: list[float] = field(default_factory=list)
+    rollback_from_evaluation_seconds: list[float] = field(default_factory=list)
+
+
+def proc_memory_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    after_name = stat[stat.rindex(")") + 2:].split()
+    return (int(after_name[11]) + int(after_name[12])) / CLK_TCK  # utime, stime
+
+
+def wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Fleet:
+    """The benchmark's API access: admin for models, the approver identities for approvals."""
+
+    def __init__(self, cluster: cluster_env.Cluster, work: Path) -> None:
+        def api_client(user: str) -> client.ApiClient:
+            return config.new_client_from_config(config_file=str(cluster.kubeconfigs[user]))  # type: ignore[no-untyped-call]
+
+        admin = api_client("admin")
+        self.core, self.apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+        self.custom = client.CustomObjectsApi(admin)
+        # ModelApprovals are admitted only from the approver named in them, a member of the role's group.
+        self.approvers = {(role, user): client.CustomObjectsApi(api_client(user))
+                          for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver"))}
+        self.artifacts: dict[str, tuple[str, str]] = {}
+        for v in ("v1", "v2"):
+            data = f"scale bench {v}".encode()
+            (work / f"{v}.skops").write_bytes(data)
+            self.artifacts[v] = ((work / f"{v}.skops").as_uri(), hashlib.sha256(data).hexdigest())
+
+    def namespace(self, name: str) -> None:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def approve(self, key: ModelKey, version: str) -> None:
+        ns, model = key
+        for (role, user), custom in self.approvers.items():
+            custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.APPROVAL_PLURAL, {
+                "apiVersion": api.API_VERSION, "kind": "ModelApproval",
+                "metadata": {"name": f"{model}-{version}-{role}"},
+                "spec": {"modelRef": {"name": model}, "version": version, "sha256": self.artifacts[version][1],
+                         "role": role, "approver": user}})
+
+    def create_model(self, key: ModelKey, interval: int) -> None:
+        ns, model = key
+        uri, sha = self.artifacts["v1"]
+        self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, {
+            "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": model},
+            "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": sha},
+                     "featureContract": {"name": "fc", "features": ["a"], "nFeatures": 1},
+                     "serving": {"replicas": 1},
+                     "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}],
+                                 "analysis": {"intervalSeconds": interval}}}})
+
+    def to_version(self, key: ModelKey, version: str) -> None:
+        uri, sha = self.artifacts[version]
+        patch = {"spec": {"version": version, "artifact": {"uri": uri, "sha256": sha}}}
+        self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, key[0], api.MLMODEL_PLURAL, key[1], patch)
+
+    def statuses(self) -> dict[ModelKey, api.MLModelStatus]:
+        listed: Any = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.MLMODEL_PLURAL)
+        return {(o["metadata"]["namespace"], o["metadata"]["name"]):
+                api.MLModelStatus.model_validate(o.get("status") or {}) for o in listed["items"]}
+
+
+def in_parallel(fn: Callable[[ModelKey], None], keys: Iterable[ModelKey], threads: int = 8) -> None:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(fn, k) for k in keys]:
+            future.result()
+
+
+def steady_cycles(log: str, after: float) -> tuple[list[int], list[float], list[float]]:
+    """Queries per cycle, query seconds and decide-everything seconds of the cycles that started after ``after``."""
+    queries, query_seconds, cycle_seconds = [], [], []
+    for stamp, line in log_times(log, "evaluation: "):
+        if stamp > after:
+            words = line.split("evaluation: ", 1)[1].split()
+            queries.append(int(words[0]))
+            query_seconds.append(float(words[-1].rstrip("s")))
+    for stamp, line in log_times(log, "evaluation cycle: every model decided"):
+        if stamp > after:
+            cycle_seconds.append(float(line.rsplit("decided ", 1)[1].split("s ")[0]))
+    return queries, query_seconds, cycle_seconds
+
+
+def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
+    per_ns = args.per_namespace
+    level = Level(models=n, namespaces=math.ceil(n / per_ns))
+    say(f"{n} models: a fresh control plane")
+    cluster_env.down()
+    cluster = cluster_env.up()
+    modelwarden_env.install(cluster)
+    fleet = Fleet(cluster, work)
+    namespaces = [f"fleet-{i:03d}" for i in range(level.namespaces)]
+    for ns in [*namespaces, "bench-apply"]:
+        fleet.namespace(ns)
+    models = [(namespaces[i // per_ns], f"m{i:04d}") for i in range(n)]
+    exporter = Exporter(models)
+    prom = prometheus_env.start(work / f"prometheus-{n}", scrape_targets=[exporter.target], scrape_interval="2s")
+    log_path = work / f"operator-{n}.log"
+    operator = modelwarden_env.OperatorProcess(cluster, log_path, env={
+        "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(args.interval)}).start()
+    assert operator.process is not None
+    pid = operator.process.pid
+    try:
+        say(f"{n} models: approving v1 (finance + regulatory) in {level.namespaces} namespaces")
+        in_parallel(lambda k: fleet.approve(k, "v1"), models)
+        cpu_before = proc_cpu_seconds(pid)
+        say(f"{n} models: creating the MLModels")
+        started = time.monotonic()
+        in_parallel(lambda k: fleet.create_model(k, args.interval), models)
+        level.create_seconds = time.monotonic() - started
+
+        def all_stable() -> bool:
+            phases = [s.phase for s in fleet.statuses().values()]
+            stable = sum(p == "Stable" for p in phases)
+            say(f"  {stable}/{n} Stable after {time.monotonic() - started:.0f}s")
+            return stable == n
+
+        wait(all_stable, 60 + n * 1.5, f"{n} models Stable", every=5)
+        level.to_stable_seconds = time.monotonic() - started
+        level.cpu_seconds_to_stable = proc_cpu_seconds(pid) - cpu_before
+        say(f"{n} models: all Stable in {level.to_stable_seconds:.1f}s; measuring two steady evaluation cycles")
+
+        steady_from = time.time()
+        cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
+        time.sleep(2 * args.interval + 5)
+        level.cpu_share = (proc_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        level.rss_mib, level.peak_rss_mib = proc_memory_mib(pid)
+        queries, query_seconds, cycle_seconds = steady_cycles(operator.log(), steady_from)
+        level.queries_per_cycle = sorted(set(queries))
+        level.query_seconds = statistics.median(query_seconds) if query_seconds else math.nan
+        level.cycle_seconds = statistics.median(cycle_seconds) if cycle_seconds else math.nan
+
+        say(f"{n} models: apply → Deployment, {APPLY_SAMPLES} more models one at a time")
+        seen = DeploymentWatch(fleet.apps, "bench-apply")
+        baseline, measured = [], []
+        for i in range(APPLY_SAMPLES):
+            name = f"baseline-{i}"
+            t = time.monotonic()
+            fleet.apps.create_namespaced_deployment("bench-apply", baseline_deployment(name))
+            seen.wait([name], 30)
+            baseline.append(seen.seen[name] - t)
+        extra = [("bench-apply", f"a{i:02d}") for i in range(APPLY_SAMPLES)]
+        in_parallel(lambda k: fleet.approve(k, "v1"), extra)
+        for key in extra:
+            t = time.monotonic()
+            fleet.create_model(key, args.interval)
+            seen.wait([f"{key[1]}-stable"], 120)
+            measured.append(seen.seen[f"{key[1]}-stable"] - t)
+        seen.stop()
+        level.baseline_p50, level.baseline_p95 = percentile(baseline, 0.5), percentile(baseline, 0.95)
+        level.apply_p50, level.apply_p95 = percentile(measured, 0.5), percentile(measured, 0.95)
+
+        rolled = models[: args.rollbacks]
+        say(f"{n} models: promoting v2 on {len(rolled)} of them through a canary")
+        in_parallel(lambda k: fleet.approve(k, "v2"), rolled)
+        for key in rolled:
+            fleet.to_version(key, "v2")
+
+        def promoted() -> bool:
+            statuses = fleet.statuses()
+            return all((s := statuses[k]).stable is not None and s.stable.version == "v2" and s.canary is None
+                       for k in rolled)
+
+        wait(promoted, 10 * args.interval + 120, "v2 promoted", every=2)
+        for key in rolled:
+            exporter.bad.add(key)
+            flipped = time.time()
+            wait(lambda key=key: restored_on(fleet.apps, key[0], key[1], fleet.artifacts["v1"][1]),
+                 3 * args.interval + 60, f"{key} restored")
+            restored = time.time()
+            log = operator.log()
+            rollback_started = [t for t, line in log_times(log, "RollbackStarted") if f"{key[0]}/{key[1]} " in line]
+            cycles = [t for t, _ in log_times(log, "evaluation: ") if rollback_started and t <= rollback_started[0]]
+            level.rollback_trigger_seconds.append(restored - flipped)
+            level.rollback_from_evaluation_seconds.append(restored - cycles[-1] if cycles else math.nan)
+            say(f"  {key[0]}/{key[1]}: trigger → restored {restored - flipped:.1f}s, from the evaluation that saw "
+                f"it {level.rollback_from_evaluation_seconds[-1]:.2f}s")
+            time.sleep(args.interval / 3)  # the next trigger falls in another cycle
+        operator.check_alive()
+    finally:
+        operator.stop()
+        prom.stop()
+        exporter.stop()
+    return level
+
+
+def ratio(levels: list[Level], get: Callable[[Level], float]) -> str:
+    first, last = get(levels[0]), get(levels[-1])
+    return f"{last / first:.2f}x" if first and not math.isnan(first) and not math.isnan(last) else "n/a"
+
+
+def table(levels: list[Level], interval: int) -> str:
+    def s(v: float) -> str:
+        return f"{v:.1f} s"
+
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f} ms"
+
+    rows: list[tuple[str, Callable[[Level], float], Callable[[float], str]]] = [
+        ("time until all Stable", lambda lv: lv.to_stable_seconds, s),
+        ("Prometheus queries per evaluation cycle", lambda lv: float(max(lv.queries_per_cycle or [0])),
+         lambda v: f"{v:.0f}"),
+        ("evaluation cycle: queries", lambda lv: lv.query_seconds, ms),
+        ("evaluation cycle: start → every model decided", lambda lv: lv.cycle_seconds, lambda v: f"{v:.2f} s"),
+        ("operator RSS, steady", lambda lv: lv.rss_mib, lambda v: f"{v:.0f} MiB"),
+        ("operator RSS, peak", lambda lv: lv.peak_rss_mib, lambda v: f"{v:.0f} MiB"),
+        ("operator CPU, steady (share of one core)", lambda lv: lv.cpu_share, lambda v: f"{v * 100:.1f}%"),
+        ("operator CPU seconds, create → all Stable", lambda lv: lv.cpu_seconds_to_stable, s),
+        ("apply → Deployment p50", lambda lv: lv.apply_p50, ms),
+        ("apply → Deployment p95", lambda lv: lv.apply_p95, ms),
+        ("baseline (direct create) p50 / p95", lambda lv: lv.baseline_p50, ms),
+        ("rollback: trigger true → restored (max)", lambda lv: max(lv.rollback_trigger_seconds or [math.nan]), s),
+        ("rollback: evaluation that saw it → restored (max)",
+         lambda lv: max(lv.rollback_from_evaluation_seconds or [math.nan]), lambda v: f"{v:.2f} s"),
+    ]
+    head = "| | " + " | ".join(f"{lv.models} models ({lv.namespaces} ns)" for lv in levels) + " | growth |"
+    out = [head, "|---" * (len(levels) + 2) + "|"]
+    for name, get, fmt in rows:
+        cells = [fmt(get(lv)) for lv in levels]
+        if name.startswith("baseline"):
+            cells = [f"{ms(lv.baseline_p50)} / {ms(lv.baseline_p95)}" for lv in levels]
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio(levels, get)} |")
+    out.append(f"\nevaluation interval {interval} s; growth = value at {levels[-1].models} / at {levels[0].models}")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--interval", type=int, default=30, help="the operator's evaluation interval (default 30)")
+    parser.add_argument("--per-namespace", type=int, default=10, help="MLModels per namespace (default 10)")
+    parser.add_argument("--rollbacks", type=int, default=3, help="rollbacks measured per count (default 3)")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="modelwarden-scale-"))
+    levels = []
+    try:
+        for n in args.counts:
+            levels.append(run_level(n, args, work))
+            say(f"{n} models done: {json.dumps(asdict(levels[-1]))}")
+    finally:
+        cluster_env.down()
+    if args.json:
+        args.json.write_text(json.dumps([asdict(lv) for lv in levels], indent=2))
+    print(table(levels, args.interval))
+    say(f"operator logs kept in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
