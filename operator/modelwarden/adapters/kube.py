@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,7 +91,7 @@ def labels(model: ModelObject, track: api.Track | None = None) -> dict[str, str]
     return out
 
 
-def track_state(deployment: dict[str, Any]) -> TrackState:
+def track_state(deployment: Mapping[str, Any]) -> TrackState:
     """What the engine needs to know of one of our Deployments (a raw dict, as kopf delivers it)."""
     meta = deployment.get("metadata", {})
     spec = deployment.get("spec", {})
@@ -201,22 +204,37 @@ def service_manifests(model: ModelObject, router: str) -> list[dict[str, Any]]:
 class KubeWorkloads:
     """Workloads, status and Events over the official client (one ApiClient, thread-safe for requests)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, *, concurrency: int = 16) -> None:
         self._api = api_client
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._rbac = client.RbacAuthorizationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        # The client blocks: its calls run on these threads (give its connection pool as many connections).
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="kube")
 
     async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args,
+                                                                                                     **kwargs))
         except ApiException as e:
             raise _wrap(e, what) from e
 
-    async def _apply(self, what: str, fn: Any, name: str, namespace: str, body: dict[str, Any]) -> Any:
-        return await self._call(what, fn, name, namespace, body, field_manager=FIELD_MANAGER, force=True,
-                                _content_type="application/apply-patch+yaml")
+    async def _call_discarding(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A write whose answer we do not use: skip turning it into client objects (most of a call's CPU)."""
+        def call() -> None:
+            response = fn(*args, _preload_content=False, **kwargs)
+            response.read()
+            response.release_conn()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        except ApiException as e:
+            raise _wrap(e, what) from e
+
+    async def _apply(self, what: str, fn: Any, name: str, namespace: str, body: dict[str, Any]) -> None:
+        await self._call_discarding(what, fn, name, namespace, body, field_manager=FIELD_MANAGER, force=True,
+                                    _content_type="application/apply-patch+yaml")
 
     async def ensure_services(self, model: ModelObject, router: str) -> None:
         await asyncio.gather(*(
@@ -247,8 +265,8 @@ class KubeWorkloads:
     async def delete_track(self, model: ModelObject, track: api.Track) -> None:
         name = model.deployment_name(track)
         try:
-            await self._call(f"delete Deployment {name}", self._apps.delete_namespaced_deployment, name,
-                             model.namespace, propagation_policy="Background")
+            await self._call_discarding(f"delete Deployment {name}", self._apps.delete_namespaced_deployment,
+                                        name, model.namespace, propagation_policy="Background")
         except KubeError as e:
             if e.status != 404:
                 raise
@@ -300,9 +318,9 @@ class KubeWorkloads:
                              "labels": {**labels(model), f"{api.GROUP}/incident": rollback.id},
                              "ownerReferences": [model.owner_reference()]},
                 "data": {name: json.dumps(data, indent=2, sort_keys=True)}}
-        await self._call(f"record evidence {cm_name}", self._core.patch_namespaced_config_map, cm_name,
-                         model.namespace, body, field_manager=f"{FIELD_MANAGER}-evidence", force=True,
-                         _content_type="application/apply-patch+yaml")
+        await self._call_discarding(f"record evidence {cm_name}", self._core.patch_namespaced_config_map, cm_name,
+                                    model.namespace, body, field_manager=f"{FIELD_MANAGER}-evidence", force=True,
+                                    _content_type="application/apply-patch+yaml")
 
     def _raw(self, obj: Any) -> dict[str, Any]:
         """A typed client object as the API's camelCase dict."""
@@ -331,4 +349,5 @@ class KubeWorkloads:
             source=client.V1EventSource(component="modelwarden"),
             reporting_component="modelwarden.io/operator", reporting_instance="modelwarden",
         )
-        await self._call(f"record Event {reason}", self._core.create_namespaced_event, model.namespace, event)
+        await self._call_discarding(f"record Event {reason}", self._core.create_namespaced_event, model.namespace,
+                                    event)

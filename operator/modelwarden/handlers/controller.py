@@ -40,6 +40,7 @@ from modelwarden.engine.rollout import (
     Observation,
     RecordIncident,
     SetRouteWeight,
+    TrackState,
     artifact_to_check,
     decide,
 )
@@ -58,6 +59,12 @@ def _older(body: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:
     new, have = body["metadata"].get("resourceVersion", ""), cached["metadata"].get("resourceVersion", "")
     # resourceVersions are etcd revisions here; compare only when both are plain integers.
     return bool(new.isdigit() and have.isdigit() and int(new) < int(have))
+
+
+def _cached(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The object as the caches keep it: without managedFields (often most of its size, never read here)."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": meta}
 
 
 def utcnow() -> dt.datetime:
@@ -82,7 +89,7 @@ class Controller:
 
     models: dict[Key, dict[str, Any]] = field(default_factory=dict)
     approvals: dict[Key, dict[str, Approval]] = field(default_factory=dict)
-    deployments: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    deployments: dict[Key, dict[str, TrackState]] = field(default_factory=dict)
     # (model key, router type) pairs whose Services this process has applied
     services_ensured: set[tuple[Key, str]] = field(default_factory=set)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
@@ -106,7 +113,7 @@ class Controller:
             return
         if _older(body, self.models.get(key)):
             return
-        self.models[key] = dict(body)
+        self.models[key] = _cached(body)
         self.queue.add(key)
 
     def observe_approval(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -133,7 +140,12 @@ class Controller:
         if event_type == "DELETED":
             tracks.pop(track, None)
         else:
-            tracks[track] = dict(body)
+            # Only what the engine reads is kept, and only a change to it wakes the model: most Deployment
+            # events are status churn that decides nothing.
+            state = deployment_track_state(body)
+            if tracks.get(track) == state:
+                return
+            tracks[track] = state
         self.queue.add(key)
 
     def prime(self, snapshot: Mapping[str, list[dict[str, Any]]]) -> None:
@@ -275,8 +287,8 @@ class Controller:
         return Observation(
             generation=int(body["metadata"].get("generation", 0)),
             approvals=tuple(self.approvals.get(key, {}).values()),
-            stable=deployment_track_state(tracks["stable"]) if "stable" in tracks else None,
-            canary=deployment_track_state(tracks["canary"]) if "canary" in tracks else None,
+            stable=tracks.get("stable"),
+            canary=tracks.get("canary"),
             services_present=(key, spec.rollout.traffic_routing.type) in self.services_ensured,
             route_canary_weight=route_weight,
             artifact=check,
@@ -377,4 +389,4 @@ class Controller:
         cached = self.models.get(key)
         based_on = body["metadata"].get("resourceVersion")
         if cached is not None and cached["metadata"].get("resourceVersion") == based_on and written.get("metadata"):
-            self.models[key] = written
+            self.models[key] = _cached(written)

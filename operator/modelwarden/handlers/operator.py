@@ -26,24 +26,28 @@ from modelwarden.handlers.settings import Settings
 _REPLICAS = ReplicasRouter()
 
 
-def _api_client() -> client.ApiClient:
+def _api_client(connections: int) -> client.ApiClient:
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     settings.posting.level = logging.WARNING
+    # kopf logs every handler call at INFO: a line per watch event, thousands a minute in a large fleet.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     # The resources are named explicitly: no cluster-wide CRD/namespace scanning (and no RBAC for it).
     settings.scanning.disabled = True
     config = Settings.from_env()
-    api_client = _api_client()
-    workloads = KubeWorkloads(api_client)
+    api_client = _api_client(config.workers * 2)
+    workloads = KubeWorkloads(api_client, concurrency=config.workers * 2)
 
     def router_for(spec: api.MLModelSpec) -> TrafficRouter:
         routing = spec.rollout.traffic_routing
@@ -55,6 +59,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         workloads=workloads, status_writer=workloads, events=workloads, artifacts=URIArtifactStore(),
         router_for=router_for,
         resync_seconds=config.resync_seconds,
+        workers=config.workers,
         evaluation_interval=config.evaluation_interval,
         metrics=(PrometheusMetrics(config.prometheus_url, timeout_seconds=config.prometheus_timeout)
                  if config.prometheus_url else None),

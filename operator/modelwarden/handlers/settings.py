@@ -11,6 +11,7 @@ from modelwarden.adapters.notify import Flavor
 ENV = {
     "MODELWARDEN_NAMESPACES": "comma-separated namespaces to watch; empty: all",
     "MODELWARDEN_RESYNC_SECONDS": "re-decide every model at least this often (default 60)",
+    "MODELWARDEN_WORKERS": "models reconciled at once (default 8; twice as many API calls in flight)",
     "MODELWARDEN_PROMETHEUS_URL": "Prometheus base URL; unset: no analysis and no automatic rollback",
     "MODELWARDEN_EVALUATION_INTERVAL": "seconds between metric evaluations (default 30)",
     "MODELWARDEN_PROMETHEUS_TIMEOUT": "seconds per Prometheus query (default 10)",
@@ -28,6 +29,7 @@ ENV = {
 class Settings:
     namespaces: tuple[str, ...] = ()
     resync_seconds: float = 60.0
+    workers: int = 8
     prometheus_url: str | None = None
     evaluation_interval: float = 30.0
     prometheus_timeout: float = 10.0
@@ -50,6 +52,7 @@ class Settings:
         return cls(
             namespaces=tuple(n for n in (get("MODELWARDEN_NAMESPACES") or "").split(",") if n),
             resync_seconds=float(get("MODELWARDEN_RESYNC_SECONDS") or 60),
+            workers=int(get("MODELWARDEN_WORKERS") or 8),
             prometheus_url=get("MODELWARDEN_PROMETHEUS_URL"),
             evaluation_interval=float(get("MODELWARDEN_EVALUATION_INTERVAL") or 30),
             prometheus_timeout=float(get("MODELWARDEN_PROMETHEUS_TIMEOUT") or 10),
