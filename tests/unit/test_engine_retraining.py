@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +260,15 @@ def test_the_condition_keeps_its_transition_time_while_unchanged() -> None:
     c2 = get_condition(second.status.conditions, "RetrainingEligible")
     assert c1 is not None and c2 is not None and c1.last_transition_time == c2.last_transition_time
     assert c2.reason == "GatesFailed", "the verdict stands until the next window"
+
+
+def test_the_example_mlmodel_parses_and_schedules_the_second_tuesday() -> None:
+    import yaml
+
+    from modelwarden.engine.schedule import next_fire
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "mlmodel-retraining.yaml").read_text())
+    parsed = MLModelSpec.model_validate(doc["spec"])
+    assert parsed.retraining.enabled and parsed.retraining.job_template is not None
+    assert next_fire(parsed.retraining.schedule, datetime(2027, 8, 31, tzinfo=UTC)) == datetime(2027, 9, 14, 2,
+                                                                                                 tzinfo=UTC)
