@@ -1,9 +1,11 @@
-"""Reads artifacts to hash them: ``file://`` and ``http(s)://`` URIs, streamed, never loaded as a model."""
+"""Reads artifacts to hash them: ``file://`` and ``http(s)://`` URIs, streamed, never loaded as a model; and
+small JSON reports (an artifact's ``bias-report.json``, a feature audit) for the retraining gates."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -11,6 +13,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 CHUNK = 1 << 20
+REPORT_LIMIT = 4 << 20  # a report is small; refuse anything bigger rather than read it whole
 
 
 class ArtifactUnavailable(Exception):
@@ -19,6 +22,15 @@ class ArtifactUnavailable(Exception):
 
 class ArtifactStore(Protocol):
     async def sha256(self, uri: str) -> str: ...
+
+
+class ReportReader(Protocol):
+    async def read_json(self, uri: str) -> object: ...
+
+
+def sibling(uri: str, name: str) -> str:
+    """The URI of ``name`` in the same directory as ``uri`` (a model file's reports sit beside it)."""
+    return uri.rsplit("/", 1)[0] + "/" + name
 
 
 class URIArtifactStore:
@@ -45,6 +57,37 @@ class URIArtifactStore:
         except httpx.HTTPError as e:
             raise ArtifactUnavailable(f"GET {uri}: {e}") from e
         return digest.hexdigest()
+
+
+    async def read_json(self, uri: str) -> object:
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            data = await asyncio.to_thread(_read_file, Path(unquote(parsed.path)))
+        elif parsed.scheme in ("http", "https"):
+            try:
+                async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=True) as http:
+                    resp = await http.get(uri)
+            except httpx.HTTPError as e:
+                raise ArtifactUnavailable(f"GET {uri}: {e}") from e
+            if resp.status_code != 200:
+                raise ArtifactUnavailable(f"GET {uri}: HTTP {resp.status_code}")
+            data = resp.content[: REPORT_LIMIT + 1]
+        else:
+            raise ArtifactUnavailable(f"unsupported URI scheme {parsed.scheme!r} (use file:// or https://)")
+        if len(data) > REPORT_LIMIT:
+            raise ArtifactUnavailable(f"{uri} is larger than {REPORT_LIMIT} bytes")
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise ArtifactUnavailable(f"{uri} is not JSON: {e}") from e
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(REPORT_LIMIT + 1)
+    except OSError as e:
+        raise ArtifactUnavailable(f"{path}: {e.strerror or e}") from e
 
 
 def _hash_file(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""The Kubernetes edge: Deployments, Services, status and Events for an MLModel.
+"""The Kubernetes edge: Deployments, Services, retraining Jobs, status and Events for an MLModel.
 
 Everything we create carries the ``modelwarden.io/*`` labels and an owner reference to its MLModel, and is
 written with server-side apply under the field manager ``modelwarden`` — re-applying is a no-op. The
@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.retraining import CreateRetrainingJob, JobState, window_label
 from modelwarden.engine.rollout import TrackState
 
 FIELD_MANAGER = "modelwarden"
@@ -66,6 +67,8 @@ class Workloads(Protocol):
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
     async def record_incident(self, model: ModelObject, rollback: api.Rollback, extra: dict[str, Any]) -> None: ...
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
+    async def create_retraining_job(self, model: ModelObject, spec: api.MLModelSpec,
+                                    job: CreateRetrainingJob) -> None: ...
 
 
 class ModelStatusWriter(Protocol):
@@ -108,6 +111,48 @@ def track_state(deployment: Mapping[str, Any]) -> TrackState:
         ready_replicas=int(status.get("readyReplicas", 0)),
         rolled_out=rolled_out or replicas == 0,
     )
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    """A retraining Job's outcome from its terminal conditions (Complete / Failed with status True)."""
+    name = (job.get("metadata") or {}).get("name", "")
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") != "True":
+            continue
+        if c.get("type") == "Complete":
+            return JobState(name, "Succeeded", c.get("lastTransitionTime"), c.get("message") or "")
+        if c.get("type") == "Failed":
+            reason, message = c.get("reason") or "", c.get("message") or ""
+            return JobState(name, "Failed", c.get("lastTransitionTime"), f"{reason}: {message}".strip(": "))
+    return JobState(name, "Running")
+
+
+def retraining_job_manifest(model: ModelObject, spec: api.MLModelSpec, job: CreateRetrainingJob) -> dict[str, Any]:
+    """A batch/v1 Job from ``spec.retraining.jobTemplate``: our name, labels and owner; every container is told
+    the model, the window and the serving version it retrains from (for ``modelwarden train --previous``)."""
+    template = json.loads(json.dumps(spec.retraining.job_template or {}))  # a deep copy
+    meta = template.get("metadata") or {}
+    job_labels = {**(meta.get("labels") or {}), **labels(model),
+                  api.LABEL_RETRAINING_WINDOW: window_label(job.window)}
+    job_spec = template.get("spec") or {}
+    env = [{"name": "MODELWARDEN_MODEL", "value": model.name},
+           {"name": "MODELWARDEN_NAMESPACE", "value": model.namespace},
+           {"name": "MODELWARDEN_RETRAINING_WINDOW", "value": job.window.strftime("%Y-%m-%dT%H:%M:%SZ")},
+           {"name": "MODELWARDEN_STABLE_VERSION", "value": job.stable_version or ""},
+           {"name": "MODELWARDEN_STABLE_ARTIFACT_URI", "value": job.stable_uri or ""}]
+    pod = job_spec.setdefault("template", {}).setdefault("spec", {})
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        names = {e["name"] for e in env}
+        container["env"] = [*env, *[e for e in container.get("env", []) if e.get("name") not in names]]
+    pod_meta = job_spec["template"].setdefault("metadata", {})
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **job_labels}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job.name, "namespace": model.namespace, "labels": job_labels,
+                     "annotations": meta.get("annotations") or {},
+                     "ownerReferences": [model.owner_reference()]},
+        "spec": job_spec,
+    }
 
 
 def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
@@ -210,6 +255,7 @@ class KubeWorkloads:
         self._core = client.CoreV1Api(api_client)
         self._rbac = client.RbacAuthorizationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._batch = client.BatchV1Api(api_client)
         # The client blocks: its calls run on these threads (give its connection pool as many connections).
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="kube")
 
@@ -275,7 +321,7 @@ class KubeWorkloads:
         """MLModels, ModelApprovals and our Deployments as raw objects (as watch events carry them), to fill
         the caches before the first decision: deciding on a half-filled cache would undo real state."""
         selector = f"{api.LABEL_MANAGED_BY}=modelwarden"
-        out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "deployments": []}
+        out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "deployments": [], "jobs": []}
         scopes: list[str | None] = list(namespaces) or [None]
         for ns in scopes:
             for plural in (api.MLMODEL_PLURAL, api.APPROVAL_PLURAL):
@@ -293,7 +339,22 @@ class KubeWorkloads:
                 deps = await self._call("list deployments", self._apps.list_namespaced_deployment, ns,
                                         label_selector=selector)
             out["deployments"] += [self._raw(d) for d in deps.items]
+            if ns is None:
+                jobs = await self._call("list jobs", self._batch.list_job_for_all_namespaces, label_selector=selector)
+            else:
+                jobs = await self._call("list jobs", self._batch.list_namespaced_job, ns, label_selector=selector)
+            out["jobs"] += [self._raw(j) for j in jobs.items]
         return out
+
+    async def create_retraining_job(self, model: ModelObject, spec: api.MLModelSpec,
+                                    job: CreateRetrainingJob) -> None:
+        """Create the window's Job once: its name is the window's, so a repeat finds it there (409) and stops."""
+        body = retraining_job_manifest(model, spec, job)
+        try:
+            await self._call_discarding(f"create Job {job.name}", self._batch.create_namespaced_job, model.namespace,
+                                        body, field_manager=FIELD_MANAGER)
+        except Conflict:
+            return
 
     async def record_incident(self, model: ModelObject, rollback: api.Rollback, extra: dict[str, Any]) -> None:
         """The full incident record, beside the model: a ConfigMap named after the rollback id (idempotent)."""

@@ -40,6 +40,16 @@ CANARY_P99 = ('histogram_quantile(0.99, sum by (namespace, model, version, le) '
 CANARY_MISMATCH = ('sum by (namespace, model, version) '
                    '(increase(ml_model_errors_total{{track="canary",kind="FEATURE_MISMATCH"}}[{w}s]))')
 QUERIES_PER_CYCLE = 8
+# Retraining gates, only in a cycle where some model's window is due (engine.retraining.due_window); one query
+# each for the whole fleet. The model-level budget (recording rule with scope="model": all versions together)
+# as the lowest sample of each 5-minute step — a step without a sample stays absent, so gaps show as gaps.
+RETRAINING_BUDGET = 'min_over_time(ml_inference_error_budget_remaining{{scope="model"}}[{step}s])'
+# Raw counters summed per version; the engine counts the exact increase (resets count from 0).
+RETRAINING_LABELS = "sum by (namespace, model, version) (ml_feedback_labels_total)"
+RETRAINING_QUERIES = 2
+RETRAINING_BUDGET_STEP = 300
+# Prometheus refuses range queries of more than 11,000 points per series.
+MAX_POINTS = 10_000
 
 
 class MetricsUnavailable(Exception):
@@ -63,18 +73,34 @@ class FleetMetrics:
         default_factory=lambda: defaultdict(dict))
     canary: dict[ModelKey, dict[str, CanaryNumbers]] = field(default_factory=lambda: defaultdict(dict))
     queries: int = 0
+    # Retraining gate inputs, when this cycle fetched them (``retraining_at`` is None otherwise).
+    retraining_at: float | None = None
+    retraining_budget: dict[ModelKey, Series] = field(default_factory=dict)
+    # (namespace, model) -> version -> summed label counter
+    retraining_labels: dict[ModelKey, dict[str, Series]] = field(default_factory=lambda: defaultdict(dict))
 
     def for_model(self, namespace: str, model: str) -> ModelKey:
         """Series scraped in Kubernetes carry ``namespace``; a plain scrape config may not."""
         key = (namespace, model)
-        for table in (self.budget, self.feedback, self.burn, self.canary):
+        for table in (self.budget, self.feedback, self.burn, self.canary, self.retraining_budget,
+                      self.retraining_labels):
             if key in table:
                 return key
         return ("", model)
 
 
+@dataclass(frozen=True)
+class RetrainingQuery:
+    """Fetch the retraining gates' history too: the budget over ``budget_seconds`` and label counters since
+    ``labels_since`` (the widest any due model needs; each model then looks at its own part)."""
+
+    budget_seconds: int
+    labels_since: float
+
+
 class MetricsProvider(Protocol):
-    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int) -> FleetMetrics: ...
+    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int,
+                       retraining: RetrainingQuery | None = None) -> FleetMetrics: ...
 
 
 def _key(metric: Mapping[str, str]) -> tuple[ModelKey, str]:
@@ -101,17 +127,32 @@ class PrometheusMetrics:
             raise MetricsUnavailable(f"{query}: {e}") from e
         return list(result or [])
 
-    def _range(self, query: str, start: float, end: float) -> list[dict[str, Any]]:
+    def _range(self, query: str, start: float, end: float, step: float | None = None) -> list[dict[str, Any]]:
         try:
             result = self._prom.custom_query_range(
                 query, start_time=dt.datetime.fromtimestamp(start, dt.UTC),
-                end_time=dt.datetime.fromtimestamp(end, dt.UTC), step=f"{int(self.step_seconds)}s",
+                end_time=dt.datetime.fromtimestamp(end, dt.UTC), step=f"{int(step or self.step_seconds)}s",
                 timeout=self._timeout)
         except (PrometheusApiClientException, requests.RequestException, ValueError) as e:
             raise MetricsUnavailable(f"{query}: {e}") from e
         return list(result or [])
 
-    def _evaluate(self, at: float, lookback_seconds: float, analysis_seconds: int) -> FleetMetrics:
+    def _retraining(self, fleet: FleetMetrics, at: float, query: RetrainingQuery) -> None:
+        step = RETRAINING_BUDGET_STEP
+        for row in self._range(RETRAINING_BUDGET.format(step=step), at - query.budget_seconds, at, step):
+            key, _ = _key(row["metric"])
+            fleet.retraining_budget[key] = [(float(t), _value(v)) for t, v in row.get("values", [])]
+        # Coarse steps over a long span; start a step early so each counter has a baseline before the window.
+        span = at - query.labels_since
+        label_step = max(RETRAINING_BUDGET_STEP, math.ceil(span / MAX_POINTS / 60) * 60)
+        for row in self._range(RETRAINING_LABELS, query.labels_since - label_step, at, label_step):
+            key, version = _key(row["metric"])
+            fleet.retraining_labels[key][version] = [(float(t), _value(v)) for t, v in row.get("values", [])]
+        fleet.retraining_at = at
+        fleet.queries += RETRAINING_QUERIES
+
+    def _evaluate(self, at: float, lookback_seconds: float, analysis_seconds: int,
+                  retraining: RetrainingQuery | None = None) -> FleetMetrics:
         fleet = FleetMetrics(at=at, step_seconds=self.step_seconds)
         start = at - lookback_seconds
         for row in self._range(BUDGET.format(step=int(self.step_seconds)), start, at):
@@ -133,7 +174,10 @@ class PrometheusMetrics:
             fleet.canary[k[0]][k[1]] = CanaryNumbers(requests=requests_, errors=errors, p99_latency_seconds=p99,
                                                      feature_mismatches=mismatch)
         fleet.queries = QUERIES_PER_CYCLE
+        if retraining is not None:
+            self._retraining(fleet, at, retraining)
         return fleet
 
-    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int) -> FleetMetrics:
-        return await asyncio.to_thread(self._evaluate, at, lookback_seconds, analysis_seconds)
+    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int,
+                       retraining: RetrainingQuery | None = None) -> FleetMetrics:
+        return await asyncio.to_thread(self._evaluate, at, lookback_seconds, analysis_seconds, retraining)

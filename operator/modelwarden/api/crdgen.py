@@ -48,6 +48,8 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 out[key] = {name: walk(prop) for name, prop in value.items()}
             else:
                 out[key] = walk(value)
+        if out.get("x-kubernetes-preserve-unknown-fields") and out.get("additionalProperties") is True:
+            del out["additionalProperties"]  # an opaque object (e.g. a Job template): not structural otherwise
         if "properties" in out:
             out.setdefault("type", "object")
             if "additionalProperties" in out and out["additionalProperties"] is False:

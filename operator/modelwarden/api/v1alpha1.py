@@ -26,6 +26,8 @@ DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
 # DNS-1123 label, so a version can appear in object names and label values.
 VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ROLE_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+# Five cron fields (the operator parses the rest and says what is wrong in RetrainingEligible).
+SCHEDULE_PATTERN = r"^[0-9A-Za-z*,/#-]+( +[0-9A-Za-z*,/#-]+){4}$"
 
 # Labels and annotations we set or read.
 LABEL_MODEL = f"{GROUP}/model"
@@ -39,6 +41,8 @@ ANNOTATION_PROMOTE = f"{GROUP}/promote"
 ANNOTATION_RESUME = f"{GROUP}/resume"
 # `modelwarden rollback [--to VERSION]` sets this to "<request id>[:<version>]": one rollback per request id.
 ANNOTATION_ROLLBACK = f"{GROUP}/rollback"
+# On retraining Jobs: which window (RFC 3339, as a label-safe "20270608t0200z") a Job trains for.
+LABEL_RETRAINING_WINDOW = f"{GROUP}/retraining-window"
 
 Track = Literal["stable", "canary"]
 
@@ -90,6 +94,27 @@ class Reason:
     RESUMED = "Resumed"
     NEW_REVISION = "NewRevision"
     MANUAL_ROLLBACK = "ManualRollback"
+    # RetrainingEligible and retraining Events
+    GATES_PASSED = "GatesPassed"
+    GATES_FAILED = "GatesFailed"
+    WAITING_FOR_WINDOW = "WaitingForWindow"
+    GATHERING_GATES = "GatheringGateInputs"
+    INVALID_SCHEDULE = "InvalidSchedule"
+    RETRAINING_DISABLED = "RetrainingDisabled"
+    RETRAINING_REMINDER = "RetrainingReminder"
+    RETRAINING_WINDOW_MISSED = "RetrainingWindowMissed"
+    RETRAINING_JOB_CREATED = "RetrainingJobCreated"
+    RETRAINING_JOB_SUCCEEDED = "RetrainingJobSucceeded"
+    RETRAINING_JOB_FAILED = "RetrainingJobFailed"
+
+
+class Gate:
+    """The retraining gates, as named in status and in the RetrainingEligible message."""
+
+    BIAS_REPORT = "BiasReport"
+    ERROR_BUDGET = "ErrorBudget"
+    NEW_LABELS = "NewFeedbackLabels"
+    FEATURE_AUDIT = "FeatureAudit"
 
 
 class Phase:
@@ -282,6 +307,62 @@ class Approvals(_Model):
     ] = Field(default_factory=lambda: ["finance", "regulatory"])
 
 
+def _preserve_unknown_fields(schema: dict[str, Any]) -> None:
+    """An opaque object the API server keeps as given (structural: no additionalProperties beside it)."""
+    schema.pop("additionalProperties", None)
+    schema.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+
+
+class Retraining(_Model):
+    """Scheduled, gated retraining (the operator schedules it: a CronJob cannot say "second Tuesday").
+
+    At each window the gates are checked; only when all pass is a Job created from ``jobTemplate``. The Job
+    only trains: the version it produces is an ordinary new version that needs the usual sign-offs.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("!self.enabled || has(self.jobTemplate)", "retraining.enabled needs a jobTemplate", ".jobTemplate"),
+            ("double(self.featureAuditMin) <= 1.0", "retraining.featureAuditMin is a share between 0 and 1",
+             ".featureAuditMin"),
+            ("double(self.budgetMinCoveragePercent) <= 100.0",
+             "retraining.budgetMinCoveragePercent is at most 100", ".budgetMinCoveragePercent"),
+        ),
+    )
+
+    enabled: bool = Field(default=False, description="Opt in: retraining Jobs cost compute and need a jobTemplate.")
+    schedule: Annotated[str, Field(
+        max_length=128, pattern=SCHEDULE_PATTERN,
+        description="Cron in UTC: minute hour day-of-month month day-of-week; day of week also takes D#N "
+                    "(N-th weekday D) and DL (last weekday D), day of month L. Default: second Tuesday 02:00.",
+    )] = "0 2 * * 2#2"
+    reminder_lead_seconds: Annotated[int, Field(
+        ge=0, le=30 * 86400, description="Event and notification this long before each window (0: none).")] = 86400
+    starting_deadline_seconds: Annotated[int, Field(
+        ge=60, le=7 * 86400,
+        description="A window not acted on within this long (operator down) is recorded as missed, not run late.",
+    )] = 3600
+    min_new_labels: Annotated[int, Field(
+        ge=0, le=1_000_000, description="Feedback labels needed since the previous window.")] = 25
+    budget_floor_percent: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN, description="The model's error budget must stay above this over the window.")] = "15"
+    budget_window_seconds: Annotated[int, Field(ge=3600, le=28 * 86400)] = 7 * 86400
+    budget_min_coverage_percent: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN,
+        description="Share of the window's 5-minute steps that must hold a budget sample: gappy history is not "
+                    "eligible.")] = "99"
+    feature_audit_min: Annotated[str, Field(pattern=DECIMAL_PATTERN)] = "0.95"
+    feature_audit_uri: Annotated[str | None, Field(
+        default=None, max_length=2048,
+        description="The latest `modelwarden audit-features -o json` result (file:// or https://); its `share` "
+                    "must reach featureAuditMin.")] = None
+    job_template: dict[str, Any] | None = Field(
+        default=None,
+        description="A batch/v1 JobTemplateSpec ({metadata, spec}), as in a CronJob.",
+        json_schema_extra=_preserve_unknown_fields,
+    )
+
+
 class MLModelSpec(_Model):
     enabled: bool = Field(
         default=True,
@@ -294,6 +375,7 @@ class MLModelSpec(_Model):
     slo: SLO = Field(default_factory=SLO)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
     approvals: Approvals = Field(default_factory=Approvals)
+    retraining: Retraining = Field(default_factory=Retraining)
 
 
 # --- MLModel status -------------------------------------------------------------------------------------
@@ -373,6 +455,31 @@ class Halt(_Model):
     since: str
 
 
+class GateResult(_Model):
+    name: str
+    passed: bool
+    message: str = ""
+
+
+class RetrainingJob(_Model):
+    name: str
+    window: str
+    outcome: Literal["Running", "Succeeded", "Failed"] = "Running"
+    created_at: str
+    finished_at: str | None = None
+    message: str = ""
+
+
+class RetrainingStatus(_Model):
+    schedule: str | None = Field(default=None, description="The schedule nextWindow was computed from.")
+    next_window: str | None = None
+    reminder_sent_for: str | None = Field(default=None, description="The window whose reminder went out.")
+    last_window: str | None = None
+    last_outcome: Literal["JobCreated", "GatesFailed", "Missed"] | None = None
+    last_gates: list[GateResult] = Field(default_factory=list)
+    last_job: RetrainingJob | None = None
+
+
 class MLModelStatus(_Model):
     observed_generation: int | None = None
     phase: str | None = None
@@ -392,6 +499,7 @@ class MLModelStatus(_Model):
     halt: Halt | None = None
     last_rollback: Rollback | None = None
     incidents: list[Rollback] = Field(default_factory=list, description="The last few; full records elsewhere.")
+    retraining: RetrainingStatus | None = None
 
 
 # --- ModelApproval ------------------------------------------------------------------------------------------

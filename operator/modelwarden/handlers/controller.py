@@ -17,16 +17,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable
-from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelObject, ModelStatusWriter, Workloads
+from modelwarden.adapters.artifact_store import (
+    ArtifactStore,
+    ArtifactUnavailable,
+    ReportReader,
+    URIArtifactStore,
+    sibling,
+)
+from modelwarden.adapters.kube import (
+    Conflict,
+    EventRecorder,
+    KubeError,
+    ModelObject,
+    ModelStatusWriter,
+    Workloads,
+    job_state,
+)
 from modelwarden.adapters.kube import track_state as deployment_track_state
 from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
-from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider, MetricsUnavailable
+from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider, MetricsUnavailable, RetrainingQuery
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.adapters.server_admin import ServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.approvals import Approval
 from modelwarden.engine.health import MetricsView
+from modelwarden.engine.retraining import (
+    CreateRetrainingJob,
+    GateInputs,
+    Report,
+    RetrainingDecision,
+    RetrainingObservation,
+    decide_retraining,
+    due_window,
+    label_window_start,
+)
 from modelwarden.engine.rollout import (
     AnnotateGrafana,
     ApplyTrack,
@@ -86,10 +110,13 @@ class Controller:
     notifier: Notifier = field(default_factory=LogOnly)
     annotator: Annotator = field(default_factory=LogOnly)
     server_admin: ServerAdmin | None = None
+    reports: ReportReader = field(default_factory=URIArtifactStore)
 
     models: dict[Key, dict[str, Any]] = field(default_factory=dict)
     approvals: dict[Key, dict[str, Approval]] = field(default_factory=dict)
     deployments: dict[Key, dict[str, TrackState]] = field(default_factory=dict)
+    # our retraining Jobs, by model then Job name
+    jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # (model key, router type) pairs whose Services this process has applied
     services_ensured: set[tuple[Key, str]] = field(default_factory=set)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
@@ -108,6 +135,7 @@ class Controller:
         if event_type == "DELETED":
             self.models.pop(key, None)
             self.deployments.pop(key, None)
+            self.jobs.pop(key, None)
             self.services_ensured = {s for s in self.services_ensured if s[0] != key}
             self._decided(key)
             return
@@ -148,11 +176,25 @@ class Controller:
             tracks[track] = state
         self.queue.add(key)
 
+    def observe_job(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        model = (meta.get("labels") or {}).get(api.LABEL_MODEL)
+        if not model or api.LABEL_RETRAINING_WINDOW not in (meta.get("labels") or {}):
+            return
+        key = (meta["namespace"], model)
+        jobs = self.jobs.setdefault(key, {})
+        if event_type == "DELETED":
+            jobs.pop(meta["name"], None)
+        else:
+            jobs[meta["name"]] = dict(body)
+        self.queue.add(key)
+
     def prime(self, snapshot: Mapping[str, list[dict[str, Any]]]) -> None:
         """Fill the caches from a full listing before the workers start (see ``KubeWorkloads.list_all``).
         A listing is the whole truth: what it does not hold is gone."""
         self.deployments.clear()
         self.approvals.clear()
+        self.jobs.clear()
         listed = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in snapshot.get("mlmodels", [])}
         for key in [k for k in self.models if k not in listed]:
             del self.models[key]
@@ -160,6 +202,8 @@ class Controller:
             self.observe_deployment(None, body)
         for body in snapshot.get("modelapprovals", []):
             self.observe_approval(None, body)
+        for body in snapshot.get("jobs", []):
+            self.observe_job(None, body)
         for body in snapshot.get("mlmodels", []):
             self.observe_model(None, body)
 
@@ -175,18 +219,29 @@ class Controller:
         """One evaluation cycle: a fixed set of batched queries for the whole fleet, then every model decides."""
         assert self.metrics is not None
         specs = []
+        now = self.clock()
+        retraining: RetrainingQuery | None = None
         for body in self.models.values():
             try:
-                specs.append(api.MLModelSpec.model_validate(body.get("spec") or {}))
+                spec = api.MLModelSpec.model_validate(body.get("spec") or {})
+                status = api.MLModelStatus.model_validate(body.get("status") or {})
             except ValidationError:
                 continue
+            specs.append(spec)
+            # Retraining gate history only when some window is due: two more queries, for the whole fleet.
+            window = due_window(spec, status, now)
+            if window is not None:
+                since = label_window_start(spec, status, window).timestamp()
+                budget = spec.retraining.budget_window_seconds
+                retraining = RetrainingQuery(budget, since) if retraining is None else RetrainingQuery(
+                    max(budget, retraining.budget_seconds), min(since, retraining.labels_since))
         budget_lookback = max([s.rollback.sustain_seconds for s in specs] or [900]) + 300
         feedback_lookback = max([s.rollback.critical_feedback.window_seconds for s in specs] or [3600]) + 300
         started = asyncio.get_running_loop().time()
         try:
             self.fleet = await self.metrics.evaluate(
-                self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
-                analysis_seconds=int(self.evaluation_interval))
+                now.timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
+                analysis_seconds=int(self.evaluation_interval), retraining=retraining)
             self.metrics_error = None
             log.info("evaluation: %d queries for %d models in %.3fs", self.fleet.queries, len(self.models),
                      asyncio.get_running_loop().time() - started)
@@ -253,19 +308,24 @@ class Controller:
         router = self.router_for(spec)
 
         observation = await self._observe(key, body, spec, status, model, router)
-        decision = decide(spec, status, observation, self.clock())
+        now = self.clock()
+        decision = decide(spec, status, observation, now)
+        # Retraining decides on what the rollout decided (the stable version, the conditions) and adds to it.
+        retraining = decide_retraining(spec, decision.status,
+                                       await self._observe_retraining(key, spec, decision.status, now),
+                                       now, model=model.name, generation=observation.generation)
         await self._apply(model, spec, router, decision)
-        await self._write_status(key, body, status, decision)
-        for event in decision.events:
+        await self._apply_retraining(model, spec, retraining)
+        await self._write_status(key, body, status, retraining.status)
+        for event in (*decision.events, *retraining.events):
             if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
                 log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:
                 await self.events.record(model, event.type, event.reason, event.message)
             except KubeError as e:
                 log.warning("could not record Event %s for %s/%s: %s", event.reason, *key, e)
-        if decision.requeue_after is not None:
-            return min(decision.requeue_after, self.resync_seconds)
-        return self.resync_seconds
+        waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
+        return min([*waits, self.resync_seconds])
 
     async def _observe(self, key: Key, body: Mapping[str, Any], spec: api.MLModelSpec, status: api.MLModelStatus,
                        model: ModelObject, router: TrafficRouter) -> Observation:
@@ -299,6 +359,56 @@ class Controller:
             metrics_configured=self.metrics is not None,
             metrics_error=self.metrics_error,
         )
+
+    async def _observe_retraining(self, key: Key, spec: api.MLModelSpec, status: api.MLModelStatus,
+                                  now: dt.datetime) -> RetrainingObservation:
+        r = status.retraining
+        job = None
+        if r is not None and r.last_job is not None and r.last_job.outcome == "Running":
+            body = self.jobs.get(key, {}).get(r.last_job.name)
+            job = job_state(body) if body is not None else None
+        window = due_window(spec, status, now)
+        if window is None:
+            return RetrainingObservation(job=job)
+        return RetrainingObservation(job=job, gates=await self._gate_inputs(key, spec, status))
+
+    async def _gate_inputs(self, key: Key, spec: api.MLModelSpec, status: api.MLModelStatus) -> GateInputs:
+        """Read at the window: the serving artifact's bias report, the feature audit, and this cycle's metrics."""
+        bias = None
+        if status.stable is not None:
+            uri = sibling(status.stable.uri, "bias-report.json")
+            bias = await self._report(uri, lambda doc: doc.get("status"))
+        audit = None
+        if spec.retraining.feature_audit_uri:
+            audit = await self._report(spec.retraining.feature_audit_uri, lambda doc: doc.get("share"))
+        fleet = self.fleet
+        if self.metrics is None:
+            return GateInputs(at=self.clock().timestamp(), bias=bias, feature_audit=audit)
+        if fleet is None or fleet.retraining_at is None:
+            return GateInputs(at=0.0, bias=bias, feature_audit=audit, metrics_error=self.metrics_error)
+        model_key = fleet.for_model(*key)
+        return GateInputs(at=fleet.retraining_at, bias=bias, feature_audit=audit,
+                          budget=fleet.retraining_budget.get(model_key),
+                          labels=tuple(fleet.retraining_labels.get(model_key, {}).values()))
+
+    async def _report(self, uri: str, pick: Callable[[dict[str, Any]], Any]) -> Report:
+        try:
+            doc = await self.reports.read_json(uri)
+        except ArtifactUnavailable as e:
+            return Report(uri, error=str(e))
+        if not isinstance(doc, dict):
+            return Report(uri, error="not a JSON object")
+        value = pick(doc)
+        return Report(uri, value=None if value is None else str(value))
+
+    async def _apply_retraining(self, model: ModelObject, spec: api.MLModelSpec,
+                                decision: RetrainingDecision) -> None:
+        for action in decision.actions:
+            if isinstance(action, CreateRetrainingJob):
+                await self.workloads.create_retraining_job(model, spec, action)
+                log.info("%s/%s: retraining Job %s created", model.namespace, model.name, action.name)
+            else:
+                await self._side_effect(model, action)
 
     def _metrics_view(self, model: ModelObject, spec: api.MLModelSpec) -> MetricsView | None:
         fleet = self.fleet
@@ -374,11 +484,11 @@ class Controller:
                 await self.events.record(model, "Warning", f"{what}Failed", failure)
 
     async def _write_status(self, key: Key, body: dict[str, Any], old: api.MLModelStatus,
-                            decision: Decision) -> None:
-        if decision.status.wire() == old.wire():
+                            new: api.MLModelStatus) -> None:
+        if new.wire() == old.wire():
             return
         try:
-            written = await self.status_writer.replace_status(body, decision.status)
+            written = await self.status_writer.replace_status(body, new)
         except Conflict:
             # A newer object is on its way through the watch; it will wake us.
             log.info("%s/%s changed while deciding; deciding again", *key)

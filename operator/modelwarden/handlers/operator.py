@@ -1,4 +1,4 @@
-"""The kopf layer: watch MLModels, ModelApprovals and our Deployments, and hand them to the controller.
+"""The kopf layer: watch MLModels, ModelApprovals, our Deployments and retraining Jobs; hand them to the controller.
 
 Handlers only feed caches and wake models; every decision is made in :mod:`modelwarden.engine` by the
 :class:`~modelwarden.handlers.controller.Controller`. Only ``on.event`` handlers are used, so kopf itself
@@ -96,3 +96,8 @@ async def approval_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.event("apps", "v1", "deployments", labels={api.LABEL_MANAGED_BY: "modelwarden"})
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].observe_deployment(event.get("type"), event["object"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={api.LABEL_MANAGED_BY: "modelwarden"})
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].observe_job(event.get("type"), event["object"])
