@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -119,6 +119,39 @@ class DeploymentWatch:
         missing = [n for n in names if n not in self.seen]
         if missing:
             raise TimeoutError(f"{len(missing)} Deployments never appeared, e.g. {missing[:3]}")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class PhaseWatch:
+    """Every MLModel's latest status, from one cluster-wide watch (polling a list of 1,000 objects would itself
+    load the API server the benchmark measures)."""
+
+    def __init__(self, custom: client.CustomObjectsApi) -> None:
+        self.status: dict[ModelKey, api.MLModelStatus] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(custom,), daemon=True).start()
+
+    def _run(self, custom: client.CustomObjectsApi) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.MLMODEL_PLURAL,
+                                      timeout_seconds=300):
+                    obj = event["object"]
+                    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    if event["type"] == "DELETED":
+                        self.status.pop(key, None)
+                    else:
+                        self.status[key] = api.MLModelStatus.model_validate(obj.get("status") or {})
+                    if self._stop.is_set():
+                        w.stop()
+            except Exception:
+                time.sleep(1)
+
+    def count(self, keys: Iterable[ModelKey], ok: Callable[[api.MLModelStatus], bool]) -> int:
+        return sum(1 for k in keys if (s := self.status.get(k)) is not None and ok(s))
 
     def stop(self) -> None:
         self._stop.set()

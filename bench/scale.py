@@ -36,11 +36,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config
 
-from bench.common import DeploymentWatch, Exporter, ModelKey, baseline_deployment, log_times, percentile, restored_on
+from bench.common import (
+    DeploymentWatch,
+    Exporter,
+    ModelKey,
+    PhaseWatch,
+    baseline_deployment,
+    log_times,
+    percentile,
+    restored_on,
+)
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
@@ -143,10 +151,6 @@ class Fleet:
         patch = {"spec": {"version": version, "artifact": {"uri": uri, "sha256": sha}}}
         self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, key[0], api.MLMODEL_PLURAL, key[1], patch)
 
-    def statuses(self) -> dict[ModelKey, api.MLModelStatus]:
-        listed: Any = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.MLMODEL_PLURAL)
-        return {(o["metadata"]["namespace"], o["metadata"]["name"]):
-                api.MLModelStatus.model_validate(o.get("status") or {}) for o in listed["items"]}
 
 
 def in_parallel(fn: Callable[[ModelKey], None], keys: Iterable[ModelKey], threads: int = 8) -> None:
@@ -192,18 +196,22 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         say(f"{n} models: approving v1 (finance + regulatory) in {level.namespaces} namespaces")
         in_parallel(lambda k: fleet.approve(k, "v1"), models)
         cpu_before = proc_cpu_seconds(pid)
+        phases = PhaseWatch(fleet.custom)
         say(f"{n} models: creating the MLModels")
         started = time.monotonic()
         in_parallel(lambda k: fleet.create_model(k, args.interval), models)
         level.create_seconds = time.monotonic() - started
 
+        last_said = [0.0]
+
         def all_stable() -> bool:
-            phases = [s.phase for s in fleet.statuses().values()]
-            stable = sum(p == "Stable" for p in phases)
-            say(f"  {stable}/{n} Stable after {time.monotonic() - started:.0f}s")
+            stable = phases.count(models, lambda s: s.phase == "Stable")
+            if time.monotonic() - last_said[0] >= 10 or stable == n:
+                say(f"  {stable}/{n} Stable after {time.monotonic() - started:.0f}s")
+                last_said[0] = time.monotonic()
             return stable == n
 
-        wait(all_stable, 60 + n * 1.5, f"{n} models Stable", every=5)
+        wait(all_stable, 60 + n * 1.5, f"{n} models Stable", every=0.2)
         level.to_stable_seconds = time.monotonic() - started
         level.cpu_seconds_to_stable = proc_cpu_seconds(pid) - cpu_before
         say(f"{n} models: all Stable in {level.to_stable_seconds:.1f}s; measuring two steady evaluation cycles")
@@ -244,12 +252,10 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         for key in rolled:
             fleet.to_version(key, "v2")
 
-        def promoted() -> bool:
-            statuses = fleet.statuses()
-            return all((s := statuses[k]).stable is not None and s.stable.version == "v2" and s.canary is None
-                       for k in rolled)
+        def promoted(s: api.MLModelStatus) -> bool:
+            return s.stable is not None and s.stable.version == "v2" and s.canary is None
 
-        wait(promoted, 10 * args.interval + 120, "v2 promoted", every=2)
+        wait(lambda: phases.count(rolled, promoted) == len(rolled), 10 * args.interval + 120, "v2 promoted")
         for key in rolled:
             exporter.bad.add(key)
             flipped = time.time()
@@ -265,6 +271,7 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
                 f"it {level.rollback_from_evaluation_seconds[-1]:.2f}s")
             time.sleep(args.interval / 3)  # the next trigger falls in another cycle
         operator.check_alive()
+        phases.stop()
     finally:
         operator.stop()
         prom.stop()

@@ -61,6 +61,7 @@ class ModelObject:
 
 
 class Workloads(Protocol):
+    async def ensure_server_identity(self, namespace: str) -> None: ...
     async def ensure_services(self, model: ModelObject, router: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
@@ -282,25 +283,29 @@ class KubeWorkloads:
         await self._call_discarding(what, fn, name, namespace, body, field_manager=FIELD_MANAGER, force=True,
                                     _content_type="application/apply-patch+yaml")
 
+    async def ensure_server_identity(self, namespace: str) -> None:
+        """The servers' ServiceAccount in a namespace, bound to read their MLModel (the kill switch)."""
+        account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": namespace,
+                                "labels": {api.LABEL_MANAGED_BY: "modelwarden"}}}
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": namespace,
+                         "labels": {api.LABEL_MANAGED_BY: "modelwarden"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SERVER_CLUSTER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVER_SERVICE_ACCOUNT, "namespace": namespace}],
+        }
+        await asyncio.gather(
+            self._apply("apply ServiceAccount", self._core.patch_namespaced_service_account,
+                        SERVER_SERVICE_ACCOUNT, namespace, account),
+            self._apply("apply RoleBinding", self._rbac.patch_namespaced_role_binding,
+                        SERVER_SERVICE_ACCOUNT, namespace, binding))
+
     async def ensure_services(self, model: ModelObject, router: str) -> None:
         await asyncio.gather(*(
             self._apply(f"apply Service {svc['metadata']['name']}", self._core.patch_namespaced_service,
                         svc["metadata"]["name"], model.namespace, svc)
             for svc in service_manifests(model, router)))
-        account = {"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace,
-                                "labels": {api.LABEL_MANAGED_BY: "modelwarden"}}}
-        await self._apply("apply ServiceAccount", self._core.patch_namespaced_service_account,
-                          SERVER_SERVICE_ACCOUNT, model.namespace, account)
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace,
-                         "labels": {api.LABEL_MANAGED_BY: "modelwarden"}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SERVER_CLUSTER_ROLE},
-            "subjects": [{"kind": "ServiceAccount", "name": SERVER_SERVICE_ACCOUNT, "namespace": model.namespace}],
-        }
-        await self._apply("apply RoleBinding", self._rbac.patch_namespaced_role_binding,
-                          SERVER_SERVICE_ACCOUNT, model.namespace, binding)
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:

@@ -119,6 +119,8 @@ class Controller:
     jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # (model key, router type) pairs whose Services this process has applied
     services_ensured: set[tuple[Key, str]] = field(default_factory=set)
+    # namespaces where this process has applied the servers' ServiceAccount and RoleBinding
+    identities_ensured: set[str] = field(default_factory=set)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     fleet: FleetMetrics | None = None
     metrics_error: str | None = None
@@ -428,13 +430,17 @@ class Controller:
     async def _apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
                      decision: Decision) -> None:
         key = (model.namespace, model.name)
-        # Deployments first: Services and RBAC for the pods can follow a moment later.
+        # Deployments first: Services can follow a moment later. The pods' ServiceAccount cannot: a pod created
+        # without it fails, and the ReplicaSet controller backs off for minutes. It is per namespace, once.
         ordered = sorted(decision.actions, key=lambda a: isinstance(a, EnsureServices))
         for action in ordered:
             if isinstance(action, EnsureServices):
                 await self.workloads.ensure_services(model, spec.rollout.traffic_routing.type)
                 self.services_ensured.add((key, spec.rollout.traffic_routing.type))
             elif isinstance(action, ApplyTrack):
+                if model.namespace not in self.identities_ensured:
+                    await self.workloads.ensure_server_identity(model.namespace)
+                    self.identities_ensured.add(model.namespace)
                 await self.workloads.apply_track(model, spec, action.track, action.artifact, action.replicas,
                                                  action.fingerprint)
             elif isinstance(action, DeleteTrack):
