@@ -157,12 +157,39 @@ class PhaseWatch:
         self._stop.set()
 
 
-def baseline_deployment(name: str) -> client.V1Deployment:
-    """A Deployment this process creates itself: the API round trip + watch delivery no operator can beat."""
+class ReadyWatch:
+    """Which Deployments matching a label selector, in any namespace, are fully Ready (one watch)."""
+
+    def __init__(self, apps: client.AppsV1Api, selector: str) -> None:
+        self.ready: set[ModelKey] = set()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(apps, selector), daemon=True).start()
+
+    def _run(self, apps: client.AppsV1Api, selector: str) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(apps.list_deployment_for_all_namespaces, label_selector=selector,
+                                      timeout_seconds=300):
+                    d = event["object"]
+                    key = (d.metadata.namespace, d.metadata.name)
+                    if (d.status.ready_replicas or 0) >= (d.spec.replicas or 0) and event["type"] != "DELETED":
+                        self.ready.add(key)
+                    if self._stop.is_set():
+                        w.stop()
+            except Exception:
+                time.sleep(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def baseline_deployment(name: str, replicas: int = 0) -> client.V1Deployment:
+    """A Deployment this process creates itself: what the control plane does with no operator in the way."""
     return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name),
+        metadata=client.V1ObjectMeta(name=name, labels={"modelwarden.io/bench": "baseline"}),
         spec=client.V1DeploymentSpec(
-            replicas=0, selector=client.V1LabelSelector(match_labels={"b": name}),
+            replicas=replicas, selector=client.V1LabelSelector(match_labels={"b": name}),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels={"b": name}),
                 spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]))))

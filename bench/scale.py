@@ -8,7 +8,9 @@ rules produce them), and the real operator process at the default 30 s evaluatio
 spread over namespaces (``--per-namespace`` each), every one approved by finance and regulatory before it is
 created, one replica each. Measured:
 
-- **to Stable**: from the first MLModel create to every model ``Stable`` (its stable Deployment Ready);
+- **to Stable**: from the first MLModel create to every model ``Stable`` (its stable Deployment Ready), beside
+  a baseline measured first on the same control plane: as many one-replica Deployments, created by this process
+  the same way (8 threads), until all are Ready — what Kubernetes and KWOK take with no operator in the way;
 - **evaluation cycle**: the Prometheus queries one cycle issues and how long they take, and the wall time from
   the cycle's start until every model has decided on its numbers (operator log, median of the steady cycles);
 - **operator RSS** (steady and peak) and **CPU** (share of one core over a steady window of two cycles);
@@ -44,6 +46,7 @@ from bench.common import (
     Exporter,
     ModelKey,
     PhaseWatch,
+    ReadyWatch,
     baseline_deployment,
     log_times,
     percentile,
@@ -68,6 +71,7 @@ class Level:
     namespaces: int
     create_seconds: float = math.nan
     to_stable_seconds: float = math.nan
+    baseline_ready_seconds: float = math.nan
     queries_per_cycle: list[int] = field(default_factory=list)
     query_seconds: float = math.nan
     cycle_seconds: float = math.nan
@@ -193,6 +197,16 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
     assert operator.process is not None
     pid = operator.process.pid
     try:
+        say(f"{n} models: baseline, the control plane alone: {n} one-replica Deployments created the same way")
+        ready = ReadyWatch(fleet.apps, "modelwarden.io/bench=baseline")
+        started = time.monotonic()
+        in_parallel(lambda k: fleet.apps.create_namespaced_deployment(
+            k[0], baseline_deployment(f"baseline-{k[1]}", replicas=1)), models)
+        wait(lambda: len(ready.ready) >= n, 60 + n * 1.5, f"{n} baseline Deployments Ready", every=0.2)
+        level.baseline_ready_seconds = time.monotonic() - started
+        ready.stop()
+        say(f"{n} models: baseline Ready in {level.baseline_ready_seconds:.1f}s")
+
         say(f"{n} models: approving v1 (finance + regulatory) in {level.namespaces} namespaces")
         in_parallel(lambda k: fleet.approve(k, "v1"), models)
         cpu_before = proc_cpu_seconds(pid)
@@ -293,6 +307,7 @@ def table(levels: list[Level], interval: int) -> str:
 
     rows: list[tuple[str, Callable[[Level], float], Callable[[float], str]]] = [
         ("time until all Stable", lambda lv: lv.to_stable_seconds, s),
+        ("  baseline: as many plain Deployments Ready", lambda lv: lv.baseline_ready_seconds, s),
         ("Prometheus queries per evaluation cycle", lambda lv: float(max(lv.queries_per_cycle or [0])),
          lambda v: f"{v:.0f}"),
         ("evaluation cycle: queries", lambda lv: lv.query_seconds, ms),
@@ -303,7 +318,7 @@ def table(levels: list[Level], interval: int) -> str:
         ("operator CPU seconds, create → all Stable", lambda lv: lv.cpu_seconds_to_stable, s),
         ("apply → Deployment p50", lambda lv: lv.apply_p50, ms),
         ("apply → Deployment p95", lambda lv: lv.apply_p95, ms),
-        ("baseline (direct create) p50 / p95", lambda lv: lv.baseline_p50, ms),
+        ("  baseline: direct Deployment create p50 / p95", lambda lv: lv.baseline_p50, ms),
         ("rollback: trigger true → restored (max)", lambda lv: max(lv.rollback_trigger_seconds or [math.nan]), s),
         ("rollback: evaluation that saw it → restored (max)",
          lambda lv: max(lv.rollback_from_evaluation_seconds or [math.nan]), lambda v: f"{v:.2f} s"),
@@ -312,7 +327,7 @@ def table(levels: list[Level], interval: int) -> str:
     out = [head, "|---" * (len(levels) + 2) + "|"]
     for name, get, fmt in rows:
         cells = [fmt(get(lv)) for lv in levels]
-        if name.startswith("baseline"):
+        if name.endswith("p50 / p95"):
             cells = [f"{ms(lv.baseline_p50)} / {ms(lv.baseline_p95)}" for lv in levels]
         out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio(levels, get)} |")
     out.append(f"\nevaluation interval {interval} s; growth = value at {levels[-1].models} / at {levels[0].models}")

@@ -119,6 +119,7 @@ class Controller:
     jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # (model key, router type) pairs whose Services this process has applied
     services_ensured: set[tuple[Key, str]] = field(default_factory=set)
+    _parsed: dict[Key, tuple[str, api.MLModelSpec, api.MLModelStatus]] = field(default_factory=dict)
     # namespaces where this process has applied the servers' ServiceAccount and RoleBinding
     identities_ensured: set[str] = field(default_factory=set)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
@@ -136,6 +137,7 @@ class Controller:
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             self.models.pop(key, None)
+            self._parsed.pop(key, None)
             self.deployments.pop(key, None)
             self.jobs.pop(key, None)
             self.services_ensured = {s for s in self.services_ensured if s[0] != key}
@@ -200,6 +202,7 @@ class Controller:
         listed = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in snapshot.get("mlmodels", [])}
         for key in [k for k in self.models if k not in listed]:
             del self.models[key]
+            self._parsed.pop(key, None)
         for body in snapshot.get("deployments", []):
             self.observe_deployment(None, body)
         for body in snapshot.get("modelapprovals", []):
@@ -223,10 +226,9 @@ class Controller:
         specs = []
         now = self.clock()
         retraining: RetrainingQuery | None = None
-        for body in self.models.values():
+        for key, body in list(self.models.items()):
             try:
-                spec = api.MLModelSpec.model_validate(body.get("spec") or {})
-                status = api.MLModelStatus.model_validate(body.get("status") or {})
+                spec, status = self._parse(key, body)
             except ValidationError:
                 continue
             specs.append(spec)
@@ -293,6 +295,18 @@ class Controller:
             if requeue is not None and key in self.models:
                 self.queue.add_after(key, requeue)
 
+    def _parse(self, key: Key, body: Mapping[str, Any]) -> tuple[api.MLModelSpec, api.MLModelStatus]:
+        """Spec and status of a cached object, parsed once per resourceVersion: every cycle reads every model,
+        and parsing is most of what an unchanged model costs. (The engine never mutates them.)"""
+        version = body["metadata"].get("resourceVersion") or ""
+        hit = self._parsed.get(key)
+        if hit is not None and version and hit[0] == version:
+            return hit[1], hit[2]
+        spec = api.MLModelSpec.model_validate(body.get("spec") or {})
+        status = api.MLModelStatus.model_validate(body.get("status") or {})
+        self._parsed[key] = (version, spec, status)
+        return spec, status
+
     async def reconcile(self, key: Key) -> float | None:
         """One pass for one model; returns seconds until it wants to run again."""
         body = self.models.get(key)
@@ -301,8 +315,7 @@ class Controller:
         meta = body["metadata"]
         model = ModelObject(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
         try:
-            spec = api.MLModelSpec.model_validate(body.get("spec") or {})
-            status = api.MLModelStatus.model_validate(body.get("status") or {})
+            spec, status = self._parse(key, body)
         except ValidationError as e:
             # The CRD schema should make this impossible; say so loudly rather than guess.
             log.error("%s/%s does not parse: %s", model.namespace, model.name, e)
