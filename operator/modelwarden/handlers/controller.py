@@ -43,6 +43,7 @@ from modelwarden.engine.rollout import (
     artifact_to_check,
     decide,
 )
+from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.workqueue import WorkQueue
 
 log = logging.getLogger("modelwarden.controller")
@@ -168,9 +169,11 @@ class Controller:
         feedback_lookback = max([s.rollback.critical_feedback.window_seconds for s in specs] or [3600]) + 300
         started = asyncio.get_running_loop().time()
         try:
-            self.fleet = await self.metrics.evaluate(
-                self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
-                analysis_seconds=int(self.evaluation_interval))
+            with own_metrics.EVALUATION_SECONDS.time():
+                self.fleet = await self.metrics.evaluate(
+                    self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
+                    analysis_seconds=int(self.evaluation_interval))
+            own_metrics.EVALUATION_QUERIES.set(self.fleet.queries)
             self.metrics_error = None
             log.info("evaluation: %d queries for %d models in %.3fs", self.fleet.queries, len(self.models),
                      asyncio.get_running_loop().time() - started)
@@ -201,8 +204,11 @@ class Controller:
         while True:
             key = await self.queue.get()
             try:
-                requeue = await self.reconcile(key)
+                with own_metrics.RECONCILE_SECONDS.time():
+                    requeue = await self.reconcile(key)
+                own_metrics.RECONCILES.labels(result="success").inc()
             except Exception:
+                own_metrics.RECONCILES.labels(result="error").inc()
                 log.exception("reconciling %s/%s failed; retrying", *key)
                 requeue = 5.0
             finally:
@@ -231,6 +237,8 @@ class Controller:
         await self._apply(model, spec, router, decision)
         await self._write_status(key, body, status, decision)
         for event in decision.events:
+            if event.reason == api.Reason.ROLLBACK_STARTED:
+                own_metrics.ROLLBACKS.inc()
             if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
                 log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:
