@@ -2,13 +2,16 @@
 
 Bodies are raw JSON (not the client's models) so the MicroTime fields keep the exact wire format
 (``2006-01-02T15:04:05.000000Z``). Updates carry the resourceVersion that was read: optimistic concurrency, a
-concurrent writer gets 409 (:class:`~modelwarden.adapters.kube.Conflict`).
+concurrent writer gets 409 (:class:`~modelwarden.adapters.kube.Conflict`). Calls run on a thread of their own,
+so renewals never queue behind the controller's API calls in the shared default executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -31,10 +34,12 @@ class KubeLeases:
     def __init__(self, api_client: client.ApiClient, request_timeout: float = 5.0) -> None:
         self._api = client.CoordinationV1Api(api_client)
         self._timeout = request_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelwarden-lease")
 
     async def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
-            resp = await asyncio.to_thread(fn, *args, _preload_content=False, _request_timeout=self._timeout)
+            resp = await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(fn, *args, _preload_content=False, _request_timeout=self._timeout))
         except ApiException as e:
             raise _wrap(e, what) from e
         except Exception as e:  # connection refused, timeouts: the API server was not reached

@@ -12,7 +12,9 @@ one ``coordination.k8s.io/v1`` Lease acts.
 - A clean shutdown releases the Lease (no holder, leaseDuration 1 s): the next replica takes over within one
   ``retry_period`` instead of a whole lease duration.
 
-:func:`may_hold` is the decision, pure and table-tested; :class:`LeaderElector` is the loop around it.
+:func:`may_hold` is the decision, pure and table-tested; :class:`LeaderElector` is the loop around it. kopf's
+own peering is not used (the operator runs kopf ``standalone``): it pauses other operators while one is alive,
+with no lease, fencing or release semantics.
 """
 
 from __future__ import annotations

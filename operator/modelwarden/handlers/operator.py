@@ -128,7 +128,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         metrics.LEADER.set(1)
         return
     elector = LeaderElector(
-        KubeLeases(api_client),
+        KubeLeases(_api_client()),  # its own client and thread: renewals never wait behind reconciles
         ElectionConfig(namespace=config.lease_namespace, name=config.lease_name,
                        identity=f"{socket.gethostname()}_{uuid.uuid4()}", lease_duration=config.lease_duration,
                        renew_deadline=config.renew_deadline, retry_period=config.retry_period),
