@@ -169,10 +169,9 @@ class Controller:
         feedback_lookback = max([s.rollback.critical_feedback.window_seconds for s in specs] or [3600]) + 300
         started = asyncio.get_running_loop().time()
         try:
-            with own_metrics.EVALUATION_SECONDS.time():
-                self.fleet = await self.metrics.evaluate(
-                    self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
-                    analysis_seconds=int(self.evaluation_interval))
+            self.fleet = await self.metrics.evaluate(
+                self.clock().timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
+                analysis_seconds=int(self.evaluation_interval))
             own_metrics.EVALUATION_QUERIES.set(self.fleet.queries)
             self.metrics_error = None
             log.info("evaluation: %d queries for %d models in %.3fs", self.fleet.queries, len(self.models),
@@ -180,6 +179,7 @@ class Controller:
         except MetricsUnavailable as e:
             self.fleet, self.metrics_error = None, str(e)
             log.warning("metrics unavailable: %s", e)
+        own_metrics.EVALUATION_SECONDS.observe(asyncio.get_running_loop().time() - started)
         for key in list(self.models):
             self.queue.add(key)
 
@@ -237,8 +237,8 @@ class Controller:
         await self._apply(model, spec, router, decision)
         await self._write_status(key, body, status, decision)
         for event in decision.events:
-            if event.reason == api.Reason.ROLLBACK_STARTED:
-                own_metrics.ROLLBACKS.inc()
+            if event.reason == api.Reason.ROLLBACK_STARTED and decision.status.last_rollback is not None:
+                own_metrics.rollback_started(decision.status.last_rollback.id)
             if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
                 log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:

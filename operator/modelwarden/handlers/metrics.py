@@ -33,6 +33,19 @@ MODELS = Gauge("modelwarden_models", "MLModels in this replica's cache.", regist
 WORKQUEUE_DEPTH = Gauge("modelwarden_workqueue_depth", "Models waiting in the work queue.", registry=REGISTRY)
 
 
+_rollbacks_counted: dict[str, None] = {}
+
+
+def rollback_started(rollback_id: str) -> None:
+    """Count a rollback once, even if its first pass is decided again (a status write that lost a race)."""
+    if rollback_id in _rollbacks_counted:
+        return
+    _rollbacks_counted[rollback_id] = None
+    if len(_rollbacks_counted) > 10_000:
+        del _rollbacks_counted[next(iter(_rollbacks_counted))]
+    ROLLBACKS.inc()
+
+
 def track_sizes(models: Callable[[], int], queue_depth: Callable[[], int]) -> None:
     """Read the cache and queue sizes at scrape time."""
     MODELS.set_function(lambda: float(models()))
