@@ -1,7 +1,8 @@
 """Install ModelWarden into the local cluster and run the operator as a local process.
 
-The operator runs as the ``modelwarden-operator`` user, bound to exactly the ClusterRole shipped in
-``manifests/rbac`` — so tests exercise the least-privilege RBAC, not admin.
+The operator runs as the ``modelwarden-operator`` user, bound to exactly the roles shipped in ``manifests/rbac``
+(the ClusterRole, and the leader-election Role in modelwarden-system) — so tests exercise the least-privilege
+RBAC, not admin.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ BINDINGS = [
      "metadata": {"name": "modelwarden-operator-local-user"},
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-operator"},
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+     "metadata": {"name": "modelwarden-operator-leader-election-local-user", "namespace": "modelwarden-system"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                 "name": "modelwarden-operator-leader-election"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
     # Everyone may file approvals and read models; the admission policy decides which approvals stand.
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
      "metadata": {"name": "modelwarden-approval-editors-local"},
@@ -42,8 +48,9 @@ BINDINGS = [
 
 
 def install(cluster: Cluster) -> None:
-    """Apply CRDs, RBAC and the approval admission policy (server-side apply: idempotent)."""
-    for path in ("crds", "manifests/rbac", "manifests/admission"):
+    """Apply CRDs, the approval admission policy and RBAC (server-side apply: idempotent). The admission file
+    creates the modelwarden-system namespace, which the leader-election Role lives in."""
+    for path in ("crds", "manifests/admission", "manifests/rbac"):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / path))
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -75,13 +82,15 @@ class OperatorProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     liveness_port: int = 0
+    metrics_port: int = 0
 
     def start(self) -> OperatorProcess:
-        self.liveness_port = free_port()
+        self.liveness_port, self.metrics_port = free_port(), free_port()
         env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), **self.env}
         self.process = start_process(
             [sys.executable, "-m", "modelwarden.handlers",
-             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz"],
+             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+             f"--metrics-address=127.0.0.1:{self.metrics_port}"],
             self.log_path, env=env, cwd=REPO_ROOT)
         url = f"http://127.0.0.1:{self.liveness_port}/healthz"
 
@@ -107,6 +116,11 @@ class OperatorProcess:
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
             raise EnvironmentStartError(f"the operator died:\n{log_tail(self.log_path, 40)}")
+
+    def metrics(self) -> str:
+        """The operator's /metrics page (Prometheus text format)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -99,7 +99,7 @@ def _get(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> l
 
 
 def _shipped_rbac() -> dict[str, list[dict[str, Any]]]:
-    docs = _docs((ROOT / "manifests" / "rbac" / "operator-clusterrole.yaml").read_text())
+    docs = [d for path in sorted((ROOT / "manifests" / "rbac").glob("*.yaml")) for d in _docs(path.read_text())]
     return {d["metadata"]["name"]: d["rules"] for d in docs}
 
 
@@ -157,6 +157,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "minimal": {"admission": {"enabled": False, "approverGroups": {"finance": "x"}},
                 "networkPolicy": {"enabled": False}, "rbac": {"createSharedClusterRoles": False},
                 "serviceAccount": {"create": False, "name": "existing"}},
+    # HA: two replicas are safe only with leader election (the schema refuses them without it).
+    "ha": {"replicaCount": 2, "leaderElection": {"enabled": True}, "monitoring": {"serviceMonitor": {"enabled": True}}},
+    "standalone": {"leaderElection": {"enabled": False}, "metrics": {"enabled": False}},
 }
 
 
@@ -179,12 +182,38 @@ def test_chart_lints_renders_and_every_object_is_accepted(
     if value_set == "monitoring":
         assert {"PrometheusRule", "ServiceMonitor"} <= kinds
     _dry_run(cluster, objects, f"chart with the {value_set} values")
+    shipped = _shipped_rbac()
 
     # The Deployment: non-root, read-only root, resources, kopf liveness, settings by their real names.
     (deployment,) = _get(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    elected = value_set != "standalone"
+    assert deployment["spec"]["replicas"] == (2 if value_set == "ha" else 1)
+    # Standalone: never two at once, not even during an upgrade. Elected: the new pod waits for the Lease.
+    assert deployment["spec"]["strategy"]["type"] == ("RollingUpdate" if elected else "Recreate")
+    assert env["MODELWARDEN_LEADER_ELECTION"]["value"] == str(elected).lower()
+    leader_roles = [o for o in _get(objects, "Role") if o["metadata"]["name"].endswith("-leader-election")]
+    if elected:
+        lease = env["MODELWARDEN_LEASE_NAME"]["value"]
+        assert env["MODELWARDEN_LEASE_NAMESPACE"]["value"] == namespace and lease == "modelwarden-operator"
+        (leader_role,) = leader_roles
+        assert leader_role["metadata"]["namespace"] == namespace
+        assert leader_role["rules"] == shipped["modelwarden-operator-leader-election"]
+        (leader_binding,) = _get(objects, "RoleBinding", leader_role["metadata"]["name"])
+        assert leader_binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    else:
+        assert not leader_roles and "MODELWARDEN_LEASE_NAME" not in env
+    metrics_on = value_set != "standalone"
+    assert (f"--metrics-address={'0.0.0.0:8080' if metrics_on else ''}") in container["args"]
+    assert ({"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in container["ports"]) is metrics_on
+    if value_set in ("ha", "monitoring"):
+        (service,) = _get(objects, "Service")
+        (monitor,) = _get(objects, "ServiceMonitor", "modelwarden-operator")
+        assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "operator-metrics"
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
@@ -198,14 +227,13 @@ def test_chart_lints_renders_and_every_object_is_accepted(
     assert env_names <= set(ENV), env_names - set(ENV)
     assert pod["serviceAccountName"] == ("existing" if value_set == "minimal" else "modelwarden")
 
-    shipped = _shipped_rbac()
     if value_set == "single-namespace":
         assert f"--namespace={namespace}" in container["args"]
         assert not [o for o in _get(objects, "ClusterRole") if o["metadata"]["name"].endswith("-operator")]
         assert not _get(objects, "ClusterRoleBinding")
-        (role,) = _get(objects, "Role")
+        (role,) = _get(objects, "Role", "modelwarden-operator")
         assert role["metadata"]["namespace"] == namespace and role["rules"] == shipped["modelwarden-operator"]
-        (binding,) = _get(objects, "RoleBinding")
+        (binding,) = _get(objects, "RoleBinding", "modelwarden-operator")
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
     else:
         assert not [a for a in container["args"] if a.startswith("--namespace")]
@@ -241,7 +269,6 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         boards = [o for o in _get(objects, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard")]
         titles = {json.loads(v)["title"] for cm in boards for v in cm["data"].values()}
         assert titles == {"ML Service Inference Overview", "Model Drift Deep Dive"}
-        env = {e["name"]: e for e in container["env"]}
         assert env["MODELWARDEN_PROMETHEUS_URL"]["value"] == MONITORING["config"]["prometheusUrl"]
         assert env["MODELWARDEN_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "modelwarden-secrets"
 
@@ -257,19 +284,26 @@ def test_the_dry_run_refuses_what_is_wrong(helm: Path, cluster: Cluster, namespa
         "ValidatingAdmissionPolicy": lambda o: o["spec"]["validations"][0].update({"expression": "object.spec +"}),
     }
     for kind, breaking in broken.items():
-        (obj,) = _get(objects, kind)
+        obj = _get(objects, kind)[0]
         breaking(obj)
         with pytest.raises(AssertionError, match="refused"):
             _dry_run(cluster, [obj], f"a broken {kind}")
 
 
-def test_chart_refuses_a_second_standalone_replica(helm: Path, tmp_path: Path) -> None:
-    """Two standalone kopf operators would both act on every model: the schema refuses it."""
+@pytest.mark.parametrize(("values", "refusal"), [
+    ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "leaderElection/enabled"),
+    ({"leaderElection": {"renewDeadlineSeconds": 15}}, "leaseDurationSeconds > renewDeadlineSeconds"),
+    ({"leaderElection": {"retryPeriodSeconds": 9}}, "1.2 x retryPeriodSeconds"),
+], ids=["two-standalone-replicas", "renew-deadline-not-below-lease", "retry-period-too-long"])
+def test_chart_refuses_unsafe_replica_and_election_settings(helm: Path, tmp_path: Path, values: dict[str, Any],
+                                                            refusal: str) -> None:
+    """Two standalone kopf operators would both act on every model (the schema refuses it); election timings where a
+    leader could still act after another took over are refused too."""
     values_file = tmp_path / "values.json"
-    values_file.write_text(json.dumps({"replicaCount": 2}))
+    values_file.write_text(json.dumps(values))
     done = subprocess.run([str(helm), "template", "modelwarden", str(CHART), "-f", str(values_file)],
                           capture_output=True, text=True, check=False, timeout=120)
-    assert done.returncode != 0 and "replicaCount" in done.stderr, done.stderr
+    assert done.returncode != 0 and refusal in done.stderr, done.stderr
 
 
 def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role(
@@ -297,8 +331,12 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
     (deployment,) = _get(objects, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     port = free_port()
-    args = [a.replace("http://0.0.0.0:8081/", f"http://127.0.0.1:{port}/") for a in container["args"]]
+    metrics_port = free_port()
+    args = [a.replace("http://0.0.0.0:8081/", f"http://127.0.0.1:{port}/")
+            .replace("--metrics-address=0.0.0.0:8080", f"--metrics-address=127.0.0.1:{metrics_port}")
+            for a in container["args"]]
     assert f"--namespace={namespace}" in args and f"--liveness=http://127.0.0.1:{port}/healthz" in args
+    assert f"--metrics-address=127.0.0.1:{metrics_port}" in args
     command = [sys.executable if container["command"][0] == "python" else container["command"][0],
                *container["command"][1:], *args]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -326,6 +364,14 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
         admin.wait_phase("chart", Phase.STABLE, timeout=90, check=running)
         stable = admin.deployment("chart-stable")
         assert stable is not None and stable.spec.template.metadata.annotations["modelwarden.io/sha256"] == sha
+        # Leader election on (the chart's default), with only the rendered leader-election Role for the Lease.
+        assert env["MODELWARDEN_LEADER_ELECTION"] == "true" and env["MODELWARDEN_LEASE_NAMESPACE"] == namespace
+        lease = client.CoordinationV1Api(api_clients["admin"]).read_namespaced_lease(
+            env["MODELWARDEN_LEASE_NAME"], namespace)
+        assert lease.spec.holder_identity and lease.spec.lease_duration_seconds == 15
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            scraped = resp.read().decode()
+        assert "modelwarden_leader 1.0" in scraped and 'modelwarden_reconcile_total{result="success"}' in scraped
     finally:
         stop_pid(process.pid, timeout=15)
         process.wait()
@@ -348,8 +394,10 @@ def test_kustomize_builds_and_every_object_is_accepted(directory: str, cluster: 
     (deployment,) = _get(objects, "Deployment", "modelwarden-operator")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = container["args"]
-    assert "--liveness=http://0.0.0.0:8081/healthz" in args
+    assert "--liveness=http://0.0.0.0:8081/healthz" in args and "--metrics-address=0.0.0.0:8080" in args
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert {e["name"]: e.get("value") for e in container["env"]}["MODELWARDEN_LEADER_ELECTION"] == "true"
     env_names = {e["name"] for e in container["env"]} - {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
     assert env_names <= set(ENV), env_names - set(ENV)
     shipped = _shipped_rbac()
@@ -360,7 +408,11 @@ def test_kustomize_builds_and_every_object_is_accepted(directory: str, cluster: 
         assert role["rules"] == shipped["modelwarden-operator"]
     else:
         assert _get(objects, "ClusterRole", "modelwarden-operator")[0]["rules"] == shipped["modelwarden-operator"]
+    (leader_role,) = _get(objects, "Role", "modelwarden-operator-leader-election")
+    assert leader_role["rules"] == shipped["modelwarden-operator-leader-election"]
+    assert _get(objects, "RoleBinding", "modelwarden-operator-leader-election")
     if directory.endswith("monitoring"):
+        assert _get(objects, "ServiceMonitor", "modelwarden-operator") and _get(objects, "Service")
         assert _get(objects, "PrometheusRule") and _get(objects, "ServiceMonitor")
         boards = [o for o in _get(objects, "ConfigMap") if "grafana_dashboard" in o["metadata"].get("labels", {})]
         assert len(boards) == 2

@@ -32,6 +32,7 @@ from modelwarden.adapters.routers import ReplicasRouter
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
 from modelwarden.handlers.controller import Controller
+from modelwarden.handlers.metrics import REGISTRY
 from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
 
 END = (math.floor(time.time() / 60) * 60) - 3 * 3600  # history ends 3 hours ago
@@ -125,7 +126,9 @@ def test_error_budget_trigger_on_backfilled_history(
     op = InProcessOperator(modelwarden_installed, namespace)
     admin, shas = promoted_v2(op, api_clients, namespace, tmp_path)
     prom = prometheus_factory(backfilled=history)
+    rollbacks_before = REGISTRY.get_sample_value("modelwarden_rollbacks_total")
     op.evaluate(prom.url)
+    assert (REGISTRY.get_sample_value("modelwarden_evaluation_queries") or 0) > 0
     status = op.passes("m", 3)
 
     healthy = next((c for c in status.conditions if c.type == "Healthy"), None)
@@ -140,6 +143,7 @@ def test_error_budget_trigger_on_backfilled_history(
         assert admin.get("m")["spec"]["version"] == "v2", "the operator never rewrites spec"
         incident = admin.core.read_namespaced_config_map(f"m-{status.last_rollback.id}", namespace)
         assert "ErrorBudgetExhausted" in incident.data["incident.json"]
+        assert REGISTRY.get_sample_value("modelwarden_rollbacks_total") == (rollbacks_before or 0) + 1
     elif expected == "MetricsUnavailable":
         assert status.phase == Phase.STABLE and status.stable is not None and status.stable.version == "v2"
         assert healthy is not None and (healthy.status, healthy.reason) == ("Unknown", "MetricsUnavailable"), healthy
@@ -147,6 +151,7 @@ def test_error_budget_trigger_on_backfilled_history(
         assert status.phase == Phase.STABLE and status.stable is not None and status.stable.version == "v2"
         assert healthy is not None and healthy.status == "True", healthy
         assert status.last_rollback is None
+        assert REGISTRY.get_sample_value("modelwarden_rollbacks_total") == rollbacks_before
 
 
 def feedback_series(stakeholder: str, labels_at_minutes: list[float]) -> prometheus_env.Series:

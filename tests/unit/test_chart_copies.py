@@ -19,6 +19,8 @@ COPIES: list[tuple[str, str]] = [
     ("crds", "manifests/base/crds"),
     ("manifests/rbac/operator-clusterrole.yaml", "charts/modelwarden/files/rbac/operator-clusterrole.yaml"),
     ("manifests/rbac/operator-clusterrole.yaml", "manifests/base/rbac/operator-clusterrole.yaml"),
+    ("manifests/rbac/operator-leader-election.yaml", "charts/modelwarden/files/rbac/operator-leader-election.yaml"),
+    ("manifests/rbac/operator-leader-election.yaml", "manifests/base/rbac/operator-leader-election.yaml"),
     ("manifests/admission/modelapproval-policy.yaml", "charts/modelwarden/files/admission/modelapproval-policy.yaml"),
     ("manifests/admission/modelapproval-policy.yaml", "manifests/base/admission/modelapproval-policy.yaml"),
     ("manifests/prometheus/rules.yaml", "charts/modelwarden/files/prometheus/rules.yaml"),
@@ -79,9 +81,12 @@ def test_values_schema_is_json_and_covers_every_top_level_value() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert schema["additionalProperties"] is False
     assert set(values) <= set(schema["properties"]), set(values) - set(schema["properties"])
-    # Two standalone operators would both act: the schema refuses a second replica until leader election exists.
-    assert schema["properties"]["replicaCount"]["maximum"] == 1
-    assert values["replicaCount"] == 1
+    # Two standalone operators would both act: the schema refuses a second replica unless leader election is on.
+    assert "maximum" not in schema["properties"]["replicaCount"]
+    assert schema["if"] == {"properties": {"replicaCount": {"minimum": 2}}, "required": ["replicaCount"]}
+    assert schema["then"]["properties"]["leaderElection"]["properties"]["enabled"] == {"const": True}
+    assert values["replicaCount"] == 1 and values["leaderElection"]["enabled"] is True
+    assert values["metrics"] == {"enabled": True, "port": 8080}
 
 
 def test_helm_build_script_is_executable() -> None:

@@ -60,6 +60,28 @@ as JSON {name: rules}: the chart grants exactly what the integration tests run t
 {{- toJson $out -}}
 {{- end -}}
 
+{{/* The leader-election Lease (in the release namespace). */}}
+{{- define "modelwarden.leaseName" -}}
+{{- printf "%s-operator" (include "modelwarden.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The shipped leader-election Role's rules (files/rbac/operator-leader-election.yaml, a copy of
+manifests/rbac/operator-leader-election.yaml) as JSON, with resourceNames set to this release's Lease.
+*/}}
+{{- define "modelwarden.leaderElectionRules" -}}
+{{- $leaseName := include "modelwarden.leaseName" . -}}
+{{- $role := fromYaml (.Files.Get "files/rbac/operator-leader-election.yaml") -}}
+{{- $rules := list -}}
+{{- range $rule := required "files/rbac/operator-leader-election.yaml has no rules" $role.rules -}}
+{{- if hasKey $rule "resourceNames" -}}
+{{- $_ := set $rule "resourceNames" (list $leaseName) -}}
+{{- end -}}
+{{- $rules = append $rules $rule -}}
+{{- end -}}
+{{- toJson $rules -}}
+{{- end -}}
+
 {{/* The shipped admission policy file (files/admission/…) as JSON {kind: object}. */}}
 {{- define "modelwarden.shippedAdmission" -}}
 {{- $out := dict -}}

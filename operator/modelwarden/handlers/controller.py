@@ -68,6 +68,7 @@ from modelwarden.engine.rollout import (
     artifact_to_check,
     decide,
 )
+from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.workqueue import WorkQueue
 
 log = logging.getLogger("modelwarden.controller")
@@ -246,12 +247,14 @@ class Controller:
             self.fleet = await self.metrics.evaluate(
                 now.timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
                 analysis_seconds=int(self.evaluation_interval), retraining=retraining)
+            own_metrics.EVALUATION_QUERIES.set(self.fleet.queries)
             self.metrics_error = None
             log.info("evaluation: %d queries for %d models in %.3fs", self.fleet.queries, len(self.models),
                      asyncio.get_running_loop().time() - started)
         except MetricsUnavailable as e:
             self.fleet, self.metrics_error = None, str(e)
             log.warning("metrics unavailable: %s", e)
+        own_metrics.EVALUATION_SECONDS.observe(asyncio.get_running_loop().time() - started)
         self._cycle_started, self._cycle_pending = started, set(self.models)
         for key in list(self.models):
             self.queue.add(key)
@@ -285,8 +288,11 @@ class Controller:
         while True:
             key = await self.queue.get()
             try:
-                requeue = await self.reconcile(key)
+                with own_metrics.RECONCILE_SECONDS.time():
+                    requeue = await self.reconcile(key)
+                own_metrics.RECONCILES.labels(result="success").inc()
             except Exception:
+                own_metrics.RECONCILES.labels(result="error").inc()
                 log.exception("reconciling %s/%s failed; retrying", *key)
                 requeue = 5.0
             finally:
@@ -333,6 +339,8 @@ class Controller:
         await self._apply_retraining(model, spec, retraining)
         await self._write_status(key, body, status, retraining.status)
         for event in (*decision.events, *retraining.events):
+            if event.reason == api.Reason.ROLLBACK_STARTED and decision.status.last_rollback is not None:
+                own_metrics.rollback_started(decision.status.last_rollback.id)
             if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
                 log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:

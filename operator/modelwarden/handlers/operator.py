@@ -3,25 +3,39 @@
 Handlers only feed caches and wake models; every decision is made in :mod:`modelwarden.engine` by the
 :class:`~modelwarden.handlers.controller.Controller`. Only ``on.event`` handlers are used, so kopf itself
 writes nothing to the objects (no finalizers, no progress annotations) — the operator never touches ``spec``.
+
+With leader election (``MODELWARDEN_LEADER_ELECTION=true``) every replica watches and keeps its caches warm, but
+only the holder of the Lease runs the controller's workers and evaluation loop: on election it primes the caches
+from a full listing (events that arrive during the listing are replayed on top of it), then starts. A replica
+that loses the lease exits at once; the Deployment restarts it as a candidate.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import Any, Literal
 
 import kopf
 from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import GatewayAPIRouter, ReplicasRouter, TrafficRouter
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api import v1alpha1 as api
+from modelwarden.handlers import metrics
 from modelwarden.handlers.controller import Controller
+from modelwarden.handlers.leader import ElectionConfig, LeaderElector
 from modelwarden.handlers.settings import Settings
+
+log = logging.getLogger("modelwarden.operator")
 
 _REPLICAS = ReplicasRouter()
 
@@ -34,6 +48,41 @@ def _api_client(connections: int) -> client.ApiClient:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = connections
     return client.ApiClient(configuration)
+
+
+Kind = Literal["model", "approval", "deployment", "job"]
+
+
+class Feed:
+    """kopf's watch events into the controller's caches. While a listing is in flight (:meth:`prime`), events are
+    also recorded and replayed on top of the listing afterwards, so a listing taken while the watches already run
+    (a new leader's) never overwrites or forgets what the watches delivered meanwhile."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self._recording: list[tuple[Kind, str | None, Mapping[str, Any]]] | None = None
+
+    def observe(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> None:
+        getattr(self.controller, f"observe_{kind}")(event_type, body)
+        if self._recording is not None:
+            self._recording.append((kind, event_type, body))
+
+    async def prime(self, listing: Awaitable[Mapping[str, list[dict[str, Any]]]]) -> None:
+        self._recording = []
+        try:
+            snapshot = await listing
+        finally:
+            replay, self._recording = self._recording, None
+        self.controller.prime(snapshot)
+        for kind, event_type, body in replay:
+            self.observe(kind, event_type, body)
+
+
+def _exit_now(why: str) -> None:
+    """client-go's OnStoppedLeading: a replica that may no longer act must not run one more step."""
+    log.critical("exiting: %s", why)
+    logging.shutdown()
+    os._exit(1)
 
 
 @kopf.on.startup()
@@ -70,10 +119,27 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
-    # kopf starts watching only after the startup handlers: the listing below is never newer than its events.
-    controller.prime(await workloads.list_all(list(config.namespaces)))
-    controller.start()
-    memo["controller"] = controller
+    feed = Feed(controller)
+    metrics.track_sizes(lambda: len(controller.models), lambda: len(controller.queue))
+    memo["controller"], memo["feed"] = controller, feed
+
+    async def lead() -> None:
+        await feed.prime(workloads.list_all(list(config.namespaces)))
+        controller.start()
+
+    if not config.leader_election:
+        # kopf starts watching only after the startup handlers: the listing is never newer than its events.
+        await lead()
+        metrics.LEADER.set(1)
+        return
+    elector = LeaderElector(
+        KubeLeases(_api_client(2)),  # its own client and thread: renewals never wait behind reconciles
+        ElectionConfig(namespace=config.lease_namespace, name=config.lease_name,
+                       identity=f"{socket.gethostname()}_{uuid.uuid4()}", lease_duration=config.lease_duration,
+                       renew_deadline=config.renew_deadline, retry_period=config.retry_period),
+        on_started=lead, on_stopped=_exit_now)
+    memo["elector"] = elector
+    elector.start()
 
 
 @kopf.on.cleanup()
@@ -81,23 +147,27 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
+    # Only after the workers stopped: then the next leader may act at once.
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is not None:
+        await elector.release()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MLMODEL_PLURAL)
 async def mlmodel_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].observe_model(event.get("type"), event["object"])
+    memo["feed"].observe("model", event.get("type"), event["object"])
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
 async def approval_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].observe_approval(event.get("type"), event["object"])
+    memo["feed"].observe("approval", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={api.LABEL_MANAGED_BY: "modelwarden"})
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].observe_deployment(event.get("type"), event["object"])
+    memo["feed"].observe("deployment", event.get("type"), event["object"])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={api.LABEL_MANAGED_BY: "modelwarden"})
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].observe_job(event.get("type"), event["object"])
+    memo["feed"].observe("job", event.get("type"), event["object"])

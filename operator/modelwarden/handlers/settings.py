@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from modelwarden.adapters.notify import Flavor
@@ -22,7 +23,29 @@ ENV = {
     "MODELWARDEN_GRAFANA_TOKEN": "Grafana service-account token",
     "MODELWARDEN_ADMIN_TOKEN": "bearer token of the servers' /admin endpoints (flush, warmup)",
     "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
+    "MODELWARDEN_LEADER_ELECTION": "true: act only while holding the leader Lease (several replicas); default false",
+    "MODELWARDEN_LEASE_NAME": "the leader Lease's name (default modelwarden-operator)",
+    "MODELWARDEN_LEASE_NAMESPACE": "the leader Lease's namespace (default: the pod's, else modelwarden-system)",
+    "MODELWARDEN_LEASE_DURATION": "seconds a leader's lease lasts without renewal (default 15)",
+    "MODELWARDEN_RENEW_DEADLINE": "seconds the leader keeps trying to renew before it stops (default 10)",
+    "MODELWARDEN_RETRY_PERIOD": "seconds between lease reads/renewals (default 2)",
 }
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _default_lease_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "modelwarden-system"
+    except OSError:
+        return "modelwarden-system"
+
+
+def _flag(name: str, value: str | None) -> bool:
+    text = (value or "false").strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{name}={value!r}: use true or false")
+    return text in ("true", "1", "yes")
 
 
 @dataclass(frozen=True)
@@ -40,6 +63,12 @@ class Settings:
     grafana_token: str | None = None
     admin_token: str | None = None
     server_url_template: str = "http://{service}.{namespace}.svc:8080"
+    leader_election: bool = False
+    lease_name: str = "modelwarden-operator"
+    lease_namespace: str = "modelwarden-system"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,4 +92,10 @@ class Settings:
             grafana_token=get("MODELWARDEN_GRAFANA_TOKEN"),
             admin_token=get("MODELWARDEN_ADMIN_TOKEN"),
             server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or "http://{service}.{namespace}.svc:8080",
+            leader_election=_flag("MODELWARDEN_LEADER_ELECTION", get("MODELWARDEN_LEADER_ELECTION")),
+            lease_name=get("MODELWARDEN_LEASE_NAME") or "modelwarden-operator",
+            lease_namespace=get("MODELWARDEN_LEASE_NAMESPACE") or _default_lease_namespace(),
+            lease_duration=float(get("MODELWARDEN_LEASE_DURATION") or 15),
+            renew_deadline=float(get("MODELWARDEN_RENEW_DEADLINE") or 10),
+            retry_period=float(get("MODELWARDEN_RETRY_PERIOD") or 2),
         )

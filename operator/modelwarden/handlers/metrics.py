@@ -1,0 +1,73 @@
+"""The operator's own Prometheus metrics (``modelwarden_*``), in a registry of their own, served on
+``--metrics-address`` (default 127.0.0.1:8080; the chart binds 0.0.0.0 in the pod).
+
+The names are an API like the servers' (dashboards and alerts may use them); every label set starts at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILE_RESULTS = ("success", "error")
+RECONCILES = Counter("modelwarden_reconcile", "Reconcile passes of one MLModel, by result.", ["result"],
+                     registry=REGISTRY)
+for _result in RECONCILE_RESULTS:
+    RECONCILES.labels(result=_result)
+RECONCILE_SECONDS = Histogram(
+    "modelwarden_reconcile_duration_seconds", "Time of one reconcile pass (observe, decide, apply, write status).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
+EVALUATION_SECONDS = Histogram(
+    "modelwarden_evaluation_duration_seconds", "Time of one fleet-wide metrics evaluation cycle (Prometheus queries).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
+EVALUATION_QUERIES = Gauge("modelwarden_evaluation_queries", "Prometheus queries of the last evaluation cycle.",
+                           registry=REGISTRY)
+ROLLBACKS = Counter("modelwarden_rollbacks", "Rollbacks started (automatic or manual).", registry=REGISTRY)
+LEADER = Gauge("modelwarden_leader", "1 while this replica holds the leader Lease and acts (always 1 standalone).",
+               registry=REGISTRY)
+MODELS = Gauge("modelwarden_models", "MLModels in this replica's cache.", registry=REGISTRY)
+WORKQUEUE_DEPTH = Gauge("modelwarden_workqueue_depth", "Models waiting in the work queue.", registry=REGISTRY)
+
+
+_rollbacks_counted: dict[str, None] = {}
+
+
+def rollback_started(rollback_id: str) -> None:
+    """Count a rollback once, even if its first pass is decided again (a status write that lost a race)."""
+    if rollback_id in _rollbacks_counted:
+        return
+    _rollbacks_counted[rollback_id] = None
+    if len(_rollbacks_counted) > 10_000:
+        del _rollbacks_counted[next(iter(_rollbacks_counted))]
+    ROLLBACKS.inc()
+
+
+def track_sizes(models: Callable[[], int], queue_depth: Callable[[], int]) -> None:
+    """Read the cache and queue sizes at scrape time."""
+    MODELS.set_function(lambda: float(models()))
+    WORKQUEUE_DEPTH.set_function(lambda: float(queue_depth()))
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:8080`` for IPv6) → (host, port); empty → None (no metrics endpoint)."""
+    if not address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics address {address!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(address: str) -> WSGIServer | None:
+    """Start the /metrics endpoint in a daemon thread; returns the server (``.server_port`` is the bound port).
+    A port that cannot be bound fails loudly (OSError) at start, before the operator acts."""
+    parsed = parse_address(address)
+    if parsed is None:
+        return None
+    host, port = parsed
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return server
