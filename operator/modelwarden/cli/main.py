@@ -244,6 +244,14 @@ def _print_status(result: dict[str, Any]) -> None:
         for h in status.history:
             who = ", ".join(f"{a.role}={a.approver}" for a in h.approvals)
             print(f"    {h.version:<10} {h.sha256[:12]}  {h.outcome:<10} deployed {h.deployed_at}  [{who}]")
+    r = status.retraining
+    if r is not None and (r.next_window or r.last_window):
+        print(f"  retraining: next window {r.next_window or '-'} ({r.schedule or '-'}); last {r.last_window or '-'}"
+              f" {r.last_outcome or ''}")
+        for g in r.last_gates:
+            print(f"    gate {g.name:<20} {'pass' if g.passed else 'FAIL':<5} {g.message}")
+        if r.last_job:
+            print(f"    job {r.last_job.name} {r.last_job.outcome} {r.last_job.message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
