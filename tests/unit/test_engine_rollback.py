@@ -257,3 +257,39 @@ def test_manual_rollback_to_a_version_not_in_history_pages_and_keeps_stable() ->
     assert d.status.phase == Phase.HALTED
     assert d.status.stable is not None and d.status.stable.version == "v2"
     assert any(isinstance(a, Notify) and a.severity == "page" for a in d.actions)
+
+
+def test_a_healthy_stable_model_keeps_its_status_while_its_numbers_drift() -> None:
+    """Status is written only on change; live numbers in it would rewrite every model's status every cycle
+    (1,000 writes per cycle in a large fleet). Budget and burn rates move a little each cycle: nothing changes."""
+    world = honest_world("v1")
+    world.approvals = approvals("v1")
+    world.metrics_configured = True
+    spec = make_spec("v1", rollout=STEPS)
+    now = T0 + timedelta(hours=2)
+    world.metrics = view(now, budget={"v1": series(now, 0.9713)}, burn={"v1": (0.31, 0.27)})
+    status, now, _ = settle(world, spec, MLModelStatus(), now)
+    assert status.phase == Phase.STABLE
+    assert status.error_budget is not None and status.error_budget.remaining_percent == "97"
+    for i in range(1, 6):
+        now += timedelta(seconds=30)
+        world.metrics = view(now, budget={"v1": series(now, 0.9713 - i * 0.0002)},
+                             burn={"v1": (0.31 + i * 0.01, 0.27 - i * 0.01)})
+        d = world.step(spec, status, now)
+        assert d.status.wire() == status.wire(), f"cycle {i}: status changed"
+        assert not d.actions and not d.events
+
+
+def test_a_young_series_is_not_judged_and_says_so_without_a_clock_in_the_message() -> None:
+    world = honest_world("v1")
+    world.approvals = approvals("v1")
+    world.metrics_configured = True
+    spec = make_spec("v1", rollout=STEPS)
+    now = T0
+    world.metrics = view(now, budget={"v1": series(now, 0.9, minutes=3)})
+    status, now, _ = settle(world, spec, MLModelStatus(), now)
+    healthy_condition = get_condition(status.conditions, "Healthy")
+    assert healthy_condition is not None and "not judged yet" in healthy_condition.message
+    now += timedelta(minutes=1)
+    world.metrics = view(now, budget={"v1": series(now, 0.9, minutes=4)})
+    assert world.step(spec, status, now).status.wire() == status.wire()

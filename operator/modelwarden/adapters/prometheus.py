@@ -99,8 +99,8 @@ class RetrainingQuery:
 
 
 class MetricsProvider(Protocol):
-    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int,
-                       retraining: RetrainingQuery | None = None) -> FleetMetrics: ...
+    async def evaluate(self, at: float, *, budget_lookback_seconds: float, feedback_lookback_seconds: float,
+                       analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics: ...
 
 
 def _key(metric: Mapping[str, str]) -> tuple[ModelKey, str]:
@@ -151,14 +151,14 @@ class PrometheusMetrics:
         fleet.retraining_at = at
         fleet.queries += RETRAINING_QUERIES
 
-    def _evaluate(self, at: float, lookback_seconds: float, analysis_seconds: int,
-                  retraining: RetrainingQuery | None = None) -> FleetMetrics:
+    def _evaluate(self, at: float, budget_lookback_seconds: float, feedback_lookback_seconds: float,
+                  analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics:
         fleet = FleetMetrics(at=at, step_seconds=self.step_seconds)
-        start = at - lookback_seconds
-        for row in self._range(BUDGET.format(step=int(self.step_seconds)), start, at):
+        # Each range only as long as its triggers look back: the budget query is the largest answer of a cycle.
+        for row in self._range(BUDGET.format(step=int(self.step_seconds)), at - budget_lookback_seconds, at):
             key, version = _key(row["metric"])
             fleet.budget[key][version] = [(float(t), _value(v)) for t, v in row.get("values", [])]
-        for row in self._range(FEEDBACK, start, at):
+        for row in self._range(FEEDBACK, at - feedback_lookback_seconds, at):
             key, version = _key(row["metric"])
             stakeholder = row["metric"].get("stakeholder", "")
             fleet.feedback[key][version][stakeholder] = [(float(t), _value(v)) for t, v in row.get("values", [])]
@@ -178,6 +178,7 @@ class PrometheusMetrics:
             self._retraining(fleet, at, retraining)
         return fleet
 
-    async def evaluate(self, at: float, *, lookback_seconds: float, analysis_seconds: int,
-                       retraining: RetrainingQuery | None = None) -> FleetMetrics:
-        return await asyncio.to_thread(self._evaluate, at, lookback_seconds, analysis_seconds, retraining)
+    async def evaluate(self, at: float, *, budget_lookback_seconds: float, feedback_lookback_seconds: float,
+                       analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics:
+        return await asyncio.to_thread(self._evaluate, at, budget_lookback_seconds, feedback_lookback_seconds,
+                                       analysis_seconds, retraining)

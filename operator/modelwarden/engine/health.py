@@ -102,10 +102,12 @@ def _too_few_requests(canary: Assessment) -> bool:
 
 
 def budget_percent(metrics: MetricsView | None, version: str | None) -> str | None:
-    """The latest budget of ``version`` as a percent string for status (None when unknown)."""
+    """The latest budget of ``version`` as a whole percent string for status (None when unknown). Whole: a finer
+    figure changes every cycle, and status is written only on change — 1,000 models would rewrite theirs every
+    cycle for a display field. The triggers judge the series itself, never this."""
     if metrics is None or version is None:
         return None
     samples = [v for _, v in metrics.budget.get(version, ()) if v == v]  # drop NaN
     if not samples:
         return None
-    return f"{samples[-1] * 100:.2f}"
+    return f"{samples[-1] * 100:.0f}"

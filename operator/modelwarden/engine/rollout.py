@@ -632,6 +632,8 @@ def _record_health(p: _Pass, health: Health | None) -> None:
         p.update(metrics_unavailable_since=None, metrics_unavailable_notified=False)
     trigger = health.stable_trigger or (health.canary if health.canary and health.canary.fired else None)
     if trigger is None:
+        # Clear verdicts carry no live numbers (those are in status.errorBudget and the metrics): a message that
+        # changed every cycle would rewrite every model's status every cycle.
         summary = "; ".join(a.message for a in health.clear) or "no served version to judge"
         p.condition(ConditionType.HEALTHY, True, Reason.HEALTHY, summary)
 

@@ -65,9 +65,8 @@ def assess_error_budget(samples: Samples | None, *, now: float, floor: float, su
     latest = valid[-1][1]
     values = {"budgetRemaining": _fmt(latest), "floor": _fmt(floor)}
     if first_seen > start + step_seconds:
-        minutes = max(0.0, now - first_seen) / 60
         return Assessment(ERROR_BUDGET, "Clear",
-                          f"series only {minutes:.0f}m old; needs {sustain_seconds / 60:.0f}m of history", values)
+                          f"under {sustain_seconds / 60:.0f}m of budget history: not judged yet", values)
     in_window = _window(valid, start, now)
     expected = int(sustain_seconds // step_seconds) + 1
     coverage = len(in_window) / expected
@@ -82,7 +81,7 @@ def assess_error_budget(samples: Samples | None, *, now: float, floor: float, su
         return Assessment(ERROR_BUDGET, "Fired",
                           f"error budget below {floor_txt} for {sustain_seconds / 60:.0f}m "
                           f"(now {latest:.1%}, highest {highest:.1%})", values)
-    return Assessment(ERROR_BUDGET, "Clear", f"error budget {latest:.1%} (floor {floor_txt})", values)
+    return Assessment(ERROR_BUDGET, "Clear", f"error budget above {floor_txt}", values)
 
 
 def counter_increase(samples: Samples, *, window_start: float) -> int:
@@ -113,7 +112,8 @@ def assess_critical_feedback(per_stakeholder: Sequence[Samples], *, now: float, 
         return Assessment(CRITICAL_FEEDBACK, "Fired",
                           f"{count} critical feedback labels within {window_seconds / 3600:g}h "
                           f"(threshold {threshold})", values)
-    return Assessment(CRITICAL_FEEDBACK, "Clear", f"{count} critical feedback labels within the window", values)
+    return Assessment(CRITICAL_FEEDBACK, "Clear",
+                      f"fewer than {threshold} critical feedback labels within {window_seconds / 3600:g}h", values)
 
 
 def assess_fast_burn(burn_long: float | None, burn_short: float | None, *, factor: float) -> Assessment:
@@ -125,7 +125,7 @@ def assess_fast_burn(burn_long: float | None, burn_short: float | None, *, facto
         return Assessment(FAST_BURN, "Fired",
                           f"burning the error budget {burn_long:.1f}x (1h) and {burn_short:.1f}x (5m) too fast",
                           values)
-    return Assessment(FAST_BURN, "Clear", f"burn rate {burn_long:.1f}x (1h), {burn_short:.1f}x (5m)", values)
+    return Assessment(FAST_BURN, "Clear", f"burn rate below {factor:g}x", values)
 
 
 @dataclass(frozen=True)
@@ -163,4 +163,4 @@ def assess_canary(numbers: CanaryNumbers | None, *, max_error_ratio: str, max_p9
             failures.append(f"{numbers.feature_mismatches:.0f} FEATURE_MISMATCH > {max_feature_mismatch}")
     if failures:
         return Assessment(CANARY_ANALYSIS, "Fired", "canary analysis failed: " + "; ".join(failures), values)
-    return Assessment(CANARY_ANALYSIS, "Clear", f"canary healthy: error ratio {ratio:.2%}", values)
+    return Assessment(CANARY_ANALYSIS, "Clear", "canary within its analysis thresholds", values)

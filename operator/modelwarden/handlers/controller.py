@@ -245,7 +245,7 @@ class Controller:
         started = asyncio.get_running_loop().time()
         try:
             self.fleet = await self.metrics.evaluate(
-                now.timestamp(), lookback_seconds=max(budget_lookback, feedback_lookback),
+                now.timestamp(), budget_lookback_seconds=budget_lookback, feedback_lookback_seconds=feedback_lookback,
                 analysis_seconds=int(self.evaluation_interval), retraining=retraining)
             own_metrics.EVALUATION_QUERIES.set(self.fleet.queries)
             self.metrics_error = None
@@ -257,7 +257,7 @@ class Controller:
         own_metrics.EVALUATION_SECONDS.observe(asyncio.get_running_loop().time() - started)
         self._cycle_started, self._cycle_pending = started, set(self.models)
         for key in list(self.models):
-            self.queue.add(key)
+            self.queue.add(key, sweep=True)
 
     def _decided(self, key: Key) -> None:
         if key not in self._cycle_pending:
@@ -299,7 +299,7 @@ class Controller:
                 self.queue.done(key)
                 self._decided(key)
             if requeue is not None and key in self.models:
-                self.queue.add_after(key, requeue)
+                self.queue.add_after(key, requeue, sweep=requeue >= self.resync_seconds)
 
     def _parse(self, key: Key, body: Mapping[str, Any]) -> tuple[api.MLModelSpec, api.MLModelStatus]:
         """Spec and status of a cached object, parsed once per resourceVersion: every cycle reads every model,
