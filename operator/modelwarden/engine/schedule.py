@@ -162,37 +162,27 @@ def _days(schedule: Schedule, start: date, *, forward: bool) -> list[date]:
 
 def next_fire(expression: str | Schedule, after: datetime) -> datetime:
     """The first time strictly after ``after`` at which the schedule fires (UTC)."""
-    schedule = parse(expression) if isinstance(expression, str) else expression
-    after = _utc(after)
-    d = after.date()
-    for _ in range(_SEARCH_DAYS):
-        found = _days(schedule, d, forward=True)
-        if not found:
-            break
-        d = found[0]
-        for h in sorted(schedule.hours):
-            for m in sorted(schedule.minutes):
-                candidate = datetime(d.year, d.month, d.day, h, m, tzinfo=UTC)
-                if candidate > after:
-                    return candidate
-        d += timedelta(days=1)
-    raise ValueError(f"{schedule.expression!r} never fires after {after.isoformat()}")
+    return _fire(expression, after, forward=True)
 
 
 def previous_fire(expression: str | Schedule, before: datetime) -> datetime:
     """The last time strictly before ``before`` at which the schedule fires (UTC)."""
+    return _fire(expression, before, forward=False)
+
+
+def _fire(expression: str | Schedule, at: datetime, *, forward: bool) -> datetime:
     schedule = parse(expression) if isinstance(expression, str) else expression
-    before = _utc(before)
-    d = before.date()
+    at = _utc(at)
+    times = sorted(((h, m) for h in schedule.hours for m in schedule.minutes), reverse=not forward)
+    d = at.date()
     for _ in range(_SEARCH_DAYS):
-        found = _days(schedule, d, forward=False)
+        found = _days(schedule, d, forward=forward)
         if not found:
             break
         d = found[0]
-        for h in sorted(schedule.hours, reverse=True):
-            for m in sorted(schedule.minutes, reverse=True):
-                candidate = datetime(d.year, d.month, d.day, h, m, tzinfo=UTC)
-                if candidate < before:
-                    return candidate
-        d -= timedelta(days=1)
-    raise ValueError(f"{schedule.expression!r} never fired before {before.isoformat()}")
+        for h, m in times:
+            candidate = datetime(d.year, d.month, d.day, h, m, tzinfo=UTC)
+            if (candidate > at) if forward else (candidate < at):
+                return candidate
+        d += timedelta(days=1 if forward else -1)
+    raise ValueError(f"{schedule.expression!r} never fires {'after' if forward else 'before'} {at.isoformat()}")
