@@ -70,7 +70,7 @@ MAX_PENDING_RECORDS = 200_000   # prediction records waiting for the store; beyo
 RECORD_FLUSH_SECONDS = 0.25
 PURGE_SECONDS = 300.0
 ERROR_LOG_INTERVAL = 10.0       # at most one log line per error kind per interval (plus a suppressed count)
-BACKGROUND_NICE = 10            # scheduling priority of the store and drift threads, below the event loop's
+BACKGROUND_NICE = 5             # scheduling priority of the store and drift threads, below the event loop's
 _PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
 _NUMBER_TYPES = frozenset((float, int))
 
@@ -135,12 +135,13 @@ def _background_priority() -> None:
     """Run the calling thread below the event loop's CPU priority (Linux: ``setpriority`` on a thread id
     applies to that thread only; elsewhere, or if refused, nothing changes).
 
-    The store thread writes a flush of prediction records (~10 µs of CPU per record: a few ms every
-    ``RECORD_FLUSH_SECONDS``) on the same core as the event loop in a one-CPU pod. At equal priority a request
-    that arrives during a flush can wait for the scheduler's time slice - a few ms, about one request in 100
-    at concurrency 1 - and at a lower one the loop preempts it. The store thread still gets its share when
-    the loop is saturated (nice 10 is ~10% of the core against nice 0, several times what the records need),
-    and what it does is unchanged: feedback is answered ``201`` only after its commit, as before."""
+    The store thread writes a flush of prediction records (10-20 µs of CPU per record: 5-15 ms every
+    ``RECORD_FLUSH_SECONDS`` at a few thousand requests per second) on the event loop's core in a one-CPU pod.
+    At equal priority a request arriving during a flush waits for the scheduler's time slice (a few ms: about
+    one request in 100 at concurrency 1); at a lower one the loop gets the core back sooner. Nice 5 rather than
+    more: it still gives the store thread about a quarter of a saturated core, several times what the records
+    need (at nice 10, 60 s at concurrency 32 left it behind: thousands of records pending and feedback answered
+    in seconds). What it does is unchanged: feedback is answered ``201`` only after its commit."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
