@@ -12,6 +12,7 @@ cost more than small batches take.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -19,6 +20,14 @@ import numpy as np
 from model_server.loader import Matrix, ScoreFn, Scores
 
 Observer = Callable[[Matrix, Scores], None]
+_SMALL = 64  # up to this many scores, checking Python floats beats numpy's per-call overhead (~0.5 vs ~3 µs)
+
+
+def all_finite(scores: Scores) -> bool:
+    """``np.isfinite(scores).all()``, cheaper for the few scores of a typical batch."""
+    if scores.ndim == 1 and len(scores) <= _SMALL:
+        return all(map(math.isfinite, scores.tolist()))
+    return bool(np.isfinite(scores).all())
 
 
 class MicroBatcher:
@@ -86,7 +95,7 @@ class MicroBatcher:
         future.set_result(scores)
 
     def _observed(self, rows: Matrix, scores: Scores) -> None:
-        if self._observe is not None and np.isfinite(scores).all():
+        if self._observe is not None and all_finite(scores):
             self._observe(rows, scores)
 
     @property

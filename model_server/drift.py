@@ -44,6 +44,13 @@ class DriftWindow:
         if not self._columns:
             return
         n = len(rows)
+        if n == 1:  # the usual batch at low concurrency: one row assignment, one scalar
+            start = self._next
+            self._buffer[start, :-1] = rows[0]
+            self._buffer[start, -1] = scores[0]
+            self._next = (start + 1) % self._size
+            self._filled = min(self._size, self._filled + 1)
+            return
         if n >= self._size:  # a batch larger than the window: keep its tail
             rows, scores, n = rows[-self._size:], scores[-self._size:], self._size
         start = self._next
