@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from bench.common import DeploymentWatch, baseline_deployment, percentile
+from bench.common import Approvers, DeploymentWatch, baseline_deployment, percentile
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from modelwarden.api import v1alpha1 as api
@@ -55,16 +55,9 @@ def main() -> int:
         data = b"bench model"
         (work / "m.skops").write_bytes(data)
         uri, sha = (work / "m.skops").as_uri(), hashlib.sha256(data).hexdigest()
-        users = {u: config.new_client_from_config(config_file=str(cluster.kubeconfigs[u]))
-                 for u in ("finance-approver", "regulatory-approver")}
+        approvers = Approvers(cluster)
         for i in range(args.models):
-            for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
-                client.CustomObjectsApi(users[user]).create_namespaced_custom_object(
-                    api.GROUP, api.VERSION, ns, api.APPROVAL_PLURAL,
-                    {"apiVersion": api.API_VERSION, "kind": "ModelApproval",
-                     "metadata": {"name": f"m{i}-{role}"},
-                     "spec": {"modelRef": {"name": f"m{i}"}, "version": "v1", "sha256": sha, "role": role,
-                              "approver": user}})
+            approvers.approve(ns, f"m{i}", "v1", sha)
         measured = []
         for i in range(args.models):
             body = {"apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": f"m{i}"},

@@ -10,11 +10,31 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
+from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 
 ModelKey = tuple[str, str]  # (namespace, model)
+
+
+class Approvers:
+    """Both sign-offs, each from its own identity: ModelApprovals are admitted only from the approver named in
+    them, a member of the role's group (manifests/admission)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._apis = {
+            (role, user): client.CustomObjectsApi(
+                config.new_client_from_config(config_file=str(cluster.kubeconfigs[user])))  # type: ignore[no-untyped-call]
+            for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver"))}
+
+    def approve(self, namespace: str, model: str, version: str, sha256: str) -> None:
+        for (role, user), custom in self._apis.items():
+            custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL, {
+                "apiVersion": api.API_VERSION, "kind": "ModelApproval",
+                "metadata": {"name": f"{model}-{version}-{role}"},
+                "spec": {"modelRef": {"name": model}, "version": version, "sha256": sha256, "role": role,
+                         "approver": user}})
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from bench.common import Exporter, log_times, restored_on
+from bench.common import Approvers, Exporter, log_times, restored_on
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
@@ -55,17 +55,10 @@ def main() -> int:
             data = f"bench {v}".encode()
             (work / f"{v}.skops").write_bytes(data)
             shas[v] = ((work / f"{v}.skops").as_uri(), hashlib.sha256(data).hexdigest())
-        users = {u: config.new_client_from_config(config_file=str(cluster.kubeconfigs[u]))  # type: ignore[no-untyped-call]
-                 for u in ("finance-approver", "regulatory-approver")}
+        approvers = Approvers(cluster)
         for m in models:
             for v, (_, sha) in shas.items():
-                for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
-                    client.CustomObjectsApi(users[user]).create_namespaced_custom_object(
-                        api.GROUP, api.VERSION, ns, api.APPROVAL_PLURAL,
-                        {"apiVersion": api.API_VERSION, "kind": "ModelApproval",
-                         "metadata": {"name": f"{m}-{v}-{role}"},
-                         "spec": {"modelRef": {"name": m}, "version": v, "sha256": sha, "role": role,
-                                  "approver": user}})
+                approvers.approve(ns, m, v, sha)
             uri, sha = shas["v1"]
             custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, {
                 "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": m},

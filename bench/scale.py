@@ -42,6 +42,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from bench.common import (
+    Approvers,
     DeploymentWatch,
     Exporter,
     ModelKey,
@@ -118,9 +119,7 @@ class Fleet:
         admin = api_client("admin")
         self.core, self.apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
         self.custom = client.CustomObjectsApi(admin)
-        # ModelApprovals are admitted only from the approver named in them, a member of the role's group.
-        self.approvers = {(role, user): client.CustomObjectsApi(api_client(user))
-                          for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver"))}
+        self.approvers = Approvers(cluster)
         self.artifacts: dict[str, tuple[str, str]] = {}
         for v in ("v1", "v2"):
             data = f"scale bench {v}".encode()
@@ -131,13 +130,7 @@ class Fleet:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
 
     def approve(self, key: ModelKey, version: str) -> None:
-        ns, model = key
-        for (role, user), custom in self.approvers.items():
-            custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.APPROVAL_PLURAL, {
-                "apiVersion": api.API_VERSION, "kind": "ModelApproval",
-                "metadata": {"name": f"{model}-{version}-{role}"},
-                "spec": {"modelRef": {"name": model}, "version": version, "sha256": self.artifacts[version][1],
-                         "role": role, "approver": user}})
+        self.approvers.approve(key[0], key[1], version, self.artifacts[version][1])
 
     def create_model(self, key: ModelKey, interval: int) -> None:
         ns, model = key
