@@ -353,6 +353,8 @@ def run(keep: bool, inject: str) -> int:
         parts["prometheus"] = prom
         operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
             "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(EVALUATION_INTERVAL),
+            # the demo's rules run every 5 s, so its 60 s sustain window is 12 query steps
+            "MODELWARDEN_QUERY_STEP": str(EVALUATION_INTERVAL),
             "MODELWARDEN_GRAFANA_URL": receiver.url, "MODELWARDEN_WEBHOOK_URL": f"{receiver.url}/webhook",
             "MODELWARDEN_WEBHOOK_FLAVOR": "pagerduty", "MODELWARDEN_RESYNC_SECONDS": "10"}).start()
         parts["operator"] = operator

@@ -97,6 +97,15 @@ class Prometheus:
             raise RuntimeError(f"PromQL {promql!r} failed: {body}")
         return list(body["data"]["result"])
 
+    def query_requests_answered(self) -> int:
+        """Prometheus' own count of the query API requests it answered (instant and range): what a client's
+        own count of the queries it sent is checked against."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("prometheus_http_requests_total{")
+                         and ('handler="/api/v1/query"' in line or 'handler="/api/v1/query_range"' in line)))
+
     def stop(self) -> None:
         stop_pid(self.process.pid)
         self.process.wait()

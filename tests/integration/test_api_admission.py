@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -175,3 +176,20 @@ def test_one_person_in_both_roles_does_not_make_a_quorum(operator: OperatorProce
     status = admin.wait_phase("solo", Phase.STABLE, timeout=90, check=operator.check_alive)
     assert {(a.role, a.approver) for a in status.history[0].approvals} == {
         ("finance", "dual-approver"), ("regulatory", "regulatory-approver")}
+
+
+def test_the_examples_folder_applies_as_a_user_applies_it(modelwarden_installed: Cluster) -> None:
+    """`kubectl apply -f examples/` as the README's reader would run it: every file in the folder is a
+    Kubernetes object the API server accepts (training configs live in examples/training/, out of the way)."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    objects = [doc for path in sorted(examples.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    namespaces = {doc["metadata"]["namespace"] for doc in objects if "namespace" in doc.get("metadata", {})}
+    for ns in namespaces:
+        modelwarden_installed.kubectl("create", "namespace", ns, check=False)
+    try:
+        done = modelwarden_installed.kubectl("apply", "--dry-run=server", "-f", str(examples), check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("(server dry run)") == len(objects), done.stdout
+    finally:
+        for ns in namespaces:
+            modelwarden_installed.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -8,6 +8,7 @@ Its caches are refreshed from the API server before every pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -118,6 +119,28 @@ CASES = [
 ]
 
 
+def budget_fragment(version: str, instance: str, low_from_minutes: float, *, from_minutes: float = 120,
+                    to_minutes: float = 0) -> prometheus_env.Series:
+    """A budget series under one ``instance`` label from ``from_minutes`` to ``to_minutes`` ago: as a relabelled
+    target, a restarted pod or a federation label leave it when the recording rule keeps those labels."""
+    points = [(t, v) for t, v in budget_series(version, low_from_minutes).points
+              if END - from_minutes * 60 <= t <= END - to_minutes * 60]
+    return prometheus_env.Series("ml_inference_error_budget_remaining",
+                                 {"model": "m", "version": version, "instance": instance}, points)
+
+
+CASES += [
+    ("relabelled 8 minutes ago, below 5% for 16 minutes across the change",
+     [budget_fragment("v2", "a", 16, to_minutes=8.5), budget_fragment("v2", "b", 16, from_minutes=8)],
+     "RolledBack"),
+    ("relabelled 8 minutes ago, below 5% for 14 minutes", [budget_fragment("v2", "a", 14, to_minutes=8.5),
+                                                           budget_fragment("v2", "b", 14, from_minutes=8)],
+     "Stable"),
+    ("overlapping fragments, one below 5% for 16 minutes: the lowest counts",
+     [budget_fragment("v2", "a", 16), budget_fragment("v2", "b", 0)], "RolledBack"),
+]
+
+
 @pytest.mark.parametrize(("case", "history", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_error_budget_trigger_on_backfilled_history(
         case: str, history: list[prometheus_env.Series], expected: str, modelwarden_installed: Cluster,
@@ -172,6 +195,39 @@ FEEDBACK_CASES = [
      [feedback_series("finance", [50]), feedback_series("regulator", [5]), feedback_series("risk", [10])], False),
     ("three, but one of them 70 minutes ago",
      [feedback_series("finance", [70, 20]), feedback_series("regulator", [5])], False),
+]
+
+
+def replica_feedback(pod: str, labels_at_minutes: list[float], *, restarts_at_minutes: tuple[float, ...] = (),
+                     born_minutes_ago: float = 120, stakeholder: str = "finance") -> prometheus_env.Series:
+    """One replica's critical-label counter: back to 0 at each restart, every label counted once."""
+    points = []
+    t = END - born_minutes_ago * 60
+    while t <= END:
+        last_restart = max([END - m * 60 for m in restarts_at_minutes if END - m * 60 <= t], default=-math.inf)
+        count = sum(1 for m in labels_at_minutes if last_restart < END - m * 60 <= t)
+        points.append((float(t), float(count)))
+        t += STEP
+    return prometheus_env.Series("ml_feedback_labels_total", {
+        "model": "m", "version": "v2", "severity": "critical", "stakeholder": stakeholder, "pod": pod},
+        points, type="counter")
+
+
+FEEDBACK_CASES += [
+    ("two replicas, one label each, then one restarts",
+     [replica_feedback("a", [40]), replica_feedback("b", [30], restarts_at_minutes=(20,))], False),
+    ("two replicas, one restarts, then a third real label",
+     [replica_feedback("a", [40]), replica_feedback("b", [30, 10], restarts_at_minutes=(20,))], True),
+    ("three replicas, one label each, all restart between labels",
+     [replica_feedback("a", [50], restarts_at_minutes=(45, 25)),
+      replica_feedback("b", [44], restarts_at_minutes=(35, 25)),
+      replica_feedback("c", [30], restarts_at_minutes=(25,))], True),
+    ("three replicas, all restart after two labels",
+     [replica_feedback("a", [50], restarts_at_minutes=(25,)), replica_feedback("b", [44], restarts_at_minutes=(25,)),
+      replica_feedback("c", [], restarts_at_minutes=(25,))], False),
+    ("a new pod's counter born at 1 after two labels elsewhere",
+     [replica_feedback("a", [50]), replica_feedback("b", [40]), replica_feedback("c", [10], born_minutes_ago=9.5)],
+     True),
 ]
 
 
@@ -307,3 +363,73 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
     assert f"## {status.last_rollback.id} — CriticalFeedback" in done.stdout
     assert "| TrafficRestored |" in done.stdout
     assert all(f"`{pid}`" in done.stdout for pid in ids)
+
+
+def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    """Two real replicas scraped by a real Prometheus: one label on each, then one replica's process restarts
+    (same instance label, as a restarted container in its pod): two labels are two, not three. A third real
+    label then rolls back with exactly 3."""
+    op = InProcessOperator(modelwarden_installed, namespace)
+    _, shas = promoted_v2(op, api_clients, namespace, tmp_path)
+    demo = build_demo_artifact(tmp_path / "served", fmt="onnx", trained=train("logistic", 3, 200, seed=5))
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    prom = prometheus_factory(file_sd=targets)
+    counted = 'ml_feedback_labels_total{{instance="replica-{}",severity="critical",stakeholder="finance"}}'
+
+    with contextlib.ExitStack() as stack:
+        replicas: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+
+        def serve(name: str) -> None:
+            env = {**demo.env("m", "v2"), "WARMUP_ROUNDS": "1", "FEEDBACK_DSN": str(tmp_path / f"{name}.sqlite3")}
+            replicas[name] = stack.enter_context(serve_subprocess(env, log_path=tmp_path / f"{name}.log"))
+            targets.write_text(json.dumps([{"targets": [url.removeprefix("http://")],
+                                            "labels": {"instance": f"replica-{n}"}}
+                                           for n, (url, _) in replicas.items()]))
+
+        def label(name: str) -> None:
+            with http_client(replicas[name][0]) as http:
+                pid = http.post("/predict", json={"features": dict.fromkeys(demo.features, 0.5)}).json()[
+                    "predictionId"]
+                assert http.post("/feedback", json={"predictionId": pid, "label": "wrong", "severity": "critical",
+                                                    "stakeholder": "finance"}).status_code == 201
+
+        def scraped(name: str, value: float) -> None:
+            def seen() -> bool:
+                return [float(r["value"][1]) for r in prom.query(counted.format(name))] == [value]
+            deadline = time.monotonic() + 60
+            while not seen():
+                assert time.monotonic() < deadline, f"replica-{name} never scraped at {value}"
+                time.sleep(0.5)
+
+        def evaluate() -> MLModelStatus:
+            op.now = dt.datetime.now(dt.UTC)
+            before = prom.query_requests_answered()
+            asyncio.run(op.controller.evaluate_once())
+            fleet = op.controller.fleet
+            assert fleet is not None
+            assert fleet.queries == prom.query_requests_answered() - before, "the count is what Prometheus saw"
+            return op.passes("m", 2)
+
+        serve("a")
+        serve("b")
+        label("a")
+        label("b")
+        scraped("a", 1)
+        scraped("b", 1)
+        replicas["b"][1].terminate()
+        replicas["b"][1].wait(timeout=30)
+        serve("b")  # a new process, same instance label: its counter starts again at 0
+        scraped("b", 0)
+        status = evaluate()
+        assert status.phase == Phase.STABLE and status.last_rollback is None, "two labels are not three"
+
+        label("b")
+        scraped("b", 1)
+        status = evaluate()
+        status = op.until("m", lambda s: s.phase == Phase.HALTED)
+    assert status.last_rollback is not None and status.last_rollback.trigger == "CriticalFeedback"
+    assert status.last_rollback.values["criticalLabels"] == "3"
+    assert status.stable is not None and status.stable.sha256 == shas["v1"]

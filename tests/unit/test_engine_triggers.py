@@ -15,6 +15,9 @@ from modelwarden.engine.triggers import (
     assess_error_budget,
     assess_fast_burn,
     counter_increase,
+    counters_increase,
+    merge_fragments,
+    min_sustain_seconds,
 )
 
 NOW = 1_800_000_000.0
@@ -122,3 +125,115 @@ CANARY_CASES = [
 @pytest.mark.parametrize(("case", "numbers", "verdict"), CANARY_CASES, ids=[c[0] for c in CANARY_CASES])
 def test_canary_analysis(case: str, numbers: CanaryNumbers | None, verdict: str) -> None:
     assert assess_canary(numbers, **THRESHOLDS).verdict == verdict  # type: ignore[arg-type]
+
+
+# --- Several series for one logical counter or budget (a restarted pod, a relabelled target) -------------
+
+def replica(samples_by_minute: dict[float, float]) -> list[tuple[float, float]]:
+    return counter(samples_by_minute)
+
+
+REPLICA_CASES = [
+    # The false rollback this fixes: summed first, replica b's reset to 0 dropped the sum from 2 to 1 and
+    # the next sample (a's 1 + b's 0... then 1) was counted again from 0.
+    ("two replicas, one label each, then one restarts",
+     [replica({70: 0, 40: 1, 20: 1, 10: 1}), replica({70: 0, 30: 1, 20: 0, 10: 0})], 2),
+    ("two replicas, one restarts, then a third real label",
+     [replica({70: 0, 40: 1, 20: 1, 10: 1, 5: 1}), replica({70: 0, 30: 1, 20: 0, 10: 0, 5: 1})], 3),
+    ("three replicas, all restart between labels",
+     [replica({70: 0, 50: 1, 40: 0, 5: 0}), replica({70: 0, 45: 1, 40: 0, 5: 0}),
+      replica({70: 0, 42: 0, 40: 0, 5: 1})], 3),
+    ("a restarted pod is a new series born at 1", [replica({70: 0, 40: 1, 30: 1}), replica({20: 1, 5: 1})], 2),
+    ("a series that ended long before the window", [replica({100: 3, 80: 4}), replica({30: 1})], 1),
+]
+
+
+@pytest.mark.parametrize(("case", "series", "count"), REPLICA_CASES, ids=[c[0] for c in REPLICA_CASES])
+def test_counters_are_counted_per_series_then_summed(case: str, series: list[list[tuple[float, float]]],
+                                                     count: int) -> None:
+    assert counters_increase(series, window_start=NOW - 3600) == count
+    verdict = assess_critical_feedback(series, now=NOW, window_seconds=3600, threshold=3).verdict
+    assert verdict == ("Fired" if count >= 3 else "Clear")
+
+
+# One event per step: a label on a replica, or a replica's process restarting (its counter back to 0).
+Event = tuple[int, str]
+
+
+@given(st.integers(min_value=1, max_value=4),
+       st.lists(st.tuples(st.integers(min_value=0, max_value=3), st.sampled_from(["label", "restart"])),
+                min_size=1, max_size=80),
+       st.integers(min_value=0, max_value=80))
+def test_any_interleaving_of_increments_and_resets_counts_the_increments(
+        replicas: int, events: list[Event], window_from: int) -> None:
+    """Whatever the replicas do, the count is the number of labels posted inside the window.
+
+    Every replica is scraped after every event (a reset and regrowth past the old value between two scrapes
+    is invisible to any reader of the samples, Prometheus included)."""
+    values = [0] * replicas
+    series: list[list[tuple[float, float]]] = [[] for _ in range(replicas)]
+    window_start = NOW - (len(events) - window_from) * 60.0
+    labelled_inside = 0
+    for i, (which, kind) in enumerate(events):
+        t = NOW - (len(events) - i) * 60.0
+        r = which % replicas
+        if kind == "label":
+            values[r] += 1
+            labelled_inside += t >= window_start
+        else:
+            values[r] = 0
+        for j in range(replicas):
+            series[j].append((t, float(values[j])))
+    assert counters_increase(series, window_start=window_start) == labelled_inside
+
+
+def low_budget(start_minutes: float, end_minutes: float, value: float = 0.02) -> list[tuple[float, float]]:
+    return [(t, value) for t, _ in budget(60) if NOW - start_minutes * 60 <= t <= NOW - end_minutes * 60]
+
+
+BUDGET_FRAGMENT_CASES = [
+    ("relabelled 8 minutes ago, low for 16 minutes across the change",
+     [low_budget(60, 8.5, 0.5) + low_budget(16, 8.5), low_budget(8, 0)], "Fired"),
+    ("relabelled, low for 14 minutes", [low_budget(60, 8.5, 0.5) + low_budget(14, 8.5), low_budget(8, 0)],
+     "Clear"),
+    ("overlapping fragments, one of them low: the lowest counts", [budget(20), budget(0)], "Fired"),
+    ("a new fragment one minute old does not make the series new", [budget(0), low_budget(1, 0)],
+     "Clear"),
+]
+
+
+@pytest.mark.parametrize(("case", "fragments", "verdict"), BUDGET_FRAGMENT_CASES,
+                         ids=[c[0] for c in BUDGET_FRAGMENT_CASES])
+def test_budget_fragments_are_judged_as_one_series(case: str, fragments: list[list[tuple[float, float]]],
+                                                    verdict: str) -> None:
+    merged = merge_fragments(fragments)
+    result = assess_error_budget(merged, now=NOW, floor=0.05, sustain_seconds=SUSTAIN, step_seconds=STEP)
+    assert result.verdict == verdict, result.message
+
+
+def test_merged_fragments_keep_a_number_over_nan() -> None:
+    assert merge_fragments([[(1.0, math.nan), (2.0, 0.5)], [(1.0, 0.3)]]) == [(1.0, 0.3), (2.0, 0.5)]
+
+
+def test_coverage_message_does_not_drift_with_the_numbers() -> None:
+    """Healthy is rewritten only when its message changes: a live percentage in it rewrote status every cycle."""
+    history = [(NOW - 600.0 + i * 30, 0.9) for i in range(10)]  # before the 5-minute window
+    one_third = history + [(t, v) for t, v in budget(0) if t > NOW - 300 and int(t) % 90 == 0]
+    two_thirds = history + [(t, v) for t, v in budget(0) if t > NOW - 300 and int(t) % 90 != 30]
+    a, b = (assess_error_budget(s, now=NOW, floor=0.05, sustain_seconds=300, step_seconds=30)
+            for s in (one_third, two_thirds))
+    assert (a.verdict, b.verdict) == ("NoData", "NoData")
+    assert a.message == b.message and a.values["coverage"] != b.values["coverage"]
+
+
+def test_one_missing_sample_is_tolerated_in_a_short_window() -> None:
+    """Rule evaluations and query steps drift against each other: one missed step is not a gap."""
+    samples = [(NOW - 180.0 + i * 30, 0.02) for i in range(7) if i != 3]  # 3-minute sustain, one step missing
+    result = assess_error_budget(samples, now=NOW, floor=0.05, sustain_seconds=120, step_seconds=30)
+    assert result.verdict == "Fired", result.message
+
+
+def test_a_sustain_window_shorter_than_three_steps_is_not_judged() -> None:
+    result = assess_error_budget(budget(30), now=NOW, floor=0.05, sustain_seconds=60, step_seconds=30)
+    assert result.verdict == "NoData"
+    assert "spec.rollback.sustainSeconds" in result.message and str(min_sustain_seconds(30)) in result.message

@@ -1,9 +1,15 @@
 """The metrics edge: one evaluation cycle of batched PromQL over prometheus-api-client.
 
-Every query is ``by (namespace, model, version, …)`` for the whole fleet, so a cycle issues a fixed number
-of queries however many MLModels exist (:data:`QUERIES_PER_CYCLE`). Every call has a timeout; transport and
-API errors become :class:`MetricsUnavailable`; empty or NaN answers stay NaN/absent and become NoData in
-the engine — never a number.
+Every query covers the whole fleet (``by (namespace, model, version, …)`` or raw series), so a cycle issues a
+fixed number of queries however many MLModels exist; :attr:`FleetMetrics.queries` is the number of HTTP
+requests the cycle actually sent, counted on the session. Every call has a timeout; transport and API errors
+become :class:`MetricsUnavailable`; empty or NaN answers stay NaN/absent and become NoData in the engine —
+never a number.
+
+Counters are read as **raw series**, never summed in PromQL before their resets are found: one replica's
+restart would otherwise drop the sum and re-count every other replica's labels. The engine counts each series
+(``engine.triggers.counters_increase``) and sums the counts. Several budget rows for one model and version
+(labels that changed inside the window) are merged into one series (``engine.triggers.merge_fragments``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from modelwarden.engine.triggers import CanaryNumbers
+from modelwarden.engine.triggers import CanaryNumbers, counters_increase, merge_fragments
 
 ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series carry no namespace label
 
@@ -28,25 +34,29 @@ ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series c
 # keeps only steps with a real sample in their own step window, so a gap reads as a gap.
 BUDGET = ('ml_inference_error_budget_remaining{{version!=""}} '
           'and count_over_time(ml_inference_error_budget_remaining{{version!=""}}[{step}s])')
-FEEDBACK = 'sum by (namespace, model, version, stakeholder) (ml_feedback_labels_total{severity="critical"})'
+# Raw samples of every critical-label counter series (one per replica and stakeholder) over the look-back:
+# an instant query of a range selector returns each scraped sample, so the count is exact, not extrapolated.
+FEEDBACK = 'ml_feedback_labels_total{{severity="critical"}}[{w}s]'
 BURN_LONG = "ml:inference_burn_rate:rate1h"
 BURN_SHORT = "ml:inference_burn_rate:rate5m"
-CANARY_REQUESTS = ('sum by (namespace, model, version) '
-                   '(increase(ml_inference_requests_total{{track="canary",outcome!="client_error"}}[{w}s]))')
-CANARY_ERRORS = ('sum by (namespace, model, version) '
-                 '(increase(ml_inference_requests_total{{track="canary",outcome=~"error|unavailable"}}[{w}s]))')
+# The canary's raw request and FEATURE_MISMATCH counters over the analysis window plus a baseline sample.
+CANARY_REQUESTS = 'ml_inference_requests_total{{track="canary"}}[{w}s]'
+CANARY_MISMATCH = 'ml_model_errors_total{{track="canary",kind="FEATURE_MISMATCH"}}[{w}s]'
 CANARY_P99 = ('histogram_quantile(0.99, sum by (namespace, model, version, le) '
               '(rate(ml_inference_latency_seconds_bucket{{track="canary"}}[{w}s])))')
-CANARY_MISMATCH = ('sum by (namespace, model, version) '
-                   '(increase(ml_model_errors_total{{track="canary",kind="FEATURE_MISMATCH"}}[{w}s]))')
-QUERIES_PER_CYCLE = 8
+# Outcomes the canary analysis counts: client errors are the caller's, not the model's.
+ERROR_OUTCOMES = frozenset({"error", "unavailable"})
+CLIENT_ERROR = "client_error"
+# A counter's baseline is its last sample before the window: read this much history before it.
+BASELINE_SECONDS = 300
 # Retraining gates, only in a cycle where some model's window is due (engine.retraining.due_window); one query
 # each for the whole fleet. The model-level budget (recording rule with scope="model": all versions together)
 # as the lowest sample of each 5-minute step — a step without a sample stays absent, so gaps show as gaps.
 RETRAINING_BUDGET = 'min_over_time(ml_inference_error_budget_remaining{{scope="model"}}[{step}s])'
-# Raw counters summed per version; the engine counts the exact increase (resets count from 0).
-RETRAINING_LABELS = "sum by (namespace, model, version) (ml_feedback_labels_total)"
-RETRAINING_QUERIES = 2
+# Raw label counters, one series per replica and label set, at coarse steps over a long span (weeks of raw
+# samples would be too many); the engine counts each series' increases. A reset followed by regrowth past
+# the old value within one step would be undercounted — only the retraining gate reads this, never a trigger.
+RETRAINING_LABELS = "ml_feedback_labels_total"
 RETRAINING_BUDGET_STEP = 300
 # Prometheus refuses range queries of more than 11,000 points per series.
 MAX_POINTS = 10_000
@@ -65,19 +75,22 @@ class FleetMetrics:
 
     at: float
     step_seconds: float
+    # (namespace, model) -> version -> one logical budget series (every fragment merged)
     budget: dict[ModelKey, dict[str, Series]] = field(default_factory=lambda: defaultdict(dict))
-    # (namespace, model) -> version -> stakeholder -> series
-    feedback: dict[ModelKey, dict[str, dict[str, Series]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(dict)))
+    # (namespace, model) -> version -> stakeholder -> every raw counter series (one per replica)
+    feedback: dict[ModelKey, dict[str, dict[str, list[Series]]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     burn: dict[ModelKey, dict[str, tuple[float | None, float | None]]] = field(
         default_factory=lambda: defaultdict(dict))
     canary: dict[ModelKey, dict[str, CanaryNumbers]] = field(default_factory=lambda: defaultdict(dict))
+    # HTTP requests this cycle sent to Prometheus (measured on the session, not assumed)
     queries: int = 0
     # Retraining gate inputs, when this cycle fetched them (``retraining_at`` is None otherwise).
     retraining_at: float | None = None
     retraining_budget: dict[ModelKey, Series] = field(default_factory=dict)
-    # (namespace, model) -> version -> summed label counter
-    retraining_labels: dict[ModelKey, dict[str, Series]] = field(default_factory=lambda: defaultdict(dict))
+    # (namespace, model) -> version -> every raw label counter series
+    retraining_labels: dict[ModelKey, dict[str, list[Series]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
 
     def for_model(self, namespace: str, model: str) -> ModelKey:
         """Series scraped in Kubernetes carry ``namespace``; a plain scrape config may not."""
@@ -114,11 +127,21 @@ def _value(raw: Any) -> float:
         return math.nan
 
 
+def _series(row: Mapping[str, Any]) -> Series:
+    return [(float(t), _value(v)) for t, v in row.get("values", [])]
+
+
 class PrometheusMetrics:
     def __init__(self, url: str, *, timeout_seconds: float = 10.0, step_seconds: float = 30.0) -> None:
-        self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_seconds)
+        session = requests.Session()
+        session.hooks["response"].append(self._count_request)
+        self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_seconds, session=session)
         self._timeout = timeout_seconds
         self.step_seconds = step_seconds
+        self._requests_sent = 0
+
+    def _count_request(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._requests_sent += 1
 
     def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
         try:
@@ -141,41 +164,59 @@ class PrometheusMetrics:
         step = RETRAINING_BUDGET_STEP
         for row in self._range(RETRAINING_BUDGET.format(step=step), at - query.budget_seconds, at, step):
             key, _ = _key(row["metric"])
-            fleet.retraining_budget[key] = [(float(t), _value(v)) for t, v in row.get("values", [])]
+            fleet.retraining_budget[key] = _series(row)
         # Coarse steps over a long span; start a step early so each counter has a baseline before the window.
         span = at - query.labels_since
         label_step = max(RETRAINING_BUDGET_STEP, math.ceil(span / MAX_POINTS / 60) * 60)
         for row in self._range(RETRAINING_LABELS, query.labels_since - label_step, at, label_step):
             key, version = _key(row["metric"])
-            fleet.retraining_labels[key][version] = [(float(t), _value(v)) for t, v in row.get("values", [])]
+            fleet.retraining_labels[key][version].append(_series(row))
         fleet.retraining_at = at
-        fleet.queries += RETRAINING_QUERIES
+
+    def _canary(self, fleet: FleetMetrics, at: float, analysis_seconds: int) -> None:
+        window_start = at - analysis_seconds
+        raw = f"{analysis_seconds + BASELINE_SECONDS}"
+        requests_: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
+        errors: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
+        for row in self._instant(CANARY_REQUESTS.format(w=raw), at):
+            outcome = row["metric"].get("outcome", "")
+            if outcome != CLIENT_ERROR:
+                requests_[_key(row["metric"])].append(_series(row))
+            if outcome in ERROR_OUTCOMES:
+                errors[_key(row["metric"])].append(_series(row))
+        mismatches: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
+        for row in self._instant(CANARY_MISMATCH.format(w=raw), at):
+            mismatches[_key(row["metric"])].append(_series(row))
+        p99 = {_key(r["metric"]): _value(r["value"][1])
+               for r in self._instant(CANARY_P99.format(w=analysis_seconds), at)}
+        for k in set(requests_) | set(mismatches) | set(p99):
+            fleet.canary[k[0]][k[1]] = CanaryNumbers(
+                requests=float(counters_increase(requests_[k], window_start=window_start)) if k in requests_ else None,
+                errors=float(counters_increase(errors[k], window_start=window_start)),
+                p99_latency_seconds=p99.get(k),
+                feature_mismatches=float(counters_increase(mismatches[k], window_start=window_start)))
 
     def _evaluate(self, at: float, budget_lookback_seconds: float, feedback_lookback_seconds: float,
                   analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics:
+        sent_before = self._requests_sent
         fleet = FleetMetrics(at=at, step_seconds=self.step_seconds)
         # Each range only as long as its triggers look back: the budget query is the largest answer of a cycle.
+        fragments: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
         for row in self._range(BUDGET.format(step=int(self.step_seconds)), at - budget_lookback_seconds, at):
+            fragments[_key(row["metric"])].append(_series(row))
+        for (key, version), rows in fragments.items():
+            fleet.budget[key][version] = merge_fragments(rows)
+        for row in self._instant(FEEDBACK.format(w=int(feedback_lookback_seconds)), at):
             key, version = _key(row["metric"])
-            fleet.budget[key][version] = [(float(t), _value(v)) for t, v in row.get("values", [])]
-        for row in self._range(FEEDBACK, at - feedback_lookback_seconds, at):
-            key, version = _key(row["metric"])
-            stakeholder = row["metric"].get("stakeholder", "")
-            fleet.feedback[key][version][stakeholder] = [(float(t), _value(v)) for t, v in row.get("values", [])]
+            fleet.feedback[key][version][row["metric"].get("stakeholder", "")].append(_series(row))
         long = {_key(r["metric"]): _value(r["value"][1]) for r in self._instant(BURN_LONG, at)}
         short = {_key(r["metric"]): _value(r["value"][1]) for r in self._instant(BURN_SHORT, at)}
         for k in set(long) | set(short):
             fleet.burn[k[0]][k[1]] = (long.get(k), short.get(k))
-        w = int(analysis_seconds)
-        columns = [{_key(r["metric"]): _value(r["value"][1]) for r in self._instant(q.format(w=w), at)}
-                   for q in (CANARY_REQUESTS, CANARY_ERRORS, CANARY_P99, CANARY_MISMATCH)]
-        for k in set().union(*columns):
-            requests_, errors, p99, mismatch = (c.get(k) for c in columns)
-            fleet.canary[k[0]][k[1]] = CanaryNumbers(requests=requests_, errors=errors, p99_latency_seconds=p99,
-                                                     feature_mismatches=mismatch)
-        fleet.queries = QUERIES_PER_CYCLE
+        self._canary(fleet, at, int(analysis_seconds))
         if retraining is not None:
             self._retraining(fleet, at, retraining)
+        fleet.queries = self._requests_sent - sent_before
         return fleet
 
     async def evaluate(self, at: float, *, budget_lookback_seconds: float, feedback_lookback_seconds: float,

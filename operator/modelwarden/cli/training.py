@@ -110,7 +110,7 @@ def add_subcommands(sub: Any) -> None:
     output.add_argument("-o", "--output", choices=["json", "yaml", "text"], default="json")
 
     p = sub.add_parser("train", parents=[output], help="train a model from a YAML config into artifact directories")
-    p.add_argument("config", type=Path, help="training config (YAML; see examples/training-*.yaml)")
+    p.add_argument("config", type=Path, help="training config (YAML; see examples/training/*.yaml)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/skops/ and OUT/onnx/")
     p.add_argument("--previous", type=Path, default=None,
                    help="the artifacts this version replaces (chains the manifest history)")

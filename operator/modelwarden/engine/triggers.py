@@ -4,7 +4,13 @@ Each assessment says one of three things, never a guess:
 ``Fired`` (roll back / fail the canary), ``Clear`` (keep going), or ``NoData`` (Prometheus down, gaps, NaN:
 neither roll back nor promote — the model's Healthy condition says MetricsUnavailable).
 
-Series are lists of (unix seconds, value) as a Prometheus range query returns them; NaN is a value.
+Series are lists of (unix seconds, value) as a Prometheus query returns them; NaN is a value. Prometheus may
+return one logical series as several rows (a restarted pod, a relabelled target, a federation label): budget
+fragments are merged into one series (:func:`merge_fragments`) and counters are counted per row, then summed
+(:func:`counters_increase`) — never summed first, where one replica's reset would re-count the others.
+
+Messages carry no number that drifts from one evaluation to the next (the Healthy condition is rewritten
+only when its message changes); the numbers are in ``values`` and in the metrics.
 """
 
 from __future__ import annotations
@@ -46,15 +52,49 @@ def _window(samples: Samples, start: float, end: float) -> list[tuple[float, flo
     return [(t, v) for t, v in samples if start <= t <= end]
 
 
+# The coverage guard tolerates one missing sample (or 10% of them, whichever is more), so the shortest sustain
+# window it can judge is this many query steps; shorter ones are reported, never guessed.
+MIN_SUSTAIN_STEPS = 3
+
+
+def min_sustain_seconds(step_seconds: float) -> int:
+    """The shortest ``spec.rollback.sustainSeconds`` the budget trigger can judge at this query step."""
+    return int(MIN_SUSTAIN_STEPS * step_seconds)
+
+
+def merge_fragments(fragments: Sequence[Samples]) -> list[tuple[float, float]]:
+    """One logical budget series from every row Prometheus returned for one model and version.
+
+    Fragments side by side in time (a relabel) simply join. Where fragments overlap, each step takes the
+    **lowest** value: the trigger asks "was the budget below the floor at every step", and a breach seen by
+    any fragment is a breach — judging one fragment alone is how a relabel hid a sustained one. NaN counts
+    only where no fragment has a number.
+    """
+    lowest: dict[float, float] = {}
+    for fragment in fragments:
+        for t, v in fragment:
+            seen = lowest.get(t)
+            if seen is None or math.isnan(seen) or (not math.isnan(v) and v < seen):
+                lowest[t] = v
+    return sorted(lowest.items())
+
+
 def assess_error_budget(samples: Samples | None, *, now: float, floor: float, sustain_seconds: float,
                         step_seconds: float, min_coverage: float = 0.9) -> Assessment:
     """Budget below ``floor`` at every sample of the last ``sustain_seconds``, with enough samples.
 
-    Coverage guard: the window must hold at least ``min_coverage`` of the samples it should, and the series
-    must be older than the window — a series that appeared a minute ago is not "15 minutes low". A missing
-    or NaN latest sample, or a gappy window, is NoData.
+    ``samples`` is one logical series (:func:`merge_fragments`). Coverage guard: the window must hold at least
+    ``min_coverage`` of the samples it should (one missing sample is always tolerated), and the series must be
+    older than the window — a series that appeared a minute ago is not "15 minutes low". A missing or NaN
+    latest sample, or a gappy window, is NoData.
     """
     floor_txt = f"{floor * 100:g}%"
+    window_txt = f"{sustain_seconds / 60:g}m"
+    if sustain_seconds < min_sustain_seconds(step_seconds):
+        return Assessment(ERROR_BUDGET, "NoData",
+                          f"spec.rollback.sustainSeconds {sustain_seconds:g} is shorter than {MIN_SUSTAIN_STEPS} "
+                          f"query steps of {step_seconds:g}s: raise it to at least "
+                          f"{min_sustain_seconds(step_seconds)} or lower the operator's MODELWARDEN_QUERY_STEP")
     if not samples:
         return Assessment(ERROR_BUDGET, "NoData", "no error-budget series for this version")
     start = now - sustain_seconds
@@ -65,21 +105,19 @@ def assess_error_budget(samples: Samples | None, *, now: float, floor: float, su
     latest = valid[-1][1]
     values = {"budgetRemaining": _fmt(latest), "floor": _fmt(floor)}
     if first_seen > start + step_seconds:
-        return Assessment(ERROR_BUDGET, "Clear",
-                          f"under {sustain_seconds / 60:.0f}m of budget history: not judged yet", values)
+        return Assessment(ERROR_BUDGET, "Clear", f"under {window_txt} of budget history: not judged yet", values)
     in_window = _window(valid, start, now)
     expected = int(sustain_seconds // step_seconds) + 1
-    coverage = len(in_window) / expected
-    values["coverage"] = _fmt(coverage)
-    if coverage < min_coverage:
+    needed = max(1, min(expected - 1, math.ceil(expected * min_coverage)))
+    values["coverage"] = _fmt(len(in_window) / expected)
+    if len(in_window) < needed:
         return Assessment(ERROR_BUDGET, "NoData",
-                          f"only {coverage:.0%} of the last {sustain_seconds / 60:.0f}m has budget samples "
-                          "(gaps or NaN)", values)
+                          f"too few budget samples in the last {window_txt} (gaps or NaN): not judged", values)
     highest = max(v for _, v in in_window)
     values["highestInWindow"] = _fmt(highest)
     if highest < floor:
         return Assessment(ERROR_BUDGET, "Fired",
-                          f"error budget below {floor_txt} for {sustain_seconds / 60:.0f}m "
+                          f"error budget below {floor_txt} for {window_txt} "
                           f"(now {latest:.1%}, highest {highest:.1%})", values)
     return Assessment(ERROR_BUDGET, "Clear", f"error budget above {floor_txt}", values)
 
@@ -102,10 +140,18 @@ def counter_increase(samples: Samples, *, window_start: float) -> int:
     return round(total)
 
 
-def assess_critical_feedback(per_stakeholder: Sequence[Samples], *, now: float, window_seconds: float,
+def counters_increase(series: Sequence[Samples], *, window_start: float) -> int:
+    """Exact increase of a counter exported by several series (one per replica, per target, per label set):
+    each series is counted on its own — its resets are its own — then the counts are summed."""
+    return sum(counter_increase(s, window_start=window_start) for s in series)
+
+
+def assess_critical_feedback(series: Sequence[Samples], *, now: float, window_seconds: float,
                              threshold: int) -> Assessment:
-    """≥ ``threshold`` critical labels from the counted stakeholders within the window, counted exactly."""
-    count = sum(counter_increase(s, window_start=now - window_seconds) for s in per_stakeholder)
+    """≥ ``threshold`` critical labels from the counted stakeholders within the window, counted exactly.
+
+    ``series`` holds every raw counter series of the counted stakeholders (one per replica and stakeholder)."""
+    count = counters_increase(series, window_start=now - window_seconds)
     values = {"criticalLabels": str(count), "threshold": str(threshold),
               "windowSeconds": str(int(window_seconds))}
     if count >= threshold:
@@ -145,7 +191,7 @@ def assess_canary(numbers: CanaryNumbers | None, *, max_error_ratio: str, max_p9
         return Assessment(CANARY_ANALYSIS, "NoData", "no canary request metrics")
     if numbers.requests < min_requests:
         return Assessment(CANARY_ANALYSIS, "NoData",
-                          f"{numbers.requests:.0f} canary requests, fewer than the {min_requests} needed for a verdict",
+                          f"fewer than the {min_requests} canary requests needed for a verdict",
                           {"requests": _fmt(numbers.requests)})
     errors = numbers.errors or 0.0
     ratio = errors / numbers.requests if numbers.requests else 0.0

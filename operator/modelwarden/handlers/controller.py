@@ -412,7 +412,8 @@ class Controller:
         model_key = fleet.for_model(*key)
         return GateInputs(at=fleet.retraining_at, bias=bias, feature_audit=audit,
                           budget=fleet.retraining_budget.get(model_key),
-                          labels=tuple(fleet.retraining_labels.get(model_key, {}).values()))
+                          labels=tuple(s for per_version in fleet.retraining_labels.get(model_key, {}).values()
+                                       for s in per_version))
 
     async def _report(self, uri: str, pick: Callable[[dict[str, Any]], Any]) -> Report:
         try:
@@ -442,7 +443,8 @@ class Controller:
         return MetricsView(
             at=fleet.at, step_seconds=fleet.step_seconds,
             budget=fleet.budget.get(key, {}),
-            critical_feedback={version: [s for who, s in by_stakeholder.items() if who in counted]
+            critical_feedback={version: [s for who, series in by_stakeholder.items() if who in counted
+                                         for s in series]
                                for version, by_stakeholder in fleet.feedback.get(key, {}).items()},
             burn=fleet.burn.get(key, {}),
             canary=fleet.canary.get(key, {}),

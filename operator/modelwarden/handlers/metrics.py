@@ -24,8 +24,8 @@ RECONCILE_SECONDS = Histogram(
 EVALUATION_SECONDS = Histogram(
     "modelwarden_evaluation_duration_seconds", "Time of one fleet-wide metrics evaluation cycle (Prometheus queries).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
-EVALUATION_QUERIES = Gauge("modelwarden_evaluation_queries", "Prometheus queries of the last evaluation cycle.",
-                           registry=REGISTRY)
+EVALUATION_QUERIES = Gauge("modelwarden_evaluation_queries",
+                           "HTTP requests the last evaluation cycle sent to Prometheus.", registry=REGISTRY)
 ROLLBACKS = Counter("modelwarden_rollbacks", "Rollbacks started (automatic or manual).", registry=REGISTRY)
 LEADER = Gauge("modelwarden_leader", "1 while this replica holds the leader Lease and acts (always 1 standalone).",
                registry=REGISTRY)

@@ -110,7 +110,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         resync_seconds=config.resync_seconds,
         workers=config.workers,
         evaluation_interval=config.evaluation_interval,
-        metrics=(PrometheusMetrics(config.prometheus_url, timeout_seconds=config.prometheus_timeout)
+        metrics=(PrometheusMetrics(config.prometheus_url, timeout_seconds=config.prometheus_timeout,
+                                   step_seconds=config.query_step)
                  if config.prometheus_url else None),
         notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
                   if config.webhook_url else LogOnly()),

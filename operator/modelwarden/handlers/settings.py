@@ -16,6 +16,9 @@ ENV = {
     "MODELWARDEN_PROMETHEUS_URL": "Prometheus base URL; unset: no analysis and no automatic rollback",
     "MODELWARDEN_EVALUATION_INTERVAL": "seconds between metric evaluations (default 30)",
     "MODELWARDEN_PROMETHEUS_TIMEOUT": "seconds per Prometheus query (default 10)",
+    "MODELWARDEN_QUERY_STEP": ("seconds between budget samples the triggers read (default 30, the shipped rules' "
+                               "interval; never below your rule evaluation interval). The budget trigger judges "
+                               "sustain windows of at least 3 steps"),
     "MODELWARDEN_WEBHOOK_URL": "where notifications go; unset: Events and logs only",
     "MODELWARDEN_WEBHOOK_FLAVOR": "generic | slack | pagerduty (default generic)",
     "MODELWARDEN_PAGERDUTY_ROUTING_KEY": "routing key for the pagerduty flavor",
@@ -56,6 +59,7 @@ class Settings:
     prometheus_url: str | None = None
     evaluation_interval: float = 30.0
     prometheus_timeout: float = 10.0
+    query_step: float = 30.0
     webhook_url: str | None = None
     webhook_flavor: Flavor = "generic"
     pagerduty_routing_key: str | None = None
@@ -85,6 +89,7 @@ class Settings:
             prometheus_url=get("MODELWARDEN_PROMETHEUS_URL"),
             evaluation_interval=float(get("MODELWARDEN_EVALUATION_INTERVAL") or 30),
             prometheus_timeout=float(get("MODELWARDEN_PROMETHEUS_TIMEOUT") or 10),
+            query_step=float(get("MODELWARDEN_QUERY_STEP") or 30),
             webhook_url=get("MODELWARDEN_WEBHOOK_URL"),
             webhook_flavor=cast(Flavor, flavor),
             pagerduty_routing_key=get("MODELWARDEN_PAGERDUTY_ROUTING_KEY"),
