@@ -76,6 +76,7 @@ class Level:
     queries_per_cycle: list[int] = field(default_factory=list)
     query_seconds: float = math.nan
     cycle_seconds: float = math.nan
+    status_writes_per_cycle: float = math.nan
     rss_mib: float = math.nan
     peak_rss_mib: float = math.nan
     cpu_share: float = math.nan
@@ -98,6 +99,14 @@ def proc_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     after_name = stat[stat.rindex(")") + 2:].split()
     return (int(after_name[11]) + int(after_name[12])) / CLK_TCK  # utime, stime
+
+
+def status_writes(cluster: cluster_env.Cluster) -> float:
+    """MLModel status writes the API server has answered, from its own request counter."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("apiserver_request_total{") and 'resource="mlmodels"' in line
+               and 'subresource="status"' in line and any(f'verb="{v}"' in line for v in ("PATCH", "PUT", "APPLY")))
 
 
 def wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
@@ -224,14 +233,16 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         say(f"{n} models: all Stable in {level.to_stable_seconds:.1f}s; measuring two steady evaluation cycles")
 
         steady_from = time.time()
-        cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
+        cpu0, t0, writes0 = proc_cpu_seconds(pid), time.monotonic(), status_writes(cluster)
         time.sleep(2 * args.interval + 5)
         level.cpu_share = (proc_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        steady_writes = status_writes(cluster) - writes0
         level.rss_mib, level.peak_rss_mib = proc_memory_mib(pid)
         queries, query_seconds, cycle_seconds = steady_cycles(operator.log(), steady_from)
         level.queries_per_cycle = sorted(set(queries))
         level.query_seconds = statistics.median(query_seconds) if query_seconds else math.nan
         level.cycle_seconds = statistics.median(cycle_seconds) if cycle_seconds else math.nan
+        level.status_writes_per_cycle = steady_writes / len(query_seconds) if query_seconds else math.nan
 
         say(f"{n} models: apply → Deployment, {APPLY_SAMPLES} more models one at a time")
         seen = DeploymentWatch(fleet.apps, "bench-apply")
@@ -305,6 +316,8 @@ def table(levels: list[Level], interval: int) -> str:
          lambda v: f"{v:.0f}"),
         ("evaluation cycle: queries", lambda lv: lv.query_seconds, ms),
         ("evaluation cycle: start → every model decided", lambda lv: lv.cycle_seconds, lambda v: f"{v:.2f} s"),
+        ("MLModel status writes per steady cycle (API server's count)", lambda lv: lv.status_writes_per_cycle,
+         lambda v: f"{v:.1f}"),
         ("operator RSS, steady", lambda lv: lv.rss_mib, lambda v: f"{v:.0f} MiB"),
         ("operator RSS, peak", lambda lv: lv.peak_rss_mib, lambda v: f"{v:.0f} MiB"),
         ("operator CPU, steady (share of one core)", lambda lv: lv.cpu_share, lambda v: f"{v * 100:.1f}%"),

@@ -377,6 +377,7 @@ def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(
     targets = tmp_path / "targets.json"
     targets.write_text("[]")
     prom = prometheus_factory(file_sd=targets)
+    op.controller.metrics = PrometheusMetrics(prom.url, step_seconds=STEP)
     counted = 'ml_feedback_labels_total{{instance="replica-{}",severity="critical",stakeholder="finance"}}'
 
     with contextlib.ExitStack() as stack:

@@ -237,10 +237,11 @@ def test_feed_replays_events_that_arrive_during_the_listing_on_top_of_it() -> No
 
 def test_a_rollback_counts_once() -> None:
     before = metrics.ROLLBACKS._value.get()
-    metrics.rollback_started("rb-1")
-    metrics.rollback_started("rb-1")  # the same rollback decided again
-    metrics.rollback_started("rb-2")
-    assert metrics.ROLLBACKS._value.get() == before + 2
+    metrics.rollback_started("ns", "m", "rb-1")
+    metrics.rollback_started("ns", "m", "rb-1")  # the same rollback decided again
+    metrics.rollback_started("ns", "m", "rb-2")
+    metrics.rollback_started("other", "m", "rb-1")  # another model rolled back in the same evaluation
+    assert metrics.ROLLBACKS._value.get() == before + 3
 
 
 def test_metrics_endpoint_serves_the_operator_metrics() -> None:

@@ -340,7 +340,7 @@ class Controller:
         await self._write_status(key, body, status, retraining.status)
         for event in (*decision.events, *retraining.events):
             if event.reason == api.Reason.ROLLBACK_STARTED and decision.status.last_rollback is not None:
-                own_metrics.rollback_started(decision.status.last_rollback.id)
+                own_metrics.rollback_started(model.namespace, model.name, decision.status.last_rollback.id)
             if event.reason in (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE):
                 log.warning("%s/%s %s: %s", model.namespace, model.name, event.reason, event.message)
             try:

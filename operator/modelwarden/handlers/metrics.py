@@ -33,14 +33,16 @@ MODELS = Gauge("modelwarden_models", "MLModels in this replica's cache.", regist
 WORKQUEUE_DEPTH = Gauge("modelwarden_workqueue_depth", "Models waiting in the work queue.", registry=REGISTRY)
 
 
-_rollbacks_counted: dict[str, None] = {}
+_rollbacks_counted: dict[tuple[str, str, str], None] = {}
 
 
-def rollback_started(rollback_id: str) -> None:
-    """Count a rollback once, even if its first pass is decided again (a status write that lost a race)."""
-    if rollback_id in _rollbacks_counted:
+def rollback_started(namespace: str, model: str, rollback_id: str) -> None:
+    """Count a rollback once, even if its first pass is decided again (a status write that lost a race). A
+    rollback id is unique per model only: models rolled back in the same evaluation share it."""
+    key = (namespace, model, rollback_id)
+    if key in _rollbacks_counted:
         return
-    _rollbacks_counted[rollback_id] = None
+    _rollbacks_counted[key] = None
     if len(_rollbacks_counted) > 10_000:
         del _rollbacks_counted[next(iter(_rollbacks_counted))]
     ROLLBACKS.inc()
