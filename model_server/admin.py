@@ -69,13 +69,13 @@ class Admin:
         return json_response({"warmed": True, **warmed})
 
     async def reenable(self, scope: Scope, receive: Receive, params: Params) -> Response:
-        request = validate(ReenableIn, await read_json(receive, self._max_body))
+        request = validate(ReenableIn, await read_json(scope, receive, self._max_body))
         if not self._governance.reenable(request.actor, request.reason):
             raise HttpError(409, "NOT_DISABLED_BY_GOVERNANCE", state=self._governance.state.value)
         return json_response({"reenabled": True, "state": self._governance.state.value})
 
     async def faults(self, scope: Scope, receive: Receive, params: Params) -> Response:
-        request = validate(FaultsIn, await read_json(receive, self._max_body))
+        request = validate(FaultsIn, await read_json(scope, receive, self._max_body))
         self._target.set_fault_ratio(request.error_ratio)
         self._log.event("MODEL_SERVER", "FAULT_INJECTION_SET", f"injecting errors into {request.error_ratio:.0%} "
                         "of requests", level=logging.WARNING, error_ratio=request.error_ratio, actor=request.actor,

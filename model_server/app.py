@@ -40,7 +40,7 @@ from model_server.batching import MicroBatcher, all_finite
 from model_server.config import Settings
 from model_server.drift import DriftWindow
 from model_server.feedback import ERROR_LOG_INTERVAL, FeedbackDesk, StoreThread, background_priority
-from model_server.governance import Governance, GovernanceState
+from model_server.governance import Governance, GovernanceState, TrainingRange
 from model_server.http import (
     HttpError,
     Outcome,
@@ -53,10 +53,19 @@ from model_server.http import (
     error_response,
     invalid_input,
     json_response,
+    read_body,
     read_json,
     send_response,
 )
-from model_server.loader import ArtifactRejected, LoadedModel, Matrix, ModelLoadError, load_artifact, warm_up
+from model_server.loader import (
+    ArtifactRejected,
+    LoadedModel,
+    Matrix,
+    ModelLoadError,
+    Scores,
+    load_artifact,
+    warm_up,
+)
 from model_server.logs import EventLog
 from model_server.metrics import ServerMetrics
 from model_server.records import RecordBuffer
@@ -68,6 +77,7 @@ SERVER_NAME = "modelwarden-model-server"
 RECORD_FLUSH_SECONDS = 0.25
 PURGE_SECONDS = 300.0
 _NUMBER_TYPES = frozenset((float, int))
+BINARY = b"application/octet-stream"
 
 LoadStatus = Literal["not_loaded", "loading", "loaded", "failed"]
 
@@ -141,6 +151,7 @@ class ModelServer:
         # contract.reorder as one C call (operator.itemgetter), for the contract of the loaded model.
         self._pick: Callable[[dict[str, Any]], Sequence[Any]] = lambda row: ()
         self._pick_contract: FeatureContract | None = None
+        self._training_range = TrainingRange.unknown(0)
         self._fault_ratio = 0.0
         self._fault_random = random.Random()
         self.router = self._routes()
@@ -192,11 +203,11 @@ class ModelServer:
         except HttpError as e:
             if e.kind is not None:
                 self._count_error(e.kind, e)
-            response = error_response(e)
+            response = error_response(e, oip=path.startswith("/v2"))
         except Exception as e:
             self.log.event("MODEL_SERVER", "INTERNAL_ERROR", f"unhandled {type(e).__name__} on {path}",
                            level=logging.ERROR, path=path, exc_info=True)
-            response = error_response(HttpError(500, "INTERNAL_ERROR"))
+            response = error_response(HttpError(500, "INTERNAL_ERROR"), oip=path.startswith("/v2"))
         await send_response(send, response)
 
     def _count_error(self, kind: str, error: HttpError | None = None) -> None:
@@ -322,6 +333,7 @@ class ModelServer:
         getter = operator.itemgetter(*features)
         self._pick = getter if len(features) > 1 else lambda row: (getter(row),)
         self._pick_contract = model.contract
+        self._training_range = TrainingRange.of(model.meta)
         self.model = model
         self.drift = DriftWindow(model.contract.features, model.meta.reference, s.drift_window_size,
                                  s.drift_min_samples)
@@ -375,10 +387,7 @@ class ModelServer:
                 else:
                     values = contract.reorder(row)
             except FeatureMismatch as e:
-                body = e.to_dict()
-                if batch:
-                    body["row"] = i
-                raise oip.feature_mismatch(body) from None
+                raise oip.feature_mismatch(e, **({"row": i} if batch else {})) from None
             if not _NUMBER_TYPES.issuperset(map(type, values)):  # bool, str, None, lists... are refused
                 name = next(n for n, v in zip(contract.features, values, strict=True) if type(v) not in _NUMBER_TYPES)
                 raise invalid_input(f"feature {name!r} must be a number", feature=name,
@@ -424,12 +433,24 @@ class ModelServer:
                 raise HttpError(500, "PREDICT_ERROR", "the model failed on this input", kind="PREDICT_ERROR",
                                 outcome="error", detail=f"{type(e).__name__}: {e}") from None
             if not all_finite(result):
-                raise HttpError(422, "NON_FINITE_OUTPUT", "the model produced a non-finite score for this input",
-                                kind="NON_FINITE_OUTPUT", outcome="error",
-                                detail="the model answered a non-finite score")
+                raise self._non_finite(matrix, result, batch)
             scores = result.tolist()
         self._record(ids, rows, scores, state, now)
         return ids, scores, not serving, state
+
+    def _non_finite(self, matrix: Matrix, scores: Scores, batch: bool) -> HttpError:
+        """A non-finite score: the client's when every row that got one has an input far outside the training
+        range (see :class:`~model_server.governance.TrainingRange`), else the model's fault."""
+        bad = ~np.isfinite(scores)
+        extreme = self._training_range.extreme_rows(matrix)
+        if extreme[bad].all():
+            rows = np.flatnonzero(bad)[:20].tolist()
+            features = self._training_range.extreme_features(matrix[rows[0]])
+            return HttpError(422, "INPUT_OUT_OF_RANGE", "inputs this far outside the model's training range make "
+                             "its score non-finite", kind="INVALID_INPUT", features=features[:20],
+                             **({"rows": rows} if batch else {}))
+        return HttpError(422, "NON_FINITE_OUTPUT", "the model produced a non-finite score for this input",
+                         kind="NON_FINITE_OUTPUT", outcome="error", detail="the model answered a non-finite score")
 
     def _record(self, ids: list[str], rows: list[dict[str, Any]], scores: list[float], state: GovernanceState,
                 now: float) -> None:
@@ -459,10 +480,10 @@ class ModelServer:
             self.metrics.latency_child.observe(time.perf_counter() - started)
 
     async def _predict(self, scope: Scope, receive: Receive, params: Params) -> Response:
-        return await self._timed(lambda: self._predict_body(receive))
+        return await self._timed(lambda: self._predict_body(scope, receive))
 
-    async def _predict_body(self, receive: Receive) -> Response:
-        doc = await read_json(receive, self.settings.max_body_bytes)
+    async def _predict_body(self, scope: Scope, receive: Receive) -> Response:
+        doc = await read_json(scope, receive, self.settings.max_body_bytes)
         if not isinstance(doc, dict) or len(doc) != 1 or not ("features" in doc or "instances" in doc):
             raise invalid_input('body must be {"features": {name: number}} or {"instances": [{name: number}, ...]}')
         batch = "instances" in doc
@@ -494,20 +515,24 @@ class ModelServer:
 
     async def _infer(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
-        return await self._timed(lambda: self._infer_body(receive))
+        return await self._timed(lambda: self._infer_body(scope, receive))
 
-    async def _infer_body(self, receive: Receive) -> Response:
-        doc = await read_json(receive, self.settings.max_body_bytes)
+    async def _infer_body(self, scope: Scope, receive: Receive) -> Response:
+        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        json_length = oip.header_length(scope["headers"], len(body))
         # While the neutral prediction answers, columns are not checked against the contract (as for /predict).
         contract = self.model.contract if self.model is not None and self.governance.state.serves_model else None
-        request = oip.decode_request(doc, contract, self.settings.max_batch_rows)
+        request = oip.decode_request(body, json_length, contract, self.settings.max_batch_rows)
         ids, scores, neutral, state = await self._score_rows(request.rows, batch=len(request.rows) > 1)
         s = self.settings
-        body = oip.response_body(
-            model_name=s.model_name, model_version=s.model_version, request_id=request.id,
+        answer, header_length = oip.encode_response(
+            model_name=s.model_name, model_version=s.model_version, request=request,
             parameters={"governance_state": state.value, "neutral": neutral, "track": s.model_track},
             scores=scores, ids=ids)
-        return Response(200, orjson.dumps(body), outcome="neutral" if neutral else "success")
+        outcome: Outcome = "neutral" if neutral else "success"
+        if header_length is None:
+            return Response(200, answer, outcome=outcome)
+        return Response(200, answer, BINARY, [(oip.HEADER_LENGTH, str(header_length).encode())], outcome=outcome)
 
     # ------------------------------------------------------------------ health, metadata, metrics
 
@@ -539,7 +564,7 @@ class ModelServer:
     async def _server_metadata(self, scope: Scope, receive: Receive, params: Params) -> Response:
         from model_server import __version__
 
-        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(oip.EXTENSIONS)})
 
     async def _model_metadata(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
@@ -554,7 +579,13 @@ class ModelServer:
                         {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}],
             "parameters": {"track": s.model_track, "sha256": s.artifact_sha256,
                            "contract": contract.name if contract is not None else None,
-                           "governance_state": self.governance.state.value},
+                           "governance_state": self.governance.state.value,
+                           # OIP metadata has one list of inputs; the other accepted form is spelled out here.
+                           "tensor_input": {
+                               "description": "instead of the per-feature inputs: one tensor of any other name, "
+                                              "rows of features in the order of `inputs`",
+                               "datatype": "FP64", "shape": [-1, len(features)],
+                               "datatypes": sorted(oip.NUMERIC_DATATYPES)}},
         })
 
     async def _status(self, scope: Scope, receive: Receive, params: Params) -> Response:

@@ -15,7 +15,6 @@ import re
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from model_server.store import (
     FeedbackStore,
     PredictionFeedback,
     StoreUnavailable,
+    feedback_id,
     iso,
 )
 
@@ -129,38 +129,46 @@ class FeedbackDesk:
         return len(batch)
 
     async def post(self, scope: Scope, receive: Receive, params: Params) -> Response:
-        feedback = validate(FeedbackIn, await read_json(receive, self._settings.max_body_bytes))
+        feedback = validate(FeedbackIn, await read_json(scope, receive, self._settings.max_body_bytes))
         store = self._store.require()
         received = time.time()
         label = orjson.dumps(feedback.label).decode()
         try:
             with self._records.taken() as pending:
-                def store_feedback() -> FeedbackRecord | None:
+                def store_feedback() -> tuple[FeedbackRecord, bool] | None:
                     # In the store thread, in order: the prediction may still be in the batch just handed over.
                     store.record_predictions(pending)
                     prediction = store.prediction(feedback.prediction_id)
                     if prediction is None:
                         return None
-                    record = FeedbackRecord(str(uuid.uuid4()), prediction.prediction_id, prediction.model,
-                                            prediction.version, label, feedback.severity, feedback.stakeholder,
-                                            feedback.comment, feedback.author, received)
-                    store.add_feedback(record)
-                    return record
+                    record = FeedbackRecord(feedback_id(prediction.prediction_id, feedback.stakeholder),
+                                            prediction.prediction_id, prediction.model, prediction.version, label,
+                                            feedback.severity, feedback.stakeholder, feedback.comment,
+                                            feedback.author, received)
+                    return store.add_feedback(record)
 
-                record = await self._store.run(store_feedback)
+                stored = await self._store.run(store_feedback)
         except StoreUnavailable as e:
             self._log.event("FEEDBACK_STORE", "STORE_UNAVAILABLE", str(e), level=logging.ERROR)
             raise store_unavailable("feedback was not stored; retry", retry=True) from None
-        if record is None:
+        if stored is None:
             raise HttpError(404, "UNKNOWN_PREDICTION", "no such prediction (or past its retention)",
                             predictionId=feedback.prediction_id)
+        record, new = stored
+        created = {"feedbackId": record.feedback_id, "predictionId": record.prediction_id, "model": record.model,
+                   "version": record.version, "receivedAt": iso(record.received_at)}
+        if not new:
+            # A retry, or this stakeholder's second word on the prediction: the first label stands, counted once.
+            if not _same_label(record, label, feedback.severity):
+                raise HttpError(409, "FEEDBACK_CONFLICT", f"{record.stakeholder} already labelled this prediction "
+                                "differently; one label per prediction and stakeholder", stored=created,
+                                label=orjson.loads(record.label), severity=record.severity)
+            return json_response({**created, "duplicate": True}, 200)
         self._metrics.count_feedback(record.model, record.version, record.severity, record.stakeholder)
         self._log.event("FEEDBACK", "FEEDBACK_RECORDED", f"{record.severity} label from {record.stakeholder}",
                         prediction_id=record.prediction_id, feedback_id=record.feedback_id,
                         severity=record.severity, stakeholder=record.stakeholder, prediction_version=record.version)
-        return json_response({"feedbackId": record.feedback_id, "predictionId": record.prediction_id,
-                              "model": record.model, "version": record.version,
-                              "receivedAt": iso(record.received_at)}, 201)
+        return json_response(created, 201)
 
     async def get(self, scope: Scope, receive: Receive, params: Params) -> Response:
         prediction_id = params["prediction_id"]
@@ -212,6 +220,11 @@ class FeedbackDesk:
         if deleted:
             self._log.event("FEEDBACK_STORE", "PREDICTIONS_PURGED", f"{deleted} prediction records past retention",
                             deleted=deleted)
+
+
+def _same_label(record: FeedbackRecord, label: str, severity: str) -> bool:
+    stored, offered = orjson.loads(record.label), orjson.loads(label)
+    return record.severity == severity and type(stored) is type(offered) and stored == offered
 
 
 def feedback_view(prediction_id: str, found: PredictionFeedback) -> dict[str, Any]:

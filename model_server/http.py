@@ -10,6 +10,7 @@ where it is turned into a response.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -75,8 +76,13 @@ def json_response(doc: Any, status: int = 200) -> Response:
     return Response(status, orjson.dumps(doc))
 
 
-def error_response(error: HttpError) -> Response:
-    return Response(error.status, orjson.dumps(error.body), JSON, error.headers)
+def error_response(error: HttpError, *, oip: bool = False) -> Response:
+    """The server's own shape, or the Open Inference Protocol's (``{"error": "<text>", "code": CODE, ...}``:
+    OIP clients such as tritonclient and the KServe SDK show their users the ``error`` field)."""
+    body = error.body
+    if oip:
+        body = {"error": error.message or error.detail or error.code, "code": error.code, **error.fields}
+    return Response(error.status, orjson.dumps(body), JSON, error.headers)
 
 
 Params = dict[str, str]
@@ -135,27 +141,69 @@ class Router:
         return None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refused with 413 beyond ``limit`` bytes before more is read."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, decompressed (``Content-Encoding: gzip|deflate``); refused with 413 beyond
+    ``limit`` bytes, compressed or not, before more is read or inflated."""
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):  # the usual single chunk
         body: bytes = message.get("body", b"")
         if len(body) > limit:
             raise body_too_large(limit)
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "CLIENT_DISCONNECTED")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+            message = await receive()
+        body = b"".join(chunks)
+    encoding = header(scope, b"content-encoding")
+    return body if encoding is None else decompress(body, encoding, limit)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of request header ``name`` (lower case)."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return found
+
+
+# Content-Encoding -> zlib's wbits: gzip framing, and zlib framing (what HTTP calls "deflate").
+_ENCODINGS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+
+
+def decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """``body`` inflated, at most ``limit`` bytes of output (413 beyond: a small bomb must not expand)."""
+    encoding = encoding.strip().lower()
+    if encoding in (b"", b"identity"):
         return body
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "CLIENT_DISCONNECTED")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+    wbits = _ENCODINGS.get(encoding)
+    if wbits is None:
+        raise HttpError(415, "UNSUPPORTED_ENCODING", "Content-Encoding must be gzip, deflate or identity",
+                        kind="INVALID_INPUT")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
             raise body_too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-        message = await receive()
+        out += inflater.flush()
+    except zlib.error as e:
+        raise HttpError(400, "MALFORMED_BODY", f"body is not valid {encoding.decode('latin-1')} data: {e}",
+                        kind="INVALID_INPUT") from None
+    if len(out) > limit:
+        raise body_too_large(limit)
+    if not inflater.eof:
+        raise HttpError(400, "MALFORMED_BODY", f"truncated {encoding.decode('latin-1')} data", kind="INVALID_INPUT")
+    return out
 
 
 def body_too_large(limit: int) -> HttpError:
@@ -169,8 +217,8 @@ def parse_json(body: bytes) -> Any:
         raise HttpError(400, "MALFORMED_JSON", str(e)[:300], kind="INVALID_INPUT") from None
 
 
-async def read_json(receive: Receive, limit: int) -> Any:
-    return parse_json(await read_body(receive, limit))
+async def read_json(scope: Scope, receive: Receive, limit: int) -> Any:
+    return parse_json(await read_body(scope, receive, limit))
 
 
 async def send_response(send: Send, response: Response) -> None:
