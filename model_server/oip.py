@@ -159,6 +159,8 @@ def decode_tensor(t: Any, limits: Limits, binary: memoryview, offset: int) -> tu
     if not 1 <= len(shape) <= 2 or not all(type(d) is int and 0 <= d <= limits.max_elements for d in shape):
         raise invalid_input(f"shape must be 1 or 2 integers within 0..{limits.max_elements} ([N], [N, 1] or "
                             "[N, n_features])", tensor=name)
+    if len(shape) == 2 and shape[0] > limits.max_rows:
+        raise invalid_input(f"at most {limits.max_rows} rows", tensor=name)
     elements = shape[0] * (shape[1] if len(shape) == 2 else 1)
     if elements > limits.max_elements:
         raise invalid_input(f"at most {limits.max_elements} values per tensor", tensor=name)
