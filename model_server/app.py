@@ -522,7 +522,9 @@ class ModelServer:
         json_length = oip.header_length(scope["headers"], len(body))
         # While the neutral prediction answers, columns are not checked against the contract (as for /predict).
         contract = self.model.contract if self.model is not None and self.governance.state.serves_model else None
-        request = oip.decode_request(body, json_length, contract, self.settings.max_batch_rows)
+        known = self.model.contract if self.model is not None else self.settings.feature_contract
+        request = oip.decode_request(body, json_length, contract, self.settings.max_batch_rows,
+                                     known.n_features if known is not None else None)
         ids, scores, neutral, state = await self._score_rows(request.rows, batch=len(request.rows) > 1)
         s = self.settings
         answer, header_length = oip.encode_response(

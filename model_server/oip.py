@@ -37,8 +37,8 @@ DTYPES: dict[str, str] = {
 NUMERIC_DATATYPES = frozenset(DTYPES)
 OUTPUTS = ("prediction", "prediction_id")
 HEADER_LENGTH = b"inference-header-content-length"
-# Columns of a positional tensor while the neutral prediction answers (no contract is consulted then).
-MAX_NEUTRAL_COLUMNS = 1024
+# Columns while the neutral prediction answers and no contract is known (none is consulted then).
+MAX_NEUTRAL_COLUMNS = 256
 MAX_TENSORS = 1024
 EXTENSIONS = ("binary_tensor_data",)
 
@@ -90,9 +90,10 @@ def header_length(headers: Sequence[tuple[bytes, bytes]], body_length: int) -> i
 
 
 def decode_request(body: bytes, json_length: int | None, contract: FeatureContract | None,
-                   max_rows: int) -> InferInput:
+                   max_rows: int, columns: int | None = None) -> InferInput:
     """An OIP request body as rows keyed by feature name. Without a ``contract`` (the neutral prediction
-    answers) positional columns are named ``column_{j}`` and not checked."""
+    answers) positional columns are named ``column_{j}`` and not checked, and ``columns`` (the width of the
+    contract the server knows, if any) bounds them."""
     doc = parse_json(body if json_length is None else body[:json_length])
     binary = memoryview(body)[json_length:] if json_length is not None else memoryview(b"")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
@@ -100,14 +101,18 @@ def decode_request(body: bytes, json_length: int | None, contract: FeatureContra
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid_input("id must be a string")
-    limits = Limits(max_rows, contract.n_features if contract is not None else MAX_NEUTRAL_COLUMNS)
+    limits = Limits(max_rows, contract.n_features if contract is not None else columns or MAX_NEUTRAL_COLUMNS)
     if len(doc["inputs"]) > MAX_TENSORS:
         raise invalid_input(f"at most {MAX_TENSORS} input tensors")
     outputs, binary_outputs = _requested_outputs(doc)
     offset = 0
     tensors = []
+    elements = 0
     for t in doc["inputs"]:
         tensor, offset = decode_tensor(t, limits, binary, offset)
+        elements += len(tensor.data)
+        if elements > limits.max_elements:
+            raise invalid_input(f"at most {limits.max_elements} values in all tensors together")
         tensors.append(tensor)
     if offset != len(binary):
         raise invalid_input(f"{len(binary) - offset} bytes of binary data after the last tensor's")

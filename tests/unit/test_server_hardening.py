@@ -185,6 +185,21 @@ def test_an_empty_tensor_is_422_like_an_empty_batch(client: httpx.Client, served
     assert client.post("/predict", json={"instances": []}).status_code == 422
 
 
+def test_while_neutral_the_request_is_still_bounded(served: tuple[ModelServer, str, DemoArtifact],
+                                                    client: httpx.Client) -> None:
+    """With the kill switch on no contract is checked, but the known contract's width still bounds the work."""
+    app = served[0]
+    app.set_config_enabled(False, "test")
+    try:
+        wide = post_binary(client, "/v2/models/credit/infer", "x", np.zeros((1000, 4 * N_FEATURES)))
+        assert wide.status_code == 422 and "at most" in wide.json()["error"]
+        narrow = post_binary(client, "/v2/models/credit/infer", "x", np.zeros((3, N_FEATURES)))
+        assert narrow.status_code == 200
+        assert narrow.json()["parameters"]["neutral"] is True
+    finally:
+        app.set_config_enabled(True, "test")
+
+
 def test_binary_framing_errors_are_4xx(client: httpx.Client) -> None:
     header = json.dumps({"inputs": [{"name": "x", "shape": [1, N_FEATURES], "datatype": "FP64",
                                      "parameters": {"binary_data_size": 8 * N_FEATURES}}]}).encode()
