@@ -40,6 +40,7 @@ HEADER_LENGTH = b"inference-header-content-length"
 # Columns while the neutral prediction answers and no contract is known (none is consulted then).
 MAX_NEUTRAL_COLUMNS = 256
 MAX_TENSORS = 1024
+MAX_LISTED = 100  # feature names per list in a FEATURE_MISMATCH answer
 EXTENSIONS = ("binary_tensor_data",)
 
 
@@ -69,9 +70,16 @@ class InferInput:
 
 
 def feature_mismatch(e: FeatureMismatch, **extra: Any) -> HttpError:
-    """422 ``FEATURE_MISMATCH`` with the contract's counts and names (DESIGN §4)."""
-    fields = {k: v for k, v in e.to_dict().items() if k != "error"}
-    return HttpError(422, "FEATURE_MISMATCH", kind="FEATURE_MISMATCH", detail=str(e), **fields, **extra)
+    """422 ``FEATURE_MISMATCH`` with the contract's counts and names (DESIGN §4). The name lists stop at
+    ``MAX_LISTED`` each (the counts stay exact): a body of 280,000 unknown names must not come back as a
+    2.7 MB answer and log line."""
+    missing, unexpected = e.missing_features[:MAX_LISTED], e.unexpected_features[:MAX_LISTED]
+    more = len(e.missing_features) + len(e.unexpected_features) - len(missing) - len(unexpected)
+    text = (f"FEATURE_MISMATCH: contract {e.contract!r} expects {e.expected_count} features, got "
+            f"{e.provided_count} (missing {missing}, unexpected {unexpected}{f', and {more} more' if more else ''})")
+    return HttpError(422, "FEATURE_MISMATCH", kind="FEATURE_MISMATCH", detail=text, contract=e.contract,
+                     expected_count=e.expected_count, provided_count=e.provided_count, missing_features=missing,
+                     unexpected_features=unexpected, **extra)
 
 
 def header_length(headers: Sequence[tuple[bytes, bytes]], body_length: int) -> int | None:

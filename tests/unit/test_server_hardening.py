@@ -200,6 +200,14 @@ def test_while_neutral_the_request_is_still_bounded(served: tuple[ModelServer, s
         app.set_config_enabled(True, "test")
 
 
+def test_a_mismatch_lists_at_most_100_names_and_counts_all(client: httpx.Client,
+                                                           served: tuple[ModelServer, str, DemoArtifact]) -> None:
+    features = {**row(served[2]), **{f"extra_{i}": 0.0 for i in range(5000)}}
+    body = client.post("/predict", json={"features": features}).json()
+    assert (body["error"], body["provided_count"], len(body["unexpected_features"])) == ("FEATURE_MISMATCH",
+                                                                                         N_FEATURES + 5000, 100)
+
+
 def test_binary_framing_errors_are_4xx(client: httpx.Client) -> None:
     header = json.dumps({"inputs": [{"name": "x", "shape": [1, N_FEATURES], "datatype": "FP64",
                                      "parameters": {"binary_data_size": 8 * N_FEATURES}}]}).encode()
