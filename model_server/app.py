@@ -161,7 +161,7 @@ class ModelServer:
         r = Router()
         r.add("/predict", "POST", self._predict)
         r.add("/feedback", "POST", self.feedback.post)
-        r.add("/feedback/{prediction_id}", "GET", self.feedback.get)
+        r.add("/feedback/{prediction_id}", "GET", self.feedback.get, remember=False)
         r.add("/metrics", "GET", self._metrics)
         r.add("/status", "GET", self._status)
         r.add("/openapi.json", "GET", self._openapi)
@@ -413,9 +413,10 @@ class ModelServer:
             raise HttpError(503, "MODEL_UNAVAILABLE", "model is loading", outcome="unavailable")
         return False, state
 
-    async def _score_rows(self, rows: list[dict[str, Any]], batch: bool) -> tuple[list[str], list[float], bool,
-                                                                                   GovernanceState]:
-        """Score rows (or answer neutral); records every answer for the feedback join."""
+    async def _score_rows(self, rows: list[dict[str, Any]], batch: bool, matrix: Matrix | None = None) -> tuple[
+            list[str], list[float], bool, GovernanceState]:
+        """Score rows (or answer neutral); records every answer for the feedback join. ``matrix``: the same rows
+        already checked and in contract order (OIP binary tensors), so they are not converted again."""
         serving, state = self._serving()
         now = time.time()
         ids = self._ids.take(len(rows))
@@ -424,7 +425,8 @@ class ModelServer:
         else:
             model, batcher = self.model, self.batcher
             assert model is not None and batcher is not None
-            matrix = self._rows_to_matrix(rows, model.contract, batch)
+            if matrix is None:
+                matrix = self._rows_to_matrix(rows, model.contract, batch)
             if self._fault_ratio and self._fault_random.random() < self._fault_ratio:
                 raise HttpError(500, "INJECTED_FAULT", "fault injected by /admin/faults", outcome="error")
             try:
@@ -525,7 +527,7 @@ class ModelServer:
         known = self.model.contract if self.model is not None else self.settings.feature_contract
         request = oip.decode_request(body, json_length, contract, self.settings.max_batch_rows,
                                      known.n_features if known is not None else None)
-        ids, scores, neutral, state = await self._score_rows(request.rows, batch=len(request.rows) > 1)
+        ids, scores, neutral, state = await self._score_rows(request.rows, len(request.rows) > 1, request.matrix)
         s = self.settings
         answer, header_length = oip.encode_response(
             model_name=s.model_name, model_version=s.model_version, request=request,

@@ -91,13 +91,19 @@ Handler = Callable[[Scope, Receive, Params], Awaitable[Response]]
 
 class Router:
     """Exact paths by dictionary lookup (the hot ``/predict``), then templates such as
-    ``/v2/models/{name}/infer`` segment by segment."""
+    ``/v2/models/{name}/infer`` segment by segment; a template's match is remembered (up to
+    ``MATCH_CACHE_SIZE`` paths: clients choose them), so the served model's infer path is one lookup too."""
+
+    MATCH_CACHE_SIZE = 256
 
     def __init__(self) -> None:
         self._exact: dict[str, dict[str, Handler]] = {}
         self._templates: list[tuple[list[str], dict[str, Handler]]] = []
+        self._uncached: set[int] = set()  # ids of method tables whose paths are not remembered
+        self._matched: dict[str, tuple[dict[str, Handler], Params]] = {}
 
-    def add(self, path: str, method: str, handler: Handler) -> None:
+    def add(self, path: str, method: str, handler: Handler, *, remember: bool = True) -> None:
+        """``remember=False`` for templates whose values are many (an id per request)."""
         if "{" not in path:
             self._exact.setdefault(path, {})[method] = handler
             return
@@ -106,14 +112,24 @@ class Router:
             if existing == segments:
                 methods[method] = handler
                 return
-        self._templates.append((segments, {method: handler}))
+        methods = {method: handler}
+        self._templates.append((segments, methods))
+        if not remember:
+            self._uncached.add(id(methods))
 
     def resolve(self, path: str, method: str) -> tuple[Handler, Params]:
         """The handler and path parameters; 404 or 405 (with ``allow``) as :class:`HttpError`."""
         params: Params = {}
         methods = self._exact.get(path)
         if methods is None:
-            methods = self._match(path, params)
+            known = self._matched.get(path)
+            if known is not None:
+                methods, params = known
+            else:
+                methods = self._match(path, params)
+                if (methods is not None and len(self._matched) < self.MATCH_CACHE_SIZE
+                        and id(methods) not in self._uncached):
+                    self._matched[path] = (methods, params)
         if methods is None:
             raise HttpError(404, "NOT_FOUND", f"no route {path[:200]}")
         handler = methods.get(method)

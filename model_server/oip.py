@@ -17,12 +17,12 @@ actually arrived. Problems are raised as :class:`~model_server.http.HttpError` (
 from __future__ import annotations
 
 import struct
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from model_server.http import HttpError, invalid_input, parse_json
@@ -59,6 +59,7 @@ class Tensor:
     name: str
     shape: list[int]
     data: list[Any]
+    array: npt.NDArray[np.float64] | None = None  # binary data: the same values, checked finite
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class InferInput:
     rows: list[dict[str, Any]]
     outputs: tuple[str, ...]           # in the order asked for (all of them when none were named)
     binary_outputs: frozenset[str]     # which of them go back as binary data
+    # rows as a checked float64 matrix in contract order, when they came that way (one binary tensor)
+    matrix: npt.NDArray[np.float64] | None = None
 
 
 def feature_mismatch(e: FeatureMismatch, **extra: Any) -> HttpError:
@@ -124,7 +127,11 @@ def decode_request(body: bytes, json_length: int | None, contract: FeatureContra
         tensors.append(tensor)
     if offset != len(binary):
         raise invalid_input(f"{len(binary) - offset} bytes of binary data after the last tensor's")
-    return InferInput(request_id, tensor_rows(tensors, contract, limits), outputs, binary_outputs)
+    rows = tensor_rows(tensors, contract, limits)
+    matrix = None
+    if contract is not None and len(tensors) == 1 and tensors[0].array is not None and rows:
+        matrix = tensors[0].array.reshape(len(rows), contract.n_features)
+    return InferInput(request_id, rows, outputs, binary_outputs, matrix)
 
 
 def _flag(parameters: Any, name: str, default: bool) -> bool:
@@ -188,7 +195,8 @@ def decode_tensor(t: Any, limits: Limits, binary: memoryview, offset: int) -> tu
         values = np.frombuffer(binary[offset:offset + size], dtype=dtype)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise invalid_input("tensor data must be finite numbers", tensor=name)
-        return Tensor(name, shape, values.astype(np.float64).tolist()), offset + size
+        array = values.astype(np.float64)
+        return Tensor(name, shape, array.tolist(), array), offset + size
     data = t.get("data")
     if not isinstance(data, list):
         raise invalid_input("a tensor needs name, shape, datatype and data", tensor=name)
@@ -282,8 +290,10 @@ def encode_response(*, model_name: str, model_version: str, request: InferInput,
             outputs.append({**meta, "parameters": {"binary_data_size": len(blob)}})
         else:
             outputs.append({**meta, "data": data})
-    header = orjson.dumps({"model_name": model_name, "model_version": model_version,
-                           "id": request.id or str(uuid.uuid4()), "parameters": parameters, "outputs": outputs})
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:  # OIP: the request's id, if it had one
+        doc["id"] = request.id
+    header = orjson.dumps({**doc, "parameters": parameters, "outputs": outputs})
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
