@@ -458,8 +458,8 @@ class ModelServer:
                 now: float) -> None:
         s = self.settings
         name, version, track, state_value = s.model_name, s.model_version, s.model_track, state.value
-        self.records.add(PredictionRecord(pid, name, version, track, state_value, orjson.dumps(row).decode(),
-                                          score, now) for pid, row, score in zip(ids, rows, scores, strict=True))
+        self.records.add([PredictionRecord(pid, name, version, track, state_value, orjson.dumps(row).decode(),
+                                           score, now) for pid, row, score in zip(ids, rows, scores, strict=True)])
 
     # ------------------------------------------------------------------ /predict and OIP infer
 

@@ -8,7 +8,7 @@ counted, so a store that is down cannot grow the process without limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from model_server.store import PredictionRecord
@@ -26,7 +26,7 @@ class RecordBuffer:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, records: Iterable[PredictionRecord]) -> None:
+    def add(self, records: list[PredictionRecord]) -> None:
         pending = self._pending
         pending.extend(records)
         overflow = len(pending) - self._max
