@@ -83,7 +83,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if part == "headers" or cycle is None or not cycle.response_started:
+        # No answer of ours is on the wire (a pipelined request's may be): the 408 can go first.
+        if cycle is None or (cycle.response_complete if part == "headers" else not cycle.response_started):
             self.transport.write(_raw_response(b"408 Request Timeout", "REQUEST_TIMEOUT",
                                                f"request {part} not received within {seconds:g} s"))
         self.transport.close()
