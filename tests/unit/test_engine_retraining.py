@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from modelwarden.api.v1alpha1 import ArtifactVersion, Gate, MLModelSpec, MLModelStatus, RetrainingStatus
+from modelwarden.engine.actions import CreateRetrainingJob, Notify
 from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.retraining import (
     BUDGET_STEP_SECONDS,
-    CreateRetrainingJob,
     GateInputs,
     JobState,
     Report,
@@ -23,7 +23,6 @@ from modelwarden.engine.retraining import (
     due_window,
     job_name,
 )
-from modelwarden.engine.rollout import Notify
 from tests.unit.engine_world import make_spec
 
 WINDOW = datetime(2027, 6, 8, 2, 0, tzinfo=UTC)  # the second Tuesday of June 2027 (June starts on a Tuesday)

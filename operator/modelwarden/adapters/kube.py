@@ -20,8 +20,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.retraining import CreateRetrainingJob, JobState, window_label
-from modelwarden.engine.rollout import TrackState
+from modelwarden.engine.actions import CreateRetrainingJob
+from modelwarden.engine.decision import TrackState
+from modelwarden.engine.retraining import JobState, window_label
 
 FIELD_MANAGER = "modelwarden"
 SERVER_PORT = 8080

@@ -41,8 +41,8 @@ from modelwarden.api.v1alpha1 import (
     RetrainingJob,
     RetrainingStatus,
 )
+from modelwarden.engine.actions import CreateRetrainingJob, Event, Notify
 from modelwarden.engine.conditions import get_condition, set_condition, timestamp
-from modelwarden.engine.rollout import Event, Notify
 from modelwarden.engine.schedule import Schedule, next_fire, parse, previous_fire
 from modelwarden.engine.triggers import Samples, counter_increase
 
@@ -107,15 +107,6 @@ class RetrainingObservation:
 
 
 # --- what the handler must do -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CreateRetrainingJob:
-    name: str
-    window: datetime
-    # what the Job is told (env): the version it retrains from, and the window
-    stable_version: str | None
-    stable_uri: str | None
 
 
 RetrainingAction = CreateRetrainingJob | Notify

@@ -39,10 +39,22 @@ from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider, Metri
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.adapters.server_admin import ServerAdmin
 from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.actions import (
+    AnnotateGrafana,
+    ApplyTrack,
+    CollectFeedbackEvidence,
+    CreateRetrainingJob,
+    DeleteTrack,
+    EnsureServices,
+    FlushAndWarm,
+    Notify,
+    RecordIncident,
+    SetRouteWeight,
+)
 from modelwarden.engine.approvals import Approval
+from modelwarden.engine.decision import ArtifactCheck, Decision, Observation, TrackState
 from modelwarden.engine.health import MetricsView
 from modelwarden.engine.retraining import (
-    CreateRetrainingJob,
     GateInputs,
     Report,
     RetrainingDecision,
@@ -51,23 +63,7 @@ from modelwarden.engine.retraining import (
     due_window,
     label_window_start,
 )
-from modelwarden.engine.rollout import (
-    AnnotateGrafana,
-    ApplyTrack,
-    ArtifactCheck,
-    CollectFeedbackEvidence,
-    Decision,
-    DeleteTrack,
-    EnsureServices,
-    FlushAndWarm,
-    Notify,
-    Observation,
-    RecordIncident,
-    SetRouteWeight,
-    TrackState,
-    artifact_to_check,
-    decide,
-)
+from modelwarden.engine.rollout import artifact_to_check, decide
 from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.workqueue import WorkQueue
 
@@ -468,6 +464,8 @@ class Controller:
                 await self.workloads.delete_track(model, action.track)
             elif isinstance(action, SetRouteWeight):
                 await router.set_canary_weight(model, action.canary_weight)
+            elif isinstance(action, CreateRetrainingJob):
+                await self.workloads.create_retraining_job(model, spec, action)
             else:
                 await self._side_effect(model, action)
 
