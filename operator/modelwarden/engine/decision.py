@@ -16,9 +16,11 @@ from typing import Literal
 from modelwarden.api.v1alpha1 import (
     ApprovalRecord,
     ArtifactVersion,
+    ConditionType,
     HistoryEntry,
     MLModelSpec,
     MLModelStatus,
+    Phase,
     Rollback,
     Track,
 )
@@ -30,8 +32,9 @@ from modelwarden.engine.actions import (
     SetRouteWeight,
 )
 from modelwarden.engine.approvals import Approval
-from modelwarden.engine.conditions import set_condition, timestamp
+from modelwarden.engine.conditions import set_condition
 from modelwarden.engine.health import MetricsView
+from modelwarden.engine.timestamps import timestamp
 
 HISTORY_LIMIT = 20
 
@@ -132,11 +135,6 @@ def same(a: ArtifactVersion | None, b: ArtifactVersion | None) -> bool:
 
 
 
-def seconds_since(stamp: str, now: datetime) -> float:
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
-    return (now - then).total_seconds()
-
-
 
 def history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime) -> HistoryEntry:
     return HistoryEntry(version=artifact.version, sha256=artifact.sha256, uri=artifact.uri, format=artifact.format,
@@ -157,7 +155,7 @@ class Pass:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
-    def condition(self, type: str, status: bool | None, reason: str, message: str) -> None:
+    def condition(self, type: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.update(conditions=set_condition(
             self.status.conditions, type=type, status=status, reason=reason, message=message, now=self.now,
             generation=self.obs.generation))
@@ -189,7 +187,7 @@ class Pass:
         if self.obs.route_canary_weight != canary_weight:
             self.actions.append(SetRouteWeight(canary_weight))
 
-    def finish(self, phase: str) -> Decision:
+    def finish(self, phase: Phase) -> Decision:
         self.update(phase=phase, observed_generation=self.obs.generation)
         return Decision(status=self.status, actions=tuple(self.actions), events=tuple(self.events),
                         requeue_after=self.requeue_after)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
@@ -42,16 +42,13 @@ from modelwarden.api.v1alpha1 import (
     RetrainingStatus,
 )
 from modelwarden.engine.actions import CreateRetrainingJob, Event, Notify
-from modelwarden.engine.conditions import get_condition, set_condition, timestamp
+from modelwarden.engine.conditions import get_condition, set_condition
 from modelwarden.engine.schedule import Schedule, next_fire, parse, previous_fire
+from modelwarden.engine.timestamps import parse_timestamp, timestamp
 from modelwarden.engine.triggers import Samples, counter_increase
 
 # The budget series is judged on 5-minute steps: each step holds the lowest sample of its 5 minutes.
 BUDGET_STEP_SECONDS = 300
-
-
-def parse_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def job_name(model: str, window: datetime) -> str:
@@ -129,7 +126,7 @@ def due_window(spec: MLModelSpec, status: MLModelStatus, now: datetime) -> datet
     r = status.retraining
     if not policy.enabled or r is None or r.next_window is None or r.schedule != policy.schedule:
         return None
-    window = parse_time(r.next_window)
+    window = parse_timestamp(r.next_window)
     if now < window or (now - window).total_seconds() > policy.starting_deadline_seconds:
         return None
     return window
@@ -139,7 +136,7 @@ def label_window_start(spec: MLModelSpec, status: MLModelStatus, window: datetim
     """New labels are counted from the previous window (acted on or not) to this one."""
     r = status.retraining
     if r is not None and r.last_window is not None:
-        return parse_time(r.last_window)
+        return parse_timestamp(r.last_window)
     return previous_fire(spec.retraining.schedule, window)
 
 
@@ -285,7 +282,7 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
     if r.schedule != policy.schedule or r.next_window is None:
         r = r.model_copy(update={"schedule": policy.schedule, "next_window": timestamp(next_fire(schedule, now))})
     r = _track_job(p, r, obs.job)
-    window = parse_time(r.next_window or "")
+    window = parse_timestamp(r.next_window or "")
 
     if now < window:
         r = _remind(p, r, window, model)
@@ -334,7 +331,7 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
         p.condition(True, Reason.GATES_PASSED, message)
         p.event("Normal", Reason.RETRAINING_JOB_CREATED, message)
         p.actions.append(Notify("info", f"retraining started: {message}"))
-    p.requeue((parse_time(r.next_window or "") - now).total_seconds())
+    p.requeue((parse_timestamp(r.next_window or "") - now).total_seconds())
     return p.finish()
 
 

@@ -27,7 +27,6 @@ from modelwarden.engine.actions import (
     Notify,
     RecordIncident,
 )
-from modelwarden.engine.conditions import timestamp
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     Decision,
@@ -38,6 +37,7 @@ from modelwarden.engine.decision import (
     target_of,
     verified_target,
 )
+from modelwarden.engine.timestamps import timestamp
 from modelwarden.engine.triggers import CRITICAL_FEEDBACK, Assessment
 
 INCIDENT_LIMIT = 10

@@ -30,7 +30,6 @@ from modelwarden.engine.actions import (
     SetRouteWeight,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
-from modelwarden.engine.conditions import timestamp
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     Decision,
@@ -40,12 +39,12 @@ from modelwarden.engine.decision import (
     history_entry,
     history_entry_for,
     same,
-    seconds_since,
     target_of,
     verified_target,
 )
 from modelwarden.engine.health import Health, budget_percent, judge
 from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
+from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan, plan_traffic
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
