@@ -181,6 +181,13 @@ class Pass:
         if self.obs.canary is not None:
             self.actions.append(DeleteTrack("canary"))
 
+    def clear_canary(self) -> None:
+        """No canary any more: its Deployment and route weight go, and status forgets its steps."""
+        if self.status.canary is None and self.obs.canary is None:
+            return
+        self.delete_canary()
+        self.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+
     def set_route(self, canary_weight: int) -> None:
         if self.spec.rollout.traffic_routing.type != "gatewayAPI":
             return

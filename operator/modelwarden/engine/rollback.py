@@ -211,9 +211,7 @@ def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None,
 def halted(p: Pass) -> Decision:
     """Halted: the stable keeps serving, nothing new rolls out until resume or a new revision."""
     assert p.status.halt is not None
-    if p.status.canary is not None or p.obs.canary is not None:
-        p.delete_canary()
-        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    p.clear_canary()
     if p.status.stable is not None:
         p.apply_track("stable", p.status.stable, p.spec.serving.replicas)
     return p.finish(Phase.HALTED)

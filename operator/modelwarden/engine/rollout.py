@@ -23,11 +23,9 @@ from modelwarden.api.v1alpha1 import (
     Reason,
 )
 from modelwarden.engine.actions import (
-    ApplyTrack,
     DeleteTrack,
     EnsureServices,
     Notify,
-    SetRouteWeight,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
 from modelwarden.engine.decision import (
@@ -180,11 +178,9 @@ def _condition_reason_was(status: MLModelStatus, type: str, reason: str) -> bool
 
 def _abort_canary_not_serving(p: Pass, target: ArtifactVersion) -> None:
     """Nothing unverified or unapproved is served: a canary of ``target`` (or of an older target) goes."""
-    if p.obs.canary is not None or p.status.canary is not None:
-        if p.status.canary is not None:
-            p.event("Warning", Reason.CANARY_ABORTED, f"canary {p.status.canary.version} removed")
-        p.delete_canary()
-        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    if p.status.canary is not None:
+        p.event("Warning", Reason.CANARY_ABORTED, f"canary {p.status.canary.version} removed")
+    p.clear_canary()
     if p.status.stable is not None and p.obs.stable is not None:
         p.apply_track("stable", p.status.stable, p.spec.serving.replicas)
 
@@ -203,12 +199,10 @@ def _await_approval(p: Pass, quorum: Quorum) -> Decision:
 
 def _steady(p: Pass, target: ArtifactVersion) -> Decision:
     """Serving ``target`` from the stable track; a canary left over (spec reverted) is removed."""
-    if p.status.canary is not None or p.obs.canary is not None:
-        if p.status.canary is not None:
-            p.event("Normal", Reason.CANARY_ABORTED,
-                    f"spec is back on stable {target.version}; canary {p.status.canary.version} removed")
-        p.delete_canary()
-        p.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
+    if p.status.canary is not None:
+        p.event("Normal", Reason.CANARY_ABORTED,
+                f"spec is back on stable {target.version}; canary {p.status.canary.version} removed")
+    p.clear_canary()
     replicas = p.spec.serving.replicas
     p.apply_track("stable", target, replicas)
     fp = fingerprint(p.spec, target)
@@ -246,24 +240,46 @@ def _first_deployment(p: Pass, target: ArtifactVersion, approvals: list[Approval
 
 def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], health: Health | None,
             ) -> Decision:
-    spec, obs = p.spec, p.obs
+    """Walk the steps: serve each step's weight, hold it (pause or promote), advance on a clear analysis.
+
+    Several steps may pass in one decision (pauses of 0, no analysis configured), but an analysis verdict
+    speaks only for the weight it analysed: after one advance, the next weight waits for its own verdict.
+    """
     stable = p.status.stable
     assert stable is not None
-    steps = spec.rollout.steps
-    replicas = spec.serving.replicas
-    router = spec.rollout.traffic_routing.type
-
+    steps = p.spec.rollout.steps
     if not same(p.status.canary, target):
         if p.status.canary is not None:
             p.event("Normal", Reason.CANARY_ABORTED,
                     f"canary {p.status.canary.version} superseded by {target.version}")
         p.update(canary=target, current_step_index=0, step_started_at=None, canary_weight=0)
         p.event("Normal", Reason.DEPLOYING, f"canary {target.version} starting; stable {stable.version} serves")
-    index = p.status.current_step_index or 0
+    # None: no analysis configured. Otherwise whether the weight served now has a clear verdict.
+    analysis_clear = None if health is None else health.canary is not None and health.canary.verdict == "Clear"
+    while (index := p.status.current_step_index or 0) < len(steps):
+        step_actions = len(p.actions)
+        plan = _serve_step(p, target, index)
+        if plan is None:
+            return p.finish(Phase.PROGRESSING)
+        held = _hold(p, target, index, plan, analysis_clear)
+        if held is not None:
+            return p.finish(held)
+        p.update(current_step_index=index + 1, step_started_at=None)
+        # The next step's replicas and weights replace this step's, in this same pass.
+        del p.actions[step_actions:]
+        if analysis_clear is not None:
+            analysis_clear = False
+    return _promote(p, target, approvals)
 
-    if index >= len(steps):
-        return _promote(p, target, approvals)
 
+def _serve_step(p: Pass, target: ArtifactVersion, index: int) -> TrafficPlan | None:
+    """Replicas and route for step ``index``; None while the tracks are not ready for its weight."""
+    spec, obs = p.spec, p.obs
+    stable = p.status.stable
+    assert stable is not None
+    steps = spec.rollout.steps
+    replicas = spec.serving.replicas
+    router = spec.rollout.traffic_routing.type
     step = steps[index]
     full = plan_traffic(router, replicas, step.set_weight, canary_ready=True)
     fp = fingerprint(spec, target)
@@ -279,7 +295,7 @@ def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], h
             p.actions.append(DeleteTrack("canary"))
         message = f"scaling stable {stable.version} to {full.stable_replicas} before the canary joins"
         p.condition(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_STABLE, message)
-        return p.finish(Phase.PROGRESSING)
+        return None
     p.apply_track("canary", target, full.canary_replicas)
     if not canary_ready:
         # Never route to a canary that is not Ready: hold the stable and the previous weight.
@@ -288,7 +304,7 @@ def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], h
         p.set_route(p.status.canary_weight)
         message = f"waiting for {full.canary_replicas} ready canary replicas of {target.version}"
         p.condition(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_CANARY, message)
-        return p.finish(Phase.PROGRESSING)
+        return None
 
     p.apply_track("stable", stable, full.stable_replicas)
     p.set_route(full.canary_weight)
@@ -296,12 +312,12 @@ def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], h
         p.update(step_started_at=timestamp(p.now), canary_weight=full.canary_weight)
         p.event("Normal", Reason.STEP_ADVANCED,
                 f"step {index + 1}/{len(steps)}: {full.canary_weight}% of traffic on canary {target.version}")
-    return _hold_or_advance(p, target, index, full, health)
+    return full
 
 
-
-def _hold_or_advance(p: Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, health: Health | None,
-                     ) -> Decision:
+def _hold(p: Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, analysis_clear: bool | None,
+          ) -> Phase | None:
+    """The phase to stay in at step ``index``, or None when the step is done."""
     step = p.spec.rollout.steps[index]
     where = f"step {index + 1}/{len(p.spec.rollout.steps)} at {plan.canary_weight}%"
     if step.pause_seconds is None:
@@ -309,7 +325,7 @@ def _hold_or_advance(p: Pass, target: ArtifactVersion, index: int, plan: Traffic
         if p.obs.promote != token:
             message = f"{where}: waiting for `modelwarden promote` (annotation {token})"
             p.condition(ConditionType.PROGRESSING, True, Reason.AWAITING_PROMOTE, message)
-            return p.finish(Phase.PAUSED)
+            return Phase.PAUSED
     else:
         assert p.status.step_started_at is not None
         remaining = step.pause_seconds - seconds_since(p.status.step_started_at, p.now)
@@ -317,19 +333,14 @@ def _hold_or_advance(p: Pass, target: ArtifactVersion, index: int, plan: Traffic
             p.condition(ConditionType.PROGRESSING, True, Reason.STEP_PAUSED,
                         f"{where}: holding {int(remaining + 0.999)}s more")
             p.requeue(remaining)
-            return p.finish(Phase.PROGRESSING)
-    if health is not None and (health.canary is None or health.canary.verdict != "Clear"):
+            return Phase.PROGRESSING
+    if analysis_clear is False:
         # No data is no verdict: never promote on it (DESIGN §3).
         p.condition(ConditionType.PROGRESSING, True, Reason.ANALYSIS_PENDING,
                     f"{where}: canary analysis has no verdict yet; not advancing")
         p.requeue(p.spec.rollout.analysis.interval_seconds)
-        return p.finish(Phase.PROGRESSING)
-    p.update(current_step_index=index + 1, step_started_at=None)
-    # Re-decide at once so the next step's replicas are requested in this same pass, instead of this step's.
-    p.actions = [a for a in p.actions if not isinstance(a, ApplyTrack | SetRouteWeight)]
-    # The next step's weight is not yet analysed: only the first pass may advance on this verdict.
-    return _canary(p, target, p.status.approvals, None if health is None else Health())
-
+        return Phase.PROGRESSING
+    return None
 
 
 def _promote(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
