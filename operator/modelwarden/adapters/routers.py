@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelwarden.adapters.kube import KubeError, ModelObject
+from modelwarden.adapters.kube import KubeError
+from modelwarden.adapters.manifests import ModelObject
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"

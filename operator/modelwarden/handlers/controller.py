@@ -28,12 +28,11 @@ from modelwarden.adapters.kube import (
     Conflict,
     EventRecorder,
     KubeError,
-    ModelObject,
     ModelStatusWriter,
     Workloads,
-    job_state,
 )
-from modelwarden.adapters.kube import track_state as deployment_track_state
+from modelwarden.adapters.manifests import ModelObject, job_state
+from modelwarden.adapters.manifests import track_state as deployment_track_state
 from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
 from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider, MetricsUnavailable, RetrainingQuery
 from modelwarden.adapters.routers import TrafficRouter
