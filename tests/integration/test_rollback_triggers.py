@@ -26,9 +26,9 @@ from localenv.cluster import Cluster
 from model_server.demo_artifact import build_demo_artifact, train
 from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
-from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.prometheus import PrometheusMetrics
-from modelwarden.adapters.routers import ReplicasRouter
+from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
 from modelwarden.handlers.controller import Controller
@@ -42,17 +42,18 @@ STEP = 30
 class InProcessOperator:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         api_client = config.new_client_from_config(config_file=str(cluster.kubeconfigs["modelwarden-operator"]))
-        self.workloads = KubeWorkloads(api_client)
+        self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
-        self.controller = Controller(workloads=self.workloads, status_writer=self.workloads, events=self.workloads,
-                                     artifacts=URIArtifactStore(), router_for=lambda spec: ReplicasRouter(),
+        self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
+                                     events=KubeEventRecorder(self.kube),
+                                     artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
                                      clock=lambda: self.now)
 
     def passes(self, name: str, count: int = 1) -> MLModelStatus:
         async def run() -> None:
             for _ in range(count):
-                self.controller.prime(await self.workloads.list_all([self.namespace]))
+                self.controller.prime(await self.kube.list_all([self.namespace]))
                 await self.controller.reconcile((self.namespace, name))
                 await asyncio.sleep(0.3)  # let the kube controllers and KWOK move
 

@@ -182,19 +182,39 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     }
 
 
-def service_manifests(model: ModelObject, router: str) -> list[dict[str, Any]]:
-    """``<model>`` selects both tracks (the replicas router); gatewayAPI also gets one Service per track."""
-    def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": model.namespace, "labels": selector | labels(model),
-                         "ownerReferences": [model.owner_reference()]},
-            "spec": {"selector": selector,
-                     "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
-        }
+def service_manifest(model: ModelObject, name: str, selector: dict[str, str]) -> dict[str, Any]:
+    """A Service ``name`` in front of the pods ``selector`` picks, on the server's port."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": model.namespace, "labels": selector | labels(model),
+                     "ownerReferences": [model.owner_reference()]},
+        "spec": {"selector": selector,
+                 "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
+    }
 
-    out = [service(model.name, {api.LABEL_MODEL: model.name})]
-    if router == "gatewayAPI":
-        out += [service(model.deployment_name(t), labels(model, t)) for t in ("stable", "canary")]
-    return out
 
+def server_identity_manifests(namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The servers' ServiceAccount in ``namespace`` and its RoleBinding to read their MLModel (the kill switch)."""
+    account = {"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": namespace,
+                            "labels": {api.LABEL_MANAGED_BY: "modelwarden"}}}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": SERVER_SERVICE_ACCOUNT, "namespace": namespace,
+                     "labels": {api.LABEL_MANAGED_BY: "modelwarden"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SERVER_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVER_SERVICE_ACCOUNT, "namespace": namespace}],
+    }
+    return account, binding
+
+
+def incident_configmap(model: ModelObject, rollback: api.Rollback, filename: str, data: Any) -> dict[str, Any]:
+    """The ConfigMap that holds an incident's files, named after the rollback id; ``filename`` holds ``data`` as
+    JSON. Each writer applies only its own file (server-side apply merges them)."""
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"{model.name}-{rollback.id}"[:253], "namespace": model.namespace,
+                     "labels": {**labels(model), f"{api.GROUP}/incident": rollback.id},
+                     "ownerReferences": [model.owner_reference()]},
+        "data": {filename: json.dumps(data, indent=2, sort_keys=True)},
+    }

@@ -34,7 +34,9 @@ from modelwarden.engine.actions import (
 from modelwarden.engine.approvals import Approval
 from modelwarden.engine.conditions import set_condition
 from modelwarden.engine.health import MetricsView
+from modelwarden.engine.routers import planner_for
 from modelwarden.engine.timestamps import timestamp
+from modelwarden.engine.traffic import RouterPlanner
 
 HISTORY_LIMIT = 20
 
@@ -78,7 +80,7 @@ class Observation:
     stable: TrackState | None = None
     canary: TrackState | None = None
     services_present: bool = False
-    # gatewayAPI only: the canary weight the HTTPRoute carries now
+    # routers with a weighted route only: the canary weight the route carries now
     route_canary_weight: int | None = None
     artifact: ArtifactCheck | None = None
     promote: str | None = None
@@ -154,6 +156,10 @@ class Pass:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    router: RouterPlanner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = planner_for(self.spec)
 
     def condition(self, type: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.update(conditions=set_condition(
@@ -189,7 +195,7 @@ class Pass:
         self.update(canary=None, current_step_index=None, step_started_at=None, canary_weight=0)
 
     def set_route(self, canary_weight: int) -> None:
-        if self.spec.rollout.traffic_routing.type != "gatewayAPI":
+        if not self.router.weighted_route:
             return
         if self.obs.route_canary_weight != canary_weight:
             self.actions.append(SetRouteWeight(canary_weight))

@@ -157,7 +157,7 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
     p.delete_canary()
     p.apply_track("stable", restore, replicas)
     restored = (p.obs.stable is not None and p.obs.stable.ready_for(restore, fingerprint(p.spec, restore), replicas)
-                and p.obs.canary is None and (p.spec.rollout.traffic_routing.type != "gatewayAPI"
+                and p.obs.canary is None and (not p.router.weighted_route
                                               or p.obs.route_canary_weight in (0, None)))
     if not restored:
         p.update(last_rollback=rb, canary_weight=0)

@@ -43,7 +43,7 @@ from modelwarden.engine.decision import (
 from modelwarden.engine.health import Health, budget_percent, judge
 from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
 from modelwarden.engine.timestamps import seconds_since, timestamp
-from modelwarden.engine.traffic import TrafficPlan, plan_traffic
+from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
 
@@ -279,13 +279,12 @@ def _serve_step(p: Pass, target: ArtifactVersion, index: int) -> TrafficPlan | N
     assert stable is not None
     steps = spec.rollout.steps
     replicas = spec.serving.replicas
-    router = spec.rollout.traffic_routing.type
     step = steps[index]
-    full = plan_traffic(router, replicas, step.set_weight, canary_ready=True)
+    full = p.router.plan(replicas, step.set_weight, canary_ready=True)
     fp = fingerprint(spec, target)
     canary_ready = obs.canary is not None and obs.canary.ready_for(target, fp, full.canary_replicas)
     stable_ready = obs.stable is not None and obs.stable.ready_replicas >= full.stable_replicas
-    if router == "replicas" and not stable_ready and not canary_ready:
+    if not p.router.weighted_route and not stable_ready and not canary_ready:
         # Surge the stable first: a canary pod that turns Ready beside too few stable pods would take more
         # than its share of the traffic.
         p.apply_track("stable", stable, max(full.stable_replicas, obs.stable.replicas if obs.stable else replicas))
@@ -345,8 +344,7 @@ def _hold(p: Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, analy
 
 def _promote(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
     replicas = p.spec.serving.replicas
-    router = p.spec.rollout.traffic_routing.type
-    full = plan_traffic(router, replicas, 100, canary_ready=True)
+    full = p.router.plan(replicas, 100, canary_ready=True)
     # The canary keeps all traffic while the stable track rolls to the new version.
     p.apply_track("canary", target, full.canary_replicas)
     p.apply_track("stable", target, replicas)

@@ -356,11 +356,10 @@ class Controller:
             except ArtifactUnavailable as e:
                 check = ArtifactCheck(uri=uri, error=str(e))
         route_weight = None
-        if spec.rollout.traffic_routing.type == "gatewayAPI":
-            try:
-                route_weight = await router.canary_weight(model)
-            except KubeError as e:
-                log.warning("%s/%s: %s", *key, e)
+        try:
+            route_weight = await router.canary_weight(model)
+        except KubeError as e:
+            log.warning("%s/%s: %s", *key, e)
         annotations = body["metadata"].get("annotations") or {}
         return Observation(
             generation=int(body["metadata"].get("generation", 0)),
@@ -451,7 +450,7 @@ class Controller:
         ordered = sorted(decision.actions, key=lambda a: isinstance(a, EnsureServices))
         for action in ordered:
             if isinstance(action, EnsureServices):
-                await self.workloads.ensure_services(model, spec.rollout.traffic_routing.type)
+                await router.ensure_objects(model)
                 self.services_ensured.add((key, spec.rollout.traffic_routing.type))
             elif isinstance(action, ApplyTrack):
                 if model.namespace not in self.identities_ensured:
@@ -476,7 +475,7 @@ class Controller:
         what = type(action).__name__
         if isinstance(action, RecordIncident):
             try:
-                await self.workloads.record_incident(model, action.rollback, {})
+                await self.workloads.record_incident(model, action.rollback)
             except KubeError as e:
                 failure = str(e)
         elif isinstance(action, CollectFeedbackEvidence):

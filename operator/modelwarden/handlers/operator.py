@@ -23,11 +23,11 @@ import kopf
 from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
-from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
-from modelwarden.adapters.routers import GatewayAPIRouter, ReplicasRouter, TrafficRouter
+from modelwarden.adapters.routers import TrafficRouter, router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.handlers import metrics
@@ -36,9 +36,6 @@ from modelwarden.handlers.leader import ElectionConfig, LeaderElector
 from modelwarden.handlers.settings import Settings
 
 log = logging.getLogger("modelwarden.operator")
-
-_REPLICAS = ReplicasRouter()
-
 
 def _api_client(connections: int) -> client.ApiClient:
     configuration = client.Configuration()
@@ -96,17 +93,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.scanning.disabled = True
     config = Settings.from_env()
     api_client = _api_client(config.workers * 2)
-    workloads = KubeWorkloads(api_client, concurrency=config.workers * 2)
+    kube = KubeClient(api_client, concurrency=config.workers * 2)
 
-    def router_for(spec: api.MLModelSpec) -> TrafficRouter:
-        routing = spec.rollout.traffic_routing
-        if routing.type == "gatewayAPI" and routing.gateway_api is not None:
-            return GatewayAPIRouter(api_client, routing.gateway_api.http_route)
-        return _REPLICAS
+    def router_of(spec: api.MLModelSpec) -> TrafficRouter:
+        return router_for(spec, kube)
 
     controller = Controller(
-        workloads=workloads, status_writer=workloads, events=workloads, artifacts=URIArtifactStore(),
-        router_for=router_for,
+        workloads=KubeWorkloads(kube), status_writer=KubeStatusWriter(kube), events=KubeEventRecorder(kube),
+        artifacts=URIArtifactStore(), router_for=router_of,
         resync_seconds=config.resync_seconds,
         workers=config.workers,
         evaluation_interval=config.evaluation_interval,
@@ -124,7 +118,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     memo["controller"], memo["feed"] = controller, feed
 
     async def lead() -> None:
-        await feed.prime(workloads.list_all(list(config.namespaces)))
+        await feed.prime(kube.list_all(list(config.namespaces)))
         controller.start()
 
     if not config.leader_election:
