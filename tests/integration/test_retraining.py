@@ -146,7 +146,7 @@ def test_retraining_window_on_backfilled_history(
 
     # The window: one evaluation cycle fetches the gates' history for the whole fleet, then the model decides.
     prom = prometheus_factory(backfilled=history)
-    op.controller.metrics = PrometheusMetrics(prom.url)
+    op.controller.evaluator.metrics = PrometheusMetrics(prom.url)
     op.now = WINDOW + dt.timedelta(seconds=20)
     asyncio.run(op.controller.evaluate_once())
     assert op.controller.fleet is not None

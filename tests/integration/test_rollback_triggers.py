@@ -70,7 +70,7 @@ class InProcessOperator:
         pytest.fail(f"{name}: condition not reached; status {status.model_dump_json(indent=1)}")
 
     def evaluate(self, prometheus_url: str) -> None:
-        self.controller.metrics = PrometheusMetrics(prometheus_url, step_seconds=STEP)
+        self.controller.evaluator.metrics = PrometheusMetrics(prometheus_url, step_seconds=STEP)
         self.now = dt.datetime.fromtimestamp(END, dt.UTC)
         asyncio.run(self.controller.evaluate_once())
 
@@ -240,7 +240,7 @@ def test_crash_between_rollback_steps_finishes_once_and_gitops_reapply_changes_n
 
     # The operator dies here; a new one (empty caches) picks the rollback up from status and the cluster.
     fresh = InProcessOperator(modelwarden_installed, namespace)
-    fresh.controller.metrics = op.controller.metrics
+    fresh.controller.evaluator.metrics = op.controller.evaluator.metrics
     fresh.now = op.now
     asyncio.run(fresh.controller.evaluate_once())
     status = fresh.until("m", lambda s: s.phase == Phase.HALTED)
@@ -287,7 +287,7 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
 
         op = InProcessOperator(modelwarden_installed, namespace)
         admin, _ = promoted_v2(op, api_clients, namespace, tmp_path)
-        op.controller.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url)
         prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),
                                               feedback_series("regulator", [5])])
         op.evaluate(prom.url)

@@ -14,6 +14,7 @@ from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import CreateRetrainingJob
 from modelwarden.engine.decision import TrackState
 from modelwarden.engine.retraining import JobState, window_label
+from modelwarden.engine.timestamps import timestamp
 
 FIELD_MANAGER = "modelwarden"
 SERVER_PORT = 8080
@@ -90,7 +91,7 @@ def retraining_job_manifest(model: ModelObject, spec: api.MLModelSpec, job: Crea
     job_spec = template.get("spec") or {}
     env = [{"name": "MODELWARDEN_MODEL", "value": model.name},
            {"name": "MODELWARDEN_NAMESPACE", "value": model.namespace},
-           {"name": "MODELWARDEN_RETRAINING_WINDOW", "value": job.window.strftime("%Y-%m-%dT%H:%M:%SZ")},
+           {"name": "MODELWARDEN_RETRAINING_WINDOW", "value": timestamp(job.window)},
            {"name": "MODELWARDEN_STABLE_VERSION", "value": job.stable_version or ""},
            {"name": "MODELWARDEN_STABLE_ARTIFACT_URI", "value": job.stable_uri or ""}]
     pod = job_spec.setdefault("template", {}).setdefault("spec", {})

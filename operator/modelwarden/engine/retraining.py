@@ -94,13 +94,15 @@ class GateInputs:
     budget: Samples | None = None
     # feedback label counters per version (every severity and stakeholder summed per version)
     labels: Sequence[Samples] = ()
-    metrics_error: str | None = None
 
 
 @dataclass(frozen=True)
 class RetrainingObservation:
     job: JobState | None = None
+    # None until the window is due and this cycle's metrics hold its history
     gates: GateInputs | None = None
+    # why the gates' metrics could not be read (Prometheus down, timeout)
+    metrics_error: str | None = None
 
 
 # --- what the handler must do -------------------------------------------------------------------------------
@@ -298,8 +300,8 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
         return _missed(p, r, schedule, window, late)
 
     inputs = obs.gates
-    if inputs is None or inputs.at < window.timestamp() or inputs.metrics_error is not None:
-        why = inputs.metrics_error if inputs is not None and inputs.metrics_error else "gathering the gates' inputs"
+    if inputs is None or inputs.at < window.timestamp() or obs.metrics_error is not None:
+        why = obs.metrics_error or "gathering the gates' inputs"
         p.retraining(r)
         p.condition(None, Reason.GATHERING_GATES, f"window {timestamp(window)}: {why}")
         p.requeue(15)

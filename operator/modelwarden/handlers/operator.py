@@ -31,6 +31,7 @@ from modelwarden.adapters.routers import TrafficRouter, router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.handlers import metrics
+from modelwarden.handlers.caches import WatchCaches
 from modelwarden.handlers.controller import Controller
 from modelwarden.handlers.leader import ElectionConfig, LeaderElector
 from modelwarden.handlers.settings import Settings
@@ -51,16 +52,16 @@ Kind = Literal["model", "approval", "deployment", "job"]
 
 
 class Feed:
-    """kopf's watch events into the controller's caches. While a listing is in flight (:meth:`prime`), events are
+    """kopf's watch events into the watch caches. While a listing is in flight (:meth:`prime`), events are
     also recorded and replayed on top of the listing afterwards, so a listing taken while the watches already run
     (a new leader's) never overwrites or forgets what the watches delivered meanwhile."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, caches: WatchCaches) -> None:
+        self.caches = caches
         self._recording: list[tuple[Kind, str | None, Mapping[str, Any]]] | None = None
 
     def observe(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> None:
-        getattr(self.controller, f"observe_{kind}")(event_type, body)
+        getattr(self.caches, f"observe_{kind}")(event_type, body)
         if self._recording is not None:
             self._recording.append((kind, event_type, body))
 
@@ -70,7 +71,7 @@ class Feed:
             snapshot = await listing
         finally:
             replay, self._recording = self._recording, None
-        self.controller.prime(snapshot)
+        self.caches.prime(snapshot)
         for kind, event_type, body in replay:
             self.observe(kind, event_type, body)
 
@@ -109,11 +110,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
-        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template) if config.admin_token else None,
+        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
-    feed = Feed(controller)
+    if not config.admin_token:
+        logger.warning("MODELWARDEN_ADMIN_TOKEN is not set: a rollback's flush, warm-up and feedback evidence fail "
+                       "(each recorded as a Warning Event)")
+    feed = Feed(controller.caches)
     metrics.track_sizes(lambda: len(controller.models), lambda: len(controller.queue))
     memo["controller"], memo["feed"] = controller, feed
 
