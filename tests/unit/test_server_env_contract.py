@@ -48,7 +48,7 @@ def fetch_reads() -> set[str]:
     for node in ast.walk(ast.parse(FETCH.read_text())):
         if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "environ"
                 and isinstance(node.slice, ast.Constant)):
-            names.add(node.slice.value)
+            names.add(str(node.slice.value))
     return names
 
 
