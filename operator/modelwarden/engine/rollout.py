@@ -17,6 +17,7 @@ from modelwarden.api.v1alpha1 import (
     ArtifactVersion,
     ConditionType,
     ErrorBudget,
+    Halt,
     MLModelSpec,
     MLModelStatus,
     Phase,
@@ -80,12 +81,7 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
         p.actions.append(EnsureServices())
 
     if not spec.enabled:
-        p.condition(ConditionType.READY, False, Reason.KILL_SWITCH,
-                    "spec.enabled is false: every replica answers the neutral prediction")
-        if p.old.phase != Phase.DISABLED:
-            p.event("Warning", Reason.KILL_SWITCH, "kill switch engaged: serving neutral predictions")
-        # Rollouts stand still while disabled; what is deployed stays, so re-enabling is instant.
-        return p.finish(Phase.DISABLED)
+        return _disabled(p)
 
     rollback = status.last_rollback
     if rollback is not None and rollback.completed_at is None:
@@ -101,17 +97,8 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
     if health is not None and health.canary is not None and health.canary.fired and status.canary is not None:
         return start_rollback(p, health.canary, canary_only=True)
 
-    if status.halt is not None:
-        if obs.resume == status.halt.id:
-            p.event("Normal", Reason.RESUMED, f"halt {status.halt.id} cleared by the resume annotation")
-            p.update(halt=None)
-            p.condition(ConditionType.HALTED, False, Reason.RESUMED, f"resumed after {status.halt.id}")
-        elif (status.halt.version, status.halt.sha256) != (target.version, target.sha256):
-            p.event("Normal", Reason.RESUMED, f"halt {status.halt.id} cleared by a new revision {target.version}")
-            p.update(halt=None)
-            p.condition(ConditionType.HALTED, False, Reason.NEW_REVISION, f"new revision {target.version}")
-        else:
-            return halted(p)
+    if status.halt is not None and _still_halted(p, status.halt, target):
+        return halted(p)
 
     if same(status.stable, target):
         return _steady(p, target)
@@ -123,17 +110,45 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
                              sha256=target.sha256)
     if not quorum.met:
         return _await_approval(p, quorum)
+    records = _record_approvals(p, quorum)
+
+    if status.stable is None:
+        return _first_deployment(p, target, records)
+    return _canary(p, target, records, health)
+
+
+def _disabled(p: Pass) -> Decision:
+    p.condition(ConditionType.READY, False, Reason.KILL_SWITCH,
+                "spec.enabled is false: every replica answers the neutral prediction")
+    if p.old.phase != Phase.DISABLED:
+        p.event("Warning", Reason.KILL_SWITCH, "kill switch engaged: serving neutral predictions")
+    # Rollouts stand still while disabled; what is deployed stays, so re-enabling is instant.
+    return p.finish(Phase.DISABLED)
+
+
+def _still_halted(p: Pass, halt: Halt, target: ArtifactVersion) -> bool:
+    """A halt ends on the resume annotation naming it, or on a new revision; otherwise it holds."""
+    if p.obs.resume == halt.id:
+        p.event("Normal", Reason.RESUMED, f"halt {halt.id} cleared by the resume annotation")
+        p.update(halt=None)
+        p.condition(ConditionType.HALTED, False, Reason.RESUMED, f"resumed after {halt.id}")
+        return False
+    if (halt.version, halt.sha256) != (target.version, target.sha256):
+        p.event("Normal", Reason.RESUMED, f"halt {halt.id} cleared by a new revision {target.version}")
+        p.update(halt=None)
+        p.condition(ConditionType.HALTED, False, Reason.NEW_REVISION, f"new revision {target.version}")
+        return False
+    return True
+
+
+def _record_approvals(p: Pass, quorum: Quorum) -> list[ApprovalRecord]:
     records = [ApprovalRecord(role=r, approver=a.approver, approved_at=a.approved_at, name=a.name)
                for r, a in quorum.assignment.items()]
     if not p.old.approvals or [a.wire() for a in p.old.approvals] != [a.wire() for a in records]:
         p.event("Normal", Reason.QUORUM_MET, quorum.message)
     p.update(approvals=records)
     p.condition(ConditionType.APPROVED, True, Reason.QUORUM_MET, quorum.message)
-
-    if status.stable is None:
-        return _first_deployment(p, target, records)
-    return _canary(p, target, records, health)
-
+    return records
 
 
 def _mismatch(p: Pass) -> bool:
