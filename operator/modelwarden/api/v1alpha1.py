@@ -9,6 +9,7 @@ No floats in spec: ratios and objectives are decimal strings (``"99.9"``), durat
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +48,7 @@ LABEL_RETRAINING_WINDOW = f"{GROUP}/retraining-window"
 Track = Literal["stable", "canary"]
 
 
-class ConditionType:
+class ConditionType(StrEnum):
     READY = "Ready"
     APPROVED = "Approved"
     ARTIFACT_VERIFIED = "ArtifactVerified"
@@ -58,7 +59,7 @@ class ConditionType:
     RETRAINING_ELIGIBLE = "RetrainingEligible"
 
 
-class Reason:
+class Reason(StrEnum):
     """CamelCase reasons shared by conditions and Events."""
 
     # Approved
@@ -108,7 +109,7 @@ class Reason:
     RETRAINING_JOB_FAILED = "RetrainingJobFailed"
 
 
-class Gate:
+class Gate(StrEnum):
     """The retraining gates, as named in status and in the RetrainingEligible message."""
 
     BIAS_REPORT = "BiasReport"
@@ -117,7 +118,7 @@ class Gate:
     FEATURE_AUDIT = "FeatureAudit"
 
 
-class Phase:
+class Phase(StrEnum):
     AWAITING_APPROVAL = "AwaitingApproval"
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
@@ -482,7 +483,7 @@ class RetrainingStatus(_Model):
 
 class MLModelStatus(_Model):
     observed_generation: int | None = None
-    phase: str | None = None
+    phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     stable: ArtifactVersion | None = None
     canary: ArtifactVersion | None = None
