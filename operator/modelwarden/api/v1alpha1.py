@@ -56,6 +56,9 @@ class ConditionType:
     ROLLED_BACK = "RolledBack"
     HALTED = "Halted"
     RETRAINING_ELIGIBLE = "RetrainingEligible"
+    # kstatus (Flux) and our Argo CD health check read these with Ready (engine/kstatus.py)
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class Reason:
@@ -106,6 +109,10 @@ class Reason:
     RETRAINING_JOB_CREATED = "RetrainingJobCreated"
     RETRAINING_JOB_SUCCEEDED = "RetrainingJobSucceeded"
     RETRAINING_JOB_FAILED = "RetrainingJobFailed"
+    # Ready / Reconciling / Stalled (engine/kstatus.py; the other reasons there are the ones above)
+    VERIFYING_ARTIFACT = "VerifyingArtifact"
+    ROLLING_BACK = "RollingBack"
+    RECONCILING = "Reconciling"
 
 
 class Gate:
