@@ -34,6 +34,7 @@ from modelwarden.api.v1alpha1 import (
 from modelwarden.engine.approvals import Approval, Quorum, evaluate_quorum
 from modelwarden.engine.conditions import set_condition, timestamp
 from modelwarden.engine.health import Health, MetricsView, budget_percent, judge
+from modelwarden.engine.kstatus import with_kstatus_conditions
 from modelwarden.engine.traffic import TrafficPlan, plan_traffic
 from modelwarden.engine.triggers import CANARY_ANALYSIS, CRITICAL_FEEDBACK, Assessment
 
@@ -295,6 +296,7 @@ class _Pass:
 
     def finish(self, phase: str) -> Decision:
         self.update(phase=phase, observed_generation=self.obs.generation)
+        self.status = with_kstatus_conditions(self.spec, self.status, generation=self.obs.generation, now=self.now)
         return Decision(status=self.status, actions=tuple(self.actions), events=tuple(self.events),
                         requeue_after=self.requeue_after)
 
