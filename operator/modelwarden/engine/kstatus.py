@@ -98,7 +98,7 @@ def _halted(status: MLModelStatus) -> Summary:
     how = (f"set annotation {ANNOTATION_RESUME}={halt.id} or apply a new revision" if halt is not None
            else "apply a new revision")
     if rb is None:
-        return Summary("Stalled", Reason.HALTED, f"rollouts halted: {how}")
+        return Summary("Stalled", Reason.HALTED, f"rollouts halted; to move on: {how}")
     if any(t.event == "TargetRejected" for t in rb.timeline):
         reason = Reason.TARGET_SHA256_MISMATCH
     elif rb.to_version is None:
@@ -106,8 +106,8 @@ def _halted(status: MLModelStatus) -> Summary:
     else:
         reason = rb.trigger
     rolled_back = get_condition(status.conditions, ConditionType.ROLLED_BACK)
-    what = rolled_back.message if rolled_back is not None else rb.message
-    return Summary("Stalled", reason, f"{rb.id}: {what}; rollouts halted: {how}")
+    what = (rolled_back.message if rolled_back is not None else rb.message).removesuffix(", rollouts halted")
+    return Summary("Stalled", reason, f"{rb.id}: {what}; rollouts halted; to move on: {how}")
 
 
 def _rolling_back_message(status: MLModelStatus) -> str:
