@@ -488,6 +488,11 @@ class RetrainingStatus(_Model):
 
 
 class MLModelStatus(_Model):
+    # The API server fills this in on every read until the operator first writes status: kstatus (Flux) calls
+    # an object without status and conditions Current, so a new MLModel would look done before anyone
+    # looked at it; observedGeneration 0 behind generation 1 says "in progress" instead.
+    model_config = ConfigDict(json_schema_extra={"default": {"observedGeneration": 0}})
+
     observed_generation: int | None = None
     phase: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
