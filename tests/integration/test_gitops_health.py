@@ -138,7 +138,8 @@ def judge(captures: Captures) -> None:
                          f"{(want.phase, want.kstatus, want.argocd, want.reason)}")
     header = ("capture", "phase", "gen/observed", "True condition", "reason", "kstatus", "Argo CD", "kstatus message")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print("\nkstatus (sigs.k8s.io/cli-utils) and Argo CD health (gopher-lua) per phase, on objects from the API server:")
+    print("\nkstatus (sigs.k8s.io/cli-utils) and Argo CD health (gopher-lua) per phase, on objects from the API "
+          "server:")
     for row in [header, *rows]:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
     if WRITE_TESTDATA:
