@@ -60,3 +60,11 @@ def test_a_wrong_expectation_fails(runner: Path, tmp_path: Path) -> None:
     done = run_tests(runner, copy)
     assert done.returncode == 1
     assert "FAIL  built-in  modelwarden.io/MLModel/testdata/halted-error-budget.yaml  Degraded" in done.stdout
+
+
+def test_the_argocd_cm_snippet_in_the_docs_is_the_health_check() -> None:
+    text = (HEALTH_DIR.parents[4] / "docs" / "gitops-argocd.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    configmap = yaml.safe_load(block)
+    assert configmap["data"]["resource.customizations.health.modelwarden.io_MLModel"] == \
+        (HEALTH_DIR / "health.lua").read_text()
