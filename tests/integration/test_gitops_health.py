@@ -189,6 +189,9 @@ def test_each_phase_as_flux_and_argocd_see_it(
     approve(api_clients, namespace, "life", "v1", sha["v1"])
     until_phase(op, "life", Phase.STABLE, ready)
     captures.take("stable", "life")
+    op.passes("life", 3)
+    assert admin.get("life")["metadata"]["resourceVersion"] == captures.objects["stable"]["metadata"][
+        "resourceVersion"], "a settled model's status (with its kstatus conditions) is not rewritten every pass"
     approve(api_clients, namespace, "life", "v2", sha["v2"])
     admin.patch_spec("life", {"version": "v2", "artifact": {"uri": uri["v2"], "sha256": sha["v2"]}})
     captures.take("new-generation-not-yet-observed", "life")
@@ -205,6 +208,9 @@ def test_each_phase_as_flux_and_argocd_see_it(
     halted = until_phase(op, "life", Phase.HALTED)
     assert halted.stable is not None and halted.stable.sha256 == sha["v1"]
     captures.take("halted-manual-rollback", "life")
+    op.passes("life", 3)
+    assert admin.get("life")["metadata"]["resourceVersion"] == captures.objects["halted-manual-rollback"][
+        "metadata"]["resourceVersion"], "a halted model's status is not rewritten every pass"
     assert admin.get("life")["spec"]["version"] == "v2", "the operator never rewrites spec"
     admin.patch_spec("life", {"enabled": False})
     until_phase(op, "life", Phase.DISABLED)
