@@ -254,3 +254,42 @@ def test_halted_by_the_error_budget_as_flux_and_argocd_see_it(
     captures.take("halted-error-budget", "m")
     assert admin.get("m")["spec"]["version"] == "v2", "the operator never rewrites spec"
     judge(captures)
+
+
+def test_a_pruned_approval_rolls_nothing_back(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
+        tmp_path: Path) -> None:
+    """What Flux does when a commit removes a ModelApproval file (prune): it deletes the object. For the serving
+    version nothing changes; during a canary the canary stops and the stable keeps all traffic — no rollback."""
+    op = InProcessOperator(modelwarden_installed, namespace)
+    admin = Models(api_clients["admin"], namespace)
+    uri, sha = {}, {}
+    for version in ("v1", "v2"):
+        uri[version], sha[version] = artifact(tmp_path, version)
+    admin.create(mlmodel("m", "v1", uri["v1"], sha["v1"], steps=[{"setWeight": 50}, {"setWeight": 100}]))
+    approve(api_clients, namespace, "m", "v1", sha["v1"])
+    until_phase(op, "m", Phase.STABLE, ready)
+    before = admin.get("m")["metadata"]["resourceVersion"]
+
+    admin.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL,
+                                                 "m-v1-finance-finance-approver")
+    status = op.passes("m", 3)
+    assert status.phase == Phase.STABLE and ready(status)
+    assert admin.get("m")["metadata"]["resourceVersion"] == before, "not even a status write"
+
+    approve(api_clients, namespace, "m", "v2", sha["v2"])
+    admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri["v2"], "sha256": sha["v2"]}})
+    until_phase(op, "m", Phase.PAUSED)
+    assert admin.deployment("m-canary") is not None
+    admin.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL,
+                                                 "m-v2-regulatory-regulatory-approver")
+    status = until_phase(op, "m", Phase.AWAITING_APPROVAL, lambda s: s.canary is None)
+    op.passes("m", 2)
+    assert admin.deployment("m-canary") is None, "the unapproved canary is gone"
+    stable = admin.deployment("m-stable")
+    assert stable is not None and stable.spec.template.metadata.annotations["modelwarden.io/sha256"] == sha["v1"]
+    assert status.halt is None and status.last_rollback is None and status.incidents == []
+    reconciling = next(c for c in status.conditions if c.type == "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "AwaitingApproval")
+    assert "waiting for regulatory approval of v2" in reconciling.message
+    assert not [e for e in admin.events("m") if e.reason in ("RollbackStarted", "RollbackComplete")]
