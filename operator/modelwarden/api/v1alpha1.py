@@ -57,6 +57,9 @@ class ConditionType(StrEnum):
     ROLLED_BACK = "RolledBack"
     HALTED = "Halted"
     RETRAINING_ELIGIBLE = "RetrainingEligible"
+    # kstatus (Flux) and our Argo CD health check read these with Ready (engine/kstatus.py)
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class Reason(StrEnum):
@@ -107,6 +110,10 @@ class Reason(StrEnum):
     RETRAINING_JOB_CREATED = "RetrainingJobCreated"
     RETRAINING_JOB_SUCCEEDED = "RetrainingJobSucceeded"
     RETRAINING_JOB_FAILED = "RetrainingJobFailed"
+    # Ready / Reconciling / Stalled (engine/kstatus.py; the other reasons there are the ones above)
+    VERIFYING_ARTIFACT = "VerifyingArtifact"
+    ROLLING_BACK = "RollingBack"
+    RECONCILING = "Reconciling"
 
 
 class Gate(StrEnum):
@@ -482,6 +489,11 @@ class RetrainingStatus(_Model):
 
 
 class MLModelStatus(_Model):
+    # The API server fills this in on every read until the operator first writes status: kstatus (Flux) calls
+    # an object without status and conditions Current, so a new MLModel would look done before anyone
+    # looked at it; observedGeneration 0 behind generation 1 says "in progress" instead.
+    model_config = ConfigDict(json_schema_extra={"default": {"observedGeneration": 0}})
+
     observed_generation: int | None = None
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -34,6 +34,7 @@ from modelwarden.engine.actions import (
 from modelwarden.engine.approvals import Approval
 from modelwarden.engine.conditions import set_condition
 from modelwarden.engine.health import MetricsView
+from modelwarden.engine.kstatus import with_kstatus_conditions
 from modelwarden.engine.routers import planner_for
 from modelwarden.engine.timestamps import timestamp
 from modelwarden.engine.traffic import RouterPlanner
@@ -202,5 +203,6 @@ class Pass:
 
     def finish(self, phase: Phase) -> Decision:
         self.update(phase=phase, observed_generation=self.obs.generation)
+        self.status = with_kstatus_conditions(self.spec, self.status, generation=self.obs.generation, now=self.now)
         return Decision(status=self.status, actions=tuple(self.actions), events=tuple(self.events),
                         requeue_after=self.requeue_after)
