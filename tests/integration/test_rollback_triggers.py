@@ -378,7 +378,8 @@ def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(
     targets = tmp_path / "targets.json"
     targets.write_text("[]")
     prom = prometheus_factory(file_sd=targets)
-    op.controller.evaluator.metrics = PrometheusMetrics(prom.url, step_seconds=STEP)
+    # The query step follows this Prometheus' 1 s scrape: restarts and labels here are seconds apart.
+    op.controller.evaluator.metrics = PrometheusMetrics(prom.url, step_seconds=1)
     counted = 'ml_feedback_labels_total{{instance="replica-{}",severity="critical",stakeholder="finance"}}'
 
     with contextlib.ExitStack() as stack:
