@@ -35,6 +35,7 @@ from modelwarden.artifacts import (
     read_manifest,
     sha256_bytes,
     sha256_file,
+    signing,
     write_manifest,
 )
 from modelwarden.training import data as data_mod
@@ -58,6 +59,7 @@ class FormatArtifact:
     model_file: str
     sha256: str
     manifest_sha256: str
+    signer_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class TrainResult:
             "bias_status": self.bias_status, "evaluation_status": self.evaluation_status,
             "failures": self.failures,
             "artifacts": [{"format": a.format, "directory": str(a.directory), "model_file": a.model_file,
-                           "sha256": a.sha256, "manifest_sha256": a.manifest_sha256} for a in self.artifacts],
+                           "sha256": a.sha256, "manifest_sha256": a.manifest_sha256,
+                           "signer_fingerprint": a.signer_fingerprint} for a in self.artifacts],
         }
 
 
@@ -204,9 +207,13 @@ def _previous_manifest(previous: Path | None, fmt: ModelFormat) -> Manifest | No
 
 
 def train(config: TrainingConfig, out: str | Path, *, previous: str | Path | None = None,
-          force: bool = False) -> TrainResult:
+          force: bool = False, signing_key: str | Path | None = None) -> TrainResult:
+    """Train and write one artifact directory per format; with ``signing_key`` (PEM, elliptic curve) each
+    directory is signed in the OpenSSF model-signing format (``model.sig``) after its manifest."""
     out = Path(out)
     previous_dir = Path(previous) if previous is not None else None
+    if signing_key is not None:
+        signing.load_private_key(signing_key)  # a bad key fails before training, not after
     for fmt in config.formats:
         if (out / fmt).exists() and not force:
             raise TrainingError(f"{out / fmt} exists; choose another --out or pass --force to replace it")
@@ -290,11 +297,13 @@ def train(config: TrainingConfig, out: str | Path, *, previous: str | Path | Non
                                   model_file=model_file, created_at=when,
                                   previous=_previous_manifest(previous_dir, fmt))
         manifest_sha = write_manifest(partial, manifest)
+        signer = signing.sign_directory(partial, signing_key) if signing_key is not None else None
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
         artifacts.append(FormatArtifact(format=fmt, directory=final, model_file=model_file,
-                                        sha256=sha256_file(final / model_file), manifest_sha256=manifest_sha))
+                                        sha256=sha256_file(final / model_file), manifest_sha256=manifest_sha,
+                                        signer_fingerprint=signer))
     return TrainResult(out=out, artifacts=artifacts, bias_status=bias["status"],
                        evaluation_status=evaluation["status"],
                        failures=[*(f"bias: {f}" for f in bias["failures"]),

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from modelwarden.artifacts import (
     MANIFEST_FILENAME,
     MODEL_META_FILENAME,
+    SIGNATURE_FILENAME,
     FeatureContract,
     ModelMeta,
     read_manifest,
@@ -180,11 +181,13 @@ def verify_directory(directory: Path, *, contract: FeatureContract | None = None
 
 
 def compare(check: ArtifactCheck, directory: Path, other: Path) -> None:
-    """Every file in either directory has the same SHA256 in both."""
+    """Every file in either directory has the same SHA256 in both. A signature is left out: ECDSA signatures
+    differ on every signing, and what they sign is compared here file by file."""
     if not (other / MANIFEST_FILENAME).exists() and (other / directory.name / MANIFEST_FILENAME).exists():
         other = other / directory.name  # DIR and OTHER are training outputs: compare format with format
-    mine = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-    theirs = {p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file()} if other.is_dir() else set()
+    mine = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {SIGNATURE_FILENAME}
+    theirs = {p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file()} - {SIGNATURE_FILENAME} \
+        if other.is_dir() else set()
     for rel in sorted(mine | theirs):
         if rel not in theirs:
             check.add(rel, f"not in {other}")
