@@ -1,8 +1,9 @@
 """``modelwarden train``: config → data → scikit-learn model → one verified artifact directory per format.
 
 ``OUT/skops/`` and ``OUT/onnx/`` are each a complete artifact directory (model file, ``model_meta.json``,
-the three reports, ``manifest.json``), because an MLModel names one model file whose directory holds the
-manifest. Apart from the model file and the manifest, their files are byte-identical.
+the three reports, the model card as JSON and Markdown, ``manifest.json``, and ``model.sig`` when signed),
+because an MLModel names one model file whose directory holds the manifest. Apart from the model file, the
+manifest and the signature, their files are byte-identical.
 
 Nothing depends on the clock or the machine's hash seed: ``trained_at`` comes from the config (or the
 generated data's as-of date), the seed drives the data, the split and the estimator, and the model files are
@@ -40,6 +41,7 @@ from modelwarden.artifacts import (
 )
 from modelwarden.training import data as data_mod
 from modelwarden.training import metrics, serialize
+from modelwarden.training.card import write_model_card
 from modelwarden.training.config import TrainingConfig
 from modelwarden.training.reports import BIAS_REPORT, EVALUATION_REPORT, REPRODUCIBILITY_REPORT, write_report
 
@@ -293,6 +295,7 @@ def train(config: TrainingConfig, out: str | Path, *, previous: str | Path | Non
         write_report(partial, REPRODUCIBILITY_REPORT, reproducibility)
         write_report(partial, BIAS_REPORT, bias)
         write_report(partial, EVALUATION_REPORT, evaluation)
+        write_model_card(partial, config.card)
         manifest = build_manifest(partial, model=config.model, version=config.version, format=fmt,
                                   model_file=model_file, created_at=when,
                                   previous=_previous_manifest(previous_dir, fmt))
