@@ -20,6 +20,9 @@ FORBIDDEN: dict[Path, tuple[str, ...]] = {
     ),
     PKG / "api": ("kopf", "kubernetes", "modelwarden.engine", "modelwarden.adapters", "modelwarden.handlers"),
     PKG / "artifacts": ("kopf", "kubernetes", "modelwarden.engine", "modelwarden.adapters", "modelwarden.handlers"),
+    # The bundle is written from what the CLI read and verified offline: no cluster client in it.
+    PKG / "evidence": ("kopf", "kubernetes", "modelwarden.engine", "modelwarden.adapters", "modelwarden.handlers",
+                       "modelwarden.cli"),
     ROOT / "model_server": (
         "modelwarden.api", "modelwarden.engine", "modelwarden.adapters", "modelwarden.handlers",
         "modelwarden.cli", "modelwarden.training", "kopf",

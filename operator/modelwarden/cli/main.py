@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelwarden import __version__
 from modelwarden.api import v1alpha1 as api
+from modelwarden.cli.evidence import add_subcommand as add_evidence_subcommand
 from modelwarden.cli.training import CheckOutcome, UsageError, add_subcommands
 from modelwarden.engine.rollout import promote_token
 
@@ -305,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.set_defaults(func=cmd_status, printer=_print_status)
 
-    add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata: no cluster needed
+    add_evidence_subcommand(sub)
+    add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata, sign...: no cluster needed
     return parser
 
 
