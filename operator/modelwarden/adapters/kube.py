@@ -70,6 +70,7 @@ class Workloads(Protocol):
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
     async def create_retraining_job(self, model: ModelObject, spec: api.MLModelSpec,
                                     job: CreateRetrainingJob) -> None: ...
+    async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]: ...
 
 
 class ModelStatusWriter(Protocol):
@@ -374,6 +375,12 @@ class KubeWorkloads:
         }
         await self._apply(f"record incident {name}", self._core.patch_namespaced_config_map, name, model.namespace,
                           body)
+
+    async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]:
+        """The PEM public keys an artifact signature may be made with: every data entry of the ConfigMap."""
+        cm = await self._call(f"read trusted keys {namespace}/{config_map}", self._core.read_namespaced_config_map,
+                              config_map, namespace)
+        return [value.encode() for _, value in sorted((cm.data or {}).items())]
 
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None:
         """One more file in the incident's ConfigMap, written under its own field manager so the final

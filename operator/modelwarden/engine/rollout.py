@@ -65,12 +65,24 @@ class TrackState:
 
 
 @dataclass(frozen=True)
+class SignatureVerdict:
+    """The artifact directory's signature against the trusted keys; ``reason`` names what failed."""
+
+    ok: bool
+    reason: str
+    message: str
+    signer: str | None = None
+
+
+@dataclass(frozen=True)
 class ArtifactCheck:
-    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``."""
+    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``; ``signature`` when the
+    spec requires one (``None``: not required)."""
 
     uri: str
     actual: str | None = None
     error: str | None = None
+    signature: SignatureVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -204,9 +216,24 @@ def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
     target = target_of(spec)
     if status.stable is not None and _same(status.stable, target):
         return None
-    if status.verified_sha256 == target.sha256:
+    if _already_verified(spec, status, target):
         return None
     return target.uri
+
+
+def _already_verified(spec: MLModelSpec, status: MLModelStatus, target: ArtifactVersion) -> bool:
+    # A signature covers the whole directory: the same model file in another directory is checked again.
+    return status.verified_sha256 == target.sha256 and (spec.artifact.signature is None or (
+        status.verified_signer is not None and status.verified_uri == target.uri))
+
+
+def _signature_refused(spec: MLModelSpec, check: ArtifactCheck) -> SignatureVerdict | None:
+    """The failed verdict when a required signature does not verify (``None``: fine or not required)."""
+    if spec.artifact.signature is None:
+        return None
+    if check.signature is None:
+        return SignatureVerdict(False, Reason.TRUSTED_KEYS_UNAVAILABLE, "the signature was not checked")
+    return None if check.signature.ok else check.signature
 
 
 def _verified_target(rollback: Rollback) -> bool:
@@ -364,11 +391,15 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
 
 def _mismatch(p: _Pass) -> bool:
     a = p.obs.artifact
-    return a is not None and a.error is None and a.actual != p.spec.artifact.sha256
+    if a is None or a.error is not None:
+        return False
+    refused = _signature_refused(p.spec, a)
+    return a.actual != p.spec.artifact.sha256 or (refused is not None
+                                                  and refused.reason != Reason.TRUSTED_KEYS_UNAVAILABLE)
 
 
 def _verify_artifact(p: _Pass, target: ArtifactVersion) -> bool:
-    if p.status.verified_sha256 == target.sha256:
+    if _already_verified(p.spec, p.status, target):
         return True
     check = p.obs.artifact
     if check is None or check.uri != target.uri:
@@ -389,9 +420,24 @@ def _verify_artifact(p: _Pass, target: ArtifactVersion) -> bool:
             p.event("Warning", Reason.SHA256_MISMATCH, message)
         _abort_canary_not_serving(p, target)
         return False
-    p.update(verified_sha256=target.sha256)
-    p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
-                f"{target.uri} matches sha256 {target.sha256}")
+    refused = _signature_refused(p.spec, check)
+    if refused is not None:
+        # The previous version keeps serving; nothing is served from an artifact whose signature fails.
+        message = f"signature of {target.uri}'s directory: {refused.message}: not serving it"
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, refused.reason, message)
+        if not _condition_reason_was(p.old, ConditionType.ARTIFACT_VERIFIED, refused.reason):
+            p.event("Warning", refused.reason, message)
+        p.requeue(30)
+        _abort_canary_not_serving(p, target)
+        return False
+    signer = check.signature.signer if check.signature is not None else None
+    p.update(verified_sha256=target.sha256, verified_signer=signer, verified_uri=target.uri if signer else None)
+    if signer is not None:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SIGNATURE_VERIFIED,
+                    f"{target.uri} matches sha256 {target.sha256}; directory signed by key {signer}")
+    else:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
+                    f"{target.uri} matches sha256 {target.sha256}")
     return True
 
 
@@ -446,9 +492,10 @@ def _stable(p: _Pass, target: ArtifactVersion, *, ready: bool) -> Decision:
     return p.finish(Phase.STABLE)
 
 
-def _history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime) -> HistoryEntry:
+def _history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime,
+                   signer: str | None) -> HistoryEntry:
     return HistoryEntry(version=artifact.version, sha256=artifact.sha256, uri=artifact.uri, format=artifact.format,
-                        approvals=approvals, deployed_at=timestamp(now), outcome="Serving")
+                        approvals=approvals, deployed_at=timestamp(now), outcome="Serving", signer=signer)
 
 
 def _first_deployment(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) -> Decision:
@@ -459,7 +506,7 @@ def _first_deployment(p: _Pass, target: ArtifactVersion, approvals: list[Approva
         p.condition(ConditionType.READY, False, Reason.WAITING_FOR_STABLE,
                     f"waiting for {replicas} ready replicas of {target.version}")
         return p.finish(Phase.PROGRESSING)
-    history = [*p.status.history, _history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    history = [*p.status.history, _history_entry(target, approvals, p.now, p.status.verified_signer)][-HISTORY_LIMIT:]
     p.update(stable=target, history=history)
     p.event("Normal", Reason.DEPLOYED, f"{target.version} (sha256 {target.sha256[:12]}) serving 100%")
     return _stable(p, target, ready=True)
@@ -576,7 +623,7 @@ def _promote(p: _Pass, target: ArtifactVersion, approvals: list[ApprovalRecord])
         and h.version == previous.version else h
         for h in p.status.history
     ]
-    history = [*history, _history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    history = [*history, _history_entry(target, approvals, p.now, p.status.verified_signer)][-HISTORY_LIMIT:]
     p.update(stable=target, canary=None, current_step_index=None, step_started_at=None, canary_weight=0,
              history=history)
     p.event("Normal", Reason.PROMOTED,
@@ -717,8 +764,13 @@ def _continue_rollback(p: _Pass, rb: Rollback) -> Decision:
             p.requeue(0)  # the handler hashes the target on the very next pass
             p.update(last_rollback=rb)
             return p.finish(Phase.ROLLING_BACK)
-        if check.error is not None or check.actual != restore.sha256:
-            found = check.error or f"sha256 {check.actual}"
+        refused = _signature_refused(p.spec, check)
+        if check.error is not None or check.actual != restore.sha256 or refused is not None:
+            if check.error is not None or check.actual != restore.sha256:
+                found = check.error or f"sha256 {check.actual}"
+            else:
+                assert refused is not None
+                found = f"signature {refused.reason}: {refused.message}"
             message = f"rollback target {restore.version} at {restore.uri} no longer matches: {found}"
             p.event("Warning", Reason.TARGET_SHA256_MISMATCH, message)
             rb = _timeline(rb, p, "TargetRejected", message).model_copy(update={"to_version": None,
@@ -756,7 +808,8 @@ def _finish_rollback(p: _Pass, rb: Rollback, *, restored: ArtifactVersion | None
                        else h for h in p.status.history]
             previous = _history_entry_for(p.status, restored.version, restored.sha256)
             approvals = previous.approvals if previous is not None else []
-            history = [*history, _history_entry(restored, approvals, p.now)][-HISTORY_LIMIT:]
+            signer = previous.signer if previous is not None else None
+            history = [*history, _history_entry(restored, approvals, p.now, signer)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
         p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
         p.condition(ConditionType.READY, True, Reason.STABLE,

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -64,6 +64,7 @@ from modelwarden.engine.rollout import (
     Observation,
     RecordIncident,
     SetRouteWeight,
+    SignatureVerdict,
     TrackState,
     artifact_to_check,
     decide,
@@ -350,6 +351,18 @@ class Controller:
         waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
         return min([*waits, self.resync_seconds])
 
+    async def _verify_signature(self, model: ModelObject, uri: str,
+                                signature: api.ArtifactSignature) -> SignatureVerdict:
+        try:
+            keys = await self.workloads.read_trusted_keys(model.namespace, signature.config_map_name)
+        except KubeError as e:
+            return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
+                                    f"trusted keys (ConfigMap {signature.config_map_name}): {e}")
+        if not keys:
+            return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
+                                    f"ConfigMap {signature.config_map_name} holds no public key")
+        return await self.artifacts.verify_signature(uri, keys)
+
     async def _observe(self, key: Key, body: Mapping[str, Any], spec: api.MLModelSpec, status: api.MLModelStatus,
                        model: ModelObject, router: TrafficRouter) -> Observation:
         tracks = self.deployments.get(key, {})
@@ -360,6 +373,8 @@ class Controller:
                 check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
             except ArtifactUnavailable as e:
                 check = ArtifactCheck(uri=uri, error=str(e))
+            if spec.artifact.signature is not None and check.error is None:
+                check = replace(check, signature=await self._verify_signature(model, uri, spec.artifact.signature))
         route_weight = None
         if spec.rollout.traffic_routing.type == "gatewayAPI":
             try:
