@@ -9,7 +9,10 @@ no longer verifies is refused too.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +94,10 @@ def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
     assert (verified.status, verified.reason) == ("True", "SignatureVerified")
     assert status.verified_signer == key_fingerprint(release_pub) and key_fingerprint(release_pub) in verified.message
     assert status.history[-1].signer == key_fingerprint(release_pub)
+    shown = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", "status", "m", "-n", namespace],
+                           capture_output=True, text=True, check=False, timeout=60,
+                           env={**os.environ, "KUBECONFIG": str(modelwarden_installed.admin_kubeconfig)})
+    assert f"signer  {key_fingerprint(release_pub)}" in shown.stdout, shown.stdout + shown.stderr
 
     for i, (case, damage, reason, says) in enumerate(CASES):
         version = f"v2-{i}"
