@@ -121,7 +121,7 @@ def story(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClien
                                                              {"setWeight": 100, "pauseSeconds": 0}]}})
             op.until("m", lambda s, v=version: s.phase == Phase.STABLE and s.stable is not None
                      and s.stable.version == v)
-        op.controller.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url)
         prom = prometheus_env.start(tmp_path / "prometheus", backfilled=[
             budget_series("v2", 0), feedback_series("finance", [50, 20]), feedback_series("regulator", [5])])
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from model_server.demo_artifact import build_demo_artifact, train
 from model_server.fetch import FetchError, fetch, trusted_keys
-from modelwarden.adapters.kube import TRUSTED_KEYS_MOUNT, ModelObject, deployment_manifest
+from modelwarden.adapters.manifests import TRUSTED_KEYS_MOUNT, ModelObject, deployment_manifest
 from modelwarden.api import v1alpha1 as api
 from modelwarden.artifacts import SIGNATURE_FILENAME, build_manifest, read_manifest, sha256_file, write_manifest
 from modelwarden.artifacts.signing import sign_directory

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from modelwarden.artifacts.signing import SigningError, verify_directory_signature
-from modelwarden.engine.rollout import SignatureVerdict
+from modelwarden.engine.decision import SignatureVerdict
 
 CHUNK = 1 << 20
 REPORT_LIMIT = 4 << 20  # a report is small; refuse anything bigger rather than read it whole

@@ -35,7 +35,9 @@ ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series c
 BUDGET = ('ml_inference_error_budget_remaining{{version!=""}} '
           'and count_over_time(ml_inference_error_budget_remaining{{version!=""}}[{step}s])')
 # Raw samples of every critical-label counter series (one per replica and stakeholder) over the look-back:
-# an instant query of a range selector returns each scraped sample, so the count is exact, not extrapolated.
+# an instant query of a range selector returns each scraped sample, so the count is exact, not extrapolated —
+# also for a restart and a new label within one query step, which step-sampled series would miss (a missed
+# label is a missed rollback). The answer grows with the scrape rate: at a 15 s scrape, twice a 30 s step's.
 FEEDBACK = 'ml_feedback_labels_total{{severity="critical"}}[{w}s]'
 BURN_LONG = "ml:inference_burn_rate:rate1h"
 BURN_SHORT = "ml:inference_burn_rate:rate5m"
