@@ -109,6 +109,8 @@ def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
         assert (verified.status, verified.reason) == ("False", reason), (case, verified)
         assert says in verified.message, (case, verified.message)
         assert status.phase == Phase.FAILED, case
+        stalled = condition(status, "Stalled")  # what Flux and the Argo CD health check read
+        assert (stalled.status, stalled.reason) == ("True", reason), (case, stalled)
         # the approvals of the refused version were never counted: the quorum in status is still v1's
         assert f"approved for {version}" not in condition(status, "Approved").message, case
         assert not [e for e in admin.events("m") if e.reason == "QuorumMet" and version in e.message], case
