@@ -3,7 +3,9 @@
 The MLModel names the model *file* (``spec.artifact.uri``); its directory holds ``manifest.json`` and the files
 it lists. Each file is fetched (``file://`` or ``http(s)://``), checked against the manifest's sha256 and size,
 and the model file against ``ARTIFACT_SHA256``; anything that does not match stops the pod before a byte is
-loaded. Runs as the Deployment's init container with the same environment as the server.
+loaded. With ``ARTIFACT_TRUSTED_KEYS_DIR`` (the MLModel's ``spec.artifact.signature``: a mounted ConfigMap of
+PEM public keys) the directory's ``model.sig`` is fetched too and must verify by one of those keys over
+exactly the fetched files. Runs as the Deployment's init container with the same environment as the server.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from modelwarden.artifacts import MANIFEST_FILENAME, Manifest, verify_manifest
+from modelwarden.artifacts import MANIFEST_FILENAME, SIGNATURE_FILENAME, Manifest, verify_manifest
+from modelwarden.artifacts.signing import SigningError, verify_directory_signature
 
 CHUNK = 1 << 20
 
@@ -49,7 +52,19 @@ def _copy(uri: str, dest: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(model_uri: str, expected_sha256: str, directory: Path) -> Manifest:
+def trusted_keys(directory: Path) -> list[bytes]:
+    """Every PEM file of a mounted ConfigMap (its ``..data`` bookkeeping entries skipped)."""
+    try:
+        keys = [p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".") and p.is_file()]
+    except OSError as e:
+        raise FetchError(f"cannot read the trusted keys in {directory}: {e.strerror or e}") from e
+    if not keys:
+        raise FetchError(f"no trusted public key in {directory}")
+    return keys
+
+
+def fetch(model_uri: str, expected_sha256: str, directory: Path, keys: list[bytes] | None = None) -> Manifest:
+    """Fetch and verify; with ``keys`` the directory's signature must verify by one of them."""
     base = model_uri.rsplit("/", 1)[0] + "/"
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -60,12 +75,24 @@ def fetch(model_uri: str, expected_sha256: str, directory: Path) -> Manifest:
             raise FetchError(f"{model_uri} is not the manifest's model file ({manifest.model_file})")
         for entry in manifest.files:
             _copy(urllib.parse.urljoin(base, entry.path), staging / entry.path)
+        if keys is not None:
+            try:
+                _copy(urllib.parse.urljoin(base, SIGNATURE_FILENAME), staging / SIGNATURE_FILENAME)
+            except (OSError, FetchError) as e:
+                raise FetchError(f"SignatureMissing: {SIGNATURE_FILENAME} cannot be fetched: {e}") from e
         problems = verify_manifest(staging)
         if problems:
             raise FetchError("artifact does not match its manifest: " + "; ".join(str(p) for p in problems))
         actual = hashlib.sha256((staging / manifest.model_file).read_bytes()).hexdigest()
         if actual != expected_sha256:
             raise FetchError(f"{manifest.model_file} has sha256 {actual}, the MLModel says {expected_sha256}")
+        if keys is not None:
+            try:
+                check = verify_directory_signature(staging, keys)
+            except SigningError as e:
+                raise FetchError(f"TrustedKeysUnavailable: {e}") from e
+            if not check.ok:
+                raise FetchError(f"{check.reason}: {check.message}")
     except (OSError, httpx.HTTPError, ValueError) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise FetchError(f"cannot fetch {model_uri}: {e}") from e
@@ -83,8 +110,10 @@ def main() -> int:
     except KeyError as e:
         print(f"fetch: {e.args[0]} is required", file=sys.stderr)
         return 2
+    keys_dir = os.environ.get("ARTIFACT_TRUSTED_KEYS_DIR")
     try:
-        manifest = fetch(uri, sha.lower(), Path(target))
+        keys = trusted_keys(Path(keys_dir)) if keys_dir else None
+        manifest = fetch(uri, sha.lower(), Path(target), keys)
     except FetchError as e:
         print(f"fetch: {e}", file=sys.stderr)
         return 1

@@ -43,6 +43,8 @@ def rollback(**changes: Any) -> Rollback:
 
 HALT = Halt(id="rb-20261122t120000-v2", reason="ErrorBudgetExhausted", version="v2", sha256=SHA["v2"], since=AT)
 V2_VERIFIED = {"verified_sha256": SHA["v2"]}
+SIGNED = {"artifact": {"uri": "file:///models/v2.skops", "sha256": SHA["v2"],
+                       "signature": {"configMapName": "trusted-keys"}}}
 BAD_SCHEDULE = {"retraining": {"enabled": True, "schedule": "0 25 * * *", "jobTemplate": {"spec": {}}}}
 
 # (case, spec overrides, phase, conditions, other status fields, expected outcome, reason, message fragment)
@@ -99,6 +101,14 @@ TABLE: list[tuple[str, dict[str, Any], str, list[Condition], dict[str, Any], str
     ("sha256 mismatch", {}, Phase.FAILED,
      [cond("ArtifactVerified", "False", Reason.SHA256_MISMATCH, "file:///models/v2.skops has sha256 eee")], {},
      "Stalled", Reason.SHA256_MISMATCH, "has sha256 eee"),
+    ("required signature refused: the verifier's reason", SIGNED, Phase.FAILED,
+     [cond("ArtifactVerified", "False", "SignerUntrusted", "signature of file:///models/v2.skops's directory: "
+           "signed by key abc, not among the trusted keys: not serving it")], V2_VERIFIED,
+     "Stalled", "SignerUntrusted", "not among the trusted keys"),
+    ("progressing: trusted keys unreadable (retried)", SIGNED, Phase.PROGRESSING,
+     [cond("ArtifactVerified", "False", Reason.TRUSTED_KEYS_UNAVAILABLE,
+           "trusted keys (ConfigMap trusted-keys): 404 Not Found")], V2_VERIFIED,
+     "Reconciling", Reason.TRUSTED_KEYS_UNAVAILABLE, "ConfigMap trusted-keys"),
     ("invalid schedule, otherwise stable", BAD_SCHEDULE, Phase.STABLE,
      [cond("Ready", "True", Reason.STABLE, "v2 ready (4 replicas)")], V2_VERIFIED,
      "Stalled", Reason.INVALID_SCHEDULE, "spec.retraining.schedule '0 25 * * *'"),

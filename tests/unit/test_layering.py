@@ -38,8 +38,9 @@ PKG = ROOT / "operator" / "modelwarden"
 LAYERS = [
     Layer(PKG / "api", ("modelwarden.api",),
           PURE_STDLIB | {"pathlib", "sys", "types", "pydantic", "pydantic_core", "yaml"}),
+    # Signing (issue 19) is OpenSSF model-signing over the directory, with `cryptography` reading the keys.
     Layer(PKG / "artifacts", ("modelwarden.artifacts",),
-          PURE_STDLIB | {"os", "pathlib", "stat", "pydantic"}),
+          PURE_STDLIB | {"base64", "os", "pathlib", "stat", "tempfile", "pydantic", "cryptography", "model_signing"}),
     # No kopf, no kubernetes, no HTTP, no clock, no threads: time is an argument.
     Layer(PKG / "engine", ("modelwarden.api", "modelwarden.engine"), PURE_STDLIB),
     Layer(PKG / "adapters", ("modelwarden.api", "modelwarden.engine", "modelwarden.artifacts",
@@ -47,8 +48,12 @@ LAYERS = [
     Layer(PKG / "handlers", ("modelwarden.api", "modelwarden.engine", "modelwarden.adapters",
                              "modelwarden.handlers")),
     Layer(PKG / "training", ("modelwarden.artifacts", "modelwarden.training")),
+    # The evidence bundle is written from what the CLI read and is verified offline: no cluster client, no
+    # engine or operator in it, only the standard library besides the artifact and API formats.
+    Layer(PKG / "evidence", ("modelwarden.api", "modelwarden.artifacts", "modelwarden.training",
+                             "modelwarden.evidence"), frozenset(sys.stdlib_module_names)),
     Layer(PKG / "cli", ("modelwarden", "modelwarden.api", "modelwarden.engine", "modelwarden.artifacts",
-                        "modelwarden.training", "modelwarden.cli")),
+                        "modelwarden.training", "modelwarden.evidence", "modelwarden.cli")),
     # Its own third-party stack; kopf and the operator's other layers are not in it.
     Layer(ROOT / "model_server", ("model_server", "modelwarden.artifacts"),
           frozenset(sys.stdlib_module_names) | {

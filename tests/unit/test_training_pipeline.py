@@ -54,7 +54,7 @@ def test_layout_and_manifests(first: Path) -> None:
         directory = first / fmt
         assert sorted(p.name for p in directory.iterdir()) == sorted([
             model_file, "model_meta.json", "manifest.json", "reproducibility-report.json", "bias-report.json",
-            "evaluation-report.json"])
+            "evaluation-report.json", "model-card.json", "model-card.md"])
         assert verify_manifest(directory) == []
         manifest = read_manifest(directory)
         assert (manifest.format, manifest.model_file, manifest.model) == (fmt, model_file, "credit")
@@ -78,7 +78,7 @@ def test_layout_and_manifests(first: Path) -> None:
 def test_two_runs_give_identical_sha256s_in_process(first: Path, tmp_path: Path) -> None:
     train(TrainingConfig.model_validate(config_doc()), tmp_path / "second")
     assert digests(tmp_path / "second") == digests(first)
-    assert len(digests(first)) == 12
+    assert len(digests(first)) == 16  # 8 files per format: model, meta, 3 reports, card (JSON, Markdown), manifest
 
 
 def test_another_process_with_another_hash_seed_gives_identical_sha256s(first: Path, tmp_path: Path) -> None:

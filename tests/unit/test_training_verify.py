@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from modelwarden.artifacts import build_manifest, read_manifest, write_manifest
+from modelwarden.artifacts import build_manifest, read_manifest, sha256_file, write_manifest
 from modelwarden.cli.main import main
 from modelwarden.training.config import TrainingConfig
 from modelwarden.training.pipeline import train
 
 FILES = ["model.skops", "model_meta.json", "manifest.json", "reproducibility-report.json", "bias-report.json",
-         "evaluation-report.json"]
+         "evaluation-report.json", "model-card.json", "model-card.md"]
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,14 @@ def test_same_as_compares_every_sha256(trained: Path, copy: Path, capsys: pytest
     assert code == 1
     onnx = next(a for a in result["artifacts"] if a["format"] == "onnx")
     assert {p["file"] for p in onnx["problems"]} == {"bias-report.json", "manifest.json"}
-    # On its own the re-signed copy verifies per directory, but its formats no longer agree with each other.
+    # On its own the re-manifested copy's card no longer says what its bias report says, and its formats no
+    # longer agree with each other.
     code, result = run(capsys, "verify-artifacts", str(copy))
-    assert code == 1 and [a["ok"] for a in result["artifacts"]] == [True, False]
+    assert code == 1 and [a["ok"] for a in result["artifacts"]] == [False, False]
+    onnx_problems = {(p["file"], p["problem"]) for p in result["artifacts"][0]["problems"]}
+    assert ("model-card.json", "derived from a different bias-report.json (sha256 "
+            f"{sha256_file(trained / 'onnx/bias-report.json')}, the file has "
+            f"{sha256_file(copy / 'onnx/bias-report.json')})") in onnx_problems
     [problem] = result["artifacts"][1]["problems"]
     assert problem["file"] == "bias-report.json" and "not come from the same training run" in problem["problem"]
 

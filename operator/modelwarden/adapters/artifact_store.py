@@ -12,6 +12,9 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
+from modelwarden.artifacts.signing import SigningError, verify_directory_signature
+from modelwarden.engine.decision import SignatureVerdict
+
 CHUNK = 1 << 20
 REPORT_LIMIT = 4 << 20  # a report is small; refuse anything bigger rather than read it whole
 
@@ -22,6 +25,7 @@ class ArtifactUnavailable(Exception):
 
 class ArtifactStore(Protocol):
     async def sha256(self, uri: str) -> str: ...
+    async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict: ...
 
 
 class ReportReader(Protocol):
@@ -58,6 +62,20 @@ class URIArtifactStore:
             raise ArtifactUnavailable(f"GET {uri}: {e}") from e
         return digest.hexdigest()
 
+
+    async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict:
+        """The model-signing signature over the directory of the model file at ``uri`` (file:// only: over
+        HTTP the directory would have to be fetched whole; the server's fetch verifies it there)."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            return SignatureVerdict(False, "SignatureUnverifiable",
+                                    f"the operator verifies signatures of file:// artifacts only, not {uri}")
+        try:
+            check = await asyncio.to_thread(verify_directory_signature, Path(unquote(parsed.path)).parent,
+                                            trusted_keys)
+        except SigningError as e:
+            return SignatureVerdict(False, "TrustedKeysUnavailable", str(e))
+        return SignatureVerdict(check.ok, check.reason, check.message, check.signer_fingerprint)
 
     async def read_json(self, uri: str) -> object:
         parsed = urlparse(uri)

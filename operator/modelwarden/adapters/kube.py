@@ -51,6 +51,7 @@ class Workloads(Protocol):
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
     async def create_retraining_job(self, model: ModelObject, spec: api.MLModelSpec,
                                     job: CreateRetrainingJob) -> None: ...
+    async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]: ...
 
 
 class ModelStatusWriter(Protocol):
@@ -144,7 +145,7 @@ class KubeClient:
 
 class KubeWorkloads:
     """What serves a model and what it leaves behind: the servers' identity, a Deployment per track, retraining
-    Jobs, incident records."""
+    Jobs, incident records; and the trusted public keys a model's artifact signature is checked against."""
 
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
@@ -191,6 +192,12 @@ class KubeWorkloads:
         await self._kube.apply(self._kube.core.patch_namespaced_config_map,
                                incident_configmap(model, rollback, name, data),
                                field_manager=f"{FIELD_MANAGER}-evidence")
+
+    async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]:
+        """The PEM public keys an artifact signature may be made with: every data entry of the ConfigMap."""
+        cm = await self._kube.call(f"read trusted keys {namespace}/{config_map}",
+                                   self._kube.core.read_namespaced_config_map, config_map, namespace)
+        return [value.encode() for _, value in sorted((cm.data or {}).items())]
 
 
 class KubeStatusWriter:

@@ -23,6 +23,7 @@ SERVER_SERVICE_ACCOUNT = "modelwarden-model-server"
 SERVER_CLUSTER_ROLE = "modelwarden-model-server"
 ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
 ARTIFACT_MOUNT = "/var/lib/modelwarden"
+TRUSTED_KEYS_MOUNT = "/etc/modelwarden/trusted-keys"
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,14 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     security = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]}}
     volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "artifact", "emptyDir": {}}]
+    fetch_env: list[dict[str, Any]] = env
+    fetch_mounts: list[dict[str, Any]] = list(volume_mounts)
+    if spec.artifact.signature is not None:
+        # The fetch step verifies the directory's signature with the trusted keys before anything is loaded.
+        volumes.append({"name": "trusted-keys", "configMap": {"name": spec.artifact.signature.config_map_name}})
+        fetch_env = [*env, {"name": "ARTIFACT_TRUSTED_KEYS_DIR", "value": TRUSTED_KEYS_MOUNT}]
+        fetch_mounts = [*volume_mounts, {"name": "trusted-keys", "mountPath": TRUSTED_KEYS_MOUNT, "readOnly": True}]
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.serving.image,
@@ -154,7 +163,7 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     }
     # Fetch and verify the artifact directory before the server starts (model_server/fetch.py).
     fetch = {"name": "fetch-artifact", "image": spec.serving.image, "command": ["python", "-m", "model_server.fetch"],
-             "env": env, "securityContext": security, "volumeMounts": volume_mounts}
+             "env": fetch_env, "securityContext": security, "volumeMounts": fetch_mounts}
     if spec.serving.resources:
         container["resources"] = spec.serving.resources
     return {
@@ -176,7 +185,7 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
                     "serviceAccountName": SERVER_SERVICE_ACCOUNT,
                     "initContainers": [fetch],
                     "containers": [container],
-                    "volumes": [{"name": "artifact", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },

@@ -72,6 +72,10 @@ class Reason(StrEnum):
     SHA256_MATCH = "Sha256Match"
     SHA256_MISMATCH = "Sha256Mismatch"
     ARTIFACT_UNAVAILABLE = "ArtifactUnavailable"
+    SIGNATURE_VERIFIED = "SignatureVerified"
+    # A required signature that does not verify: the reason is the verifier's own (SignatureMissing,
+    # SignatureMalformed, SignerUntrusted, SignatureInvalid, ContentChanged) or this one.
+    TRUSTED_KEYS_UNAVAILABLE = "TrustedKeysUnavailable"
     # Progressing / Ready
     DEPLOYING = "Deploying"
     WAITING_FOR_CANARY = "WaitingForCanaryReady"
@@ -160,6 +164,16 @@ class _Model(BaseModel):
 # --- MLModel spec ---------------------------------------------------------------------------------------
 
 
+class ArtifactSignature(_Model):
+    """A required OpenSSF model-signing signature (``model.sig`` beside the model file) over the whole artifact
+    directory, by one of the trusted public keys: every data entry of the named ConfigMap (PEM). Public keys are
+    not secret, and a ConfigMap keeps the operator's RBAC free of Secrets."""
+
+    config_map_name: Annotated[str, Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ConfigMap in the model's namespace; each data entry is a trusted PEM public key.")]
+
+
 class ArtifactRef(_Model):
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -172,6 +186,8 @@ class ArtifactRef(_Model):
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN, description="SHA256 of the model file, 64 lowercase hex.")]
     format: Literal["skops", "onnx", "joblib"] = "skops"
     allow_unsafe_joblib: bool = False
+    signature: ArtifactSignature | None = Field(
+        default=None, description="When set, the artifact must carry a signature by a trusted key (issue 19).")
 
 
 class FeatureContract(_Model):
@@ -419,6 +435,7 @@ class HistoryEntry(_Model):
     sha256: str
     uri: str
     format: str = "skops"
+    signer: str | None = Field(default=None, description="Key fingerprint of the verified artifact signature.")
     approvals: list[ApprovalRecord] = Field(default_factory=list)
     deployed_at: str
     retired_at: str | None = None
@@ -504,6 +521,10 @@ class MLModelStatus(_Model):
     canary_weight: int = 0
     step_started_at: str | None = None
     verified_sha256: str | None = Field(default=None, description="The last artifact sha256 the operator verified.")
+    verified_signer: str | None = Field(
+        default=None, description="Key fingerprint of the signature verified with verifiedSha256, when required.")
+    verified_uri: str | None = Field(
+        default=None, description="The model file URI whose directory's signature was verified, when required.")
     approvals: list[ApprovalRecord] = Field(default_factory=list, description="The quorum for the version in spec.")
     history: list[HistoryEntry] = Field(default_factory=list)
     error_budget: ErrorBudget | None = None

@@ -6,12 +6,15 @@ No kopf, no kubernetes: the inference server imports this package, and so will t
 * :mod:`.manifest` - ``manifest.json``: files with SHA256 and size, the history chain, ``verify_manifest``
 * :mod:`.contract` - ``FeatureContract`` and its ``FeatureMismatch``
 * :mod:`.meta`     - ``model_meta.json`` with the training reference distributions for drift, ``psi``
+* :mod:`.signing`  - OpenSSF model-signing signatures over the directory (imported on its own: it loads the
+  signing library)
 """
 
 from modelwarden.artifacts.contract import FEATURE_MISMATCH, FeatureContract, FeatureMismatch
 from modelwarden.artifacts.hashing import is_sha256_hex, sha256_bytes, sha256_file
 from modelwarden.artifacts.manifest import (
     MANIFEST_FILENAME,
+    SIGNATURE_FILENAME,
     HistoryEntry,
     Manifest,
     ManifestFile,
@@ -37,6 +40,7 @@ __all__ = [
     "FEATURE_MISMATCH",
     "MANIFEST_FILENAME",
     "MODEL_META_FILENAME",
+    "SIGNATURE_FILENAME",
     "DriftReference",
     "FeatureContract",
     "FeatureMismatch",

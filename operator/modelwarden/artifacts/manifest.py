@@ -25,6 +25,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from modelwarden.artifacts.hashing import is_sha256_hex, sha256_bytes, sha256_file
 
 MANIFEST_FILENAME = "manifest.json"
+# The OpenSSF model-signing signature (see .signing) covers every file, the manifest included, so it is
+# written last and is the one file a manifest never lists.
+SIGNATURE_FILENAME = "model.sig"
 MANIFEST_SCHEMA: Final = "modelwarden.io/manifest/v1"
 
 ModelFormat = Literal["skops", "onnx", "joblib"]
@@ -140,13 +143,13 @@ class ManifestProblem:
 
 
 def _listable_files(directory: Path) -> list[str]:
-    """Every entry under ``directory`` except the manifest itself, as POSIX relative paths."""
+    """Every entry under ``directory`` except the manifest and the signature, as POSIX relative paths."""
     found = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         for name in sorted(files) + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = (Path(root) / name).relative_to(directory).as_posix()
-            if rel != MANIFEST_FILENAME:
+            if rel not in (MANIFEST_FILENAME, SIGNATURE_FILENAME):
                 found.append(rel)
     return found
 

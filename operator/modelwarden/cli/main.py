@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelwarden import __version__
 from modelwarden.api import v1alpha1 as api
+from modelwarden.cli.evidence import add_subcommand as add_evidence_subcommand
 from modelwarden.cli.training import CheckOutcome, UsageError, add_subcommands
 from modelwarden.engine.rollout import promote_token
 
@@ -86,7 +87,11 @@ def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
             api.GROUP, api.VERSION, args.namespace, api.APPROVAL_PLURAL, body)
     except ApiException as e:
         raise _api_error(e, f"approving {args.model} {version} as {args.role}") from e
-    return {"approved": args.model, "version": version, "sha256": sha256, "role": args.role, "approver": approver}
+    # What is being signed off: the signer the operator verified for these exact bytes, if a signature is required.
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    signer = status.verified_signer if status.verified_sha256 == sha256 else None
+    return {"approved": args.model, "version": version, "sha256": sha256, "role": args.role, "approver": approver,
+            "signer": signer or "none verified"}
 
 
 def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,6 +233,8 @@ def _print_status(result: dict[str, Any]) -> None:
     print(f"{result['namespace']}/{result['name']}  phase {status.phase or '-'}")
     if status.stable:
         print(f"  stable  {status.stable.version}  sha256 {status.stable.sha256}")
+    if status.verified_signer:
+        print(f"  signer  {status.verified_signer} (verified with sha256 {status.verified_sha256})")
     if status.canary:
         step = "-" if status.current_step_index is None else status.current_step_index + 1
         print(f"  canary  {status.canary.version}  sha256 {status.canary.sha256}  step {step}  "
@@ -243,7 +250,8 @@ def _print_status(result: dict[str, Any]) -> None:
         print("  history:")
         for h in status.history:
             who = ", ".join(f"{a.role}={a.approver}" for a in h.approvals)
-            print(f"    {h.version:<10} {h.sha256[:12]}  {h.outcome:<10} deployed {h.deployed_at}  [{who}]")
+            signed = f"  signed by {h.signer[:16]}" if h.signer else ""
+            print(f"    {h.version:<10} {h.sha256[:12]}  {h.outcome:<10} deployed {h.deployed_at}  [{who}]{signed}")
     r = status.retraining
     if r is not None and (r.next_window or r.last_window):
         print(f"  retraining: next window {r.next_window or '-'} ({r.schedule or '-'}); last {r.last_window or '-'}"
@@ -305,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.set_defaults(func=cmd_status, printer=_print_status)
 
-    add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata: no cluster needed
+    add_evidence_subcommand(sub)
+    add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata, sign...: no cluster needed
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The offline subcommands of ``modelwarden``: train, verify-artifacts, audit-features, validate-metadata.
+"""The offline subcommands of ``modelwarden``: train, verify-artifacts, audit-features, validate-metadata,
+sign and verify-signature.
 
 They need no cluster. Output is JSON by default; exit codes: 0 ok, 1 a check failed, 2 usage or input error.
 The training modules (numpy, scikit-learn...) are imported only when one of these commands runs, so the
@@ -26,6 +27,7 @@ class CheckOutcome:
 
 
 def cmd_train(args: argparse.Namespace) -> CheckOutcome:
+    from modelwarden.artifacts.signing import SigningError
     from modelwarden.training.config import ConfigError, load_config
     from modelwarden.training.data import DataError
     from modelwarden.training.pipeline import TrainingError, train
@@ -34,8 +36,8 @@ def cmd_train(args: argparse.Namespace) -> CheckOutcome:
         config = load_config(args.config)
         if args.seed is not None:
             config = config.model_copy(update={"seed": args.seed})
-        result = train(config, args.out, previous=args.previous, force=args.force)
-    except (ConfigError, DataError, TrainingError) as e:
+        result = train(config, args.out, previous=args.previous, force=args.force, signing_key=args.signing_key)
+    except (ConfigError, DataError, TrainingError, SigningError) as e:
         raise UsageError(str(e)) from e
     return CheckOutcome(result.to_dict(), result.ok)
 
@@ -94,6 +96,51 @@ def cmd_validate_metadata(args: argparse.Namespace) -> CheckOutcome:
     return CheckOutcome(result, bool(result["ok"]))
 
 
+def cmd_sign(args: argparse.Namespace) -> CheckOutcome:
+    from modelwarden.artifacts.signing import SigningError, public_key_pem, sign_directory
+    from modelwarden.training.verify import InputError, artifact_directories
+
+    try:
+        directories = artifact_directories(args.directory)
+        signed = [{"directory": str(d), "signerFingerprint": sign_directory(d, args.key)} for d in directories]
+        if args.public_key_out is not None:
+            args.public_key_out.write_bytes(public_key_pem(args.key))
+    except (InputError, SigningError) as e:
+        raise UsageError(str(e)) from e
+    except OSError as e:
+        raise UsageError(f"cannot write {args.public_key_out}: {e.strerror or e}") from e
+    return CheckOutcome({"ok": True, "signed": signed}, True)
+
+
+def read_public_keys(paths: list[Path]) -> list[bytes]:
+    """The PEM public keys named on the command line, each checked to be usable."""
+    from modelwarden.artifacts.signing import load_public_key
+
+    keys = []
+    for path in paths:
+        try:
+            pem = path.read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read public key {path}: {e.strerror or e}") from e
+        load_public_key(pem, what=f"public key {path}")
+        keys.append(pem)
+    return keys
+
+
+def cmd_verify_signature(args: argparse.Namespace) -> CheckOutcome:
+    from modelwarden.artifacts.signing import SigningError, verify_directory_signature
+    from modelwarden.training.verify import InputError, artifact_directories
+
+    try:
+        keys = read_public_keys(args.public_key)
+        checks = [(d, verify_directory_signature(d, keys)) for d in artifact_directories(args.directory)]
+    except (InputError, SigningError) as e:
+        raise UsageError(str(e)) from e
+    ok = all(c.ok for _, c in checks)
+    return CheckOutcome({"ok": ok, "artifacts": [{"directory": str(d), **c.to_dict()} for d, c in checks],
+                         "problems": [f"{d}: {c.reason}: {c.message}" for d, c in checks if not c.ok]}, ok)
+
+
 def _threshold(value: str) -> float:
     try:
         number = float(value)
@@ -116,7 +163,26 @@ def add_subcommands(sub: Any) -> None:
                    help="the artifacts this version replaces (chains the manifest history)")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--force", action="store_true", help="replace existing OUT/<format>/ directories")
+    p.add_argument("--signing-key", type=Path, default=None, metavar="KEY",
+                   help="sign each artifact directory with this PEM private key (OpenSSF model-signing, model.sig)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sign", parents=[output],
+                       help="sign an artifact directory (or each one of a training output) in the OpenSSF "
+                            "model-signing format")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--key", type=Path, required=True,
+                   help="PEM elliptic-curve private key (P-256/384/521), e.g. from `openssl ecparam -genkey`")
+    p.add_argument("--public-key-out", type=Path, default=None, metavar="PUB",
+                   help="also write the matching public key (PEM) for verifiers")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("verify-signature", parents=[output],
+                       help="check model.sig against trusted public keys over every file of the directory")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--public-key", type=Path, action="append", required=True, metavar="PUB",
+                   help="a trusted PEM public key (repeat for several)")
+    p.set_defaults(func=cmd_verify_signature)
 
     p = sub.add_parser("verify-artifacts", parents=[output],
                        help="check every sha256, the reports' schemas and status, and the feature contract")

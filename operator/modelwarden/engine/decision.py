@@ -21,6 +21,7 @@ from modelwarden.api.v1alpha1 import (
     MLModelSpec,
     MLModelStatus,
     Phase,
+    Reason,
     Rollback,
     Track,
 )
@@ -66,12 +67,24 @@ class TrackState:
 
 
 @dataclass(frozen=True)
+class SignatureVerdict:
+    """The artifact directory's signature against the trusted keys; ``reason`` names what failed."""
+
+    ok: bool
+    reason: str
+    message: str
+    signer: str | None = None
+
+
+@dataclass(frozen=True)
 class ArtifactCheck:
-    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``."""
+    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``; ``signature`` when the
+    spec requires one (``None``: not required)."""
 
     uri: str
     actual: str | None = None
     error: str | None = None
+    signature: SignatureVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +152,20 @@ def same(a: ArtifactVersion | None, b: ArtifactVersion | None) -> bool:
 
 
 
-def history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime) -> HistoryEntry:
+def signature_refused(spec: MLModelSpec, check: ArtifactCheck) -> SignatureVerdict | None:
+    """The failed verdict when a required signature does not verify (``None``: fine or not required)."""
+    if spec.artifact.signature is None:
+        return None
+    if check.signature is None:
+        return SignatureVerdict(False, Reason.TRUSTED_KEYS_UNAVAILABLE, "the signature was not checked")
+    return None if check.signature.ok else check.signature
+
+
+
+def history_entry(artifact: ArtifactVersion, approvals: list[ApprovalRecord], now: datetime,
+                  signer: str | None) -> HistoryEntry:
     return HistoryEntry(version=artifact.version, sha256=artifact.sha256, uri=artifact.uri, format=artifact.format,
-                        approvals=approvals, deployed_at=timestamp(now), outcome="Serving")
+                        approvals=approvals, deployed_at=timestamp(now), outcome="Serving", signer=signer)
 
 
 

@@ -62,6 +62,10 @@ def summarize(spec: MLModelSpec, status: MLModelStatus) -> Summary:
         return _halted(status)
     if phase == Phase.FAILED:
         verified = get_condition(status.conditions, ConditionType.ARTIFACT_VERIFIED)
+        if verified is not None and verified.status == "False":
+            # Sha256Mismatch, or a required signature that does not verify: the verifier's reason
+            # (SignerUntrusted, ContentChanged, ...).
+            return Summary("Stalled", verified.reason, verified.message)
         return Summary("Stalled", Reason.SHA256_MISMATCH,
                        verified.message if verified is not None
                        else f"the artifact of {spec.version} does not match spec.artifact.sha256")
@@ -125,12 +129,20 @@ def _progressing_message(status: MLModelStatus, fallback: str) -> str:
     return progressing.message if progressing is not None and progressing.status == "True" else fallback
 
 
+def _artifact_verified(spec: MLModelSpec, status: MLModelStatus) -> bool:
+    """The spec's artifact is verified: its sha256 and, when required, its directory's signature (which covers
+    one directory: the same model file elsewhere is checked again)."""
+    return status.verified_sha256 == spec.artifact.sha256 and (spec.artifact.signature is None or (
+        status.verified_signer is not None and status.verified_uri == spec.artifact.uri))
+
+
 def _progressing(spec: MLModelSpec, status: MLModelStatus) -> Summary:
-    if status.verified_sha256 != spec.artifact.sha256:
+    if not _artifact_verified(spec, status):
         verified = get_condition(status.conditions, ConditionType.ARTIFACT_VERIFIED)
         if verified is not None and verified.status == "False":
-            # Unreadable (store down, 404): retried; a person may need to fix the URI, but it may also heal.
-            return Summary("Reconciling", Reason.ARTIFACT_UNAVAILABLE, verified.message)
+            # Unreadable (store down, 404) or the trusted keys cannot be read: retried; a person may need to fix
+            # the URI or the ConfigMap, but it may also heal.
+            return Summary("Reconciling", verified.reason, verified.message)
         return Summary("Reconciling", Reason.VERIFYING_ARTIFACT,
                        f"verifying the sha256 of {spec.artifact.uri}")
     progressing = get_condition(status.conditions, ConditionType.PROGRESSING)

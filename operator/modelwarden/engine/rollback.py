@@ -34,6 +34,7 @@ from modelwarden.engine.decision import (
     fingerprint,
     history_entry,
     history_entry_for,
+    signature_refused,
     target_of,
     verified_target,
 )
@@ -143,8 +144,13 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
             p.requeue(0)  # the handler hashes the target on the very next pass
             p.update(last_rollback=rb)
             return p.finish(Phase.ROLLING_BACK)
-        if check.error is not None or check.actual != restore.sha256:
-            found = check.error or f"sha256 {check.actual}"
+        refused = signature_refused(p.spec, check)
+        if check.error is not None or check.actual != restore.sha256 or refused is not None:
+            if check.error is not None or check.actual != restore.sha256:
+                found = check.error or f"sha256 {check.actual}"
+            else:
+                assert refused is not None
+                found = f"signature {refused.reason}: {refused.message}"
             message = f"rollback target {restore.version} at {restore.uri} no longer matches: {found}"
             p.event("Warning", Reason.TARGET_SHA256_MISMATCH, message)
             rb = _timeline(rb, p, "TargetRejected", message).model_copy(update={"to_version": None,
@@ -183,7 +189,8 @@ def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None,
                        else h for h in p.status.history]
             previous = history_entry_for(p.status, restored.version, restored.sha256)
             approvals = previous.approvals if previous is not None else []
-            history = [*history, history_entry(restored, approvals, p.now)][-HISTORY_LIMIT:]
+            signer = previous.signer if previous is not None else None
+            history = [*history, history_entry(restored, approvals, p.now, signer)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
         p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
         p.condition(ConditionType.READY, True, Reason.STABLE,

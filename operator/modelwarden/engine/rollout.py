@@ -38,6 +38,7 @@ from modelwarden.engine.decision import (
     history_entry,
     history_entry_for,
     same,
+    signature_refused,
     target_of,
     verified_target,
 )
@@ -61,9 +62,15 @@ def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
     target = target_of(spec)
     if status.stable is not None and same(status.stable, target):
         return None
-    if status.verified_sha256 == target.sha256:
+    if _already_verified(spec, status, target):
         return None
     return target.uri
+
+
+def _already_verified(spec: MLModelSpec, status: MLModelStatus, target: ArtifactVersion) -> bool:
+    # A signature covers the whole directory: the same model file in another directory is checked again.
+    return status.verified_sha256 == target.sha256 and (spec.artifact.signature is None or (
+        status.verified_signer is not None and status.verified_uri == target.uri))
 
 
 
@@ -153,12 +160,16 @@ def _record_approvals(p: Pass, quorum: Quorum) -> list[ApprovalRecord]:
 
 def _mismatch(p: Pass) -> bool:
     a = p.obs.artifact
-    return a is not None and a.error is None and a.actual != p.spec.artifact.sha256
+    if a is None or a.error is not None:
+        return False
+    refused = signature_refused(p.spec, a)
+    return a.actual != p.spec.artifact.sha256 or (refused is not None
+                                                  and refused.reason != Reason.TRUSTED_KEYS_UNAVAILABLE)
 
 
 
 def _verify_artifact(p: Pass, target: ArtifactVersion) -> bool:
-    if p.status.verified_sha256 == target.sha256:
+    if _already_verified(p.spec, p.status, target):
         return True
     check = p.obs.artifact
     if check is None or check.uri != target.uri:
@@ -179,9 +190,24 @@ def _verify_artifact(p: Pass, target: ArtifactVersion) -> bool:
             p.event("Warning", Reason.SHA256_MISMATCH, message)
         _abort_canary_not_serving(p, target)
         return False
-    p.update(verified_sha256=target.sha256)
-    p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
-                f"{target.uri} matches sha256 {target.sha256}")
+    refused = signature_refused(p.spec, check)
+    if refused is not None:
+        # The previous version keeps serving; nothing is served from an artifact whose signature fails.
+        message = f"signature of {target.uri}'s directory: {refused.message}: not serving it"
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, refused.reason, message)
+        if not _condition_reason_was(p.old, ConditionType.ARTIFACT_VERIFIED, refused.reason):
+            p.event("Warning", refused.reason, message)
+        p.requeue(30)
+        _abort_canary_not_serving(p, target)
+        return False
+    signer = check.signature.signer if check.signature is not None else None
+    p.update(verified_sha256=target.sha256, verified_signer=signer, verified_uri=target.uri if signer else None)
+    if signer is not None:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SIGNATURE_VERIFIED,
+                    f"{target.uri} matches sha256 {target.sha256}; directory signed by key {signer}")
+    else:
+        p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
+                    f"{target.uri} matches sha256 {target.sha256}")
     return True
 
 
@@ -246,7 +272,7 @@ def _first_deployment(p: Pass, target: ArtifactVersion, approvals: list[Approval
         p.condition(ConditionType.READY, False, Reason.WAITING_FOR_STABLE,
                     f"waiting for {replicas} ready replicas of {target.version}")
         return p.finish(Phase.PROGRESSING)
-    history = [*p.status.history, history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    history = [*p.status.history, history_entry(target, approvals, p.now, p.status.verified_signer)][-HISTORY_LIMIT:]
     p.update(stable=target, history=history)
     p.event("Normal", Reason.DEPLOYED, f"{target.version} (sha256 {target.sha256[:12]}) serving 100%")
     return _stable(p, target, ready=True)
@@ -381,7 +407,7 @@ def _promote(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord]) 
         and h.version == previous.version else h
         for h in p.status.history
     ]
-    history = [*history, history_entry(target, approvals, p.now)][-HISTORY_LIMIT:]
+    history = [*history, history_entry(target, approvals, p.now, p.status.verified_signer)][-HISTORY_LIMIT:]
     p.update(stable=target, canary=None, current_step_index=None, step_started_at=None, canary_weight=0,
              history=history)
     p.event("Normal", Reason.PROMOTED,

@@ -78,7 +78,7 @@ class Controller:
                                      server_admin=self.server_admin)
         self.reconciler = Reconciler(artifacts=self.artifacts, reports=self.reports, router_for=self.router_for,
                                      applier=self.applier, status_writer=self.status_writer, events=self.events,
-                                     resync_seconds=self.resync_seconds)
+                                     workloads=self.workloads, resync_seconds=self.resync_seconds)
 
     @property
     def models(self) -> dict[Key, dict[str, Any]]:

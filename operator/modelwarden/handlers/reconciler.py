@@ -2,8 +2,8 @@
 
 Its inputs are explicit: the model as the watch caches hold it (:class:`ModelState`), what the last metrics
 cycle learned (:class:`FleetReading`) and the time. It reads only what the caches cannot hold (the artifact's
-sha256, the router's current weight, report files), and returns what the caller must do next
-(:class:`Outcome`).
+sha256 and, when the spec requires one, its directory's signature against the trusted keys; the router's
+current weight; report files), and returns what the caller must do next (:class:`Outcome`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable, ReportReader, sibling
-from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter
+from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.decision import ArtifactCheck, Observation
+from modelwarden.engine.decision import ArtifactCheck, Observation, SignatureVerdict
 from modelwarden.engine.retraining import Report, RetrainingObservation, decide_retraining, due_window
 from modelwarden.engine.rollout import artifact_to_check, decide
 from modelwarden.handlers import metrics as own_metrics
@@ -50,6 +50,8 @@ class Reconciler:
     applier: ActionApplier
     status_writer: ModelStatusWriter
     events: EventRecorder
+    # reads the trusted public keys of spec.artifact.signature
+    workloads: Workloads
     resync_seconds: float = 60.0
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
@@ -86,6 +88,9 @@ class Reconciler:
                 check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
             except ArtifactUnavailable as e:
                 check = ArtifactCheck(uri=uri, error=str(e))
+            signature = state.spec.artifact.signature
+            if signature is not None and check.error is None:
+                check = replace(check, signature=await self._verify_signature(model, uri, signature))
         route_weight = None
         try:
             route_weight = await router.canary_weight(model)
@@ -108,6 +113,18 @@ class Reconciler:
             metrics_configured=reading.configured,
             metrics_error=reading.error,
         )
+
+    async def _verify_signature(self, model: ModelObject, uri: str,
+                                signature: api.ArtifactSignature) -> SignatureVerdict:
+        try:
+            keys = await self.workloads.read_trusted_keys(model.namespace, signature.config_map_name)
+        except KubeError as e:
+            return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
+                                    f"trusted keys (ConfigMap {signature.config_map_name}): {e}")
+        if not keys:
+            return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
+                                    f"ConfigMap {signature.config_map_name} holds no public key")
+        return await self.artifacts.verify_signature(uri, keys)
 
     async def _observe_retraining(self, model: ModelObject, state: ModelState, status: api.MLModelStatus,
                                   reading: FleetReading, now: dt.datetime) -> RetrainingObservation:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelwarden.artifacts.manifest import ModelFormat
+from modelwarden.training.card import CardStatement
 
 Task = Literal["classifier", "signal"]
 EstimatorKind = Literal["logistic", "gradient_boosting"]
@@ -89,6 +90,8 @@ class TrainingConfig(_Strict):
     bias: BiasThresholds = Field(default_factory=BiasThresholds)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
     formats: tuple[ModelFormat, ...] = ("skops", "onnx")
+    # The model card's intended use, out-of-scope uses and limitations, in the owners' words.
+    card: CardStatement = Field(default_factory=CardStatement)
 
     @model_validator(mode="after")
     def _formats(self) -> TrainingConfig:

@@ -1,8 +1,9 @@
 """``modelwarden train``: config → data → scikit-learn model → one verified artifact directory per format.
 
 ``OUT/skops/`` and ``OUT/onnx/`` are each a complete artifact directory (model file, ``model_meta.json``,
-the three reports, ``manifest.json``), because an MLModel names one model file whose directory holds the
-manifest. Apart from the model file and the manifest, their files are byte-identical.
+the three reports, the model card as JSON and Markdown, ``manifest.json``, and ``model.sig`` when signed),
+because an MLModel names one model file whose directory holds the manifest. Apart from the model file, the
+manifest and the signature, their files are byte-identical.
 
 Nothing depends on the clock or the machine's hash seed: ``trained_at`` comes from the config (or the
 generated data's as-of date), the seed drives the data, the split and the estimator, and the model files are
@@ -35,10 +36,12 @@ from modelwarden.artifacts import (
     read_manifest,
     sha256_bytes,
     sha256_file,
+    signing,
     write_manifest,
 )
 from modelwarden.training import data as data_mod
 from modelwarden.training import metrics, serialize
+from modelwarden.training.card import write_model_card
 from modelwarden.training.config import TrainingConfig
 from modelwarden.training.reports import BIAS_REPORT, EVALUATION_REPORT, REPRODUCIBILITY_REPORT, write_report
 
@@ -58,6 +61,7 @@ class FormatArtifact:
     model_file: str
     sha256: str
     manifest_sha256: str
+    signer_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class TrainResult:
             "bias_status": self.bias_status, "evaluation_status": self.evaluation_status,
             "failures": self.failures,
             "artifacts": [{"format": a.format, "directory": str(a.directory), "model_file": a.model_file,
-                           "sha256": a.sha256, "manifest_sha256": a.manifest_sha256} for a in self.artifacts],
+                           "sha256": a.sha256, "manifest_sha256": a.manifest_sha256,
+                           "signer_fingerprint": a.signer_fingerprint} for a in self.artifacts],
         }
 
 
@@ -204,9 +209,13 @@ def _previous_manifest(previous: Path | None, fmt: ModelFormat) -> Manifest | No
 
 
 def train(config: TrainingConfig, out: str | Path, *, previous: str | Path | None = None,
-          force: bool = False) -> TrainResult:
+          force: bool = False, signing_key: str | Path | None = None) -> TrainResult:
+    """Train and write one artifact directory per format; with ``signing_key`` (PEM, elliptic curve) each
+    directory is signed in the OpenSSF model-signing format (``model.sig``) after its manifest."""
     out = Path(out)
     previous_dir = Path(previous) if previous is not None else None
+    if signing_key is not None:
+        signing.load_private_key(signing_key)  # a bad key fails before training, not after
     for fmt in config.formats:
         if (out / fmt).exists() and not force:
             raise TrainingError(f"{out / fmt} exists; choose another --out or pass --force to replace it")
@@ -286,15 +295,18 @@ def train(config: TrainingConfig, out: str | Path, *, previous: str | Path | Non
         write_report(partial, REPRODUCIBILITY_REPORT, reproducibility)
         write_report(partial, BIAS_REPORT, bias)
         write_report(partial, EVALUATION_REPORT, evaluation)
+        write_model_card(partial, config.card)
         manifest = build_manifest(partial, model=config.model, version=config.version, format=fmt,
                                   model_file=model_file, created_at=when,
                                   previous=_previous_manifest(previous_dir, fmt))
         manifest_sha = write_manifest(partial, manifest)
+        signer = signing.sign_directory(partial, signing_key) if signing_key is not None else None
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
         artifacts.append(FormatArtifact(format=fmt, directory=final, model_file=model_file,
-                                        sha256=sha256_file(final / model_file), manifest_sha256=manifest_sha))
+                                        sha256=sha256_file(final / model_file), manifest_sha256=manifest_sha,
+                                        signer_fingerprint=signer))
     return TrainResult(out=out, artifacts=artifacts, bias_status=bias["status"],
                        evaluation_status=evaluation["status"],
                        failures=[*(f"bias: {f}" for f in bias["failures"]),

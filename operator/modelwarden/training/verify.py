@@ -7,6 +7,7 @@ artifact directory per format). For each artifact directory:
   (:func:`~modelwarden.artifacts.verify_manifest`);
 * ``model_meta.json`` parses, ``n_features == len(features)``, and it is listed in the manifest;
 * each report is present, listed, and valid against its schema;
+* the model card (``model-card.json`` and ``.md``) is exactly what its sources (meta and reports) give;
 * unless ``integrity_only``: the bias and evaluation reports say ``pass``;
 * with a contract: its features (names and order) and count equal the model's;
 * with ``same_as``: every file has the same SHA256 as in that other directory (reproducibility);
@@ -29,12 +30,14 @@ from pydantic import ValidationError
 from modelwarden.artifacts import (
     MANIFEST_FILENAME,
     MODEL_META_FILENAME,
+    SIGNATURE_FILENAME,
     FeatureContract,
     ModelMeta,
     read_manifest,
     verify_manifest,
 )
 from modelwarden.artifacts.hashing import sha256_file
+from modelwarden.training.card import CARD_FILES, CARD_SOURCES, check_model_card
 from modelwarden.training.reports import BIAS_REPORT, EVALUATION_REPORT, REPORT_FILES, SCHEMAS
 
 
@@ -174,17 +177,24 @@ def verify_directory(directory: Path, *, contract: FeatureContract | None = None
             failures = getattr(report, "failures", [])
             check.add(name, f"status {getattr(report, 'status', '?')}: {'; '.join(failures) or 'no reason given'}")
 
+    # A card cannot be judged against a source that is itself broken; that source's problem says enough.
+    if not {p for p, _ in check.problems} & set(CARD_SOURCES):
+        for card_file, card_problem in check_model_card(directory):
+            check.add(card_file, card_problem)
+
     if same_as is not None:
         compare(check, directory, same_as)
     return check
 
 
 def compare(check: ArtifactCheck, directory: Path, other: Path) -> None:
-    """Every file in either directory has the same SHA256 in both."""
+    """Every file in either directory has the same SHA256 in both. A signature is left out: ECDSA signatures
+    differ on every signing, and what they sign is compared here file by file."""
     if not (other / MANIFEST_FILENAME).exists() and (other / directory.name / MANIFEST_FILENAME).exists():
         other = other / directory.name  # DIR and OTHER are training outputs: compare format with format
-    mine = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-    theirs = {p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file()} if other.is_dir() else set()
+    mine = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {SIGNATURE_FILENAME}
+    theirs = {p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file()} - {SIGNATURE_FILENAME} \
+        if other.is_dir() else set()
     for rel in sorted(mine | theirs):
         if rel not in theirs:
             check.add(rel, f"not in {other}")
@@ -202,7 +212,7 @@ def verify_artifacts(path: Path, *, contract: FeatureContract | None = None, int
               for d in artifact_directories(path)]
     # The format directories of one training run share their metadata and reports byte for byte.
     for check in checks[1:]:
-        for name in (MODEL_META_FILENAME, *REPORT_FILES):
+        for name in (MODEL_META_FILENAME, *REPORT_FILES, *CARD_FILES):
             mine, first = check.directory / name, checks[0].directory / name
             already = {p for c in (check, checks[0]) for p, _ in c.problems}
             if name not in already and mine.is_file() and first.is_file() and sha256_file(mine) != sha256_file(first):
