@@ -132,13 +132,15 @@ def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion) -> str:
     """Identifies a pod template: what is served (artifact) and how (serving spec, contract)."""
     payload = {"artifact": artifact.wire(), "serving": spec.serving.wire(),
                "contract": spec.feature_contract.wire(), "joblib": spec.artifact.allow_unsafe_joblib}
+    if spec.artifact.signature is not None:
+        # the pods mount the trusted keys: requiring a signature changes the template. Absent, the key stays
+        # out, so models without one keep their fingerprint (no restart of every model on upgrade).
+        payload["signature"] = spec.artifact.signature.wire()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
 
 
 def verified_target(rollback: Rollback) -> bool:
     return any(t.event == "TargetVerified" for t in rollback.timeline)
-
 
 
 def history_entry_for(status: MLModelStatus, version: str | None, sha256: str | None) -> HistoryEntry | None:
