@@ -9,11 +9,15 @@ no longer verifies is refused too.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,9 +64,30 @@ CASES: list[tuple[str, Callable[[Path], None], str, str]] = [
 ]
 
 
+@contextlib.contextmanager
+def served_over_http(root: Path) -> Iterator[str]:
+    """``root`` on a loopback HTTP server, as an artifact store (or the local environment) serves it to pods."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("scheme", ["file", "http"])
 def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
-        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
+        scheme: str, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
         tmp_path: Path) -> None:
+    """Over HTTP the operator fetches the directory the signature covers (an operator in a pod cannot read
+    file://)."""
+    with served_over_http(tmp_path) as base_url:
+        _signature_gate_story(scheme, base_url, modelwarden_installed, api_clients, namespace, tmp_path)
+
+
+def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Cluster,
+                          api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path) -> None:
     release, release_pub = write_key(tmp_path, "release")
     other, _ = write_key(tmp_path, "other")
     client.CoreV1Api(api_clients["admin"]).create_namespaced_config_map(namespace, client.V1ConfigMap(
@@ -75,7 +100,8 @@ def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
         shutil.copytree(source, d)
         sign_directory(d, key)
         damage(d)
-        return (d / "model.skops").as_uri(), sha256_file(d / "model.skops")
+        uri = (d / "model.skops").as_uri() if scheme == "file" else f"{base_url}/{version}/model.skops"
+        return uri, sha256_file(d / "model.skops")
 
     op = InProcessOperator(modelwarden_installed, namespace)
     admin = Models(api_clients["admin"], namespace)
@@ -99,7 +125,10 @@ def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
                            env={**os.environ, "KUBECONFIG": str(modelwarden_installed.admin_kubeconfig)})
     assert f"signer  {key_fingerprint(release_pub)}" in shown.stdout, shown.stdout + shown.stderr
 
-    for i, (case, damage, reason, says) in enumerate(CASES):
+    # Over HTTP a file the manifest does not list is never fetched, by the operator or by the server's fetch:
+    # it cannot be served, so only a local directory can show it.
+    cases = CASES if scheme == "file" else [c for c in CASES if c[0] != "a file added"]
+    for i, (case, damage, reason, says) in enumerate(cases):
         version = f"v2-{i}"
         uri, sha = version_dir(version, other if reason == "SignerUntrusted" else release, damage)
         approve(version, sha)  # approvals exist, yet they must not count
@@ -127,14 +156,20 @@ def test_signature_gate_refuses_bad_artifacts_and_keeps_the_previous_version(
     approve("v2", sha_v2)
     admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri, "sha256": sha_v2}})
     status = op.until("m", lambda s: s.phase == Phase.STABLE and s.stable is not None and s.stable.version == "v2")
-    (tmp_path / "v1" / "notes.txt").write_text("added after approval")
+    if scheme == "file":
+        (tmp_path / "v1" / "notes.txt").write_text("added after approval")
+        altered = "notes.txt added"
+    else:
+        meta = tmp_path / "v1" / "model_meta.json"
+        meta.write_text(meta.read_text().replace("{", '{"edited": true, ', 1))
+        altered = "model_meta.json changed"
     admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m",
                                                 {"metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "req1"}}})
     status = op.until("m", lambda s: s.phase == Phase.HALTED)
     assert status.stable is not None and status.stable.sha256 == sha_v2, "v2 keeps serving"
     assert status.last_rollback is not None
     rejected = [t for t in status.last_rollback.timeline if t.event == "TargetRejected"]
-    assert rejected and "signature ContentChanged" in rejected[0].message and "notes.txt added" in rejected[0].message
+    assert rejected and "signature ContentChanged" in rejected[0].message and altered in rejected[0].message
     deployment = admin.deployment("m-stable")
     assert deployment is not None
     assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == sha_v2

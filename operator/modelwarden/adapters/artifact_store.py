@@ -4,14 +4,17 @@ small JSON reports (an artifact's ``bias-report.json``, a feature audit) for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import httpx
 
+from modelwarden.artifacts import MANIFEST_FILENAME, SIGNATURE_FILENAME, Manifest
 from modelwarden.artifacts.signing import SigningError, verify_directory_signature
 from modelwarden.engine.decision import SignatureVerdict
 
@@ -23,9 +26,14 @@ class ArtifactUnavailable(Exception):
     """The artifact could not be read (missing, unreachable, unsupported scheme)."""
 
 
+class _NotFound(ArtifactUnavailable):
+    """HTTP 404."""
+
+
 class ArtifactStore(Protocol):
     async def sha256(self, uri: str) -> str: ...
-    async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict: ...
+    async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict:
+        """Raises :class:`ArtifactUnavailable` when the directory cannot be read at all."""
 
 
 class ReportReader(Protocol):
@@ -64,18 +72,57 @@ class URIArtifactStore:
 
 
     async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict:
-        """The model-signing signature over the directory of the model file at ``uri`` (file:// only: over
-        HTTP the directory would have to be fetched whole; the server's fetch verifies it there)."""
+        """The model-signing signature over the directory of the model file at ``uri``. Over HTTP the
+        directory is fetched first — its manifest, every file it lists (no more bytes than it says) and the
+        signature — into a temporary directory that is removed afterwards: the signature covers the whole
+        directory, so there is no cheaper honest check."""
         parsed = urlparse(uri)
-        if parsed.scheme != "file":
-            return SignatureVerdict(False, "SignatureUnverifiable",
-                                    f"the operator verifies signatures of file:// artifacts only, not {uri}")
+        if parsed.scheme == "file":
+            return await asyncio.to_thread(_verify_directory, Path(unquote(parsed.path)).parent, trusted_keys)
+        if parsed.scheme not in ("http", "https"):
+            raise ArtifactUnavailable(f"unsupported URI scheme {parsed.scheme!r} (use file:// or https://)")
+        with tempfile.TemporaryDirectory(prefix="modelwarden-verify-") as staging:
+            await self._fetch_directory(uri, Path(staging))
+            return await asyncio.to_thread(_verify_directory, Path(staging), trusted_keys)
+
+    async def _fetch_directory(self, model_uri: str, staging: Path) -> None:
+        base = model_uri.rsplit("/", 1)[0] + "/"
+        async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=True) as http:
+            await self._download(http, base + MANIFEST_FILENAME, staging / MANIFEST_FILENAME, REPORT_LIMIT)
+            try:
+                manifest = Manifest.model_validate_json((staging / MANIFEST_FILENAME).read_bytes())
+            except ValueError as e:
+                raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} is not a manifest: {e}") from e
+            for entry in manifest.files:
+                relative = PurePosixPath(entry.path)
+                if relative.is_absolute() or ".." in relative.parts:
+                    raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} lists {entry.path!r} outside its directory")
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                # A listed file or the signature that is not there (404) is the verifier's verdict (a file
+                # removed, SignatureMissing), not an unreachable artifact.
+                with contextlib.suppress(_NotFound):
+                    await self._download(http, base + entry.path, staging / relative, entry.size)
+            with contextlib.suppress(_NotFound):
+                await self._download(http, base + SIGNATURE_FILENAME, staging / SIGNATURE_FILENAME, REPORT_LIMIT)
+
+    @staticmethod
+    async def _download(http: httpx.AsyncClient, uri: str, dest: Path, limit: int) -> None:
+        written = 0
         try:
-            check = await asyncio.to_thread(verify_directory_signature, Path(unquote(parsed.path)).parent,
-                                            trusted_keys)
-        except SigningError as e:
-            return SignatureVerdict(False, "TrustedKeysUnavailable", str(e))
-        return SignatureVerdict(check.ok, check.reason, check.message, check.signer_fingerprint)
+            async with http.stream("GET", uri) as resp:
+                if resp.status_code == 404:
+                    raise _NotFound(f"GET {uri}: HTTP 404")
+                if resp.status_code != 200:
+                    raise ArtifactUnavailable(f"GET {uri}: HTTP {resp.status_code}")
+                with dest.open("wb") as out:
+                    async for chunk in resp.aiter_bytes(CHUNK):
+                        # One byte past the expected size is enough to tell the verifier the file changed.
+                        out.write(chunk[: limit + 1 - written])
+                        written += len(chunk)
+                        if written > limit:
+                            break
+        except httpx.HTTPError as e:
+            raise ArtifactUnavailable(f"GET {uri}: {e}") from e
 
     async def read_json(self, uri: str) -> object:
         parsed = urlparse(uri)
@@ -98,6 +145,14 @@ class URIArtifactStore:
             return json.loads(data)
         except ValueError as e:
             raise ArtifactUnavailable(f"{uri} is not JSON: {e}") from e
+
+
+def _verify_directory(directory: Path, trusted_keys: list[bytes]) -> SignatureVerdict:
+    try:
+        check = verify_directory_signature(directory, trusted_keys)
+    except SigningError as e:
+        return SignatureVerdict(False, "TrustedKeysUnavailable", str(e))
+    return SignatureVerdict(check.ok, check.reason, check.message, check.signer_fingerprint)
 
 
 def _read_file(path: Path) -> bytes:

@@ -90,7 +90,10 @@ class Reconciler:
                 check = ArtifactCheck(uri=uri, error=str(e))
             signature = state.spec.artifact.signature
             if signature is not None and check.error is None:
-                check = replace(check, signature=await self._verify_signature(model, uri, signature))
+                try:
+                    check = replace(check, signature=await self._verify_signature(model, uri, signature))
+                except ArtifactUnavailable as e:  # the directory the signature covers could not be fetched
+                    check = ArtifactCheck(uri=uri, error=str(e))
         route_weight = None
         try:
             route_weight = await router.canary_weight(model)
