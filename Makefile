@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install modelwarden with its dev tools
 
-system-deps: ## install the Debian packages the local environment needs (prometheus, postgresql, openssl)
+system-deps: ## install the Debian packages the local environment needs (prometheus, postgresql, containerd, buildah, ...)
 	@bash hack/install-system-deps.sh
 
 lint: $(STAMP) ## ruff
