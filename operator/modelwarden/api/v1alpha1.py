@@ -201,7 +201,7 @@ class FeedbackStore(_Model):
 
 
 class Serving(_Model):
-    image: Annotated[str, Field(min_length=1, max_length=512)] = "modelwarden/model-server:0.1.0"
+    image: Annotated[str, Field(min_length=1, max_length=512)] = "ghcr.io/modelwarden/model-server:0.1.0"
     replicas: Annotated[int, Field(ge=1, le=1000)] = 2
     neutral_prediction: Annotated[
         str, Field(pattern=r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$", description="Answer served while disabled.")
