@@ -547,8 +547,12 @@ def stop(state_dir: Path, pids: dict[str, int]) -> None:
     _kill_cgroup_tree("kubepods")
     _unmount_under(paths.state)
     _unmount_under(containerd_root())
+    # The shims and runc keep these under /run/containerd whatever containerd's own state directory is.
     for d in CONTAINERD_SHARED_DIRS:
         shutil.rmtree(d, ignore_errors=True)
+    for d in (Path("/run/containerd/runc"), Path("/run/containerd")):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if nothing else left anything there
     for stale in CNI_RESULTS.glob(f"{CNI_NETWORK}-*"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(Path("/var/lib/cni/networks") / CNI_NETWORK, ignore_errors=True)
