@@ -237,7 +237,7 @@ def up(state_dir: Path | None = None) -> Cluster:
     pki, logs = state_dir / "pki", state_dir / "logs"
     logs.mkdir(parents=True)
     # The bridge (and its guard chain and routes) first: the API server binds to its address.
-    real_node.prepare_network()
+    real_node.prepare_network(state_dir)
     _make_pki(pki)
 
     tokens = {user: secrets.token_hex(16) for user in USERS}

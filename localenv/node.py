@@ -76,6 +76,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINERD_SHARED_DIRS = (Path("/run/containerd/s"), Path("/run/containerd/runc/k8s.io"))
 CNI_RESULTS = Path("/var/lib/cni/results")
 CNI_NETWORK = "modelwarden-pods"
+# Which local environment's state directory owns the machine-wide parts (bridge, chains, cgroups) right now.
+OWNER_FILE = Path("/run/modelwarden-real-node.json")
 
 
 @dataclass(frozen=True)
@@ -158,10 +160,36 @@ def _iptables(family: str, *args: str, check: bool = True) -> subprocess.Complet
     return done
 
 
+# --- one real node per machine ------------------------------------------------------------------------------------
+
+def _alive_owner() -> Path | None:
+    """The state directory of the environment whose real node runs on this machine now, if any."""
+    try:
+        owner = Path(json.loads(OWNER_FILE.read_text())["state_dir"])
+    except (OSError, ValueError, KeyError):
+        return None
+    pids: list[int] = list(NodePaths(owner / "node").recorded().values())
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pids += [int(p) for p in json.loads((owner / "cluster.json").read_text())["pids"].values()]
+    return owner if any(pid_alive(p) for p in pids) else None
+
+
+def claim(state_dir: Path) -> None:
+    """Take the machine-wide parts for ``state_dir``; refuse while another environment's node runs."""
+    owner = _alive_owner()
+    if owner is not None and owner.resolve() != state_dir.resolve():
+        raise EnvironmentStartError(
+            f"the real node of another local environment is running on this machine (state in {owner}); there can "
+            "be one per machine (its bridge, iptables chains and kubepods cgroups are machine-wide). Stop it with "
+            f"`MODELWARDEN_CACHE={owner.parent} make cluster-down`, or use that environment")
+    OWNER_FILE.write_text(json.dumps({"state_dir": str(state_dir.resolve())}))
+
+
 # --- network: created before the API server binds to HOST_IP, removed last --------------------------------------
 
-def prepare_network() -> None:
+def prepare_network(state_dir: Path) -> None:
     """The bridge with the host's address, the guard chain and the routes — before anything can send a packet."""
+    claim(state_dir)
     require_debian_package("iptables", "iptables", ["/usr/sbin"])
     require_debian_package("conntrack", "conntrack", ["/usr/sbin"])
     settings = _host_settings_file()
@@ -539,6 +567,12 @@ def stop(state_dir: Path, pids: dict[str, int]) -> None:
     for name in ("kube-proxy", "kubelet"):
         if pids.get(name):
             stop_pid(pids[name])
+    owner = _alive_owner()
+    if owner is not None and owner.resolve() != state_dir.resolve():
+        # Another environment's node owns the machine-wide parts: leave them (and its pods) alone.
+        if pids.get("containerd"):
+            stop_pid(pids["containerd"])
+        return
     _kill_cgroup_tree("kubepods")
     for shim in _containerd_shims(paths.socket):
         stop_pid(shim, timeout=2)
@@ -559,6 +593,7 @@ def stop(state_dir: Path, pids: dict[str, int]) -> None:
     for netns in (paths.containerd_state / "state").rglob("netns") if paths.containerd_state.exists() else []:
         _unmount_under(netns)
     remove_network()
+    OWNER_FILE.unlink(missing_ok=True)
 
 
 def running(pids: dict[str, int]) -> bool:
