@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=("$@")
 # The real node: containerd, runc, CNI plugins, iptables, conntrack; its images: buildah, debootstrap.
-[[ ${#pkgs[@]} -gt 0 ]] || pkgs=(prometheus postgresql openssl containerd runc containernetworking-plugins iptables conntrack buildah debootstrap)
+[[ ${#pkgs[@]} -gt 0 ]] || pkgs=(prometheus postgresql openssl containerd runc containernetworking-plugins iproute2 iptables conntrack buildah debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -190,6 +190,7 @@ def claim(state_dir: Path) -> None:
 def prepare_network(state_dir: Path) -> None:
     """The bridge with the host's address, the guard chain and the routes — before anything can send a packet."""
     claim(state_dir)
+    require_debian_package("ip", "iproute2", ["/usr/sbin", "/sbin", "/bin"])
     require_debian_package("iptables", "iptables", ["/usr/sbin"])
     require_debian_package("conntrack", "conntrack", ["/usr/sbin"])
     settings = _host_settings_file()
