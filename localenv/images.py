@@ -202,7 +202,8 @@ def build_dockerfile(builder: Builder, name: str, dockerfile: Path, reference: s
     started = time.monotonic()
     progress("images", f"building {reference} from {dockerfile.relative_to(REPO_ROOT)} on {base.reference} "
              "(buildah; pip install from PyPI — a few minutes cold)")
-    builder.run("bud", "--network", "host", "--pull-never", "--layers=false", "--format", "docker",
+    # --layers: a step whose inputs did not change (the server's pip install of its dependencies) is reused.
+    builder.run("bud", "--network", "host", "--pull-never", "--layers=true", "--format", "docker",
                 *_host_pip_mounts(), "--build-arg", f"PYTHON_IMAGE={base.reference}",
                 "-f", dockerfile, "-t", reference, REPO_ROOT, what=f"building {reference}", show=True)
     builder.export(reference, archive)
