@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import re
 import threading
@@ -144,12 +145,28 @@ class DeploymentWatch:
         self._stop.set()
 
 
+def status_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Names of what moved between two MLModel statuses: top-level fields, and conditions by type and part."""
+    out = [k for k in sorted(set(before) | set(after)) if k != "conditions" and before.get(k) != after.get(k)]
+    old = {c["type"]: c for c in before.get("conditions", [])}
+    for c in after.get("conditions", []):
+        prev = old.get(c["type"], {})
+        out += [f"conditions[{c['type']}].{part}" for part in ("status", "reason", "message")
+                if prev.get(part) != c.get(part)]
+    return out
+
+
 class PhaseWatch:
     """Every MLModel's latest status, from one cluster-wide watch (polling a list of 1,000 objects would itself
     load the API server the benchmark measures)."""
 
     def __init__(self, custom: client.CustomObjectsApi) -> None:
         self.status: dict[ModelKey, api.MLModelStatus] = {}
+        # While ``recording``: what each status change changed (a top-level field, or a condition's type and
+        # whether its status, reason or message moved), to tell which decision rewrites status.
+        self.recording = False
+        self.changed: collections.Counter[str] = collections.Counter()
+        self._raw: dict[ModelKey, dict[str, Any]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._run, args=(custom,), daemon=True).start()
 
@@ -164,7 +181,11 @@ class PhaseWatch:
                     if event["type"] == "DELETED":
                         self.status.pop(key, None)
                     else:
-                        self.status[key] = api.MLModelStatus.model_validate(obj.get("status") or {})
+                        raw = obj.get("status") or {}
+                        if self.recording and key in self._raw:
+                            self.changed.update(status_changes(self._raw[key], raw))
+                        self._raw[key] = raw
+                        self.status[key] = api.MLModelStatus.model_validate(raw)
                     if self._stop.is_set():
                         w.stop()
             except Exception:

@@ -234,7 +234,9 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
 
         steady_from = time.time()
         cpu0, t0, writes0 = proc_cpu_seconds(pid), time.monotonic(), status_writes(cluster)
+        phases.recording = True
         time.sleep(2 * args.interval + 5)
+        phases.recording = False
         level.cpu_share = (proc_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         steady_writes = status_writes(cluster) - writes0
         level.rss_mib, level.peak_rss_mib = proc_memory_mib(pid)
@@ -243,6 +245,8 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         level.query_seconds = statistics.median(query_seconds) if query_seconds else math.nan
         level.cycle_seconds = statistics.median(cycle_seconds) if cycle_seconds else math.nan
         level.status_writes_per_cycle = steady_writes / len(query_seconds) if query_seconds else math.nan
+        say(f"{n} models: {steady_writes:.0f} status writes in the steady cycles; what they changed: "
+            f"{dict(phases.changed.most_common(8)) or 'nothing'}")
 
         say(f"{n} models: apply → Deployment, {APPLY_SAMPLES} more models one at a time")
         seen = DeploymentWatch(fleet.apps, "bench-apply")

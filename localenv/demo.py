@@ -273,7 +273,15 @@ def model_status(custom: client.CustomObjectsApi, namespace: str) -> api.MLModel
     return api.MLModelStatus.model_validate(obj.get("status") or {})
 
 
-def mlmodel_body(version: str, uri: str, sha256: str, features: list[str]) -> dict[str, Any]:
+# Each stable trigger alone, so the story (and the e2e test) knows which one fires: with fast burn off only the
+# budget can; with a sustain longer than the demo waits, only fast burn can.
+ROLLBACK_POLICIES: dict[str, dict[str, Any]] = {
+    "ErrorBudgetExhausted": {"sustainSeconds": 60, "fastBurn": {"enabled": False}},
+    "FastBurn": {"sustainSeconds": 3600},
+}
+
+
+def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigger: str) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": MODEL},
         "spec": {
@@ -286,7 +294,7 @@ def mlmodel_body(version: str, uri: str, sha256: str, features: list[str]) -> di
                         "analysis": {"intervalSeconds": EVALUATION_INTERVAL, "minRequests": 10}},
             "slo": {"objective": "99.9"},
             # Short for the demo: a real model keeps the default 15 minutes.
-            "rollback": {"sustainSeconds": 60},
+            "rollback": ROLLBACK_POLICIES[trigger],
         },
     }
 
@@ -317,7 +325,7 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
             say(f"kept: cluster, namespace {parts.get('namespace')}, files in {work}")
 
 
-def run(keep: bool, inject: str) -> int:
+def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
     from model_server.demo_artifact import build_demo_artifact, train
 
     started = time.monotonic()
@@ -403,7 +411,7 @@ def run(keep: bool, inject: str) -> int:
         say(f"4/7 apply MLModel {MODEL} v1 — nothing is served without finance and regulatory sign-off")
         custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL,
                                                mlmodel_body("v1", (v1.directory / v1.model_file).as_uri(),
-                                                            v1.sha256, features))
+                                                            v1.sha256, features, trigger))
         wait_for("AwaitingApproval", lambda: model_status(custom, namespace).phase == api.Phase.AWAITING_APPROVAL, 60)
         say(f"    {status_line(custom, namespace)}")
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
@@ -443,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster, namespace and files for a look")
     parser.add_argument("--inject", choices=["stable", "canary"], default="stable",
                         help="break v2 after its promotion (budget/burn trigger) or during its canary (analysis)")
+    parser.add_argument("--trigger", choices=sorted(ROLLBACK_POLICIES), default="ErrorBudgetExhausted",
+                        help="with --inject stable: the one stable trigger that is armed")
     args = parser.parse_args(argv)
-    return run(args.keep, args.inject)
+    return run(args.keep, args.inject, args.trigger)
 
 
 if __name__ == "__main__":

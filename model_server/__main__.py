@@ -57,12 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from model_server.app import ModelServer
+    from model_server.transport import uvicorn_config
 
-    config = uvicorn.Config(
-        ModelServer(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_config=None, server_header=False, date_header=False,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds), backlog=2048)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(ModelServer(settings), settings))
     server.run()
     return 0 if server.started else 3
 

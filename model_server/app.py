@@ -1,10 +1,13 @@
-"""The ASGI application: routing, request validation, scoring, feedback, admin, lifespan.
+"""The server: composes the modules below into one ASGI app, loads the model, and scores requests.
 
-Hand-routed ASGI rather than a framework: a handful of fixed routes, and every microsecond of framework
-overhead on ``/predict`` is a microsecond over the in-process floor. Served by uvicorn (httptools, uvloop),
-one process per pod.
+* :mod:`model_server.http` - routing, body reading, errors as answers (:class:`~model_server.http.HttpError`);
+* :mod:`model_server.oip` - Open Inference Protocol requests as rows (pure);
+* :mod:`model_server.records` - the buffer of prediction records, taken and restored as one batch;
+* :mod:`model_server.feedback` - the store thread and the feedback endpoints;
+* :mod:`model_server.admin` - ``/admin/*``;
+* :mod:`model_server.governance` - whether the model may answer, or the neutral prediction must.
 
-Invariants:
+Served by uvicorn (httptools, uvloop), one process per pod. Invariants:
 
 * bad input is a 4xx with a JSON body ``{"error": CODE, ...}``, never a 5xx; an unexpected exception is
   logged and answered ``500 INTERNAL_ERROR`` (the fuzz tests hold us to never reaching it);
@@ -17,62 +20,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
-import math
 import operator
 import os
 import random
-import re
-import threading
 import time
-import urllib.parse
-import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
 
+from model_server import oip
+from model_server.admin import Admin
 from model_server.batching import MicroBatcher, all_finite
 from model_server.config import Settings
 from model_server.drift import DriftWindow
-from model_server.governance import Governance, GovernanceState
-from model_server.loader import ArtifactRejected, LoadedModel, Matrix, ModelLoadError, load_artifact, warm_up
-from model_server.logs import EventLog
-from model_server.metrics import STAKEHOLDERS, ServerMetrics
-from model_server.schemas import PREDICTION_ID_PATTERN, FaultsIn, FeedbackIn, ReenableIn, openapi_document
-from model_server.store import (
-    FeedbackRecord,
-    FeedbackStore,
-    PredictionFeedback,
-    PredictionRecord,
-    StoreUnavailable,
-    iso,
-    open_store,
+from model_server.feedback import ERROR_LOG_INTERVAL, FeedbackDesk, StoreThread, background_priority
+from model_server.governance import Governance, GovernanceState, TrainingRange
+from model_server.http import (
+    HttpError,
+    Outcome,
+    Params,
+    Receive,
+    Response,
+    Router,
+    Scope,
+    Send,
+    error_response,
+    invalid_input,
+    json_response,
+    read_body,
+    read_json,
+    send_response,
 )
+from model_server.loader import (
+    ArtifactRejected,
+    LoadedModel,
+    Matrix,
+    ModelLoadError,
+    Scores,
+    load_artifact,
+    warm_up,
+)
+from model_server.logs import EventLog
+from model_server.metrics import ServerMetrics
+from model_server.records import RecordBuffer
+from model_server.schemas import openapi_document
+from model_server.store import FeedbackStore, PredictionRecord, open_store
 from modelwarden.artifacts import FeatureContract, FeatureMismatch
 
-T = TypeVar("T")
-ModelT = TypeVar("ModelT", bound=BaseModel)
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 SERVER_NAME = "modelwarden-model-server"
-JSON = b"application/json"
-MAX_PENDING_RECORDS = 200_000   # prediction records waiting for the store; beyond this the oldest are dropped
 RECORD_FLUSH_SECONDS = 0.25
 PURGE_SECONDS = 300.0
-ERROR_LOG_INTERVAL = 10.0       # at most one log line per error kind per interval (plus a suppressed count)
-BACKGROUND_NICE = 5             # scheduling priority of the store and drift threads, below the event loop's
-_PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
 _NUMBER_TYPES = frozenset((float, int))
+BINARY = b"application/octet-stream"
+
+LoadStatus = Literal["not_loaded", "loading", "loaded", "failed"]
 
 
 class PredictionIds:
@@ -93,57 +100,6 @@ class PredictionIds:
             ids.append(self._hex[self._next:self._next + 32])
             self._next += 32
         return ids
-_OIP_NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-
-Outcome = Literal["success", "neutral", "client_error", "error", "unavailable"]
-LoadStatus = Literal["not_loaded", "loading", "loaded", "failed"]
-
-
-class HttpError(Exception):
-    """An answer other than success: status, JSON body, and how it counts in ml_inference_requests_total."""
-
-    def __init__(self, status: int, body: dict[str, Any], outcome: Outcome = "client_error",
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(body.get("error"))
-        self.status = status
-        self.body = body
-        self.outcome = outcome
-        self.headers = headers or []
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: bytes = JSON
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    outcome: Outcome = "success"  # for inference endpoints: how the answer counts in ml_inference_requests_total
-
-
-def json_response(doc: Any, status: int = 200) -> Response:
-    return Response(status, orjson.dumps(doc))
-
-
-def _invalid(message: str, **extra: Any) -> HttpError:
-    return HttpError(422, {"error": "INVALID_INPUT", "message": message, **extra})
-
-
-Handler = Callable[[Scope, Receive, dict[str, str]], Awaitable[Response]]
-
-
-def _background_priority() -> None:
-    """Run the calling thread below the event loop's CPU priority (Linux: ``setpriority`` on a thread id
-    applies to that thread only; elsewhere, or if refused, nothing changes).
-
-    The store thread writes a flush of prediction records (10-20 µs of CPU per record: 5-15 ms every
-    ``RECORD_FLUSH_SECONDS`` at a few thousand requests per second) on the event loop's core in a one-CPU pod.
-    At equal priority a request arriving during a flush waits for the scheduler's time slice (a few ms: about
-    one request in 100 at concurrency 1); at a lower one the loop gets the core back sooner. Nice 5 rather than
-    more: it still gives the store thread about a quarter of a saturated core, several times what the records
-    need (at nice 10, 60 s at concurrency 32 left it behind: thousands of records pending and feedback answered
-    in seconds). What it does is unchanged: feedback is answered ``201`` only after its commit."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def _tune_for_serving(platform: str) -> None:
@@ -182,14 +138,11 @@ class ModelServer:
         self.ready_for_traffic = False
         self.shutting_down = False
         self.requests_served = 0
-        self._store_factory = store_factory
-        self.store: FeedbackStore | None = None
-        # One thread owns the store: SQLite wants one writer, and FIFO order keeps "flush records, then add
-        # feedback" sequential without locks. It and the drift thread run below the loop's priority.
-        self._store_executor = ThreadPoolExecutor(1, thread_name_prefix="feedback-store",
-                                                  initializer=_background_priority)
-        self._drift_executor = ThreadPoolExecutor(1, thread_name_prefix="drift", initializer=_background_priority)
-        self._pending_records: list[PredictionRecord] = []
+        self.records = RecordBuffer(on_drop=self._records_dropped)
+        self.store = StoreThread(store_factory)
+        self.feedback = FeedbackDesk(s, self.store, self.records, self.metrics, self.log)
+        # The drift thread runs below the loop's priority, like the store thread.
+        self._drift_executor = ThreadPoolExecutor(1, thread_name_prefix="drift", initializer=background_priority)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: Any = None
@@ -198,23 +151,33 @@ class ModelServer:
         # contract.reorder as one C call (operator.itemgetter), for the contract of the loaded model.
         self._pick: Callable[[dict[str, Any]], Sequence[Any]] = lambda row: ()
         self._pick_contract: FeatureContract | None = None
-        self._exact: dict[str, dict[str, Handler]] = {
-            "/predict": {"POST": self._predict},
-            "/feedback": {"POST": self._post_feedback},
-            "/metrics": {"GET": self._metrics},
-            "/status": {"GET": self._status},
-            "/openapi.json": {"GET": self._openapi},
-            "/v2": {"GET": self._server_metadata},
-            "/v2/health/live": {"GET": self._live},
-            "/v2/health/ready": {"GET": self._ready},
-            "/admin/flush": {"POST": self._admin(self._flush)},
-            "/admin/warmup": {"POST": self._admin(self._warmup)},
-            "/admin/reenable": {"POST": self._admin(self._reenable)},
-            "/admin/faults": {"POST": self._admin(self._faults)},
-            "/admin/feedback": {"GET": self._admin(self._admin_feedback)},
-        }
+        self._training_range = TrainingRange.unknown(0)
         self._fault_ratio = 0.0
         self._fault_random = random.Random()
+        self.router = self._routes()
+
+    def _routes(self) -> Router:
+        admin = Admin(self.settings.admin_token, self, self.governance, self.log, self.settings.max_body_bytes)
+        r = Router()
+        r.add("/predict", "POST", self._predict)
+        r.add("/feedback", "POST", self.feedback.post)
+        r.add("/feedback/{prediction_id}", "GET", self.feedback.get, remember=False)
+        r.add("/metrics", "GET", self._metrics)
+        r.add("/status", "GET", self._status)
+        r.add("/openapi.json", "GET", self._openapi)
+        r.add("/v2", "GET", self._server_metadata)
+        r.add("/v2/health/live", "GET", self._live)
+        r.add("/v2/health/ready", "GET", self._ready)
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            r.add(prefix, "GET", self._model_metadata)
+            r.add(f"{prefix}/ready", "GET", self._model_ready)
+            r.add(f"{prefix}/infer", "POST", self._infer)
+        r.add("/admin/flush", "POST", admin.authenticated(admin.flush))
+        r.add("/admin/warmup", "POST", admin.authenticated(admin.warmup))
+        r.add("/admin/reenable", "POST", admin.authenticated(admin.reenable))
+        r.add("/admin/faults", "POST", admin.authenticated(admin.faults))
+        r.add("/admin/feedback", "GET", admin.authenticated(self.feedback.recent))
+        return r
 
     # ------------------------------------------------------------------ hooks for the operator side
 
@@ -234,82 +197,34 @@ class ModelServer:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        params: dict[str, str] = {}
-        routes = self._exact.get(path) or self._match(path, params)
         try:
-            if routes is None:
-                raise HttpError(404, {"error": "NOT_FOUND", "message": f"no route {path}"})
-            handler = routes.get(scope["method"])
-            if handler is None:
-                allow = ", ".join(routes).encode()
-                raise HttpError(405, {"error": "METHOD_NOT_ALLOWED", "allowed": list(routes)},
-                                headers=[(b"allow", allow)])
+            handler, params = self.router.resolve(path, scope["method"])
             response = await handler(scope, receive, params)
         except HttpError as e:
-            response = Response(e.status, orjson.dumps(e.body), JSON, e.headers)
+            if e.kind is not None:
+                self._count_error(e.kind, e)
+            response = error_response(e, oip=path.startswith("/v2"))
         except Exception as e:
             self.log.event("MODEL_SERVER", "INTERNAL_ERROR", f"unhandled {type(e).__name__} on {path}",
                            level=logging.ERROR, path=path, exc_info=True)
-            response = Response(500, orjson.dumps({"error": "INTERNAL_ERROR"}))
-        headers = [(b"content-type", response.content_type), (b"content-length", str(len(response.body)).encode()),
-                   *response.headers]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+            response = error_response(HttpError(500, "INTERNAL_ERROR"), oip=path.startswith("/v2"))
+        await send_response(send, response)
 
-    def _match(self, path: str, params: dict[str, str]) -> dict[str, Handler] | None:
-        if path.startswith("/feedback/"):
-            params["prediction_id"] = path[len("/feedback/"):]
-            return {"GET": self._get_feedback}
-        if not path.startswith("/v2/models/"):
-            return None
-        parts = path[len("/v2/models/"):].split("/")
-        params["name"] = parts[0]
-        rest = parts[1:]
-        if len(rest) >= 2 and rest[0] == "versions":
-            params["version"] = rest[1]
-            rest = rest[2:]
-        action = "/".join(rest)
-        if action == "":
-            return {"GET": self._model_metadata}
-        if action == "ready":
-            return {"GET": self._model_ready}
-        if action == "infer":
-            return {"POST": self._infer}
-        return None
+    def _count_error(self, kind: str, error: HttpError | None = None) -> None:
+        """One error of ``kind`` in ml_model_errors_total and for governance (which decides whether it
+        counts); with the answer it caused, a throttled log line."""
+        self.metrics.error[kind].inc()
+        self.governance.record_model_error(kind)
+        if error is not None:
+            self.log.throttled(kind, ERROR_LOG_INTERVAL, "FEATURE_CONTRACT" if kind == "FEATURE_MISMATCH" else
+                               "MODEL_SERVER", kind, error.detail or error.message or kind,
+                               level=logging.ERROR if error.outcome == "error" else logging.WARNING,
+                               **error.fields)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.settings.max_body_bytes
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):  # the usual single chunk
-            body: bytes = message.get("body", b"")
-            if len(body) > limit:
-                raise self._too_large()
-            return body
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, {"error": "CLIENT_DISCONNECTED"})
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-            message = await receive()
-
-    def _too_large(self) -> HttpError:
-        self._count_error("INVALID_INPUT")
-        return HttpError(413, {"error": "BODY_TOO_LARGE", "max_bytes": self.settings.max_body_bytes})
-
-    async def _json_body(self, scope: Scope, receive: Receive) -> Any:
-        body = await self._read_body(scope, receive)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            self._count_error("INVALID_INPUT")
-            raise HttpError(400, {"error": "MALFORMED_JSON", "message": str(e)[:300]}) from None
+    def _records_dropped(self, dropped: int) -> None:
+        self.metrics.records_dropped_child.inc(dropped)
+        self.log.throttled("RECORDS_DROPPED", ERROR_LOG_INTERVAL, "FEEDBACK_STORE", "RECORDS_DROPPED",
+                           "prediction records dropped: the feedback store is not keeping up", dropped=dropped)
 
     # ------------------------------------------------------------------ lifespan
 
@@ -332,16 +247,16 @@ class ModelServer:
     async def startup(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
-        self.store = await self._in_store_thread(lambda: self._store_factory(s.feedback_dsn))
+        store = await self.store.open(s.feedback_dsn)
         self._tasks = [asyncio.create_task(coro) for coro in (
-            self._every(RECORD_FLUSH_SECONDS, self.flush_records),
+            self._every(RECORD_FLUSH_SECONDS, self.feedback.flush_records),
             self._every(s.heartbeat_seconds, self._heartbeat),
             self._every(s.drift_interval_seconds, self._update_drift),
-            self._every(PURGE_SECONDS, self._purge),
+            self._every(PURGE_SECONDS, self.feedback.purge),
         )]
         self.log.event("MODEL_SERVER", "SERVER_STARTING", "starting", sha256=s.artifact_sha256,
                        format=s.model_format, state=self.governance.state.value,
-                       feedback_store=type(self.store).__name__)
+                       feedback_store=type(store).__name__)
         if s.mlmodel_watch:
             from model_server.watcher import MLModelWatcher
 
@@ -370,15 +285,12 @@ class ModelServer:
         if self.batcher is not None:
             self.batcher.run_pending()
         try:
-            await self.flush_records()
+            await self.feedback.flush_records()
         finally:
-            if self.store is not None:
-                store = self.store
-                await self._in_store_thread(store.close)
-            self._store_executor.shutdown(wait=True)
+            await self.store.close()
             self._drift_executor.shutdown(wait=True)
             self.log.event("MODEL_SERVER", "SERVER_STOPPED", "stopped", requests=self.requests_served,
-                           unsaved_records=len(self._pending_records))
+                           unsaved_records=len(self.records))
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -388,9 +300,6 @@ class ModelServer:
             except Exception:
                 self.log.event("MODEL_SERVER", "BACKGROUND_JOB_FAILED", getattr(job, "__name__", "job"),
                                level=logging.ERROR, exc_info=True)
-
-    async def _in_store_thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._store_executor, fn)
 
     # ------------------------------------------------------------------ model loading
 
@@ -424,6 +333,7 @@ class ModelServer:
         getter = operator.itemgetter(*features)
         self._pick = getter if len(features) > 1 else lambda row: (getter(row),)
         self._pick_contract = model.contract
+        self._training_range = TrainingRange.of(model.meta)
         self.model = model
         self.drift = DriftWindow(model.contract.features, model.meta.reference, s.drift_window_size,
                                  s.drift_min_samples)
@@ -462,17 +372,6 @@ class ModelServer:
 
     # ------------------------------------------------------------------ scoring
 
-    def _count_error(self, kind: str) -> None:
-        self.metrics.error[kind].inc()
-        self.governance.record_model_error(kind)
-
-    def _client_error(self, kind: str, body: dict[str, Any], status: int = 422) -> HttpError:
-        self._count_error(kind)
-        self.log.throttled(kind, ERROR_LOG_INTERVAL, "FEATURE_CONTRACT" if kind == "FEATURE_MISMATCH" else
-                           "MODEL_SERVER", kind, body.get("message", kind),
-                           **{k: v for k, v in body.items() if k not in ("error", "message")})
-        return HttpError(status, body)
-
     def _rows_to_matrix(self, rows: list[dict[str, Any]], contract: FeatureContract, batch: bool) -> Matrix:
         flat: list[Any] = []
         n_features = contract.n_features
@@ -488,15 +387,11 @@ class ModelServer:
                 else:
                     values = contract.reorder(row)
             except FeatureMismatch as e:
-                body = e.to_dict()
-                if batch:
-                    body["row"] = i
-                raise self._client_error("FEATURE_MISMATCH", body) from None
+                raise oip.feature_mismatch(e, **({"row": i} if batch else {})) from None
             if not _NUMBER_TYPES.issuperset(map(type, values)):  # bool, str, None, lists... are refused
                 name = next(n for n, v in zip(contract.features, values, strict=True) if type(v) not in _NUMBER_TYPES)
-                raise self._client_error("INVALID_INPUT", {
-                    "error": "INVALID_INPUT", "message": f"feature {name!r} must be a number",
-                    "feature": name, **({"row": i} if batch else {})})
+                raise invalid_input(f"feature {name!r} must be a number", feature=name,
+                                    **({"row": i} if batch else {}))
             if len(rows) == 1:
                 # No finiteness scan: orjson refuses NaN, Infinity, 1e400 and integers beyond 64 bits, so every
                 # parsed number converts to a finite float64.
@@ -513,15 +408,15 @@ class ModelServer:
         if self.model is not None:
             return True, state
         if self.load_status == "failed":
-            raise HttpError(503, {"error": "MODEL_UNAVAILABLE", "message": self.load_error}, outcome="unavailable")
+            raise HttpError(503, "MODEL_UNAVAILABLE", self.load_error, outcome="unavailable")
         if not self.ready_for_traffic:
-            raise HttpError(503, {"error": "MODEL_UNAVAILABLE", "message": "model is loading"},
-                            outcome="unavailable")
+            raise HttpError(503, "MODEL_UNAVAILABLE", "model is loading", outcome="unavailable")
         return False, state
 
-    async def _score_rows(self, rows: list[dict[str, Any]], batch: bool) -> tuple[list[str], list[float], bool,
-                                                                                   GovernanceState]:
-        """Score rows (or answer neutral); records every answer for the feedback join."""
+    async def _score_rows(self, rows: list[dict[str, Any]], batch: bool, matrix: Matrix | None = None) -> tuple[
+            list[str], list[float], bool, GovernanceState]:
+        """Score rows (or answer neutral); records every answer for the feedback join. ``matrix``: the same rows
+        already checked and in contract order (OIP binary tensors), so they are not converted again."""
         serving, state = self._serving()
         now = time.time()
         ids = self._ids.take(len(rows))
@@ -530,58 +425,41 @@ class ModelServer:
         else:
             model, batcher = self.model, self.batcher
             assert model is not None and batcher is not None
-            matrix = self._rows_to_matrix(rows, model.contract, batch)
+            if matrix is None:
+                matrix = self._rows_to_matrix(rows, model.contract, batch)
             if self._fault_ratio and self._fault_random.random() < self._fault_ratio:
-                raise HttpError(500, {"error": "INJECTED_FAULT", "message": "fault injected by /admin/faults"},
-                                outcome="error")
+                raise HttpError(500, "INJECTED_FAULT", "fault injected by /admin/faults", outcome="error")
             try:
                 result = await batcher.submit(matrix)
             except Exception as e:
-                self._count_error("PREDICT_ERROR")
-                self.log.throttled("PREDICT_ERROR", ERROR_LOG_INTERVAL, "MODEL_SERVER", "PREDICT_ERROR",
-                                   f"{type(e).__name__}: {e}", level=logging.ERROR)
-                raise HttpError(500, {"error": "PREDICT_ERROR", "message": "the model failed on this input"},
-                                outcome="error") from None
+                raise HttpError(500, "PREDICT_ERROR", "the model failed on this input", kind="PREDICT_ERROR",
+                                outcome="error", detail=f"{type(e).__name__}: {e}") from None
             if not all_finite(result):
-                self._count_error("NON_FINITE_OUTPUT")
-                self.log.throttled("NON_FINITE_OUTPUT", ERROR_LOG_INTERVAL, "MODEL_SERVER", "NON_FINITE_OUTPUT",
-                                   "the model answered a non-finite score", level=logging.ERROR)
-                raise HttpError(422, {"error": "NON_FINITE_OUTPUT",
-                                      "message": "the model produced a non-finite score for this input"},
-                                outcome="error")
+                raise self._non_finite(matrix, result, batch)
             scores = result.tolist()
         self._record(ids, rows, scores, state, now)
         return ids, scores, not serving, state
 
+    def _non_finite(self, matrix: Matrix, scores: Scores, batch: bool) -> HttpError:
+        """A non-finite score: the client's when every row that got one has an input far outside the training
+        range (see :class:`~model_server.governance.TrainingRange`), else the model's fault."""
+        bad = ~np.isfinite(scores)
+        extreme = self._training_range.extreme_rows(matrix)
+        if extreme[bad].all():
+            rows = np.flatnonzero(bad)[:20].tolist()
+            features = self._training_range.extreme_features(matrix[rows[0]])
+            return HttpError(422, "INPUT_OUT_OF_RANGE", "inputs this far outside the model's training range make "
+                             "its score non-finite", kind="INVALID_INPUT", features=features[:20],
+                             **({"rows": rows} if batch else {}))
+        return HttpError(422, "NON_FINITE_OUTPUT", "the model produced a non-finite score for this input",
+                         kind="NON_FINITE_OUTPUT", outcome="error", detail="the model answered a non-finite score")
+
     def _record(self, ids: list[str], rows: list[dict[str, Any]], scores: list[float], state: GovernanceState,
                 now: float) -> None:
         s = self.settings
-        pending = self._pending_records
-        for pid, row, score in zip(ids, rows, scores, strict=True):
-            pending.append(PredictionRecord(pid, s.model_name, s.model_version, s.model_track, state.value,
-                                            orjson.dumps(row).decode(), score, now))
-        overflow = len(pending) - MAX_PENDING_RECORDS
-        if overflow > 0:
-            del pending[:overflow]
-            self.metrics.records_dropped_child.inc(overflow)
-            self.log.throttled("RECORDS_DROPPED", ERROR_LOG_INTERVAL, "FEEDBACK_STORE", "RECORDS_DROPPED",
-                               "prediction records dropped: the feedback store is not keeping up",
-                               dropped=overflow)
-
-    async def flush_records(self) -> int:
-        """Write buffered prediction records to the store; on failure they are kept for the next try."""
-        if not self._pending_records or self.store is None:
-            return 0
-        batch, self._pending_records = self._pending_records, []
-        store = self.store
-        try:
-            await self._in_store_thread(lambda: store.record_predictions(batch))
-        except StoreUnavailable as e:
-            self._pending_records[:0] = batch
-            self.log.throttled("STORE_UNAVAILABLE", ERROR_LOG_INTERVAL, "FEEDBACK_STORE", "STORE_UNAVAILABLE",
-                               str(e), level=logging.ERROR, pending=len(self._pending_records))
-            return 0
-        return len(batch)
+        name, version, track, state_value = s.model_name, s.model_version, s.model_track, state.value
+        self.records.add([PredictionRecord(pid, name, version, track, state_value, orjson.dumps(row).decode(),
+                                           score, now) for pid, row, score in zip(ids, rows, scores, strict=True)])
 
     # ------------------------------------------------------------------ /predict and OIP infer
 
@@ -603,28 +481,22 @@ class ModelServer:
             self.metrics.outcome[outcome].inc()
             self.metrics.latency_child.observe(time.perf_counter() - started)
 
-    async def _predict(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _predict(self, scope: Scope, receive: Receive, params: Params) -> Response:
         return await self._timed(lambda: self._predict_body(scope, receive))
 
     async def _predict_body(self, scope: Scope, receive: Receive) -> Response:
-        doc = await self._json_body(scope, receive)
+        doc = await read_json(scope, receive, self.settings.max_body_bytes)
         if not isinstance(doc, dict) or len(doc) != 1 or not ("features" in doc or "instances" in doc):
-            raise self._client_error("INVALID_INPUT", {
-                "error": "INVALID_INPUT", "message": 'body must be {"features": {name: number}} '
-                                                     'or {"instances": [{name: number}, ...]}'})
+            raise invalid_input('body must be {"features": {name: number}} or {"instances": [{name: number}, ...]}')
         batch = "instances" in doc
         rows = doc["instances"] if batch else [doc["features"]]
         if batch and (not isinstance(rows, list) or not rows):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT",
-                                                       "message": "instances must be a non-empty list"})
+            raise invalid_input("instances must be a non-empty list")
         if len(rows) > self.settings.max_batch_rows:
-            raise self._client_error("INVALID_INPUT", {
-                "error": "INVALID_INPUT", "message": f"at most {self.settings.max_batch_rows} instances"})
+            raise invalid_input(f"at most {self.settings.max_batch_rows} instances")
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                raise self._client_error("INVALID_INPUT", {
-                    "error": "INVALID_INPUT", "message": "features must be an object keyed by feature name",
-                    **({"row": i} if batch else {})})
+                raise invalid_input("features must be an object keyed by feature name", **({"row": i} if batch else {}))
         ids, scores, neutral, state = await self._score_rows(rows, batch)
         s = self.settings
         doc_out: dict[str, Any] = {"model": s.model_name, "version": s.model_version, "track": s.model_track,
@@ -635,213 +507,40 @@ class ModelServer:
             doc_out["predictionId"], doc_out["prediction"] = ids[0], scores[0]
         return Response(200, orjson.dumps(doc_out), outcome="neutral" if neutral else "success")
 
-    def _check_model_path(self, params: dict[str, str]) -> None:
+    def _check_model_path(self, params: Params) -> None:
         s = self.settings
         if params["name"] != s.model_name:
-            raise HttpError(404, {"error": "MODEL_NOT_FOUND", "message": f"this server serves {s.model_name!r}"})
+            raise HttpError(404, "MODEL_NOT_FOUND", f"this server serves {s.model_name!r}")
         version = params.get("version")
         if version is not None and version != s.model_version:
-            raise HttpError(404, {"error": "VERSION_NOT_FOUND",
-                                  "message": f"this server serves version {s.model_version!r}"})
+            raise HttpError(404, "VERSION_NOT_FOUND", f"this server serves version {s.model_version!r}")
 
-    async def _infer(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _infer(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
         return await self._timed(lambda: self._infer_body(scope, receive))
 
     async def _infer_body(self, scope: Scope, receive: Receive) -> Response:
-        doc = await self._json_body(scope, receive)
-        if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT",
-                                                       "message": "inputs must be a non-empty list of tensors"})
-        request_id = doc.get("id")
-        if request_id is not None and not isinstance(request_id, str):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "message": "id must be a string"})
-        tensors = [self._tensor(t) for t in doc["inputs"]]
+        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        json_length = oip.header_length(scope["headers"], len(body))
         # While the neutral prediction answers, columns are not checked against the contract (as for /predict).
         contract = self.model.contract if self.model is not None and self.governance.state.serves_model else None
-        rows = self._tensor_rows(tensors, contract)
-        ids, scores, neutral, state = await self._score_rows(rows, batch=len(rows) > 1)
+        known = self.model.contract if self.model is not None else self.settings.feature_contract
+        request = oip.decode_request(body, json_length, contract, self.settings.max_batch_rows,
+                                     known.n_features if known is not None else None)
+        ids, scores, neutral, state = await self._score_rows(request.rows, len(request.rows) > 1, request.matrix)
         s = self.settings
-        n = len(scores)
-        body = {
-            "model_name": s.model_name, "model_version": s.model_version, "id": request_id or str(uuid.uuid4()),
-            "parameters": {"governance_state": state.value, "neutral": neutral, "track": s.model_track},
-            "outputs": [
-                {"name": "prediction", "datatype": "FP64", "shape": [n], "data": scores},
-                {"name": "prediction_id", "datatype": "BYTES", "shape": [n], "data": ids},
-            ],
-        }
-        return Response(200, orjson.dumps(body), outcome="neutral" if neutral else "success")
-
-    def _tensor(self, t: Any) -> tuple[str, list[int], list[Any]]:
-        if not isinstance(t, dict):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT",
-                                                       "message": "a tensor must be an object"})
-        name, shape, datatype, data = t.get("name"), t.get("shape"), t.get("datatype"), t.get("data")
-        if not isinstance(name, str) or not isinstance(shape, list) or not isinstance(data, list):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT",
-                                                       "message": "a tensor needs name, shape, datatype and data"})
-        if datatype not in _OIP_NUMERIC:
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                       "message": f"datatype must be one of {sorted(_OIP_NUMERIC)}"})
-        if not shape or not all(type(d) is int and 0 <= d <= 10**9 for d in shape):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                       "message": "shape must be non-negative integers"})
-        if data and isinstance(data[0], list):  # row-major nested lists are allowed by OIP: flatten
-            flat: list[Any] = []
-            for part in data:
-                if not isinstance(part, list):
-                    raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                               "message": "data nesting is inconsistent"})
-                flat.extend(part)
-            data = flat
-        if math.prod(shape) != len(data):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                       "message": f"shape {shape} needs {math.prod(shape)} values, "
-                                                                  f"got {len(data)}"})
-        return name, shape, data
-
-    def _tensor_rows(self, tensors: list[tuple[str, list[int], list[Any]]],
-                     contract: FeatureContract | None) -> list[dict[str, Any]]:
-        """OIP tensors as rows keyed by feature name: one tensor per feature (checked by name), or one
-        [N, n_features] tensor in contract order (checked by count)."""
-        if len(tensors) == 1 and (contract is None or tensors[0][0] not in contract.features):
-            name, shape, data = tensors[0]
-            if len(shape) == 1:
-                shape = [1, shape[0]]
-            if len(shape) != 2:
-                raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                           "message": "a positional tensor has shape [N, n_features]"})
-            n_rows, n_cols = shape
-            if contract is None:  # the neutral prediction answers whatever the columns
-                return [{f"column_{j}": data[i * n_cols + j] for j in range(n_cols)} for i in range(n_rows)]
-            if n_cols != contract.n_features:
-                provided = [*contract.features[:n_cols], *(f"column_{j}" for j in range(contract.n_features, n_cols))]
-                raise self._client_error("FEATURE_MISMATCH", contract.mismatch(provided).to_dict())
-            features = contract.features
-            return [dict(zip(features, data[i * n_cols:(i + 1) * n_cols], strict=True)) for i in range(n_rows)]
-        lengths = set()
-        for name, shape, data in tensors:
-            if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
-                raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "tensor": name,
-                                                           "message": "a per-feature tensor has shape [N] or [N, 1]"})
-            lengths.add(len(data))
-        names = [name for name, _, _ in tensors]
-        if len(set(names)) != len(names):
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "message": "duplicate tensor names"})
-        if len(lengths) != 1:
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT",
-                                                       "message": "per-feature tensors differ in length"})
-        (n_rows,) = lengths
-        if n_rows == 0:
-            raise self._client_error("INVALID_INPUT", {"error": "INVALID_INPUT", "message": "no rows"})
-        if n_rows > self.settings.max_batch_rows:
-            raise self._client_error("INVALID_INPUT", {
-                "error": "INVALID_INPUT", "message": f"at most {self.settings.max_batch_rows} rows"})
-        return [{name: data[i] for name, _, data in tensors} for i in range(n_rows)]
-
-    # ------------------------------------------------------------------ feedback
-
-    async def _post_feedback(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-        doc = await self._json_body(scope, receive)
-        feedback = self._validate(FeedbackIn, doc)
-        store = self._require_store()
-        pending, self._pending_records = self._pending_records, []
-        received = time.time()
-        label = orjson.dumps(feedback.label).decode()
-
-        def store_feedback() -> FeedbackRecord | None:
-            # In the store thread, in order: the prediction may still be in the buffer just handed over.
-            store.record_predictions(pending)
-            prediction = store.prediction(feedback.prediction_id)
-            if prediction is None:
-                return None
-            record = FeedbackRecord(str(uuid.uuid4()), prediction.prediction_id, prediction.model,
-                                    prediction.version, label, feedback.severity, feedback.stakeholder,
-                                    feedback.comment, feedback.author, received)
-            store.add_feedback(record)
-            return record
-
-        try:
-            record = await self._in_store_thread(store_feedback)
-        except StoreUnavailable as e:
-            self._pending_records[:0] = pending
-            self.log.event("FEEDBACK_STORE", "STORE_UNAVAILABLE", str(e), level=logging.ERROR)
-            raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": "feedback was not stored; retry"},
-                            headers=[(b"retry-after", b"1")]) from None
-        if record is None:
-            raise HttpError(404, {"error": "UNKNOWN_PREDICTION", "predictionId": feedback.prediction_id,
-                                  "message": "no such prediction (or past its retention)"})
-        self.metrics.count_feedback(record.model, record.version, record.severity, record.stakeholder)
-        self.log.event("FEEDBACK", "FEEDBACK_RECORDED", f"{record.severity} label from {record.stakeholder}",
-                       prediction_id=record.prediction_id, feedback_id=record.feedback_id,
-                       severity=record.severity, stakeholder=record.stakeholder, prediction_version=record.version)
-        return json_response({"feedbackId": record.feedback_id, "predictionId": record.prediction_id,
-                              "model": record.model, "version": record.version,
-                              "receivedAt": iso(record.received_at)}, 201)
-
-    async def _get_feedback(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-        prediction_id = params["prediction_id"]
-        if not _PREDICTION_ID.match(prediction_id):
-            raise HttpError(404, {"error": "UNKNOWN_PREDICTION", "predictionId": prediction_id[:200]})
-        store = self._require_store()
-        pending, self._pending_records = self._pending_records, []
-
-        def read() -> Any:
-            store.record_predictions(pending)
-            return store.feedback_for(prediction_id)
-
-        try:
-            found = await self._in_store_thread(read)
-        except StoreUnavailable as e:
-            self._pending_records[:0] = pending
-            raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": str(e)[:300]}) from None
-        if found.prediction is None and not found.feedback:
-            raise HttpError(404, {"error": "UNKNOWN_PREDICTION", "predictionId": prediction_id})
-        return json_response(_feedback_view(prediction_id, found))
-
-    async def _admin_feedback(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-        """The predictions behind recent feedback, as `GET /feedback/{id}` shows each: for incident records."""
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        try:
-            since = float(query.get("since", ["0"])[0])
-            limit = max(1, min(int(query.get("limit", ["100"])[0]), 1000))
-        except ValueError:
-            raise HttpError(400, {"error": "INVALID_QUERY",
-                                  "message": "since (unix seconds) and limit must be numbers"}) from None
-        severity = query.get("severity", ["critical"])[0]
-        stakeholders = query.get("stakeholder", []) or list(STAKEHOLDERS)
-        store = self._require_store()
-        model = self.settings.model_name
-
-        def read() -> list[tuple[str, PredictionFeedback]]:
-            ids = store.predictions_with_feedback(model, since, stakeholders, severity, limit)
-            return [(i, store.feedback_for(i)) for i in ids]
-
-        try:
-            found = await self._in_store_thread(read)
-        except StoreUnavailable as e:
-            raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": str(e)[:300]}) from None
-        return json_response({"records": [_feedback_view(i, f) for i, f in found]})
-
-    def _require_store(self) -> FeedbackStore:
-        if self.store is None:
-            raise HttpError(503, {"error": "STORE_UNAVAILABLE", "message": "the feedback store is not open"})
-        return self.store
-
-    def _validate(self, model: type[ModelT], doc: Any) -> ModelT:
-        try:
-            return model.model_validate(doc)
-        except ValidationError as e:
-            self._count_error("INVALID_INPUT")
-            errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-                      for err in e.errors(include_url=False, include_input=False, include_context=False)]
-            raise HttpError(422, {"error": "INVALID_INPUT", "message": "request body does not match the schema",
-                                  "errors": errors[:20]}) from None
+        answer, header_length = oip.encode_response(
+            model_name=s.model_name, model_version=s.model_version, request=request,
+            parameters={"governance_state": state.value, "neutral": neutral, "track": s.model_track},
+            scores=scores, ids=ids)
+        outcome: Outcome = "neutral" if neutral else "success"
+        if header_length is None:
+            return Response(200, answer, outcome=outcome)
+        return Response(200, answer, BINARY, [(oip.HEADER_LENGTH, str(header_length).encode())], outcome=outcome)
 
     # ------------------------------------------------------------------ health, metadata, metrics
 
-    async def _live(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _live(self, scope: Scope, receive: Receive, params: Params) -> Response:
         return json_response({"live": True})
 
     def _readiness(self) -> tuple[bool, str | None]:
@@ -853,25 +552,25 @@ class ModelServer:
             return False, "model loading and warming up"
         return True, None
 
-    async def _ready(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _ready(self, scope: Scope, receive: Receive, params: Params) -> Response:
         ready, reason = self._readiness()
         doc: dict[str, Any] = {"ready": ready, "state": self.governance.state.value, "load_status": self.load_status}
         if reason:
             doc["reason"] = reason
         return json_response(doc, 200 if ready else 503)
 
-    async def _model_ready(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _model_ready(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
         ready, reason = self._readiness()
         return json_response({"name": self.settings.model_name, "ready": ready, "reason": reason},
                              200 if ready else 503)
 
-    async def _server_metadata(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _server_metadata(self, scope: Scope, receive: Receive, params: Params) -> Response:
         from model_server import __version__
 
-        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(oip.EXTENSIONS)})
 
-    async def _model_metadata(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _model_metadata(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
         s = self.settings
         contract = self.model.contract if self.model is not None else s.feature_contract
@@ -884,10 +583,16 @@ class ModelServer:
                         {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}],
             "parameters": {"track": s.model_track, "sha256": s.artifact_sha256,
                            "contract": contract.name if contract is not None else None,
-                           "governance_state": self.governance.state.value},
+                           "governance_state": self.governance.state.value,
+                           # OIP metadata has one list of inputs; the other accepted form is spelled out here.
+                           "tensor_input": {
+                               "description": "instead of the per-feature inputs: one tensor of any other name, "
+                                              "rows of features in the order of `inputs`",
+                               "datatype": "FP64", "shape": [-1, len(features)],
+                               "datatypes": sorted(oip.NUMERIC_DATATYPES)}},
         })
 
-    async def _status(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _status(self, scope: Scope, receive: Receive, params: Params) -> Response:
         s = self.settings
         ready, reason = self._readiness()
         return json_response({
@@ -895,77 +600,42 @@ class ModelServer:
             "ml_state": self.governance.state.value, "model_errors": self.governance.model_errors,
             "window_model_errors": self.governance.window_errors(), "ready": ready, "reason": reason,
             "load_status": self.load_status, "requests": self.requests_served,
-            "pending_records": len(self._pending_records),
+            "pending_records": len(self.records),
             "drift_samples": self.drift.samples if self.drift is not None else 0,
         })
 
-    async def _metrics(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _metrics(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self.governance.refresh()
         return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST.encode())
 
-    async def _openapi(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def _openapi(self, scope: Scope, receive: Receive, params: Params) -> Response:
         from model_server import __version__
 
         contract = self.model.contract if self.model is not None else self.settings.feature_contract
         return json_response(openapi_document(title=f"{SERVER_NAME} ({self.settings.model_name})",
                                               version=__version__, contract=contract))
 
-    # ------------------------------------------------------------------ admin
+    # ------------------------------------------------------------------ what /admin/* acts on (AdminTarget)
 
-    def _admin(self, handler: Handler) -> Handler:
-        async def authenticated(scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-            token = self.settings.admin_token
-            if token is None:
-                raise HttpError(403, {"error": "ADMIN_DISABLED", "message": "ADMIN_TOKEN is not set"})
-            offered = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    offered = value
-            scheme, _, credential = offered.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
-                self.log.throttled("ADMIN_UNAUTHORIZED", ERROR_LOG_INTERVAL, "ADMIN", "UNAUTHORIZED",
-                                   f"rejected admin call {scope['path']}", path=scope["path"])
-                raise HttpError(401, {"error": "UNAUTHORIZED"}, headers=[(b"www-authenticate", b"Bearer")])
-            return await handler(scope, receive, params)
-
-        return authenticated
-
-    async def _flush(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def flush(self) -> dict[str, int]:
         queued = self.batcher.pending if self.batcher is not None else 0
         if self.batcher is not None:
             self.batcher.run_pending()
         await asyncio.sleep(0)  # let the requests whose scores were just set write their answers
-        records = await self.flush_records()
-        self.log.event("ADMIN", "FLUSHED", "inference queue drained, prediction records flushed",
-                       queued_requests=queued, prediction_records=records)
-        return json_response({"flushed": {"queued_requests": queued, "prediction_records": records,
-                                          "unsaved_records": len(self._pending_records)}})
+        records = await self.feedback.flush_records()
+        return {"queued_requests": queued, "prediction_records": records, "unsaved_records": len(self.records)}
 
-    async def _warmup(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
+    async def warm_up(self) -> dict[str, Any]:
         model = self.model
         if model is None:
-            raise HttpError(409, {"error": "MODEL_NOT_LOADED", "load_status": self.load_status,
-                                  "state": self.governance.state.value})
+            raise HttpError(409, "MODEL_NOT_LOADED", load_status=self.load_status, state=self.governance.state.value)
         started = time.perf_counter()
         rounds = max(1, self.settings.warmup_rounds)
         await asyncio.get_running_loop().run_in_executor(None, warm_up, model, rounds)
-        seconds = time.perf_counter() - started
-        self.log.event("ADMIN", "WARMED_UP", "caches warmed", rounds=rounds, seconds=round(seconds, 4))
-        return json_response({"warmed": True, "rounds": rounds, "seconds": seconds})
+        return {"rounds": rounds, "seconds": time.perf_counter() - started}
 
-    async def _reenable(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-        request = self._validate(ReenableIn, await self._json_body(scope, receive))
-        if not self.governance.reenable(request.actor, request.reason):
-            raise HttpError(409, {"error": "NOT_DISABLED_BY_GOVERNANCE", "state": self.governance.state.value})
-        return json_response({"reenabled": True, "state": self.governance.state.value})
-
-    async def _faults(self, scope: Scope, receive: Receive, params: dict[str, str]) -> Response:
-        request = self._validate(FaultsIn, await self._json_body(scope, receive))
-        self._fault_ratio = request.error_ratio
-        self.log.event("MODEL_SERVER", "FAULT_INJECTION_SET", f"injecting errors into {request.error_ratio:.0%} "
-                       "of requests", level=logging.WARNING, error_ratio=request.error_ratio, actor=request.actor,
-                       reason=request.reason)
-        return json_response({"errorRatio": self._fault_ratio})
+    def set_fault_ratio(self, ratio: float) -> None:
+        self._fault_ratio = ratio
 
     # ------------------------------------------------------------------ background jobs
 
@@ -976,7 +646,7 @@ class ModelServer:
                        ml_state=state.value, model_errors=errors,
                        window_model_errors=self.governance.window_errors(), ready=self._readiness()[0],
                        load_status=self.load_status, requests=self.requests_served,
-                       pending_records=len(self._pending_records))
+                       pending_records=len(self.records))
 
     async def _update_drift(self) -> None:
         drift = self.drift
@@ -990,26 +660,3 @@ class ModelServer:
             self.metrics.drift_child[feature].set(value)
         if values:
             self.governance.set_drift(max(values.values()))
-
-    async def _purge(self) -> None:
-        s = self.settings
-        store = self._require_store()
-        cutoff = time.time() - s.prediction_retention_seconds
-        deleted = await self._in_store_thread(
-            lambda: store.purge_predictions(s.model_name, cutoff, s.prediction_retention_max_rows))
-        if deleted:
-            self.log.event("FEEDBACK_STORE", "PREDICTIONS_PURGED", f"{deleted} prediction records past retention",
-                           deleted=deleted)
-
-
-def _feedback_view(prediction_id: str, found: PredictionFeedback) -> dict[str, Any]:
-    p = found.prediction
-    return {
-        "predictionId": prediction_id,
-        "prediction": None if p is None else {
-            "model": p.model, "version": p.version, "track": p.track, "state": p.state,
-            "features": orjson.loads(p.inputs), "prediction": p.output, "createdAt": iso(p.created_at)},
-        "feedback": [{"feedbackId": f.feedback_id, "label": orjson.loads(f.label), "severity": f.severity,
-                      "stakeholder": f.stakeholder, "comment": f.comment, "author": f.author,
-                      "version": f.version, "receivedAt": iso(f.received_at)} for f in found.feedback],
-    }

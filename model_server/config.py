@@ -59,6 +59,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MLMODEL_RESOURCE_NAME": ("$MODEL_NAME", "name of the MLModel to follow"),
     "HOST": ("127.0.0.1", "listen address (a pod sets 0.0.0.0)"),
     "PORT": ("8080", "listen port"),
+    "HTTP_HEADER_TIMEOUT_SECONDS": ("10", "a request's headers must arrive within this (else 408 and the connection "
+                                          "is closed)"),
+    "HTTP_BODY_TIMEOUT_SECONDS": ("30", "and its body within this after the headers (else 408, closed)"),
+    "MAX_CONNECTIONS": ("1024", "open connections per server; beyond it a new connection gets 503 and is closed"),
     "GRACEFUL_SHUTDOWN_SECONDS": ("20", "how long in-flight requests may take to finish after SIGTERM"),
     "LOG_LEVEL": ("INFO", "DEBUG | INFO | WARNING | ERROR"),
 }
@@ -102,6 +106,9 @@ class Settings:
     mlmodel_resource_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    max_connections: int = 1024
     graceful_shutdown_seconds: float = 20.0
     log_level: str = "INFO"
 
@@ -155,6 +162,9 @@ class Settings:
             mlmodel_resource_name=env.get("MLMODEL_RESOURCE_NAME") or None,
             host=reader.text("HOST"),
             port=reader.integer("PORT", minimum=0, maximum=65535),
+            http_header_timeout_seconds=reader.number("HTTP_HEADER_TIMEOUT_SECONDS", minimum=0.1),
+            http_body_timeout_seconds=reader.number("HTTP_BODY_TIMEOUT_SECONDS", minimum=0.1),
+            max_connections=reader.integer("MAX_CONNECTIONS", minimum=1),
             graceful_shutdown_seconds=reader.number("GRACEFUL_SHUTDOWN_SECONDS", minimum=0),
             log_level=reader.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

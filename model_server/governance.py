@@ -15,11 +15,17 @@ Thread-safe: the watcher thread and the event loop both call in.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from modelwarden.artifacts import ModelMeta
 
 
 class GovernanceState(StrEnum):
@@ -138,3 +144,47 @@ class Governance:
             for listener in self._listeners:
                 listener(old, new, reason, details)
         return new
+
+
+# ---------------------------------------------------------------- where a client's fault ends and the model's begins
+
+EXTREME_INPUT_FACTOR = 1e6
+
+
+class TrainingRange:
+    """What a model may be blamed for. A non-finite score counts as a model fault (``NON_FINITE_OUTPUT``,
+    towards ``DISABLED_BY_GOVERNANCE`` and the SLO) unless the row that got it carries an input *extreme*: more
+    than ``EXTREME_INPUT_FACTOR`` (a million) widths of the feature's training range outside that range, where
+    the width is the largest of the range's span, its bounds' magnitudes, and 1. Such a score is the client's
+    doing (``422 INPUT_OUT_OF_RANGE``, ``outcome="client_error"``): 1.7e308 overflows a logistic model's dot
+    product, 3.5e38 a float32 ONNX model's input cast. A feature without a training reference has the range
+    [0, 0], so beyond ±1e6 is extreme. Inputs outside the range that still score finitely are served as usual:
+    the line matters only when the model cannot answer."""
+
+    def __init__(self, low: npt.NDArray[np.float64], high: npt.NDArray[np.float64]) -> None:
+        self.low, self.high = low, high
+        self._features: tuple[str, ...] = ()
+
+    @classmethod
+    def unknown(cls, n_features: int) -> TrainingRange:
+        return cls(np.full(n_features, -math.inf), np.full(n_features, math.inf))
+
+    @classmethod
+    def of(cls, meta: ModelMeta) -> TrainingRange:
+        low, high = np.zeros(meta.n_features), np.zeros(meta.n_features)
+        for j, name in enumerate(meta.features):
+            reference = meta.reference.features.get(name)
+            lo, hi = (reference.bin_edges[0], reference.bin_edges[-1]) if reference is not None else (0.0, 0.0)
+            width = max(hi - lo, abs(lo), abs(hi), 1.0)
+            low[j], high[j] = lo - EXTREME_INPUT_FACTOR * width, hi + EXTREME_INPUT_FACTOR * width
+        limits = cls(low, high)
+        limits._features = meta.features
+        return limits
+
+    def extreme_rows(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Per row: whether any input is extreme."""
+        return np.asarray(((rows < self.low) | (rows > self.high)).any(axis=1), dtype=np.bool_)
+
+    def extreme_features(self, row: npt.NDArray[np.float64]) -> list[str]:
+        return [self._features[j] for j in np.flatnonzero((row < self.low) | (row > self.high)).tolist()
+                if j < len(self._features)]

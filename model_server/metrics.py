@@ -16,9 +16,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 OUTCOMES = ("success", "neutral", "client_error", "error", "unavailable")
 ERROR_KINDS = (
     "FEATURE_MISMATCH",   # names offered do not match the contract (422)
-    "INVALID_INPUT",      # malformed JSON, wrong types, non-finite values, oversize (4xx)
+    "INVALID_INPUT",      # malformed JSON or body, wrong types, non-finite or out-of-range inputs, oversize (4xx)
     "PREDICT_ERROR",      # the model raised while scoring valid input (500)
-    "NON_FINITE_OUTPUT",  # the model answered NaN/inf (422: extreme input; counted as a model failure)
+    "NON_FINITE_OUTPUT",  # the model answered NaN/inf on inputs that are not extreme (a model failure)
     "ARTIFACT_REJECTED",  # SHA256 mismatch, untrusted types, manifest problems: nothing is served from it
     "LOAD_ERROR",         # the artifact verified but could not be loaded or warmed up
 )

@@ -54,11 +54,15 @@ class FaultsIn(_Model):
 
 
 class FeedbackCreated(_Model):
+    """201 for a new label; 200 with ``duplicate: true`` when this stakeholder's same label on this prediction
+    was stored before (a retry): one label per prediction and stakeholder, ``feedbackId`` derived from both."""
+
     feedback_id: str = Field(alias="feedbackId")
     prediction_id: str = Field(alias="predictionId")
     model: str
     version: str
     received_at: str = Field(alias="receivedAt")
+    duplicate: bool | None = None
 
 
 class PredictionView(_Model):
@@ -112,9 +116,14 @@ class PredictResponse(_Model):
 
 
 class ErrorBody(BaseModel):
+    """Outside ``/v2``: ``error`` is a stable code. Under ``/v2`` (Open Inference Protocol) ``error`` is the text
+    and the code is in ``code``, so OIP clients show their users what went wrong."""
+
     model_config = ConfigDict(extra="allow")
 
-    error: str = Field(description="a stable code: MALFORMED_JSON, INVALID_INPUT, FEATURE_MISMATCH, ...")
+    error: str = Field(description="a stable code (MALFORMED_JSON, INVALID_INPUT, FEATURE_MISMATCH, ...); "
+                                   "under /v2 the message")
+    code: str | None = Field(default=None, description="under /v2: the stable code")
     message: str | None = None
 
 
@@ -134,17 +143,25 @@ class InferTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(default=None, description="absent when parameters.binary_data_size is set")
+    parameters: dict[str, Any] | None = Field(default=None, description="binary_data_size: this tensor's bytes "
+                                                                        "after the JSON header (binary extension)")
+
+
+class RequestedOutput(BaseModel):
+    name: Literal["prediction", "prediction_id"]
+    parameters: dict[str, Any] | None = Field(default=None, description="binary_data: answer this one as bytes")
 
 
 class InferRequest(BaseModel):
     """OIP v2. Either one tensor per feature, named by feature (shape [N] or [N,1]), checked by name; or one
-    tensor of shape [N, n_features] in contract order."""
+    tensor of shape [N, n_features] in contract order. With the binary tensor data extension the body is this
+    JSON (its length in the ``Inference-Header-Content-Length`` header) followed by the tensors' bytes."""
 
     id: str | None = None
     inputs: list[InferTensor]
-    parameters: dict[str, Any] | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="binary_data_output: every output as bytes")
 
 
 class InferResponse(BaseModel):
@@ -220,8 +237,8 @@ def openapi_document(*, title: str, version: str, contract: FeatureContract | No
         "/feedback": {"post": {
             "summary": "Record a human feedback label; 201 only once it is durable",
             "requestBody": {"required": True, **_json(FeedbackIn, "feedback")},
-            "responses": {"201": _json(FeedbackCreated, "stored"), "400": error, "404": error, "413": error,
-                          "422": error, "503": error}}},
+            "responses": {"201": _json(FeedbackCreated, "stored"), "200": _json(FeedbackCreated, "already stored"),
+                          "400": error, "404": error, "409": error, "413": error, "422": error, "503": error}}},
         "/feedback/{predictionId}": {"get": {
             "summary": "A prediction and its feedback labels",
             "parameters": [{"name": "predictionId", "in": "path", "required": True, "schema": {"type": "string"}}],

@@ -9,14 +9,16 @@ One :class:`FeedbackStore` protocol, two implementations:
   an ambiguous commit cannot duplicate.
 
 Methods are synchronous and called from one dedicated worker thread. ``add_feedback`` returns only once the
-label is durable. Prediction records are kept for the feedback join up to a retention bound; a prediction
-that has feedback is never purged (it is incident evidence).
+label is durable, and stores a record only once per ``feedback_id`` (the server derives that id from the
+prediction and the stakeholder: :func:`feedback_id`). Prediction records are kept for the feedback join up to
+a retention bound; a prediction that has feedback is never purged (it is incident evidence).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,7 +68,8 @@ class PredictionFeedback:
 class FeedbackStore(Protocol):
     def record_predictions(self, records: Sequence[PredictionRecord]) -> None: ...
     def prediction(self, prediction_id: str) -> PredictionRecord | None: ...
-    def add_feedback(self, record: FeedbackRecord) -> None: ...
+    def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
+        """Store ``record`` unless one with its ``feedback_id`` exists; the stored one and whether it is new."""
     def feedback_for(self, prediction_id: str) -> PredictionFeedback: ...
     def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int: ...
     def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
@@ -82,6 +85,15 @@ def open_store(dsn: str) -> FeedbackStore:
         return PostgresFeedbackStore(dsn)
     path = dsn.removeprefix("sqlite://") if dsn.startswith("sqlite://") else dsn
     return SqliteFeedbackStore(Path(path))
+
+
+_FEEDBACK_NAMESPACE = uuid.UUID("6d776664-0000-5000-8000-6d6f64656c77")
+
+
+def feedback_id(prediction_id: str, stakeholder: str) -> str:
+    """The key that makes labels idempotent: one label per prediction and stakeholder, whichever replica
+    receives it and however often it is retried (a UUID5 of the two)."""
+    return str(uuid.uuid5(_FEEDBACK_NAMESPACE, f"{prediction_id}\x00{stakeholder}"))
 
 
 def iso(ts: float) -> str:
@@ -160,10 +172,15 @@ class SqliteFeedbackStore:
         rows = self._query(f"SELECT {_PREDICTION_COLUMNS} FROM predictions WHERE prediction_id = ?", (prediction_id,))
         return PredictionRecord(*rows[0]) if rows else None
 
-    def add_feedback(self, record: FeedbackRecord) -> None:
-        self._tx(lambda c: c.execute(
-            f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            _feedback_row(record)))
+    def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
+        def add(c: sqlite3.Connection) -> tuple[FeedbackRecord, bool]:
+            inserted = c.execute(f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                 _feedback_row(record)).rowcount == 1
+            row = c.execute(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE feedback_id = ?",
+                            (record.feedback_id,)).fetchone()
+            return FeedbackRecord(*row), inserted
+
+        return self._tx(add)
 
     def feedback_for(self, prediction_id: str) -> PredictionFeedback:
         rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE prediction_id = ? "
@@ -279,11 +296,18 @@ class PostgresFeedbackStore:
             "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone())
         return PredictionRecord(*row) if row else None
 
-    def add_feedback(self, record: FeedbackRecord) -> None:
+    def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
         # synchronous_commit stays at its default (on): COMMIT returns after the WAL is flushed.
-        self._run(lambda c: c.execute(
-            f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT (feedback_id) DO NOTHING", _feedback_row(record)))
+        def add(c: Any) -> tuple[FeedbackRecord, bool]:
+            inserted = c.execute(
+                f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (feedback_id) DO NOTHING", _feedback_row(record)).rowcount == 1
+            row = c.execute(
+                "SELECT feedback_id, prediction_id, model, version, label::text, severity, stakeholder, comment, "
+                "author, received_at FROM model_feedback WHERE feedback_id = %s", (record.feedback_id,)).fetchone()
+            return FeedbackRecord(*row), inserted
+
+        return self._run(add)
 
     def feedback_for(self, prediction_id: str) -> PredictionFeedback:
         def read(c: Any) -> PredictionFeedback:

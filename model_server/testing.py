@@ -19,6 +19,7 @@ import uvicorn
 import uvloop
 
 from model_server.app import ModelServer
+from model_server.transport import uvicorn_config
 
 LOOPBACK = "127.0.0.1"
 
@@ -58,9 +59,7 @@ def serve_in_thread(app: ModelServer, *, wait_ready: bool = True, timeout: float
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", access_log=False, log_config=None, loop="uvloop",
-                            http="httptools", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, app.settings, timeout_graceful_shutdown=5))
     thread = threading.Thread(target=lambda: uvloop.run(server.serve(sockets=[sock])), daemon=True,
                               name="model-server")
     thread.start()

@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import httpx
 import numpy as np
@@ -93,8 +93,9 @@ class Summary:
 @dataclass(frozen=True)
 class Endpoint:
     url: str
-    body: str  # one row, JSON
-    probability: Callable[[Any], float] | None  # P(class 1) from the response, to check against the estimator
+    body: bytes  # one row
+    probability: Callable[[httpx.Response], float] | None  # P(class 1) from the response, checked against the estimator
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,17 @@ def wrk(url: str, script: Path, concurrency: int, seconds: float, cpu: str | Non
     return rps, _latency(out, "50"), _latency(out, "99"), int(errors.group(1)) if errors else 0
 
 
-def _script(work: Path, body: str) -> Path:
+def _lua_string(data: bytes) -> str:
+    """``data`` as a Lua string literal (three-digit decimal escapes: binary request bodies too)."""
+    return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
+
+
+def _script(work: Path, endpoint: Endpoint) -> Path:
     script = work / "request.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n"
+    headers = "".join(f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}\n"
+                      for k, v in endpoint.headers)
+    script.write_text('wrk.method = "POST"\n' + headers +
+                      f"wrk.body = {_lua_string(endpoint.body)}\n"
                       "local answered = 0\n"
                       "function response(status, headers, body)\n"
                       "  answered = answered + 1\n"
@@ -180,7 +188,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 @contextmanager
-def _bare(log_path: Path, cpu: str | None, body: str) -> Iterator[Endpoint]:
+def _bare(log_path: Path, cpu: str | None, body: bytes) -> Iterator[Endpoint]:
     """uvicorn answering a fixed body: what any Python ASGI server on this machine cannot beat."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "bare_asgi:app",
@@ -200,11 +208,24 @@ def _bare(log_path: Path, cpu: str | None, body: str) -> Iterator[Endpoint]:
 
 
 @contextmanager
-def _model_server(env: dict[str, str], log_path: Path, cpu: str | None, body: str) -> Iterator[Endpoint]:
+def _model_server(env: dict[str, str], log_path: Path, cpu: str | None, body: bytes,
+                  oip_headers: tuple[tuple[str, str], ...] | None = None) -> Iterator[Endpoint]:
+    """``/predict`` with a JSON body, or (with ``oip_headers``) OIP infer with a binary one."""
     with serve_subprocess(env, log_path=log_path) as (url, proc):
         if cpu is not None:
             subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(proc.pid)], check=True, capture_output=True)
-        yield Endpoint(f"{url}/predict", body, lambda doc: float(doc["prediction"]))
+        if oip_headers is not None:
+            yield Endpoint(f"{url}/v2/models/bench/infer", body, _binary_prediction, oip_headers)
+        else:
+            yield Endpoint(f"{url}/predict", body, lambda r: float(r.json()["prediction"]))
+
+
+def _binary_prediction(response: httpx.Response) -> float:
+    """The first ``prediction`` of a binary OIP answer (FP64 after the JSON header)."""
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.content[:length])
+    assert header["outputs"][0]["name"] == "prediction"
+    return float(np.frombuffer(response.content[length:length + 8], dtype="<f8")[0])
 
 
 @contextmanager
@@ -212,19 +233,18 @@ def _peer(peer: peers.Peer, venv_dir: Path, model_file: Path, work: Path, row: l
           cpu: str | None) -> Iterator[Endpoint]:
     launch = peer.launch(venv_dir, model_file, work, row)
     with peers.serve(launch, log_path=log_path, cpu=cpu):
-        yield Endpoint(launch.infer_url, launch.body, launch.probability)
+        yield Endpoint(launch.infer_url, launch.body, launch.probability, launch.headers)
 
 
 def measure(model: str, target: Target, work: Path, seconds: float, load_cpu: str | None,
             expected: float | None) -> list[Result]:
     with target.start() as endpoint:
         if endpoint.probability is not None and expected is not None:
-            answer = httpx.post(endpoint.url, content=endpoint.body, headers={"Content-Type": "application/json"},
-                                timeout=10)
-            got = endpoint.probability(answer.raise_for_status().json())
+            answer = httpx.post(endpoint.url, content=endpoint.body, headers=dict(endpoint.headers), timeout=10)
+            got = endpoint.probability(answer.raise_for_status())
             if abs(got - expected) > CHECK_TOLERANCE:
                 raise RuntimeError(f"{target.label} answered P(1)={got}, the estimator says {expected}")
-        script = _script(work, endpoint.body)
+        script = _script(work, endpoint)
         wrk(endpoint.url, script, 32, WARMUP_SECONDS, load_cpu)
         out = []
         for concurrency in CONCURRENCIES:
@@ -255,10 +275,14 @@ def prepare(kind: str, formats: list[str], peer_venvs: dict[str, tuple[peers.Pee
         floors.append((f"in-process model_server scorer ({label})", loaded.score))
         features = list(artifact.features)
         random.Random(0).shuffle(features)
-        body = json.dumps({"features": {f: float(row[artifact.features.index(f)]) for f in features}})
+        body = json.dumps({"features": {f: float(row[artifact.features.index(f)]) for f in features}}).encode()
         log = directory / f"model_server-{fmt}.log"
         targets.append(Target(f"model_server ({label})",
                               partial(_model_server, env, log, server_cpu, body), log))
+        # What tritonclient sends by default: binary tensor data in, binary outputs asked for.
+        binary, headers = peers.binary_request("input-0", [float(v) for v in row], {"binary_data_output": True})
+        targets.append(Target(f"model_server OIP binary ({label})",
+                              partial(_model_server, env, log, server_cpu, binary, headers), log))
     model_file = directory / "joblib" / "model.joblib"  # alone in its directory, as KServe wants it
     model_file.parent.mkdir(parents=True)
     save_model(estimator, sample, "joblib", model_file)
@@ -348,7 +372,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mw-bench-"))
     started = time.monotonic()
     try:
-        bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}})
+        bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}}).encode()
         bare = Target("bare uvicorn ASGI app (transport floor)",
                       partial(_bare, work / "bare.log", server_cpu, bare_body), work / "bare.log")
         order.append(("-", bare.label))

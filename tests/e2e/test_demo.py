@@ -14,17 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("inject", "trigger"), [("stable", "FastBurn|ErrorBudgetExhausted"),
+@pytest.mark.parametrize(("inject", "trigger"), [("stable", "ErrorBudgetExhausted"), ("stable", "FastBurn"),
                                                   ("canary", "CanaryAnalysisFailed")])
 def test_errors_in_v2_roll_back_to_v1_by_sha256(inject: str, trigger: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "localenv.demo", "--inject", inject], cwd=ROOT,
+    """Each run arms one trigger (the demo's --trigger; a canary is judged by its analysis), and that one fires."""
+    args = ["--inject", inject] + (["--trigger", trigger] if inject == "stable" else [])
+    done = subprocess.run([sys.executable, "-m", "localenv.demo", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, check=False)
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     v1 = re.search(r"v1: sha256 ([0-9a-f]{64})", out)
     assert v1 is not None, out
     assert f"Served now: {v1.group(1)} — v1's sha256 is {v1.group(1)}: MATCH" in out
-    assert re.search(rf"Incident rb-\S+ — ({trigger}):", out), out[-3000:]
+    assert re.search(rf"Incident rb-\S+ — {trigger}:", out), out[-3000:]
     assert "TrafficRestored  100% of traffic on v1" in out
     assert "phase Halted" in out
     assert "Grafana annotation received: " in out and "Grafana annotation received: none" not in out

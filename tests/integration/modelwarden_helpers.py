@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +14,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 
 FEATURES = ["f1", "f2", "f3"]
+
+
+def cli(cluster: Cluster, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``modelwarden ARGS`` as ``user`` runs it (their kubeconfig)."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfigs[user])}
+    return subprocess.run([sys.executable, "-m", "modelwarden.cli.main", *args], env=env, capture_output=True,
+                          text=True, check=False, timeout=60)
 
 
 def artifact(directory: Path, version: str, payload: bytes | None = None) -> tuple[str, str]:
@@ -94,14 +105,15 @@ class Models:
             self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=MLModel").items)
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60, check: Callable[[], None] | None = None,
-                   ) -> api.MLModelStatus:
+                   until: Callable[[api.MLModelStatus], bool] | None = None) -> api.MLModelStatus:
+        """Wait for ``phase`` (and ``until`` of the status, when given)."""
         deadline = time.monotonic() + timeout
         status = api.MLModelStatus()
         while time.monotonic() < deadline:
             if check is not None:
                 check()
             status = self.status(name)
-            if status.phase == phase:
+            if status.phase == phase and (until is None or until(status)):
                 return status
             time.sleep(0.2)
         pytest.fail(f"{name} not {phase} after {timeout}s; status: {status.model_dump_json(indent=1)}")

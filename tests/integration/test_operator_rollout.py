@@ -6,24 +6,14 @@ The operator runs as the `modelwarden-operator` user, bound to exactly manifests
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from kubernetes import client
 
-from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
-
-
-def cli(cluster: Cluster, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfigs[user])}
-    return subprocess.run([sys.executable, "-m", "modelwarden.cli.main", *args], env=env, capture_output=True,
-                          text=True, check=False, timeout=60)
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
 
 
 def test_dual_sign_off_canary_steps_manual_promote_and_history(

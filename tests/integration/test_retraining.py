@@ -19,9 +19,9 @@ from kubernetes import client, config
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
 from modelwarden.adapters.artifact_store import URIArtifactStore
-from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.prometheus import PrometheusMetrics
-from modelwarden.adapters.routers import ReplicasRouter
+from modelwarden.adapters.routers import router_for
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase, Rollback
 from modelwarden.engine.schedule import DEFAULT_SCHEDULE, next_fire, previous_fire
 from modelwarden.handlers.controller import Controller
@@ -45,18 +45,19 @@ class RecordingNotifier:
 class InProcessOperator:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         api_client = config.new_client_from_config(config_file=str(cluster.kubeconfigs["modelwarden-operator"]))
-        self.workloads = KubeWorkloads(api_client)
+        self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = WINDOW - dt.timedelta(hours=30)
         self.notifier = RecordingNotifier()
-        self.controller = Controller(workloads=self.workloads, status_writer=self.workloads, events=self.workloads,
-                                     artifacts=URIArtifactStore(), router_for=lambda spec: ReplicasRouter(),
+        self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
+                                     events=KubeEventRecorder(self.kube),
+                                     artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
                                      clock=lambda: self.now, notifier=self.notifier)
 
     def passes(self, name: str, count: int = 1) -> MLModelStatus:
         async def run() -> None:
             for _ in range(count):
-                self.controller.prime(await self.workloads.list_all([self.namespace]))
+                self.controller.prime(await self.kube.list_all([self.namespace]))
                 await self.controller.reconcile((self.namespace, name))
                 await asyncio.sleep(0.3)
 
@@ -145,7 +146,7 @@ def test_retraining_window_on_backfilled_history(
 
     # The window: one evaluation cycle fetches the gates' history for the whole fleet, then the model decides.
     prom = prometheus_factory(backfilled=history)
-    op.controller.metrics = PrometheusMetrics(prom.url)
+    op.controller.evaluator.metrics = PrometheusMetrics(prom.url)
     op.now = WINDOW + dt.timedelta(seconds=20)
     answered = prom.query_requests_answered()
     asyncio.run(op.controller.evaluate_once())

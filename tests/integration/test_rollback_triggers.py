@@ -27,9 +27,9 @@ from localenv.cluster import Cluster
 from model_server.demo_artifact import build_demo_artifact, train
 from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
-from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.prometheus import PrometheusMetrics
-from modelwarden.adapters.routers import ReplicasRouter
+from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
 from modelwarden.handlers.controller import Controller
@@ -43,17 +43,18 @@ STEP = 30
 class InProcessOperator:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         api_client = config.new_client_from_config(config_file=str(cluster.kubeconfigs["modelwarden-operator"]))
-        self.workloads = KubeWorkloads(api_client)
+        self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
-        self.controller = Controller(workloads=self.workloads, status_writer=self.workloads, events=self.workloads,
-                                     artifacts=URIArtifactStore(), router_for=lambda spec: ReplicasRouter(),
+        self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
+                                     events=KubeEventRecorder(self.kube),
+                                     artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
                                      clock=lambda: self.now)
 
     def passes(self, name: str, count: int = 1) -> MLModelStatus:
         async def run() -> None:
             for _ in range(count):
-                self.controller.prime(await self.workloads.list_all([self.namespace]))
+                self.controller.prime(await self.kube.list_all([self.namespace]))
                 await self.controller.reconcile((self.namespace, name))
                 await asyncio.sleep(0.3)  # let the kube controllers and KWOK move
 
@@ -70,7 +71,7 @@ class InProcessOperator:
         pytest.fail(f"{name}: condition not reached; status {status.model_dump_json(indent=1)}")
 
     def evaluate(self, prometheus_url: str) -> None:
-        self.controller.metrics = PrometheusMetrics(prometheus_url, step_seconds=STEP)
+        self.controller.evaluator.metrics = PrometheusMetrics(prometheus_url, step_seconds=STEP)
         self.now = dt.datetime.fromtimestamp(END, dt.UTC)
         asyncio.run(self.controller.evaluate_once())
 
@@ -295,7 +296,7 @@ def test_crash_between_rollback_steps_finishes_once_and_gitops_reapply_changes_n
 
     # The operator dies here; a new one (empty caches) picks the rollback up from status and the cluster.
     fresh = InProcessOperator(modelwarden_installed, namespace)
-    fresh.controller.metrics = op.controller.metrics
+    fresh.controller.evaluator.metrics = op.controller.evaluator.metrics
     fresh.now = op.now
     asyncio.run(fresh.controller.evaluate_once())
     status = fresh.until("m", lambda s: s.phase == Phase.HALTED)
@@ -342,7 +343,7 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
 
         op = InProcessOperator(modelwarden_installed, namespace)
         admin, _ = promoted_v2(op, api_clients, namespace, tmp_path)
-        op.controller.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url)
         prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),
                                               feedback_series("regulator", [5])])
         op.evaluate(prom.url)
@@ -377,7 +378,8 @@ def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(
     targets = tmp_path / "targets.json"
     targets.write_text("[]")
     prom = prometheus_factory(file_sd=targets)
-    op.controller.metrics = PrometheusMetrics(prom.url, step_seconds=STEP)
+    # The query step follows this Prometheus' 1 s scrape: restarts and labels here are seconds apart.
+    op.controller.evaluator.metrics = PrometheusMetrics(prom.url, step_seconds=1)
     counted = 'ml_feedback_labels_total{{instance="replica-{}",severity="critical",stakeholder="finance"}}'
 
     with contextlib.ExitStack() as stack:

@@ -8,21 +8,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelwarden.api.v1alpha1 import MLModelSpec, MLModelStatus
-from modelwarden.engine.approvals import Approval
-from modelwarden.engine.health import MetricsView
-from modelwarden.engine.rollout import (
+from modelwarden.engine.actions import (
     Action,
     ApplyTrack,
-    ArtifactCheck,
-    Decision,
     DeleteTrack,
     EnsureServices,
-    Observation,
     SetRouteWeight,
-    TrackState,
-    artifact_to_check,
-    decide,
 )
+from modelwarden.engine.approvals import Approval
+from modelwarden.engine.decision import (
+    ArtifactCheck,
+    Decision,
+    Observation,
+    TrackState,
+)
+from modelwarden.engine.health import MetricsView
+from modelwarden.engine.rollout import artifact_to_check, decide
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 SHA = {"v1": "1" * 64, "v2": "2" * 64, "v3": "3" * 64}

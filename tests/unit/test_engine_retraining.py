@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from modelwarden.api.v1alpha1 import ArtifactVersion, Gate, MLModelSpec, MLModelStatus, RetrainingStatus
+from modelwarden.engine.actions import CreateRetrainingJob, Notify
 from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.retraining import (
     BUDGET_STEP_SECONDS,
-    CreateRetrainingJob,
     GateInputs,
     JobState,
     Report,
@@ -23,7 +23,6 @@ from modelwarden.engine.retraining import (
     due_window,
     job_name,
 )
-from modelwarden.engine.rollout import Notify
 from tests.unit.engine_world import make_spec
 
 WINDOW = datetime(2027, 6, 8, 2, 0, tzinfo=UTC)  # the second Tuesday of June 2027 (June starts on a Tuesday)
@@ -73,8 +72,9 @@ def waiting_status() -> MLModelStatus:
 
 
 def run(s: MLModelSpec, status: MLModelStatus, now: datetime, gates: GateInputs | None = None,
-        job: JobState | None = None) -> RetrainingDecision:
-    return decide_retraining(s, status, RetrainingObservation(job=job, gates=gates), now, model="m", generation=1)
+        job: JobState | None = None, metrics_error: str | None = None) -> RetrainingDecision:
+    return decide_retraining(s, status, RetrainingObservation(job=job, gates=gates, metrics_error=metrics_error), now,
+                             model="m", generation=1)
 
 
 def eligible(d: RetrainingDecision) -> tuple[str, str, str]:
@@ -196,7 +196,7 @@ def test_no_stable_version_and_no_audit_configured_fail_closed() -> None:
 
 
 def test_metrics_unavailable_at_the_window_waits_instead_of_deciding() -> None:
-    d = run(spec(), waiting_status(), WINDOW + timedelta(seconds=5), inputs(metrics_error="Prometheus down"))
+    d = run(spec(), waiting_status(), WINDOW + timedelta(seconds=5), None, metrics_error="Prometheus down")
     assert eligible(d)[:2] == ("Unknown", "GatheringGateInputs") and "Prometheus down" in eligible(d)[2]
     assert jobs(d) == [] and d.requeue_after == 15
     assert due_window(spec(), d.status, WINDOW + timedelta(seconds=20)) == WINDOW

@@ -5,17 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase, Reason
-from modelwarden.engine.conditions import get_condition
-from modelwarden.engine.health import MetricsView
-from modelwarden.engine.rollout import (
+from modelwarden.engine.actions import (
     AnnotateGrafana,
     ApplyTrack,
     DeleteTrack,
     FlushAndWarm,
     Notify,
     RecordIncident,
-    promote_token,
 )
+from modelwarden.engine.conditions import get_condition
+from modelwarden.engine.health import MetricsView
+from modelwarden.engine.rollout import promote_token
 from modelwarden.engine.triggers import CanaryNumbers
 from tests.unit.engine_world import SHA, T0, World, approvals, honest_world, make_spec, settle
 

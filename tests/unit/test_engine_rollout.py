@@ -11,17 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase, Reason
-from modelwarden.engine.approvals import Approval
-from modelwarden.engine.conditions import get_condition
-from modelwarden.engine.health import MetricsView
-from modelwarden.engine.rollout import (
+from modelwarden.engine.actions import (
     ApplyTrack,
     DeleteTrack,
     EnsureServices,
     SetRouteWeight,
-    decide,
-    promote_token,
 )
+from modelwarden.engine.approvals import Approval
+from modelwarden.engine.conditions import get_condition
+from modelwarden.engine.health import MetricsView
+from modelwarden.engine.rollout import decide, promote_token
 from tests.unit.engine_world import SHA, T0, World, approvals, honest_world, make_spec, settle
 
 EMPTY = MLModelStatus()

@@ -111,13 +111,43 @@ class MemoryLeases:
         return LeaseRecord.from_spec((self.lease or {}).get("spec")).holder
 
 
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when every task waits: a sleep takes no real time, and the durations
+    below are exact whatever the machine's load (no wall-clock timing in unit tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 0.0
+        select = self._selector.select  # type: ignore[attr-defined]
+
+        def advance_instead_of_blocking(timeout: float | None = None) -> Any:
+            ready = select(0)
+            if not ready and timeout:
+                self._now += timeout
+            return ready
+
+        self._selector.select = advance_instead_of_blocking  # type: ignore[attr-defined]
+
+    def time(self) -> float:
+        return self._now
+
+
+def run_virtual(scenario: Any) -> None:
+    loop = VirtualClockLoop()
+    try:
+        loop.run_until_complete(scenario)
+    finally:
+        loop.close()
+
+
 class Candidate:
     def __init__(self, leases: MemoryLeases, identity: str) -> None:
         self.started = asyncio.Event()
         self.stopped: list[str] = []
         self.elector = LeaderElector(
             leases, ElectionConfig("ns", "lease", identity, lease_duration=1.0, renew_deadline=0.6, retry_period=0.2),
-            on_started=self._started, on_stopped=self.stopped.append)
+            on_started=self._started, on_stopped=self.stopped.append,
+            clock=lambda: asyncio.get_running_loop().time())
 
     async def _started(self) -> None:
         self.started.set()
@@ -159,7 +189,7 @@ def test_one_leader_release_hands_over_at_once_and_a_crash_after_the_lease_durat
         await c.elector.release()
         await b.elector.release()
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
 
 
 def test_a_leader_that_cannot_renew_or_sees_another_holder_stops() -> None:
@@ -185,7 +215,7 @@ def test_a_leader_that_cannot_renew_or_sees_another_holder_stops() -> None:
         await b.elector.release()
         assert leases.holder == "intruder"  # not ours to release
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
 
 
 class RecordingController:

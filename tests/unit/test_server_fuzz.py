@@ -1,16 +1,19 @@
 """Property-based fuzzing of every endpoint that takes a body: whatever arrives, the answer is never a 5xx
-and always a JSON object with an ``error`` code when it is not a success."""
+and always a JSON object with an ``error`` string when it is not a success (OIP shapes, binary tensor data and
+numbers at the float limits included)."""
 
 from __future__ import annotations
 
 import json
 import string
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,7 +51,8 @@ numbers = st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infini
 
 def check(response: httpx.Response) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:500])
-    body = response.json()
+    json_length = int(response.headers.get("inference-header-content-length", len(response.content)))
+    body = json.loads(response.content[:json_length])
     if response.status_code >= 400:
         assert isinstance(body, dict) and isinstance(body.get("error"), str), body
 
@@ -126,3 +130,58 @@ def test_feedback_never_5xx(client: httpx.Client, artifact: DemoArtifact, data: 
        token=st.just(TOKEN) | st.text(string.ascii_letters + string.digits, min_size=1, max_size=10))
 def test_admin_never_5xx(client: httpx.Client, body: bytes, token: str) -> None:
     check(client.post("/admin/reenable", content=body, headers={"Authorization": f"Bearer {token}"}))
+
+
+# ---------------------------------------------------------------- OIP shapes and numbers at the float limits
+
+limit_numbers = st.sampled_from([
+    sys.float_info.max, -sys.float_info.max, 3.4028235e38, -3.4028235e38, 3.5e38, -3.5e38, sys.float_info.min,
+    5e-324, -5e-324, 0.0, -0.0, 2**63 - 1, -(2**63), 2**64 - 1, 1e300, -1e300]) | numbers
+huge_ints = st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 2**31, 2**62, 2**63 - 1, 10**9, 10**18])
+
+
+@FUZZ
+@given(data=st.data())
+def test_infer_shapes_and_limit_numbers_never_5xx(client: httpx.Client, artifact: DemoArtifact,
+                                                  data: st.DataObject) -> None:
+    n = len(artifact.features)
+    tensor = st.fixed_dictionaries({
+        "name": st.sampled_from(["x", *artifact.features]),
+        "shape": st.lists(huge_ints, max_size=6) | st.lists(st.sampled_from([0, 1, 2, n, 2**62]), max_size=300)
+        | st.builds(lambda r: [r, n], st.integers(0, 120)),
+        "datatype": st.sampled_from(["FP64", "FP32", "FP16", "INT64", "UINT8"]),
+        "data": st.lists(limit_numbers, max_size=4 * n),
+    }, optional={"parameters": st.fixed_dictionaries({}, optional={"binary_data_size": huge_ints})})
+    body = {"inputs": data.draw(st.lists(tensor, min_size=1, max_size=n + 1)),
+            "outputs": data.draw(st.none() | st.lists(st.fixed_dictionaries(
+                {"name": st.sampled_from(["prediction", "prediction_id", "other"])},
+                optional={"parameters": st.fixed_dictionaries({"binary_data": st.booleans() | json_values})}),
+                max_size=3))}
+    check(client.post("/v2/models/fuzz/infer", content=encode(body)))
+
+
+@FUZZ
+@given(rows=st.integers(1, 60), values=st.lists(limit_numbers, min_size=1, max_size=8), datatype=st.sampled_from(
+    ["FP64", "FP32"]), tail=st.binary(max_size=64), announced=huge_ints, extra=st.integers(-8, 8))
+def test_binary_infer_never_5xx(client: httpx.Client, artifact: DemoArtifact, rows: int, values: list[float],
+                                datatype: str, tail: bytes, announced: int, extra: int) -> None:
+    n = len(artifact.features)
+    with np.errstate(over="ignore"):
+        raw = np.resize(np.array(values, dtype=np.float64), rows * n).astype("<f8" if datatype == "FP64" else "<f4")
+    payload = raw.tobytes() + tail
+    header = encode({"inputs": [{"name": "x", "shape": [rows, n], "datatype": datatype,
+                                 "parameters": {"binary_data_size": len(raw.tobytes()) + extra}}],
+                     "parameters": {"binary_data_output": True}})
+    for length in (len(header), announced):
+        check(client.post("/v2/models/fuzz/infer", content=header + payload,
+                          headers={"Inference-Header-Content-Length": str(length)}))
+
+
+@FUZZ
+@given(values=st.lists(limit_numbers, min_size=1, max_size=12))
+def test_predict_limit_numbers_never_5xx(client: httpx.Client, artifact: DemoArtifact, values: list[float]) -> None:
+    row = {f: values[i % len(values)] for i, f in enumerate(artifact.features)}
+    response = client.post("/predict", content=encode({"features": row}))
+    check(response)
+    if response.status_code == 422:
+        assert response.json()["error"] in ("INPUT_OUT_OF_RANGE", "INVALID_INPUT"), response.json()

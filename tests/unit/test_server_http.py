@@ -79,7 +79,7 @@ def test_health_and_metadata(client: httpx.Client, artifact: DemoArtifact) -> No
     assert meta["parameters"]["sha256"] == artifact.sha256
     assert client.get("/v2/models/fraud/versions/2.1.0").status_code == 200
     assert client.get("/v2/models/fraud/versions/2.1.0/ready").json()["ready"] is True
-    assert client.get("/v2/models/other").json()["error"] == "MODEL_NOT_FOUND"
+    assert client.get("/v2/models/other").json()["code"] == "MODEL_NOT_FOUND"
     assert client.get("/v2/models/fraud/versions/9").status_code == 404
     assert client.get("/v2").json()["name"] == "modelwarden-model-server"
 
@@ -202,9 +202,10 @@ def test_infer_positional_tensor_is_checked_by_count(client: httpx.Client, artif
     short = client.post("/v2/models/fraud/infer", json={"inputs": [
         {"name": "input-0", "shape": [1, 5], "datatype": "FP64", "data": [0.0] * 5}]})
     assert short.status_code == 422
-    assert short.json() | {"missing_features": None} == {
-        "error": "FEATURE_MISMATCH", "contract": "demo-v1", "expected_count": 6, "provided_count": 5,
+    assert short.json() | {"missing_features": None, "error": None} == {
+        "error": None, "code": "FEATURE_MISMATCH", "contract": "demo-v1", "expected_count": 6, "provided_count": 5,
         "missing_features": None, "unexpected_features": []}
+    assert "expects 6 features, got 5" in short.json()["error"], "OIP clients show their users this text"
     assert short.json()["missing_features"] == ["feature_05"]
 
 
@@ -212,7 +213,7 @@ def test_infer_named_tensors_with_a_wrong_name(client: httpx.Client, artifact: D
     inputs = [{"name": f if f != "feature_01" else "feature_1", "shape": [1], "datatype": "FP64", "data": [0.0]}
               for f in artifact.features]
     body = client.post("/v2/models/fraud/infer", json={"inputs": inputs}).json()
-    assert (body["error"], body["missing_features"], body["unexpected_features"]) == (
+    assert (body["code"], body["missing_features"], body["unexpected_features"]) == (
         "FEATURE_MISMATCH", ["feature_01"], ["feature_1"])
 
 
@@ -220,7 +221,7 @@ def test_infer_shape_must_match_data(client: httpx.Client) -> None:
     body = client.post("/v2/models/fraud/infer", json={"inputs": [
         {"name": "input-0", "shape": [2, 6], "datatype": "FP64", "data": [0.0] * 11}]})
     assert body.status_code == 422
-    assert "needs 12 values" in body.json()["message"]
+    assert "needs 12 values" in body.json()["error"]
 
 
 # ---------------------------------------------------------------- feedback

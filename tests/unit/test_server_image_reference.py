@@ -9,14 +9,14 @@ from pathlib import Path
 import yaml
 
 from localenv import images
-from modelwarden.adapters import kube
+from modelwarden.adapters import manifests
 from modelwarden.api import v1alpha1 as api
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _model() -> kube.ModelObject:
-    return kube.ModelObject(name="m", namespace="ns", uid="u-1")
+def _model() -> manifests.ModelObject:
+    return manifests.ModelObject(name="m", namespace="ns", uid="u-1")
 
 
 def _spec(**serving: object) -> api.MLModelSpec:
@@ -32,19 +32,19 @@ def _images(body: dict[str, object]) -> set[str]:
 
 def test_the_documented_built_and_default_references_are_one() -> None:
     documented = re.findall(r"-t (\S+) \.", (ROOT / "model_server" / "Dockerfile").read_text())
-    assert documented == [kube.DEFAULT_SERVER_IMAGE]
-    assert images.SERVER_IMAGE == kube.DEFAULT_SERVER_IMAGE
+    assert documented == [manifests.DEFAULT_SERVER_IMAGE]
+    assert images.SERVER_IMAGE == manifests.DEFAULT_SERVER_IMAGE
     chart = yaml.safe_load((ROOT / "charts" / "modelwarden" / "Chart.yaml").read_text())
     values = yaml.safe_load((ROOT / "charts" / "modelwarden" / "values.yaml").read_text())["serverImage"]
-    assert f"{values['repository']}:{values['tag'] or chart['appVersion']}" == kube.DEFAULT_SERVER_IMAGE
+    assert f"{values['repository']}:{values['tag'] or chart['appVersion']}" == manifests.DEFAULT_SERVER_IMAGE
 
 
 def test_a_pod_gets_the_default_then_the_operators_setting_then_the_models_own() -> None:
     artifact = api.ArtifactVersion(version="v1", uri="https://example.invalid/m/model.skops", sha256="a" * 64)
-    default = kube.deployment_manifest(_model(), _spec(), "stable", artifact, 1, "fp")
-    assert _images(default) == {kube.DEFAULT_SERVER_IMAGE}
-    configured = kube.deployment_manifest(_model(), _spec(), "stable", artifact, 1, "fp", "registry.example/ms:2")
+    default = manifests.deployment_manifest(_model(), _spec(), "stable", artifact, 1, "fp")
+    assert _images(default) == {manifests.DEFAULT_SERVER_IMAGE}
+    configured = manifests.deployment_manifest(_model(), _spec(), "stable", artifact, 1, "fp", "registry.example/ms:2")
     assert _images(configured) == {"registry.example/ms:2"}
-    own = kube.deployment_manifest(_model(), _spec(image="registry.example/own:3"), "stable", artifact, 1, "fp",
+    own = manifests.deployment_manifest(_model(), _spec(image="registry.example/own:3"), "stable", artifact, 1, "fp",
                                    "registry.example/ms:2")
     assert _images(own) == {"registry.example/own:3"}

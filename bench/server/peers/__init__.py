@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -107,8 +108,9 @@ class Launch:
     env: dict[str, str]
     ready_url: str
     infer_url: str
-    body: str  # one row, JSON
-    probability: Callable[[Any], float]  # P(class 1) from the response document
+    body: bytes  # one row
+    probability: Callable[[httpx.Response], float]  # P(class 1) from the response
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
 
 
 def mlserver(venv_dir: Path, model_file: Path, work: Path, row: list[float], *,
@@ -134,7 +136,7 @@ def mlserver(venv_dir: Path, model_file: Path, work: Path, row: list[float], *,
                        "outputs": [{"name": "predict_proba"}]})
     return Launch(argv=[str(venv_dir / "bin" / "mlserver"), "start", str(repo)], cwd=repo, env={},
                   ready_url=f"{base}/v2/models/{MODEL_NAME}/ready", infer_url=f"{base}/v2/models/{MODEL_NAME}/infer",
-                  body=body, probability=lambda doc: float(doc["outputs"][0]["data"][1]))
+                  body=body.encode(), probability=lambda r: float(r.json()["outputs"][0]["data"][1]))
 
 
 def kserve(venv_dir: Path, model_file: Path, work: Path, row: list[float]) -> Launch:
@@ -146,8 +148,30 @@ def kserve(venv_dir: Path, model_file: Path, work: Path, row: list[float]) -> La
     argv = [str(venv_dir / "bin" / "python"), str(Path(__file__).with_name("kserve_sklearn.py")),
             "--model_dir", str(model_file.parent), "--model_name", MODEL_NAME, "--http_port", str(http_port)]
     return Launch(argv=argv, cwd=work, env={"PREDICT_PROBA": "true"}, ready_url=f"{base}/v1/models/{MODEL_NAME}",
-                  infer_url=f"{base}/v1/models/{MODEL_NAME}:predict", body=json.dumps({"instances": [row]}),
-                  probability=lambda doc: float(doc["predictions"][0][1]))
+                  infer_url=f"{base}/v1/models/{MODEL_NAME}:predict", body=json.dumps({"instances": [row]}).encode(),
+                  probability=lambda r: float(r.json()["predictions"][0][1]))
+
+
+def kserve_v2_binary(venv_dir: Path, model_file: Path, work: Path, row: list[float]) -> Launch:
+    """The same KServe server, asked through OIP v2 the way the KServe SDK asks by default: one FP64
+    ``[1, 28]`` tensor as binary tensor data after the JSON header (``Inference-Header-Content-Length``)."""
+    launch = kserve(venv_dir, model_file, work, row)
+    base = launch.infer_url.split("/v1/")[0]
+    body, headers = binary_request("input-0", row)
+    return Launch(argv=launch.argv, cwd=work, env=launch.env, ready_url=f"{base}/v2/models/{MODEL_NAME}/ready",
+                  infer_url=f"{base}/v2/models/{MODEL_NAME}/infer", body=body, headers=headers,
+                  probability=lambda r: float(r.json()["outputs"][0]["data"][1]))
+
+
+def binary_request(name: str, row: list[float], parameters: dict[str, Any] | None = None) -> tuple[
+        bytes, tuple[tuple[str, str], ...]]:
+    """An OIP request with one FP64 ``[1, len(row)]`` tensor in the binary tensor data extension."""
+    raw = struct.pack(f"<{len(row)}d", *row)
+    header = json.dumps({"inputs": [{"name": name, "shape": [1, len(row)], "datatype": "FP64",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         **({"parameters": parameters} if parameters else {})}).encode()
+    return header + raw, (("Content-Type", "application/octet-stream"),
+                          ("Inference-Header-Content-Length", str(len(header))))
 
 
 @contextmanager
@@ -197,4 +221,6 @@ PEERS: dict[str, Peer] = {
     "mlserver-pw0": Peer(f"MLServer {MLSERVER_VERSION} + mlserver-sklearn (parallel_workers=0)", MLSERVER_VENV,
                          lambda venv, model, work, row: mlserver(venv, model, work, row, parallel_workers=0)),
     "kserve": Peer(f"KServe {KSERVE_VERSION} ModelServer + sklearnserver's model", KSERVE_VENV, kserve),
+    "kserve-v2-binary": Peer(f"KServe {KSERVE_VERSION} ModelServer + sklearnserver's model, OIP v2 binary tensor",
+                             KSERVE_VENV, kserve_v2_binary),
 }

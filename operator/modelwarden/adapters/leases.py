@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelwarden.adapters.kube import KubeError, _wrap
+from modelwarden.adapters.kube import KubeError, wrap_api_exception
 
 
 class Leases(Protocol):
@@ -41,7 +41,7 @@ class KubeLeases:
             resp = await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(fn, *args, _preload_content=False, _request_timeout=self._timeout))
         except ApiException as e:
-            raise _wrap(e, what) from e
+            raise wrap_api_exception(e, what) from e
         except Exception as e:  # connection refused, timeouts: the API server was not reached
             raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
         return json.loads(resp.data)

@@ -7,12 +7,12 @@ rollback has already put traffic back by the time these run.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any, Literal, Protocol
 
 import httpx
 
 from modelwarden.api.v1alpha1 import Rollback
+from modelwarden.engine.timestamps import parse_timestamp
 
 Severity = Literal["page", "warning", "info"]
 Flavor = Literal["generic", "slack", "pagerduty"]
@@ -94,7 +94,7 @@ class LogOnly:
 def _millis(stamp: str | None) -> int | None:
     if stamp is None:
         return None
-    parsed = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    parsed = parse_timestamp(stamp)
     return int(parsed.timestamp() * 1000)
 
 

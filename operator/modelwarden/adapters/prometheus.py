@@ -6,9 +6,10 @@ requests the cycle actually sent, counted on the session. Every call has a timeo
 become :class:`MetricsUnavailable`; empty or NaN answers stay NaN/absent and become NoData in the engine —
 never a number.
 
-Counters are read as **raw series**, never summed in PromQL before their resets are found: one replica's
-restart would otherwise drop the sum and re-count every other replica's labels. The engine counts each series
-(``engine.triggers.counters_increase``) and sums the counts. Several budget rows for one model and version
+Counters are read **per series**, never summed in PromQL before their resets are found: one replica's restart
+would otherwise drop the sum and re-count every other replica's labels. The engine counts each series
+(``engine.triggers.counters_increase``) and sums the counts; the canary's request counts use ``increase()``
+per series, summed, which is the same arithmetic done by Prometheus. Several budget rows for one model and version
 (labels that changed inside the window) are merged into one series (``engine.triggers.merge_fragments``).
 """
 
@@ -34,19 +35,26 @@ ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series c
 # keeps only steps with a real sample in their own step window, so a gap reads as a gap.
 BUDGET = ('ml_inference_error_budget_remaining{{version!=""}} '
           'and count_over_time(ml_inference_error_budget_remaining{{version!=""}}[{step}s])')
-# Raw samples of every critical-label counter series (one per replica and stakeholder) over the look-back:
-# an instant query of a range selector returns each scraped sample, so the count is exact, not extrapolated.
-FEEDBACK = 'ml_feedback_labels_total{{severity="critical"}}[{w}s]'
+# Every critical-label counter series (one per replica and stakeholder), unsummed, at the query step: the engine
+# finds each series' resets on its own samples. Only series that held a label at some point of the look-back
+# (evaluated once, at the query's end) come back: every server starts every label set at 0, and a fleet's
+# thousands of zero series would otherwise be most of the answer. A restart followed by regrowth past the old
+# value within one step is invisible to step samples: keep the step at or near the scrape interval.
+FEEDBACK = ('ml_feedback_labels_total{{severity="critical"}} and '
+            '(max_over_time(ml_feedback_labels_total{{severity="critical"}}[{w}s] @ end()) > 0)')
 BURN_LONG = "ml:inference_burn_rate:rate1h"
 BURN_SHORT = "ml:inference_burn_rate:rate5m"
-# The canary's raw request and FEATURE_MISMATCH counters over the analysis window plus a baseline sample.
-CANARY_REQUESTS = 'ml_inference_requests_total{{track="canary"}}[{w}s]'
+# The canary's requests and errors: increase() per series (each replica's resets are its own), then summed.
+# Prometheus extrapolates increase() to the window's edges, which a ratio and a minimum request count tolerate.
+CANARY_REQUESTS = ('sum by (namespace, model, version) '
+                   '(increase(ml_inference_requests_total{{track="canary",outcome!="client_error"}}[{w}s]))')
+CANARY_ERRORS = ('sum by (namespace, model, version) '
+                 '(increase(ml_inference_requests_total{{track="canary",outcome=~"error|unavailable"}}[{w}s]))')
+# FEATURE_MISMATCH is compared with an integer threshold: counted exactly from the raw samples of the canary
+# pods' series over the window plus a baseline.
 CANARY_MISMATCH = 'ml_model_errors_total{{track="canary",kind="FEATURE_MISMATCH"}}[{w}s]'
 CANARY_P99 = ('histogram_quantile(0.99, sum by (namespace, model, version, le) '
               '(rate(ml_inference_latency_seconds_bucket{{track="canary"}}[{w}s])))')
-# Outcomes the canary analysis counts: client errors are the caller's, not the model's.
-ERROR_OUTCOMES = frozenset({"error", "unavailable"})
-CLIENT_ERROR = "client_error"
 # A counter's baseline is its last sample before the window: read this much history before it.
 BASELINE_SECONDS = 300
 # Retraining gates, only in a cycle where some model's window is due (engine.retraining.due_window); one query
@@ -174,27 +182,17 @@ class PrometheusMetrics:
         fleet.retraining_at = at
 
     def _canary(self, fleet: FleetMetrics, at: float, analysis_seconds: int) -> None:
-        window_start = at - analysis_seconds
-        raw = f"{analysis_seconds + BASELINE_SECONDS}"
-        requests_: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
-        errors: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
-        for row in self._instant(CANARY_REQUESTS.format(w=raw), at):
-            outcome = row["metric"].get("outcome", "")
-            if outcome != CLIENT_ERROR:
-                requests_[_key(row["metric"])].append(_series(row))
-            if outcome in ERROR_OUTCOMES:
-                errors[_key(row["metric"])].append(_series(row))
+        w = analysis_seconds
+        requests_, errors, p99 = ({_key(r["metric"]): _value(r["value"][1]) for r in self._instant(q.format(w=w), at)}
+                                  for q in (CANARY_REQUESTS, CANARY_ERRORS, CANARY_P99))
         mismatches: dict[tuple[ModelKey, str], list[Series]] = defaultdict(list)
-        for row in self._instant(CANARY_MISMATCH.format(w=raw), at):
+        for row in self._instant(CANARY_MISMATCH.format(w=w + BASELINE_SECONDS), at):
             mismatches[_key(row["metric"])].append(_series(row))
-        p99 = {_key(r["metric"]): _value(r["value"][1])
-               for r in self._instant(CANARY_P99.format(w=analysis_seconds), at)}
-        for k in set(requests_) | set(mismatches) | set(p99):
+        for k in set(requests_) | set(errors) | set(p99) | set(mismatches):
             fleet.canary[k[0]][k[1]] = CanaryNumbers(
-                requests=float(counters_increase(requests_[k], window_start=window_start)) if k in requests_ else None,
-                errors=float(counters_increase(errors[k], window_start=window_start)),
-                p99_latency_seconds=p99.get(k),
-                feature_mismatches=float(counters_increase(mismatches[k], window_start=window_start)))
+                requests=requests_.get(k), errors=errors.get(k), p99_latency_seconds=p99.get(k),
+                feature_mismatches=(float(counters_increase(mismatches[k], window_start=at - w))
+                                    if k in mismatches else None))
 
     def _evaluate(self, at: float, budget_lookback_seconds: float, feedback_lookback_seconds: float,
                   analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics:
@@ -206,7 +204,7 @@ class PrometheusMetrics:
             fragments[_key(row["metric"])].append(_series(row))
         for (key, version), rows in fragments.items():
             fleet.budget[key][version] = merge_fragments(rows)
-        for row in self._instant(FEEDBACK.format(w=int(feedback_lookback_seconds)), at):
+        for row in self._range(FEEDBACK.format(w=int(feedback_lookback_seconds)), at - feedback_lookback_seconds, at):
             key, version = _key(row["metric"])
             fleet.feedback[key][version][row["metric"].get("stakeholder", "")].append(_series(row))
         long = {_key(r["metric"]): _value(r["value"][1]) for r in self._instant(BURN_LONG, at)}

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from modelwarden.adapters.kube import ModelObject
+from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api.v1alpha1 import Track
 
 DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:8080"

@@ -9,6 +9,7 @@ No floats in spec: ratios and objectives are decimal strings (``"99.9"``), durat
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +48,7 @@ LABEL_RETRAINING_WINDOW = f"{GROUP}/retraining-window"
 Track = Literal["stable", "canary"]
 
 
-class ConditionType:
+class ConditionType(StrEnum):
     READY = "Ready"
     APPROVED = "Approved"
     ARTIFACT_VERIFIED = "ArtifactVerified"
@@ -56,9 +57,12 @@ class ConditionType:
     ROLLED_BACK = "RolledBack"
     HALTED = "Halted"
     RETRAINING_ELIGIBLE = "RetrainingEligible"
+    # kstatus (Flux) and our Argo CD health check read these with Ready (engine/kstatus.py)
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
-class Reason:
+class Reason(StrEnum):
     """CamelCase reasons shared by conditions and Events."""
 
     # Approved
@@ -106,9 +110,13 @@ class Reason:
     RETRAINING_JOB_CREATED = "RetrainingJobCreated"
     RETRAINING_JOB_SUCCEEDED = "RetrainingJobSucceeded"
     RETRAINING_JOB_FAILED = "RetrainingJobFailed"
+    # Ready / Reconciling / Stalled (engine/kstatus.py; the other reasons there are the ones above)
+    VERIFYING_ARTIFACT = "VerifyingArtifact"
+    ROLLING_BACK = "RollingBack"
+    RECONCILING = "Reconciling"
 
 
-class Gate:
+class Gate(StrEnum):
     """The retraining gates, as named in status and in the RetrainingEligible message."""
 
     BIAS_REPORT = "BiasReport"
@@ -117,7 +125,7 @@ class Gate:
     FEATURE_AUDIT = "FeatureAudit"
 
 
-class Phase:
+class Phase(StrEnum):
     AWAITING_APPROVAL = "AwaitingApproval"
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
@@ -484,8 +492,13 @@ class RetrainingStatus(_Model):
 
 
 class MLModelStatus(_Model):
+    # The API server fills this in on every read until the operator first writes status: kstatus (Flux) calls
+    # an object without status and conditions Current, so a new MLModel would look done before anyone
+    # looked at it; observedGeneration 0 behind generation 1 says "in progress" instead.
+    model_config = ConfigDict(json_schema_extra={"default": {"observedGeneration": 0}})
+
     observed_generation: int | None = None
-    phase: str | None = None
+    phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     stable: ArtifactVersion | None = None
     canary: ArtifactVersion | None = None

@@ -7,13 +7,9 @@ from datetime import datetime
 from typing import Literal
 
 from modelwarden.api.v1alpha1 import Condition
+from modelwarden.engine.timestamps import timestamp
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-
-
-def timestamp(now: datetime) -> str:
-    """RFC 3339 in UTC with second precision, as Kubernetes writes it."""
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: Iterable[Condition], *, type: str, status: bool | None, reason: str, message: str,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
@@ -41,17 +41,14 @@ from modelwarden.api.v1alpha1 import (
     RetrainingJob,
     RetrainingStatus,
 )
-from modelwarden.engine.conditions import get_condition, set_condition, timestamp
-from modelwarden.engine.rollout import Event, Notify
+from modelwarden.engine.actions import CreateRetrainingJob, Event, Notify
+from modelwarden.engine.conditions import get_condition, set_condition
 from modelwarden.engine.schedule import Schedule, next_fire, parse, previous_fire
+from modelwarden.engine.timestamps import parse_timestamp, timestamp
 from modelwarden.engine.triggers import Samples, counter_increase
 
 # The budget series is judged on 5-minute steps: each step holds the lowest sample of its 5 minutes.
 BUDGET_STEP_SECONDS = 300
-
-
-def parse_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def job_name(model: str, window: datetime) -> str:
@@ -97,25 +94,18 @@ class GateInputs:
     budget: Samples | None = None
     # feedback label counters per version (every severity and stakeholder summed per version)
     labels: Sequence[Samples] = ()
-    metrics_error: str | None = None
 
 
 @dataclass(frozen=True)
 class RetrainingObservation:
     job: JobState | None = None
+    # None until the window is due and this cycle's metrics hold its history
     gates: GateInputs | None = None
+    # why the gates' metrics could not be read (Prometheus down, timeout)
+    metrics_error: str | None = None
 
 
 # --- what the handler must do -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CreateRetrainingJob:
-    name: str
-    window: datetime
-    # what the Job is told (env): the version it retrains from, and the window
-    stable_version: str | None
-    stable_uri: str | None
 
 
 RetrainingAction = CreateRetrainingJob | Notify
@@ -138,7 +128,7 @@ def due_window(spec: MLModelSpec, status: MLModelStatus, now: datetime) -> datet
     r = status.retraining
     if not policy.enabled or r is None or r.next_window is None or r.schedule != policy.schedule:
         return None
-    window = parse_time(r.next_window)
+    window = parse_timestamp(r.next_window)
     if now < window or (now - window).total_seconds() > policy.starting_deadline_seconds:
         return None
     return window
@@ -148,7 +138,7 @@ def label_window_start(spec: MLModelSpec, status: MLModelStatus, window: datetim
     """New labels are counted from the previous window (acted on or not) to this one."""
     r = status.retraining
     if r is not None and r.last_window is not None:
-        return parse_time(r.last_window)
+        return parse_timestamp(r.last_window)
     return previous_fire(spec.retraining.schedule, window)
 
 
@@ -294,7 +284,7 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
     if r.schedule != policy.schedule or r.next_window is None:
         r = r.model_copy(update={"schedule": policy.schedule, "next_window": timestamp(next_fire(schedule, now))})
     r = _track_job(p, r, obs.job)
-    window = parse_time(r.next_window or "")
+    window = parse_timestamp(r.next_window or "")
 
     if now < window:
         r = _remind(p, r, window, model)
@@ -310,8 +300,8 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
         return _missed(p, r, schedule, window, late)
 
     inputs = obs.gates
-    if inputs is None or inputs.at < window.timestamp() or inputs.metrics_error is not None:
-        why = inputs.metrics_error if inputs is not None and inputs.metrics_error else "gathering the gates' inputs"
+    if inputs is None or inputs.at < window.timestamp() or obs.metrics_error is not None:
+        why = obs.metrics_error or "gathering the gates' inputs"
         p.retraining(r)
         p.condition(None, Reason.GATHERING_GATES, f"window {timestamp(window)}: {why}")
         p.requeue(15)
@@ -343,7 +333,7 @@ def decide_retraining(spec: MLModelSpec, status: MLModelStatus, obs: RetrainingO
         p.condition(True, Reason.GATES_PASSED, message)
         p.event("Normal", Reason.RETRAINING_JOB_CREATED, message)
         p.actions.append(Notify("info", f"retraining started: {message}"))
-    p.requeue((parse_time(r.next_window or "") - now).total_seconds())
+    p.requeue((parse_timestamp(r.next_window or "") - now).total_seconds())
     return p.finish()
 
 

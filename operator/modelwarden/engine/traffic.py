@@ -1,19 +1,15 @@
-"""How a canary weight becomes replicas and route weights, per traffic router.
+"""How a canary weight becomes replicas and route weights: the planner each traffic router provides.
 
-``replicas``: one Service selects both Deployments, so the weight *is* the replica ratio. The canary gets
-``ceil(N*w/100)`` replicas and the stable keeps enough that the canary's share never exceeds ``w``
-(it may be lower: a ratio of whole pods cannot hit every percentage).
-
-``gatewayAPI``: the HTTPRoute's backend weights carry the exact percentage; each track keeps enough replicas.
+A router is a pair (Flagger-style): a pure planner here, under ``engine/routers/``, and an adapter under
+``adapters/routers/`` that owns every object the router needs. The engine asks the planner, never the router's
+name. Adding a router = one module on each side, listed in both registries (``routers/__init__.py``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
-RouterType = Literal["replicas", "gatewayAPI"]
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -28,21 +24,27 @@ class TrafficPlan:
         return 100 - self.canary_weight
 
 
-def plan_traffic(router: RouterType, replicas: int, weight: int, *, canary_ready: bool) -> TrafficPlan:
-    """Replicas and weights for ``weight`` percent on the canary; no traffic while the canary is not Ready."""
+class RouterPlanner(Protocol):
+    # The router carries the weight on a route of its own (the engine sets and reads it with SetRouteWeight);
+    # False: the weight is the replica ratio, and the stable must grow before a canary pod joins.
+    @property
+    def weighted_route(self) -> bool: ...
+
+    def plan(self, replicas: int, weight: int, *, canary_ready: bool) -> TrafficPlan:
+        """Replicas and weights for ``weight`` percent on the canary; no traffic while it is not Ready."""
+
+
+def before_routing(replicas: int, weight: int, *, canary_ready: bool) -> TrafficPlan | None:
+    """What every router plans the same way: no canary at 0%, and an unready canary beside a full stable."""
     if not 0 <= weight <= 100:
         raise ValueError(f"weight {weight} outside 0..100")
     if weight == 0:
         return TrafficPlan(stable_replicas=replicas, canary_replicas=0, canary_weight=0)
-    canary = max(1, math.ceil(replicas * weight / 100))
     if not canary_ready:
-        # Bring the canary up beside a full stable; route nothing to it yet.
-        return TrafficPlan(stable_replicas=replicas, canary_replicas=canary, canary_weight=0)
-    if router == "gatewayAPI":
-        return TrafficPlan(stable_replicas=replicas if weight < 100 else 0, canary_replicas=canary,
-                           canary_weight=weight)
-    if weight == 100:
-        return TrafficPlan(stable_replicas=0, canary_replicas=replicas, canary_weight=100)
-    stable = max(replicas - canary, math.ceil(canary * (100 - weight) / weight))
-    return TrafficPlan(stable_replicas=stable, canary_replicas=canary,
-                       canary_weight=math.floor(100 * canary / (canary + stable)))
+        return TrafficPlan(stable_replicas=replicas, canary_replicas=canary_replicas(replicas, weight),
+                           canary_weight=0)
+    return None
+
+
+def canary_replicas(replicas: int, weight: int) -> int:
+    return max(1, math.ceil(replicas * weight / 100))

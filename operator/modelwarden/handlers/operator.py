@@ -23,22 +23,20 @@ import kopf
 from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
-from modelwarden.adapters.kube import KubeWorkloads
+from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
-from modelwarden.adapters.routers import GatewayAPIRouter, ReplicasRouter, TrafficRouter
+from modelwarden.adapters.routers import TrafficRouter, router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api import v1alpha1 as api
 from modelwarden.handlers import metrics
+from modelwarden.handlers.caches import WatchCaches
 from modelwarden.handlers.controller import Controller
 from modelwarden.handlers.leader import ElectionConfig, LeaderElector
 from modelwarden.handlers.settings import Settings
 
 log = logging.getLogger("modelwarden.operator")
-
-_REPLICAS = ReplicasRouter()
-
 
 def _api_client(connections: int) -> client.ApiClient:
     configuration = client.Configuration()
@@ -54,16 +52,16 @@ Kind = Literal["model", "approval", "deployment", "job"]
 
 
 class Feed:
-    """kopf's watch events into the controller's caches. While a listing is in flight (:meth:`prime`), events are
+    """kopf's watch events into the watch caches. While a listing is in flight (:meth:`prime`), events are
     also recorded and replayed on top of the listing afterwards, so a listing taken while the watches already run
     (a new leader's) never overwrites or forgets what the watches delivered meanwhile."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, caches: WatchCaches) -> None:
+        self.caches = caches
         self._recording: list[tuple[Kind, str | None, Mapping[str, Any]]] | None = None
 
     def observe(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> None:
-        getattr(self.controller, f"observe_{kind}")(event_type, body)
+        getattr(self.caches, f"observe_{kind}")(event_type, body)
         if self._recording is not None:
             self._recording.append((kind, event_type, body))
 
@@ -73,7 +71,7 @@ class Feed:
             snapshot = await listing
         finally:
             replay, self._recording = self._recording, None
-        self.controller.prime(snapshot)
+        self.caches.prime(snapshot)
         for kind, event_type, body in replay:
             self.observe(kind, event_type, body)
 
@@ -96,17 +94,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.scanning.disabled = True
     config = Settings.from_env()
     api_client = _api_client(config.workers * 2)
-    workloads = KubeWorkloads(api_client, concurrency=config.workers * 2)
+    kube = KubeClient(api_client, concurrency=config.workers * 2)
 
-    def router_for(spec: api.MLModelSpec) -> TrafficRouter:
-        routing = spec.rollout.traffic_routing
-        if routing.type == "gatewayAPI" and routing.gateway_api is not None:
-            return GatewayAPIRouter(api_client, routing.gateway_api.http_route)
-        return _REPLICAS
+    def router_of(spec: api.MLModelSpec) -> TrafficRouter:
+        return router_for(spec, kube)
 
     controller = Controller(
-        workloads=workloads, status_writer=workloads, events=workloads, artifacts=URIArtifactStore(),
-        router_for=router_for,
+        workloads=KubeWorkloads(kube), status_writer=KubeStatusWriter(kube), events=KubeEventRecorder(kube),
+        artifacts=URIArtifactStore(), router_for=router_of,
         resync_seconds=config.resync_seconds,
         workers=config.workers,
         evaluation_interval=config.evaluation_interval,
@@ -116,16 +111,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
-        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template) if config.admin_token else None,
+        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
-    feed = Feed(controller)
+    if not config.admin_token:
+        logger.warning("MODELWARDEN_ADMIN_TOKEN is not set: a rollback's flush, warm-up and feedback evidence fail "
+                       "(each recorded as a Warning Event)")
+    feed = Feed(controller.caches)
     metrics.track_sizes(lambda: len(controller.models), lambda: len(controller.queue))
     memo["controller"], memo["feed"] = controller, feed
 
     async def lead() -> None:
-        await feed.prime(workloads.list_all(list(config.namespaces)))
+        await feed.prime(kube.list_all(list(config.namespaces)))
         controller.start()
 
     if not config.leader_election:

@@ -1,38 +1,24 @@
-"""Traffic routers, one small class per provider (as Flagger does), behind :class:`TrafficRouter`.
-
-The ``replicas`` router has nothing to do here: its weight *is* the replica ratio the engine plans, applied
-through the Deployments. The ``gatewayAPI`` router sets the backend weights of the HTTPRoute the user names
-in ``spec.rollout.trafficRouting.gatewayAPI.httpRoute``; the route's backendRefs must point at the
-``<model>-stable`` and ``<model>-canary`` Services the operator creates.
+"""The ``gatewayAPI`` router: it sets the backend weights of the HTTPRoute the user names in
+``spec.rollout.trafficRouting.gatewayAPI.httpRoute``; the route's backendRefs must point at the
+``<model>-stable`` and ``<model>-canary`` Services this router creates (beside ``<model>``, both tracks).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelwarden.adapters.kube import KubeError, ModelObject
+from modelwarden.adapters.kube import KubeClient, KubeError
+from modelwarden.adapters.manifests import ModelObject, labels, service_manifest
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.routers.gateway_api import NAME
+
+__all__ = ["NAME", "GatewayAPIRouter", "from_spec"]
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
-
-
-class TrafficRouter(Protocol):
-    async def canary_weight(self, model: ModelObject) -> int | None:
-        """The canary's weight as the router carries it now (None: not applicable or not found)."""
-
-    async def set_canary_weight(self, model: ModelObject, weight: int) -> None: ...
-
-
-class ReplicasRouter:
-    async def canary_weight(self, model: ModelObject) -> int | None:
-        return None
-
-    async def set_canary_weight(self, model: ModelObject, weight: int) -> None:
-        return None
 
 
 def weighted_rules(route: dict[str, Any], model: ModelObject, weight: int) -> list[dict[str, Any]]:
@@ -56,9 +42,16 @@ def canary_weight_of(route: dict[str, Any], model: ModelObject) -> int | None:
 
 
 class GatewayAPIRouter:
-    def __init__(self, api_client: client.ApiClient, route_name: str) -> None:
-        self._custom = client.CustomObjectsApi(api_client)
+    def __init__(self, kube: KubeClient, route_name: str) -> None:
+        self._kube = kube
+        self._custom = kube.custom
         self._route = route_name
+
+    async def ensure_objects(self, model: ModelObject) -> None:
+        tracks: tuple[api.Track, ...] = ("stable", "canary")
+        services = [service_manifest(model, model.name, {api.LABEL_MODEL: model.name}),
+                    *(service_manifest(model, model.deployment_name(t), labels(model, t)) for t in tracks)]
+        await asyncio.gather(*(self._kube.apply(self._kube.core.patch_namespaced_service, svc) for svc in services))
 
     async def _get(self, model: ModelObject) -> dict[str, Any]:
         try:
@@ -86,3 +79,9 @@ class GatewayAPIRouter:
         except ApiException as e:
             raise KubeError(f"weight HTTPRoute {model.namespace}/{self._route}: {e.status} {e.reason}",
                             int(e.status or 0)) from e
+
+
+def from_spec(spec: api.MLModelSpec, kube: KubeClient) -> GatewayAPIRouter:
+    routing = spec.rollout.traffic_routing.gateway_api
+    assert routing is not None, "the CRD requires gatewayAPI.httpRoute with this router"
+    return GatewayAPIRouter(kube, routing.http_route)

@@ -1,0 +1,108 @@
+"""How the server meets TCP: uvicorn (httptools, uvloop) with deadlines for slow clients and a connection cap.
+
+uvicorn times out idle keep-alive connections but not a request in progress: a client that sends half its
+headers, or a short body under a larger ``Content-Length``, holds a connection (and a request task) forever.
+:class:`GuardedProtocol` adds two deadlines:
+
+* **headers** - ``HTTP_HEADER_TIMEOUT_SECONDS`` from the connection's start (or the first byte of the next
+  request on a kept-alive connection) until the headers are complete;
+* **body** - ``HTTP_BODY_TIMEOUT_SECONDS`` from the end of the headers until the body is complete.
+
+When one passes, the client gets ``408`` with a JSON body (if no answer was started) and the connection is
+closed; a handler still waiting for that body sees a disconnect. Beyond ``MAX_CONNECTIONS`` open connections
+a new one is answered ``503`` and closed at once, and uvicorn's ``limit_concurrency`` answers ``503`` when that
+many requests are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from model_server.config import Settings
+
+
+def _raw_response(status: bytes, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": code, "message": message})
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body deadlines and a cap on open connections."""
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_connections = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(_raw_response(b"503 Service Unavailable", "TOO_MANY_CONNECTIONS",
+                                          f"this server keeps at most {self.max_connections} connections open"))
+            transport.close()
+            return
+        self._arm(self.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # the next request on a kept-alive connection
+            self._arm(self.header_timeout, "headers")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm(self.body_timeout, "body")
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def _arm(self, seconds: float, part: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired, seconds, part)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, seconds: float, part: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        # No answer of ours is on the wire (a pipelined request's may be): the 408 can go first.
+        if cycle is None or (cycle.response_complete if part == "headers" else not cycle.response_started):
+            self.transport.write(_raw_response(b"408 Request Timeout", "REQUEST_TIMEOUT",
+                                               f"request {part} not received within {seconds:g} s"))
+        self.transport.close()
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The one uvicorn configuration of the server (``python -m model_server`` and the test helpers)."""
+    protocol = type("GuardedProtocol", (GuardedProtocol,), {
+        "header_timeout": settings.http_header_timeout_seconds,
+        "body_timeout": settings.http_body_timeout_seconds,
+        "max_connections": settings.max_connections,
+    })
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": protocol, "lifespan": "on",
+        "access_log": False, "log_config": None, "server_header": False, "date_header": False,
+        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds), "backlog": 2048,
+        # uvicorn counts the connection itself: +1 so that only requests in flight beyond the cap are refused.
+        "limit_concurrency": settings.max_connections + 1, "ws": "none",
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)

@@ -1,0 +1,118 @@
+"""Applying the engine's actions: one ``match`` over :data:`modelwarden.engine.actions.Action`, in one place.
+
+Traffic actions (tracks, route weights, the router's objects) raise on failure: the pass is retried. What
+follows a rollback's traffic move (flush/warm-up, Grafana, incident record, evidence, notification) is best
+effort: each failure — a missing configuration included — is logged and recorded as a Warning Event
+``<Action>Failed``, and blocks nothing. Adding an action = its dataclass in ``engine/actions.py`` and one
+``case`` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelwarden.adapters.kube import EventRecorder, KubeError, Workloads
+from modelwarden.adapters.manifests import ModelObject
+from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
+from modelwarden.adapters.routers import TrafficRouter
+from modelwarden.adapters.server_admin import HTTPServerAdmin, ServerAdmin
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.actions import (
+    Action,
+    AnnotateGrafana,
+    ApplyTrack,
+    CollectFeedbackEvidence,
+    CreateRetrainingJob,
+    DeleteTrack,
+    EnsureServices,
+    FlushAndWarm,
+    Notify,
+    RecordIncident,
+    SetRouteWeight,
+)
+
+log = logging.getLogger("modelwarden.actions")
+
+Key = tuple[str, str]  # (namespace, name)
+Clock = Callable[[], float]  # unix seconds
+
+
+@dataclass
+class ActionApplier:
+    workloads: Workloads
+    events: EventRecorder
+    notifier: Notifier = field(default_factory=LogOnly)
+    annotator: Annotator = field(default_factory=LogOnly)
+    # Without a token every admin call fails, and says why: missing configuration is reported, never skipped.
+    server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
+    # What this process has applied once and need not apply again: (model, router type) pairs whose objects
+    # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
+    routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
+    identities_ensured: set[str] = field(default_factory=set)
+
+    def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
+        return ((model.namespace, model.name), spec.rollout.traffic_routing.type) in self.routers_ensured
+
+    def forget(self, key: Key) -> None:
+        self.routers_ensured = {r for r in self.routers_ensured if r[0] != key}
+
+    async def apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
+                    actions: Iterable[Action], now: float) -> None:
+        # Deployments first: Services can follow a moment later. The pods' ServiceAccount cannot: a pod created
+        # without it fails, and the ReplicaSet controller backs off for minutes. It is per namespace, once.
+        for action in sorted(actions, key=lambda a: type(a) is EnsureServices):
+            await self._apply_one(model, spec, router, action, now)
+
+    async def _apply_one(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter, action: Action,
+                         now: float) -> None:
+        failure: str | None = None
+        match action:
+            case EnsureServices():
+                await router.ensure_objects(model)
+                self.routers_ensured.add(((model.namespace, model.name), spec.rollout.traffic_routing.type))
+            case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint):
+                if model.namespace not in self.identities_ensured:
+                    await self.workloads.ensure_server_identity(model.namespace)
+                    self.identities_ensured.add(model.namespace)
+                await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint)
+            case DeleteTrack(track=track):
+                await self.workloads.delete_track(model, track)
+            case SetRouteWeight(canary_weight=weight):
+                await router.set_canary_weight(model, weight)
+            case CreateRetrainingJob(name=name):
+                await self.workloads.create_retraining_job(model, spec, action)
+                log.info("%s/%s: retraining Job %s created", model.namespace, model.name, name)
+            case RecordIncident(rollback=rollback):
+                failure = await _kube_failure(self.workloads.record_incident(model, rollback))
+            case CollectFeedbackEvidence(rollback=rollback, track=track, since_seconds=since, stakeholders=who):
+                records, failure = await self.server_admin.feedback(model, track, now - since, who)
+                failure = await _kube_failure(self.workloads.record_evidence(
+                    model, rollback, "feedback.json", {"records": records, "error": failure})) or failure
+            case AnnotateGrafana(rollback=rollback):
+                failure = await self.annotator.annotate(model.name, model.namespace, rollback)
+            case Notify(severity=severity, summary=summary, rollback=rollback):
+                failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
+            case FlushAndWarm(flush_track=flush_track, warm_track=warm_track):
+                problems = []
+                if flush_track is not None:
+                    problems.append(await self.server_admin.call(model, flush_track, "flush"))
+                problems.append(await self.server_admin.call(model, warm_track, "warmup"))
+                failure = "; ".join(p for p in problems if p) or None
+        if failure:
+            what = type(action).__name__
+            log.warning("%s/%s: %s failed: %s", model.namespace, model.name, what, failure)
+            with contextlib.suppress(KubeError):
+                await self.events.record(model, "Warning", f"{what}Failed", failure)
+
+
+async def _kube_failure(write: Any) -> str | None:
+    """Await a best-effort write: its KubeError as text, or None."""
+    try:
+        await write
+    except KubeError as e:
+        return str(e)
+    return None

@@ -1,0 +1,90 @@
+"""The environment the operator renders into a model Deployment and the settings the server reads agree.
+
+Both sides own their half (``adapters/manifests.py`` writes the env, ``model_server/config.py`` and
+``model_server/fetch.py`` read it); this is the one place that holds them together, so renaming a variable on
+one side only fails here instead of in a pod that never becomes Ready.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_server import config as server_config
+from modelwarden.adapters.manifests import SERVER_PORT, ModelObject, deployment_manifest
+from modelwarden.api import v1alpha1 as api
+from tests.unit.engine_world import SHA, make_spec
+
+FETCH = Path(server_config.__file__).with_name("fetch.py")
+MODEL = ModelObject(namespace="team", name="credit", uid="u1")
+ARTIFACT = api.ArtifactVersion(version="v1", sha256=SHA["v1"], uri="file:///models/v1/model.skops", format="skops")
+
+
+def rendered(spec: api.MLModelSpec, track: api.Track = "canary") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(server env, fetch init container env) of the Deployment the operator applies."""
+    pod = deployment_manifest(MODEL, spec, track, ARTIFACT, 2, "fp")["spec"]["template"]["spec"]
+    return pod["containers"][0]["env"], pod["initContainers"][0]["env"]
+
+
+def as_pod_sees_it(env: list[dict[str, Any]]) -> dict[str, str]:
+    """The env as the kubelet resolves it (the downward API namespace; a Secret's DSN as a placeholder)."""
+    out = {}
+    for var in env:
+        if "value" in var:
+            out[var["name"]] = var["value"]
+        elif var["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            out[var["name"]] = MODEL.namespace
+        else:
+            out[var["name"]] = "postgresql://from-secret"
+    return out
+
+
+def fetch_reads() -> set[str]:
+    """The variables ``model_server/fetch.py`` reads (``os.environ["NAME"]``)."""
+    names = set()
+    for node in ast.walk(ast.parse(FETCH.read_text())):
+        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "environ"
+                and isinstance(node.slice, ast.Constant)):
+            names.add(str(node.slice.value))
+    return names
+
+
+def test_every_variable_the_operator_sets_is_read_by_the_server_or_the_fetcher() -> None:
+    server, _ = rendered(make_spec())
+    unknown = {var["name"] for var in server} - set(server_config.ENV_VARS) - fetch_reads()
+    assert unknown == set()
+
+
+def test_the_operator_sets_every_variable_the_server_and_the_fetcher_require() -> None:
+    server, fetch = rendered(make_spec())
+    required = {name for name, (default, _) in server_config.ENV_VARS.items() if default == "(required)"}
+    assert required - {var["name"] for var in server} == set()
+    assert fetch_reads() - {var["name"] for var in fetch} == set()
+
+
+@pytest.mark.parametrize("track", ["stable", "canary"])
+def test_the_rendered_env_reads_back_as_the_specs_values(track: api.Track) -> None:
+    spec = make_spec(serving={"replicas": 2, "neutralPrediction": "0.5"}, slo={"objective": "99.5"})
+    server, fetch = rendered(spec, track)
+    settings = server_config.Settings.from_env(as_pod_sees_it(server))
+    assert (settings.model_name, settings.model_version, settings.model_track) == ("credit", "v1", track)
+    assert (settings.artifact_sha256, settings.model_format) == (SHA["v1"], "skops")
+    assert settings.allow_joblib is False
+    assert settings.neutral_prediction == 0.5 and settings.slo_objective_ratio == pytest.approx(0.995)
+    assert settings.feature_contract is not None
+    assert (settings.feature_contract.name, list(settings.feature_contract.features)) == ("fc", ["a", "b"])
+    # The kill switch is followed through the API, not baked into the pod (no restart to flip it).
+    assert settings.mlmodel_watch and settings.mlmodel_namespace == "team" and settings.mlmodel_name == "credit"
+    assert (settings.host, settings.port) == ("0.0.0.0", SERVER_PORT)
+    assert fetch == server, "the fetcher verifies exactly what the server will load"
+
+
+def test_a_postgres_feedback_store_comes_from_the_secret_and_replaces_the_pod_local_file() -> None:
+    spec = make_spec(serving={"replicas": 2, "feedbackStore": {"dsnSecretRef": {"name": "fb", "key": "dsn"}}})
+    server, _ = rendered(spec)
+    dsn = [var for var in server if var["name"] == "FEEDBACK_DSN"]
+    assert dsn == [{"name": "FEEDBACK_DSN", "valueFrom": {"secretKeyRef": {"name": "fb", "key": "dsn"}}}]
+    assert server_config.Settings.from_env(as_pod_sees_it(server)).feedback_dsn == "postgresql://from-secret"
