@@ -7,6 +7,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+# The node's images (debootstrap, pip downloads: mostly waiting on the network and the disk) build while the Go
+# compiler has the CPUs; both are cached, so a warm run costs nothing here.
+BUILD := { $(PY) -m localenv.images build >/dev/null & images=$$!; $(PY) -m localenv.cluster build >/dev/null; \
+           built=$$?; wait $$images && exit $$built; }
 
 .PHONY: help install lint typecheck test test-unit test-integration test-e2e cluster-up cluster-down cluster-build \
         system-deps demo clean crds rules docs
@@ -23,7 +27,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install modelwarden with its dev tools
 
-system-deps: ## install the Debian packages the local environment needs (prometheus, postgresql, openssl)
+system-deps: ## install the Debian packages the local environment needs (prometheus, postgresql, containerd, buildah, ...)
 	@bash hack/install-system-deps.sh
 
 lint: $(STAMP) ## ruff
@@ -32,8 +36,8 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy --strict
 	$(VENV)/bin/mypy
 
-cluster-build: $(STAMP) ## build the pinned control plane + KWOK from the Go module proxy (cached)
-	@$(PY) -m localenv.cluster build
+cluster-build: $(STAMP) system-deps ## build the pinned Kubernetes binaries, KWOK and the node's images (cached)
+	@$(BUILD)
 
 cluster-up: $(STAMP) system-deps ## start the local control plane (idempotent); last line is KUBECONFIG=...
 	@$(PY) -m localenv.cluster up
@@ -54,17 +58,17 @@ test-unit: $(STAMP) ## fast, pure tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP) system-deps ## tests against the real control plane, Prometheus and PostgreSQL
-	@$(PY) -m localenv.cluster build
+	@$(BUILD)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under load, Prometheus, operator)
-	@$(PY) -m localenv.cluster build
+	@$(BUILD)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint typecheck test-unit test-integration test-e2e ## everything CI runs
 
 demo: $(STAMP) system-deps ## the main job: v1 approved and served, v2 canaried and promoted, errors injected, automatic rollback to v1's SHA256
-	@$(PY) -m localenv.cluster build
+	@$(BUILD)
 	@$(PY) -m localenv.demo
 
 clean: ## remove the venv and caches inside the repo (the binary cache outside it stays)

@@ -36,7 +36,7 @@ def main() -> int:
     admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
     core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    core.create_namespace(cluster_env.simulated_nodes_namespace(ns))
     work = Path(tempfile.mkdtemp(prefix="modelwarden-bench-"))
     operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log").start()
     try:

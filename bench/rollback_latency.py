@@ -42,7 +42,7 @@ def main() -> int:
     admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
     core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
     ns = f"bench-rb-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    core.create_namespace(cluster_env.simulated_nodes_namespace(ns))
     work = Path(tempfile.mkdtemp(prefix="modelwarden-bench-"))
     models = [f"m{i}" for i in range(args.runs)]
     exporter = Exporter((ns, m) for m in models)

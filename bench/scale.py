@@ -136,7 +136,7 @@ class Fleet:
             self.artifacts[v] = ((work / f"{v}.skops").as_uri(), hashlib.sha256(data).hexdigest())
 
     def namespace(self, name: str) -> None:
-        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        self.core.create_namespace(cluster_env.simulated_nodes_namespace(name))
 
     def approve(self, key: ModelKey, version: str) -> None:
         self.approvers.approve(key[0], key[1], version, self.artifacts[version][1])

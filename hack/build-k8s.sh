@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Build the pinned Kubernetes control plane, etcd, kubectl and KWOK from the Go module proxy.
-# Output: $MODELWARDEN_CACHE/k8s/<version>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok}
-# Idempotent: a version that is already built is left alone (a `.complete` stamp marks a finished build).
+# Build the pinned Kubernetes control plane, the real node's kubelet and kube-proxy, etcd, kubectl and KWOK from the
+# Go module proxy.
+# Output: $MODELWARDEN_CACHE/k8s/<version>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,
+#         kubelet,kube-proxy,etcd,kwok}
+# Idempotent: a version that is already built is left alone (a `.complete` stamp marks a finished build); a cache
+# from before a binary was added to the list gets only the missing ones compiled.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -12,10 +15,18 @@ BIN="$OUT/bin"
 
 log() { printf '[build-k8s %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-if [[ -f "$OUT/.complete" ]]; then
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+missing=()
+for cmd in "${K8S_CMDS[@]}" etcd kwok; do [[ -x "$BIN/$cmd" ]] || missing+=("$cmd"); done
+if [[ -f "$OUT/.complete" && ${#missing[@]} -eq 0 ]]; then
   echo "$BIN"
   exit 0
 fi
+# Only a finished build's binaries count; a half-built one is rebuilt from scratch.
+if [[ ! -f "$OUT/.complete" ]]; then missing=("${K8S_CMDS[@]}" etcd kwok); fi
+rm -f "$OUT/.complete"
+wanted() { [[ " ${missing[*]} " == *" $1 "* ]]; }
+log "to build: ${missing[*]}"
 command -v go >/dev/null || { log "go is not installed; install Go 1.24+ first"; exit 1; }
 
 mkdir -p "$BIN"
@@ -60,6 +71,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
 
@@ -74,16 +87,21 @@ for p in "$pkg" "$cgo"; do
   ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
 
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for cmd in "${K8S_CMDS[@]}"; do
+  wanted "$cmd" || continue
   log "compiling $cmd (cold builds take several minutes each on 2 cores)"
   CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/$cmd" "k8s.io/kubernetes/cmd/$cmd"
 done
 
-log "compiling etcd ($(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3))"
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+if wanted etcd; then
+  log "compiling etcd ($(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3))"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+fi
 
-log "compiling kwok $KWOK_VERSION"
-CGO_ENABLED=0 GOBIN="$BIN" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+if wanted kwok; then
+  log "compiling kwok $KWOK_VERSION"
+  CGO_ENABLED=0 GOBIN="$BIN" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+fi
 
 "$BIN/kube-apiserver" --version >&2
 touch "$OUT/.complete"

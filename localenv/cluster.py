@@ -1,5 +1,10 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and KWOK (fake nodes whose pods become Running and Ready without a kubelet).
+"""A real Kubernetes cluster on this machine: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+one real worker node (:mod:`localenv.node`: kubelet, kube-proxy, containerd) and KWOK (fake nodes whose pods become
+Running and Ready without a kubelet, for scale; tainted, so only pods that ask for them land there — see
+:func:`simulated_nodes_namespace`).
+
+The API server listens on the node bridge's address (198.18.0.1, created by the environment; pods reach it there
+and through the ``kubernetes`` Service), etcd and the rest on loopback.
 
 Binaries are built once from the Go module proxy by ``hack/build-k8s.sh`` and cached outside the
 repository. Authentication is by static tokens; authorization is RBAC. One kubeconfig per user is
@@ -22,7 +27,9 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from localenv import node as real_node
 from localenv._proc import (
     REPO_ROOT,
     EnvironmentStartError,
@@ -51,6 +58,22 @@ USERS: dict[str, tuple[str, ...]] = {
     # The identity the operator runs as in tests; bound to exactly the operator's ClusterRole.
     "modelwarden-operator": (),
 }
+
+
+# Namespaces whose pods belong on the simulated KWOK nodes (the operator tests' and benchmarks' fleets of models
+# whose servers never need to run): the PodNodeSelector and PodTolerationRestriction admission plugins pin every pod
+# created in them there.
+SIMULATED_NODES_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps([{**real_node.KWOK_TAINT, "operator": "Equal"}]),
+}
+
+
+def simulated_nodes_namespace(name: str, labels: dict[str, str] | None = None) -> Any:
+    """A Namespace whose pods are scheduled onto the KWOK nodes only (a plain body: the Kubernetes client and
+    kubectl both take it)."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels or {}, "annotations": dict(SIMULATED_NODES_ANNOTATIONS)}}
 
 
 @dataclass
@@ -113,10 +136,14 @@ def binaries_dir() -> Path:
     return cache_dir() / "k8s" / f"{K8S_VERSION}-kwok-{KWOK_VERSION}" / "bin"
 
 
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy", "etcd",
+            "kwok")
+
+
 def build_binaries() -> Path:
     """Build (or reuse) the pinned binaries; the build script prints its own progress."""
     bin_dir = binaries_dir()
-    if (bin_dir.parent / ".complete").exists():
+    if (bin_dir.parent / ".complete").exists() and all((bin_dir / b).exists() for b in BINARIES):
         return bin_dir
     progress("cluster", f"building Kubernetes {K8S_VERSION} and KWOK {KWOK_VERSION} from the Go module proxy "
              "(once; cached under " + str(bin_dir.parent) + ")")
@@ -124,7 +151,8 @@ def build_binaries() -> Path:
            "MODELWARDEN_CACHE": str(cache_dir())}
     done = subprocess.run(["bash", str(REPO_ROOT / "hack" / "build-k8s.sh")], env=env, check=False,
                           stdout=subprocess.DEVNULL)
-    if done.returncode != 0 or not (bin_dir.parent / ".complete").exists():
+    if done.returncode != 0 or not (bin_dir.parent / ".complete").exists() \
+            or not all((bin_dir / b).exists() for b in BINARIES):
         raise EnvironmentStartError(
             f"building the control plane failed (hack/build-k8s.sh exited {done.returncode}); see its output above")
     return bin_dir
@@ -150,13 +178,15 @@ def _make_pki(pki: Path) -> None:
          "-days", "3650", "-subj", "/CN=modelwarden-local-ca"], what)
     run([ossl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", pki / "apiserver.key", "-out",
          pki / "apiserver.csr", "-subj", "/CN=kube-apiserver"], what)
+    # The bridge address it listens on and the `kubernetes` Service's VIP: pods reach it through both.
     (pki / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc\n")
+        f"subjectAltName=IP:127.0.0.1,IP:{real_node.HOST_IP},IP:{real_node.API_SERVICE_IP},DNS:localhost,"
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n")
     run([ossl, "x509", "-req", "-in", pki / "apiserver.csr", "-CA", pki / "ca.crt", "-CAkey", pki / "ca.key",
          "-CAcreateserial", "-out", pki / "apiserver.crt", "-days", "3650", "-extfile", pki / "san.ext"], what)
     run([ossl, "genrsa", "-out", pki / "sa.key", "2048"], what)
     run([ossl, "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub"], what)
+    real_node.make_node_pki(pki)
 
 
 def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
@@ -178,6 +208,8 @@ _KWOK_NODE = {
         "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
         "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok"},
     },
+    # Real workloads belong on the real node: a pod runs here only if it tolerates this.
+    "spec": {"taints": [real_node.KWOK_TAINT]},
     "status": {
         "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
         "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
@@ -204,6 +236,8 @@ def up(state_dir: Path | None = None) -> Cluster:
         shutil.rmtree(state_dir)
     pki, logs = state_dir / "pki", state_dir / "logs"
     logs.mkdir(parents=True)
+    # The bridge (and its guard chain and routes) first: the API server binds to its address.
+    real_node.prepare_network(state_dir)
     _make_pki(pki)
 
     tokens = {user: secrets.token_hex(16) for user in USERS}
@@ -212,7 +246,7 @@ def up(state_dir: Path | None = None) -> Cluster:
             f.write(f'{tokens[user]},{user},uid-{i},"{",".join(groups)}"\n')
 
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{real_node.HOST_IP}:{api_port}"
     kubeconfigs = {}
     for user in USERS:
         kubeconfigs[user] = state_dir / f"{user}.kubeconfig"
@@ -236,17 +270,22 @@ def up(state_dir: Path | None = None) -> Cluster:
         apiserver = start_process([
             bin_dir / "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
+            f"--bind-address={real_node.HOST_IP}", f"--secure-port={api_port}",
+            f"--advertise-address={real_node.HOST_IP}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--token-auth-file={state_dir / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            # Client certificates: the kubelet (system:node:<name>) and kube-proxy authenticate with them.
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            # The loopback address cannot be an Endpoints address; nothing in-cluster dials the API via the
-            # kubernetes Service here.
-            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={real_node.SERVICE_CIDR}",
             "--allow-privileged=true", "--profiling=false",
             f"--cert-dir={pki}",
         ], logs / "kube-apiserver.log")
@@ -279,7 +318,8 @@ def up(state_dir: Path | None = None) -> Cluster:
             "--manage-nodes-with-label-selector=",
             "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
             "--disregard-status-with-label-selector=",
-            "--cidr=10.0.0.1/24", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+            f"--cidr={real_node.KWOK_POD_CIDR}", f"--node-ip={real_node.KWOK_NODE_IP}",
+            "--node-lease-duration-seconds=40",
         ], logs / "kwok.log")
         cluster.pids["kwok"] = kwok.pid
         cluster.save()
@@ -291,9 +331,9 @@ def up(state_dir: Path | None = None) -> Cluster:
             cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
 
         def nodes_ready() -> bool:
-            out = cluster.kubectl("get", "nodes", "-o",
+            out = cluster.kubectl("get", "nodes", "-l", "type=kwok", "-o",
                                   "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").stdout
-            taints = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[*].spec.taints}").stdout
+            taints = cluster.kubectl("get", "nodes", "-l", "type=kwok", "-o", "jsonpath={.items[*].spec.taints}").stdout
             # Ready, and the node lifecycle controller has lifted the not-ready taint: pods can be scheduled.
             return out.split() == ["True"] * FAKE_NODES and "not-ready" not in taints
 
@@ -304,6 +344,10 @@ def up(state_dir: Path | None = None) -> Cluster:
 
         wait_until(default_service_account, timeout=60, what="kube-controller-manager (default ServiceAccount)",
                    log_path=logs / "kube-controller-manager.log", process=kcm)
+
+        admin_kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(kubeconfigs["admin"])]
+        cluster.pids.update(real_node.start(state_dir, server, pki, bin_dir, admin_kubectl))
+        cluster.save()
     except BaseException:
         down(state_dir)
         raise
@@ -315,6 +359,8 @@ def down(state_dir: Path | None = None) -> None:
     """Stop every process of the cluster and delete its state. Safe to call when nothing runs."""
     state_dir = state_dir or default_state_dir()
     cluster = Cluster.load(state_dir)
+    # The node first (its pods, its network, the kernel settings it changed): even without a saved state.
+    real_node.stop(state_dir, cluster.pids if cluster else {})
     if cluster:
         for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             pid = cluster.pids.get(name)

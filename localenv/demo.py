@@ -337,7 +337,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
         core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
         namespace = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        core.create_namespace(cluster_env.simulated_nodes_namespace(namespace))
         parts.update(core=core, namespace=namespace)
 
         say("2/7 two model versions: trained, saved as ONNX with manifest.json (sha256 of every file)")

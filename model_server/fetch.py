@@ -36,7 +36,11 @@ def _copy(uri: str, dest: Path) -> str:
     parsed = urllib.parse.urlparse(uri)
     with dest.open("wb") as out:
         if parsed.scheme == "file":
-            with Path(urllib.parse.unquote(parsed.path)).open("rb") as src:
+            source = Path(urllib.parse.unquote(parsed.path))
+            if not source.exists():
+                raise FetchError(f"{uri}: no such file here. A file:// URI names a path on the machine that wrote it; "
+                                 "a pod sees only its own filesystem — serve the artifact over http(s)://")
+            with source.open("rb") as src:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)

@@ -40,10 +40,23 @@ def admin_api(api_clients: dict[str, client.ApiClient]) -> client.ApiClient:
 
 @pytest.fixture
 def namespace(admin_api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards."""
+    """A fresh namespace per test, deleted afterwards. Its pods are pinned to the simulated KWOK nodes (Ready without
+    running): the tests using it watch the operator's decisions, not servers."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(admin_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(cluster_env.simulated_nodes_namespace(name))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def real_namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace whose pods run for real on the real node, enforcing the `restricted` Pod Security level."""
+    name = f"r-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=name, labels={"pod-security.kubernetes.io/enforce": "restricted",
+                           "pod-security.kubernetes.io/enforce-version": "latest"})))
     yield name
     core.delete_namespace(name)
 

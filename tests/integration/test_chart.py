@@ -29,7 +29,16 @@ import yaml
 from kubernetes import client
 
 from localenv import prometheus as prometheus_env
-from localenv._proc import free_port, log_tail, require_debian_package, run, start_process, stop_pid, wait_until
+from localenv._proc import (
+    EnvironmentStartError,
+    free_port,
+    log_tail,
+    require_debian_package,
+    run,
+    start_process,
+    stop_pid,
+    wait_until,
+)
 from localenv.cluster import K8S_VERSION, Cluster
 from modelwarden.api.v1alpha1 import Phase
 from modelwarden.handlers.settings import ENV
@@ -385,6 +394,76 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
     forbidden = [line for line in log_path.read_text(errors="replace").splitlines()
                  if (status_403.search(line) or "orbidden" in line) and not kopf_scanning.search(line)]
     assert not forbidden, "the single-namespace Role lacks a permission:\n" + "\n".join(forbidden[:10])
+
+
+def test_the_chart_installed_operator_runs_as_a_pod_on_the_real_node_and_serves_a_model(
+        helm: Path, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], real_namespace: str,
+        tmp_path: Path) -> None:
+    """Exactly as a user installs it: the chart's objects applied, the operator a pod from the locally built image
+    (its in-cluster ServiceAccount, only the single-namespace Role, its Lease), in a namespace enforcing the
+    `restricted` Pod Security level; it takes a model, whose artifact is served over HTTP, to Stable on real pods."""
+    from localenv import images
+    from localenv import node as real_node
+    from localenv.artifacts import ArtifactServer
+    from model_server.demo_artifact import build_demo_artifact
+
+    cluster, namespace = modelwarden_installed, real_namespace
+    values = {"rbac": {"scope": "namespace", "createSharedClusterRoles": False}, "networkPolicy": {"enabled": False},
+              "admission": {"enabled": False, "approverGroups": {"finance": "unused"}},
+              "config": {"resyncSeconds": 10}}
+    (tmp_path / "values.json").write_text(json.dumps(values))
+    objects = _docs(_helm(helm, "template", "mwpod", str(CHART), "--namespace", namespace,
+                          "-f", str(tmp_path / "values.json")))
+    (deployment,) = _get(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == images.OPERATOR_IMAGE, "the chart names the image the local environment builds"
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-",
+                    input="\n---\n".join(json.dumps(o) for o in objects))
+    core = client.CoreV1Api(api_clients["admin"])
+    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+
+    def operator_ready() -> bool:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        return len(pods) == 1 and any(c.type == "Ready" and c.status == "True" for c in pods[0].status.conditions or [])
+
+    try:
+        wait_until(operator_ready, timeout=180, what="the operator pod Ready")
+    except EnvironmentStartError:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        logs = [core.read_namespaced_pod_log(p.metadata.name, namespace, tail_lines=40) for p in pods
+                if p.status.container_statuses]
+        pytest.fail(f"the operator pod did not become Ready: {[p.status for p in pods]}\n{logs}")
+    (operator_pod,) = core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert operator_pod.spec.node_name == real_node.NODE_NAME
+    assert operator_pod.spec.service_account_name == _get(objects, "ServiceAccount")[0]["metadata"]["name"]
+
+    demo = build_demo_artifact(tmp_path / "v1", model="podded", version="v1", n_features=3, rows=300)
+    with ArtifactServer(tmp_path) as artifacts:
+        admin = Models(api_clients["admin"], namespace)
+        admin.create({
+            "apiVersion": "modelwarden.io/v1alpha1", "kind": "MLModel", "metadata": {"name": "podded"},
+            "spec": {"version": "v1",
+                     "artifact": {"uri": artifacts.uri(demo.directory / demo.model_file), "sha256": demo.sha256},
+                     "featureContract": {"name": demo.contract, "features": list(demo.features),
+                                         "nFeatures": len(demo.features)},
+                     "serving": {"replicas": 1}}})
+        Models(api_clients["finance-approver"], namespace).approve(
+            approval("podded", "v1", demo.sha256, "finance", "finance-approver"))
+        Models(api_clients["regulatory-approver"], namespace).approve(
+            approval("podded", "v1", demo.sha256, "regulatory", "regulatory-approver"))
+        admin.wait_phase("podded", Phase.STABLE, timeout=240)
+    stable = admin.deployment("podded-stable")
+    assert stable is not None and stable.status.ready_replicas == 1
+    lease_name = {e["name"]: e.get("value") for e in container["env"]}["MODELWARDEN_LEASE_NAME"]
+    lease = client.CoordinationV1Api(api_clients["admin"]).read_namespaced_lease(lease_name, namespace)
+    assert lease.spec.holder_identity and operator_pod.metadata.name in lease.spec.holder_identity
+    log = core.read_namespaced_pod_log(operator_pod.metadata.name, namespace)
+    kopf_scanning = re.compile(r"GET \S+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)"
+                               r"(\?\S*)? -> APIForbiddenError|Not enough permissions to (list|watch) (for )?"
+                               r"(namespaces|resources)")
+    forbidden = [line for line in log.splitlines() if ("403" in line or "orbidden" in line)
+                 and not kopf_scanning.search(line)]
+    assert not forbidden, "the chart's Role lacks a permission:\n" + "\n".join(forbidden[:10])
 
 
 # --- kustomize -----------------------------------------------------------------------------------------------------

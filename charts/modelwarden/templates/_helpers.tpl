@@ -94,6 +94,14 @@ manifests/rbac/operator-leader-election.yaml) as JSON, with resourceNames set to
 {{- toJson $out -}}
 {{- end -}}
 
+{{- define "modelwarden.serverImage" -}}
+{{- if .Values.serverImage.digest -}}
+{{- printf "%s@%s" .Values.serverImage.repository .Values.serverImage.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "modelwarden.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -45,13 +46,27 @@ def sibling(uri: str, name: str) -> str:
     return uri.rsplit("/", 1)[0] + "/" + name
 
 
+def running_in_a_pod() -> bool:
+    """The kubelet gives every container the API server's Service address; a process on a workstation lacks it."""
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+FILE_IN_POD = ("file:// artifacts are local-only: the operator runs in a pod, where {path} would be a path inside "
+               "its own container, and the model's pods could not read it either; serve the artifact over https:// "
+               "(or http:// inside the cluster)")
+
+
 class URIArtifactStore:
-    def __init__(self, timeout_seconds: float = 30.0) -> None:
+    def __init__(self, timeout_seconds: float = 30.0, *, allow_file: bool | None = None) -> None:
         self._timeout = timeout_seconds
+        # file:// works when the operator, like the test and demo servers, runs on the machine holding the file.
+        self._allow_file = not running_in_a_pod() if allow_file is None else allow_file
 
     async def sha256(self, uri: str) -> str:
         parsed = urlparse(uri)
         if parsed.scheme == "file":
+            if not self._allow_file:
+                raise ArtifactUnavailable(FILE_IN_POD.format(path=unquote(parsed.path)))
             return await asyncio.to_thread(_hash_file, Path(unquote(parsed.path)))
         if parsed.scheme in ("http", "https"):
             return await self._hash_http(uri)
@@ -127,6 +142,8 @@ class URIArtifactStore:
     async def read_json(self, uri: str) -> object:
         parsed = urlparse(uri)
         if parsed.scheme == "file":
+            if not self._allow_file:
+                raise ArtifactUnavailable(FILE_IN_POD.format(path=unquote(parsed.path)))
             data = await asyncio.to_thread(_read_file, Path(unquote(parsed.path)))
         elif parsed.scheme in ("http", "https"):
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelwarden.adapters.manifests import (
+    DEFAULT_SERVER_IMAGE,
     FIELD_MANAGER,
     ModelObject,
     deployment_manifest,
@@ -147,8 +149,11 @@ class KubeWorkloads:
     """What serves a model and what it leaves behind: the servers' identity, a Deployment per track, retraining
     Jobs, incident records; and the trusted public keys a model's artifact signature is checked against."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, *, server_image: str | None = None) -> None:
         self._kube = kube
+        # A model's spec.serving.image wins; else this, else the operator's MODELWARDEN_SERVER_IMAGE (the chart's
+        # `serverImage`), else the image model_server/Dockerfile documents.
+        self._server_image = server_image or os.environ.get("MODELWARDEN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE
 
     async def ensure_server_identity(self, namespace: str) -> None:
         """The servers' ServiceAccount in a namespace, bound to read their MLModel (the kill switch)."""
@@ -158,7 +163,7 @@ class KubeWorkloads:
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
-        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint)
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image)
         await self._kube.apply(self._kube.apps.patch_namespaced_deployment, body)
 
     async def delete_track(self, model: ModelObject, track: api.Track) -> None:

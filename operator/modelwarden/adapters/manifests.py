@@ -24,6 +24,17 @@ SERVER_CLUSTER_ROLE = "modelwarden-model-server"
 ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
 ARTIFACT_MOUNT = "/var/lib/modelwarden"
 TRUSTED_KEYS_MOUNT = "/etc/modelwarden/trusted-keys"
+# The image model_server/Dockerfile documents and the local environment builds; the operator's
+# MODELWARDEN_SERVER_IMAGE (the chart's `serverImage`) replaces it, a model's spec.serving.image overrides both.
+DEFAULT_SERVER_IMAGE = "ghcr.io/modelwarden/model-server:0.1.0"
+# Bounded scratch space: the artifact plus the SQLite feedback store, and /tmp (SQLite spills large sorts there; the
+# root filesystem is read-only). Past a limit the kubelet evicts the pod instead of filling the node's disk.
+ARTIFACT_VOLUME_LIMIT = "2Gi"
+TMP_VOLUME_LIMIT = "1Gi"
+# The init container only downloads and hashes; used when spec.serving.resources says nothing.
+FETCH_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+# Seconds a terminating pod keeps serving before SIGTERM, so kube-proxy and routers drop its endpoint first.
+DRAIN_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,9 @@ def retraining_job_manifest(model: ModelObject, spec: api.MLModelSpec, job: Crea
 
 
 def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                        artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> dict[str, Any]:
+                        artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                        server_image: str = DEFAULT_SERVER_IMAGE) -> dict[str, Any]:
+    image = spec.serving.image or server_image
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
     annotations = {api.ANNOTATION_SHA256: artifact.sha256, ANNOTATION_FINGERPRINT: fingerprint}
@@ -140,10 +153,12 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         ref = spec.serving.feedback_store.dsn_secret_ref
         env = [e for e in env if e["name"] != "FEEDBACK_DSN"]
         env.append({"name": "FEEDBACK_DSN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    # What the `restricted` Pod Security level admits.
     security = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["ALL"]}}
-    volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "artifact", "emptyDir": {}}]
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "artifact", "emptyDir": {"sizeLimit": ARTIFACT_VOLUME_LIMIT}},
+                                     {"name": "tmp", "emptyDir": {"sizeLimit": TMP_VOLUME_LIMIT}}]
     fetch_env: list[dict[str, Any]] = env
     fetch_mounts: list[dict[str, Any]] = list(volume_mounts)
     if spec.artifact.signature is not None:
@@ -153,17 +168,22 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         fetch_mounts = [*volume_mounts, {"name": "trusted-keys", "mountPath": TRUSTED_KEYS_MOUNT, "readOnly": True}]
     container: dict[str, Any] = {
         "name": "server",
-        "image": spec.serving.image,
+        "image": image,
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
         "env": env,
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        # A busy node answers a health check in well under a second, but not always; three misses in a row count.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5,
+                           "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "timeoutSeconds": 5, "failureThreshold": 3},
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": security,
         "volumeMounts": volume_mounts,
     }
     # Fetch and verify the artifact directory before the server starts (model_server/fetch.py).
-    fetch = {"name": "fetch-artifact", "image": spec.serving.image, "command": ["python", "-m", "model_server.fetch"],
-             "env": fetch_env, "securityContext": security, "volumeMounts": fetch_mounts}
+    fetch = {"name": "fetch-artifact", "image": image, "command": ["python", "-m", "model_server.fetch"],
+             "env": fetch_env, "securityContext": security, "volumeMounts": fetch_mounts,
+             "resources": spec.serving.resources or FETCH_RESOURCES}
     if spec.serving.resources:
         container["resources"] = spec.serving.resources
     return {
@@ -183,6 +203,8 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
                 "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": {
                     "serviceAccountName": SERVER_SERVICE_ACCOUNT,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 30,
                     "initContainers": [fetch],
                     "containers": [container],
                     "volumes": volumes,

@@ -225,7 +225,10 @@ class FeedbackStore(_Model):
 
 
 class Serving(_Model):
-    image: Annotated[str, Field(min_length=1, max_length=512)] = "modelwarden/model-server:0.1.0"
+    image: Annotated[str | None, Field(
+        min_length=1, max_length=512,
+        description="The server image. Unset: the operator's MODELWARDEN_SERVER_IMAGE (chart `serverImage`), "
+                    "default ghcr.io/modelwarden/model-server:0.1.0.")] = None
     replicas: Annotated[int, Field(ge=1, le=1000)] = 2
     neutral_prediction: Annotated[
         str, Field(pattern=r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$", description="Answer served while disabled.")

@@ -25,6 +25,8 @@ ENV = {
     "MODELWARDEN_GRAFANA_URL": "Grafana base URL for rollback annotations; unset: none",
     "MODELWARDEN_GRAFANA_TOKEN": "Grafana service-account token",
     "MODELWARDEN_ADMIN_TOKEN": "bearer token of the servers' /admin endpoints (flush, warmup)",
+    "MODELWARDEN_SERVER_IMAGE": "model server image for MLModels without spec.serving.image "
+                                "(default ghcr.io/modelwarden/model-server:0.1.0)",
     "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
     "MODELWARDEN_LEADER_ELECTION": "true: act only while holding the leader Lease (several replicas); default false",
     "MODELWARDEN_LEASE_NAME": "the leader Lease's name (default modelwarden-operator)",
