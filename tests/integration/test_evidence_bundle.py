@@ -24,6 +24,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from localenv import cluster as cluster_env
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
 from model_server.testing import http_client, serve_subprocess
@@ -84,7 +85,7 @@ def story(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClien
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp_path = tmp_path_factory.mktemp("story")
     namespace = f"evidence-{os.getpid()}"
-    client.CoreV1Api(api_clients["admin"]).create_namespace(client.V1Namespace(metadata={"name": namespace}))
+    client.CoreV1Api(api_clients["admin"]).create_namespace(cluster_env.simulated_nodes_namespace(namespace))
     key, public = write_key(tmp_path, "release")
     (tmp_path / "release.pub").write_bytes(public)
     artifacts = {v: trained(tmp_path, v, key) for v in ("v1", "v2")}

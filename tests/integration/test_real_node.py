@@ -152,6 +152,10 @@ def test_pods_run_from_the_locally_built_image_and_serve_through_a_service(
         return True
 
     _wait(lambda: _quietly(ask), 30, "the first answer through the Service VIP")
+    # kube-proxy programs each endpoint when it syncs, a moment after the EndpointSlice lists it (longer on a
+    # loaded machine): wait until both pods have answered once, then count a fresh round.
+    _wait(lambda: _quietly(ask) and len(answers) == 2, 60, "both pods answering through the Service VIP")
+    answers.clear()
     for _ in range(200):
         ask()
     assert set(answers) == {"echo-0", "echo-1"}, f"kube-proxy spreads requests over both pods: {answers}"

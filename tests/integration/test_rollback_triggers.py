@@ -408,6 +408,9 @@ def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(
                 time.sleep(0.5)
 
         def evaluate() -> MLModelStatus:
+            # The client rounds a range query's end to whole seconds: a sample scraped in the last second may
+            # fall after it. Evaluate a little after the latest scrape, as a real cycle would.
+            time.sleep(2)
             op.now = dt.datetime.now(dt.UTC)
             before = prom.query_requests_answered()
             asyncio.run(op.controller.evaluate_once())
