@@ -117,3 +117,13 @@ class Models:
                 return status
             time.sleep(0.2)
         pytest.fail(f"{name} not {phase} after {timeout}s; status: {status.model_dump_json(indent=1)}")
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")

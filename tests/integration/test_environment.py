@@ -18,15 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from localenv import cluster as cluster_env
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+from tests.integration.modelwarden_helpers import wait_for
 
 
 def test_control_plane_reports_the_pinned_release(cluster: cluster_env.Cluster) -> None:
@@ -54,7 +46,7 @@ def test_deployment_becomes_available_on_kwok_nodes(admin_api: client.ApiClient,
         status = apps.read_namespaced_deployment_status("web", namespace).status
         return (status.available_replicas or 0) == 2
 
-    _wait(available, 90, "2 available replicas")
+    wait_for(available, 90, "2 available replicas")
     pods = client.CoreV1Api(admin_api).list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 2
     assert {p.status.phase for p in pods} == {"Running"}
@@ -113,7 +105,7 @@ def widget_crd(admin_api: client.ApiClient) -> Iterator[str]:
         crd = ext.read_custom_resource_definition(f"widgets.{group}")
         return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
 
-    _wait(established, 30, "CRD Established")
+    wait_for(established, 30, "CRD Established")
     yield group
     ext.delete_custom_resource_definition(f"widgets.{group}")
 
@@ -128,7 +120,7 @@ def test_crd_schema_rejects_bad_object(admin_api: client.ApiClient, namespace: s
         })
 
     # The API server may need a moment to serve a freshly established CRD.
-    _wait(lambda: _creates(lambda: create("good", 3)), 30, "a valid Widget to be accepted")
+    wait_for(lambda: _creates(lambda: create("good", 3)), 30, "a valid Widget to be accepted")
     with pytest.raises(ApiException) as rejected:
         create("bad", 99)
     assert rejected.value.status == 422
@@ -165,7 +157,7 @@ def test_prometheus_scrapes_an_exporter_and_answers_promql(
     try:
         prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{server.server_address[1]}"])
         query = 'sum(envtest_requests_total{job="test"}) * 2'
-        _wait(lambda: bool(prom.query(query)), 30, "the first scrape")
+        wait_for(lambda: bool(prom.query(query)), 30, "the first scrape")
         assert float(prom.query(query)[0]["value"][1]) == 84.0
     finally:
         server.shutdown()

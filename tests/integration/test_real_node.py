@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from localenv import cluster as cluster_env
 from localenv import images
 from localenv import node as real_node
+from tests.integration.modelwarden_helpers import wait_for
 
 # A restricted-level container: what the `restricted` Pod Security level admits.
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
@@ -48,15 +47,6 @@ ctx = ssl.create_default_context(cafile=sa + "ca.crt")
 with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
     print("via", host, "status", resp.status, "pods", len(json.load(resp)["items"]))
 """
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def _pod(name: str, script: str, *, labels: dict[str, str] | None = None, restart: str = "Always",
@@ -128,7 +118,7 @@ def test_pods_run_from_the_locally_built_image_and_serve_through_a_service(
         return len(pods) == 2 and all(
             any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])) for p in pods)
 
-    _wait(both_ready, 120, "two echo pods Ready on the real node")
+    wait_for(both_ready, 120, "two echo pods Ready on the real node")
     pods = core.list_namespaced_pod(real_namespace, label_selector="app=echo").items
     assert {p.spec.node_name for p in pods} == {real_node.NODE_NAME}
     assert all(p.status.pod_ip.startswith("198.18.0.") for p in pods)
@@ -142,7 +132,7 @@ def test_pods_run_from_the_locally_built_image_and_serve_through_a_service(
             real_namespace, label_selector="kubernetes.io/service-name=echo").items
         return sum(len(s.endpoints or []) for s in slices) == 2
 
-    _wait(endpoints_ready, 30, "the echo Service's two endpoints")
+    wait_for(endpoints_ready, 30, "the echo Service's two endpoints")
     answers: dict[str, int] = {}
 
     def ask() -> bool:
@@ -151,10 +141,10 @@ def test_pods_run_from_the_locally_built_image_and_serve_through_a_service(
         answers[who] = answers.get(who, 0) + 1
         return True
 
-    _wait(lambda: _quietly(ask), 30, "the first answer through the Service VIP")
+    wait_for(lambda: _quietly(ask), 30, "the first answer through the Service VIP")
     # kube-proxy programs each endpoint when it syncs, a moment after the EndpointSlice lists it (longer on a
     # loaded machine): wait until both pods have answered once, then count a fresh round.
-    _wait(lambda: _quietly(ask) and len(answers) == 2, 60, "both pods answering through the Service VIP")
+    wait_for(lambda: _quietly(ask) and len(answers) == 2, 60, "both pods answering through the Service VIP")
     answers.clear()
     for _ in range(200):
         ask()
@@ -173,7 +163,7 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(
     def finished() -> bool:
         return core.read_namespaced_pod("api-client", real_namespace).status.phase in ("Succeeded", "Failed")
 
-    _wait(finished, 120, "the API client pod to finish")
+    wait_for(finished, 120, "the API client pod to finish")
     # The log comes through the API server from the kubelet (its serving certificate and client authentication).
     log = core.read_namespaced_pod_log("api-client", real_namespace)
     assert core.read_namespaced_pod("api-client", real_namespace).status.phase == "Succeeded", log
@@ -200,7 +190,7 @@ def test_an_image_that_was_not_built_here_is_never_pulled_from_outside(
         messages[:] = [e.message or "" for e in events]
         return any("Failed to pull image" in m for m in messages)
 
-    _wait(pull_failed, 60, "the kubelet's pull attempt")
+    wait_for(pull_failed, 60, "the kubelet's pull attempt")
     failure = next(m for m in messages if "Failed to pull image" in m)
     # Every registry resolves to a closed port on loopback: no DNS query, no connection leaves the machine.
     assert "127.0.0.1:9" in failure and "connection refused" in failure, failure
