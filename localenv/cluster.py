@@ -219,9 +219,19 @@ _KWOK_NODE = {
 }
 
 
+def with_real_node() -> bool:
+    """False when ``MODELWARDEN_NODE=none``: the control plane and KWOK only, on loopback. For a second environment
+    on a machine whose one real node another environment holds; tests that need the node then fail and say so."""
+    value = os.environ.get("MODELWARDEN_NODE", "real")
+    if value not in ("real", "none"):
+        raise EnvironmentStartError(f"MODELWARDEN_NODE={value!r}: expected 'real' (the default) or 'none'")
+    return value == "real"
+
+
 def up(state_dir: Path | None = None) -> Cluster:
     """Start the control plane, or return the one already running from ``state_dir``. Idempotent."""
     state_dir = state_dir or default_state_dir()
+    has_node = with_real_node()
     existing = Cluster.load(state_dir)
     if existing and existing.healthy():
         progress("cluster", f"already running at {existing.server}")
@@ -237,7 +247,9 @@ def up(state_dir: Path | None = None) -> Cluster:
     pki, logs = state_dir / "pki", state_dir / "logs"
     logs.mkdir(parents=True)
     # The bridge (and its guard chain and routes) first: the API server binds to its address.
-    real_node.prepare_network(state_dir)
+    if has_node:
+        real_node.prepare_network(state_dir)
+    host = real_node.HOST_IP if has_node else "127.0.0.1"
     _make_pki(pki)
 
     tokens = {user: secrets.token_hex(16) for user in USERS}
@@ -246,7 +258,7 @@ def up(state_dir: Path | None = None) -> Cluster:
             f.write(f'{tokens[user]},{user},uid-{i},"{",".join(groups)}"\n')
 
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    server = f"https://{real_node.HOST_IP}:{api_port}"
+    server = f"https://{host}:{api_port}"
     kubeconfigs = {}
     for user in USERS:
         kubeconfigs[user] = state_dir / f"{user}.kubeconfig"
@@ -270,8 +282,10 @@ def up(state_dir: Path | None = None) -> Cluster:
         apiserver = start_process([
             bin_dir / "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            f"--bind-address={real_node.HOST_IP}", f"--secure-port={api_port}",
-            f"--advertise-address={real_node.HOST_IP}",
+            f"--bind-address={host}", f"--secure-port={api_port}",
+            f"--advertise-address={host}",
+            # A loopback address cannot be an endpoint of the `kubernetes` Service; without a node no pod needs one.
+            *([] if has_node else ["--endpoint-reconciler-type=none"]),
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--token-auth-file={state_dir / 'tokens.csv'}",
             # Client certificates: the kubelet (system:node:<name>) and kube-proxy authenticate with them.
@@ -346,7 +360,10 @@ def up(state_dir: Path | None = None) -> Cluster:
                    log_path=logs / "kube-controller-manager.log", process=kcm)
 
         admin_kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(kubeconfigs["admin"])]
-        cluster.pids.update(real_node.start(state_dir, server, pki, bin_dir, admin_kubectl))
+        if has_node:
+            cluster.pids.update(real_node.start(state_dir, server, pki, bin_dir, admin_kubectl))
+        else:
+            progress("cluster", "no real node (MODELWARDEN_NODE=none): pods run only on the simulated nodes")
         cluster.save()
     except BaseException:
         down(state_dir)

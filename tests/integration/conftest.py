@@ -52,6 +52,8 @@ def namespace(admin_api: client.ApiClient) -> Iterator[str]:
 @pytest.fixture
 def real_namespace(admin_api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace whose pods run for real on the real node, enforcing the `restricted` Pod Security level."""
+    if not cluster_env.with_real_node():
+        pytest.fail("this test needs the real node, and MODELWARDEN_NODE=none started the environment without it")
     name = f"r-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(admin_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
