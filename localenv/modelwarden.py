@@ -38,11 +38,20 @@ BINDINGS = [
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                  "name": "modelwarden-operator-leader-election"},
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
-    # Everyone may file approvals and read models; the admission policy decides which approvals stand.
+    # Everyone may file approvals and actions and read models; the admission policies decide which stand.
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
      "metadata": {"name": "modelwarden-approval-editors-local"},
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                  "name": "modelwarden-approval-editor"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-action-requesters-local"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "modelwarden-action-requester"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-ledger-readers-local"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-ledger-reader"},
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]},
 ]
 
@@ -54,7 +63,8 @@ def install(cluster: Cluster) -> None:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / path))
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io")
+                    "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io",
+                    "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io")
 
 
 GATEWAY_API_VERSION = "v1.3.0"

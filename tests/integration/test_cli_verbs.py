@@ -34,12 +34,12 @@ def test_history_rollback_resume_disable_enable_as_a_user_runs_them(
     admin.wait_phase("loans", Phase.STABLE, timeout=90, check=operator.check_alive)
 
     # rollback with nothing earlier to go back to: the model halts on what it serves, and says why
-    done = modelwarden(operator, "admin", "rollback", "loans", "-n", namespace)
+    done = modelwarden(operator, "oncall", "rollback", "loans", "-n", namespace)
     assert done.returncode == 0, done.stderr
     status = admin.wait_phase("loans", Phase.HALTED, timeout=60, check=operator.check_alive)
     assert status.stable is not None and status.stable.version == "v1"
     assert "NoRollbackTarget" in {e.reason for e in admin.events("loans")}
-    done = modelwarden(operator, "admin", "resume", "loans", "-n", namespace)
+    done = modelwarden(operator, "oncall", "resume", "loans", "-n", namespace)
     assert done.returncode == 0, done.stderr
     admin.wait_phase("loans", Phase.STABLE, timeout=60, check=operator.check_alive)
 
@@ -58,9 +58,9 @@ def test_history_rollback_resume_disable_enable_as_a_user_runs_them(
     assert [(h["version"], h["sha256"]) for h in as_json["history"]] == [("v1", sha1), ("v2", sha2)]
 
     # rollback: refused for a version that was never served; otherwise back to v1's sha256, halted
-    done = modelwarden(operator, "admin", "rollback", "loans", "-n", namespace, "--to", "v9")
+    done = modelwarden(operator, "oncall", "rollback", "loans", "-n", namespace, "--to", "v9")
     assert done.returncode == 1 and "v9 is not in loans's history" in done.stderr
-    done = modelwarden(operator, "admin", "rollback", "loans", "-n", namespace, "--to", "v1")
+    done = modelwarden(operator, "oncall", "rollback", "loans", "-n", namespace, "--to", "v1")
     assert done.returncode == 0, done.stderr
     status = admin.wait_phase("loans", Phase.HALTED, timeout=90, check=operator.check_alive,
                               until=lambda s: s.stable is not None and s.stable.version == "v1")
@@ -72,12 +72,12 @@ def test_history_rollback_resume_disable_enable_as_a_user_runs_them(
     assert "phase Halted" in done.stdout
 
     # resume: the halt goes and the approved v2 rolls out again; resuming what is not halted is refused
-    done = modelwarden(operator, "admin", "resume", "loans", "-n", namespace)
+    done = modelwarden(operator, "oncall", "resume", "loans", "-n", namespace)
     assert done.returncode == 0, done.stderr
     status = admin.wait_phase("loans", Phase.STABLE, timeout=120, check=operator.check_alive,
                               until=lambda s: s.stable is not None and s.stable.version == "v2")
     assert status.halt is None
-    done = modelwarden(operator, "admin", "resume", "loans", "-n", namespace)
+    done = modelwarden(operator, "oncall", "resume", "loans", "-n", namespace)
     assert done.returncode == 1 and "is not halted" in done.stderr
 
     # disable / enable: the kill switch, and back

@@ -12,8 +12,8 @@ from pathlib import Path
 from kubernetes import client
 
 from localenv.modelwarden import OperatorProcess
-from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
+from modelwarden.api.v1alpha1 import ACTION_PLURAL, GROUP, VERSION, Phase
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel, wait_for
 
 
 def test_dual_sign_off_canary_steps_manual_promote_and_history(
@@ -61,9 +61,20 @@ def test_dual_sign_off_canary_steps_manual_promote_and_history(
     time.sleep(3)
     assert admin.status("fraud").phase == Phase.PAUSED, "a step without pause waits for a human"
 
-    done = cli(cluster, "admin", "promote", "fraud", "-n", namespace)
+    # promote is a ModelAction filed as the finance approver: the API server proves who asked, the operator acts
+    # once and records the outcome on the action and in the model's handledActions.
+    done = cli(cluster, "finance-approver", "promote", "fraud", "-n", namespace, "-o", "json")
     assert done.returncode == 0, done.stderr
+    action = json.loads(done.stdout)["action"]
     status = admin.wait_phase("fraud", Phase.STABLE, timeout=90, check=operator.check_alive)
+    handled = [(h.name, h.verb, h.requester, h.version, h.outcome) for h in status.handled_actions]
+    assert handled == [(action, "promote", "finance-approver", "v2", "Succeeded")]
+    def outcome() -> object:
+        return (admin.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, ACTION_PLURAL, action)
+                .get("status") or {}).get("outcome")
+
+    wait_for(lambda: outcome() is not None, timeout=30, what="the promote action's outcome")
+    assert outcome() == "Succeeded"
 
     assert status.stable is not None and (status.stable.version, status.stable.sha256) == ("v2", sha2)
     assert [(h.version, h.sha256, h.outcome) for h in status.history] == [

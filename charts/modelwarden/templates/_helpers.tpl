@@ -94,6 +94,17 @@ manifests/rbac/operator-leader-election.yaml) as JSON, with resourceNames set to
 {{- toJson $out -}}
 {{- end -}}
 
+{{- define "modelwarden.shippedActionAdmission" -}}
+{{- $out := dict -}}
+{{- range $doc := splitList "\n---\n" (.Files.Get "files/admission/modelaction-policy.yaml") -}}
+{{- $obj := fromYaml $doc -}}
+{{- if and $obj $obj.kind -}}
+{{- $_ := set $out $obj.kind $obj -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
 {{- define "modelwarden.serverImage" -}}
 {{- if .Values.serverImage.digest -}}
 {{- printf "%s@%s" .Values.serverImage.repository .Values.serverImage.digest -}}

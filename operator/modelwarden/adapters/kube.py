@@ -119,10 +119,11 @@ class KubeClient:
         """MLModels, ModelApprovals and our Deployments as raw objects (as watch events carry them), to fill
         the caches before the first decision: deciding on a half-filled cache would undo real state."""
         selector = f"{api.LABEL_MANAGED_BY}=modelwarden"
-        out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "deployments": [], "jobs": []}
+        out: dict[str, list[dict[str, Any]]] = {"mlmodels": [], "modelapprovals": [], "modelactions": [],
+                                                "deployments": [], "jobs": []}
         scopes: list[str | None] = list(namespaces) or [None]
         for ns in scopes:
-            for plural in (api.MLMODEL_PLURAL, api.APPROVAL_PLURAL):
+            for plural in (api.MLMODEL_PLURAL, api.APPROVAL_PLURAL, api.ACTION_PLURAL):
                 if ns is None:
                     listed = await self.call(f"list {plural}", self.custom.list_cluster_custom_object,
                                              api.GROUP, api.VERSION, plural)

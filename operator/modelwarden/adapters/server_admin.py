@@ -18,6 +18,7 @@ DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:8080"
 
 class ServerAdmin(Protocol):
     async def call(self, model: ModelObject, track: Track, action: str) -> str | None: ...
+    async def reenable(self, model: ModelObject, track: Track, actor: str, reason: str) -> str | None: ...
     async def feedback(self, model: ModelObject, track: Track, since: float,
                        stakeholders: tuple[str, ...]) -> tuple[list[Any], str | None]:
         """Critical feedback records (with their predictions) since ``since``; or what went wrong."""
@@ -45,6 +46,20 @@ class HTTPServerAdmin:
         if resp.status_code != 200:
             return [], f"GET {url}: HTTP {resp.status_code}"
         return list(resp.json().get("records", [])), None
+
+    async def reenable(self, model: ModelObject, track: Track, actor: str, reason: str) -> str | None:
+        """Lift DISABLED_BY_GOVERNANCE on the track's servers (a ModelAction ``enable``): None, or what failed.
+        A server that is not disabled answers 409, which is not a failure: the request is idempotent."""
+        if not self._token:
+            return "no admin token configured (MODELWARDEN_ADMIN_TOKEN)"
+        url = self._url(model, track, "/admin/reenable")
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout) as http:
+                resp = await http.post(url, headers={"Authorization": f"Bearer {self._token}"},
+                                       json={"actor": actor, "reason": reason or "ModelAction enable"})
+        except httpx.HTTPError as e:
+            return f"POST {url}: {type(e).__name__}: {e}"
+        return None if resp.status_code < 300 or resp.status_code == 409 else f"POST {url}: HTTP {resp.status_code}"
 
     async def call(self, model: ModelObject, track: Track, action: str) -> str | None:
         if not self._token:

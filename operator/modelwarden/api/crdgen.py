@@ -137,6 +137,30 @@ def crds() -> dict[str, dict[str, Any]]:
                 age,
             ],
         ),
+        "modelactions.yaml": _crd(
+            kind="ModelAction", plural=api.ACTION_PLURAL, short_names=["mact"],
+            spec=api.ModelActionSpec, status=api.ModelActionStatus,
+            description="A person's request to promote, roll back, resume or re-enable a model; the API server "
+                        "proves the requester. Immutable; the operator acts on it once and records the outcome.",
+            columns=[
+                _column("Model", ".spec.modelRef.name"),
+                _column("Verb", ".spec.verb"),
+                _column("Requester", ".spec.requester"),
+                _column("Outcome", ".status.outcome"),
+                age,
+            ],
+        ),
+        "modelledgers.yaml": _crd(
+            kind="ModelLedger", plural=api.LEDGER_PLURAL, short_names=["mledger"],
+            spec=api.ModelLedgerSpec, status=None,
+            description="One segment of a model's decision ledger: hash-chained records signed by the operator. "
+                        "Written only by the operator; not owned by the model.",
+            columns=[
+                _column("Model", ".spec.modelRef.name"),
+                _column("Segment", ".spec.segment", "integer"),
+                age,
+            ],
+        ),
     }
 
 

@@ -325,6 +325,9 @@ class RollbackPolicy(_Model):
     no_data_notify_seconds: Annotated[
         int, Field(ge=60, le=86400, description="Notify when metrics stay unavailable this long.")
     ] = 600
+    resume_by_another_person: bool = Field(
+        default=False, description="A resume after a rollback must come from someone who neither approved nor "
+                                   "promoted the rolled-back version (the operator rejects it: SamePerson).")
 
 
 class Approvals(_Model):
@@ -508,6 +511,31 @@ class RetrainingStatus(_Model):
     last_job: RetrainingJob | None = None
 
 
+class ActionOutcome(StrEnum):
+    SUCCEEDED = "Succeeded"
+    REJECTED = "Rejected"
+
+
+class HandledAction(_Model):
+    """An action the operator acted on, written in the same status write as its effect: the exactly-once key."""
+
+    uid: str
+    name: str
+    verb: str
+    requester: str
+    version: str = Field(default="", description="The version the action concerned (promote: the canary).")
+    outcome: ActionOutcome
+    reason: str
+    message: str = ""
+    at: str
+
+
+class LedgerHead(_Model):
+    seq: int
+    hash: Annotated[str, Field(pattern=SHA256_PATTERN)]
+    at: str
+
+
 class MLModelStatus(_Model):
     # The API server fills this in on every read until the operator first writes status: kstatus (Flux) calls
     # an object without status and conditions Current, so a new MLModel would look done before anyone
@@ -537,6 +565,9 @@ class MLModelStatus(_Model):
     last_rollback: Rollback | None = None
     incidents: list[Rollback] = Field(default_factory=list, description="The last few; full records elsewhere.")
     retraining: RetrainingStatus | None = None
+    # issue 18: the decision ledger's head, and the ModelActions acted on (bounded; the exactly-once keys)
+    ledger: LedgerHead | None = None
+    handled_actions: list[HandledAction] = Field(default_factory=list)
 
 
 # --- ModelApproval ------------------------------------------------------------------------------------------
@@ -557,3 +588,92 @@ class ModelApprovalSpec(_Model):
     role: Annotated[str, Field(pattern=ROLE_PATTERN)]
     approver: Annotated[str, Field(min_length=1, max_length=253, description="Must be the creating user's name.")]
     comment: Annotated[str, Field(max_length=4096)] = ""
+
+
+# --- ModelAction (issue 18) ---------------------------------------------------------------------------------
+
+ACTION_PLURAL = "modelactions"
+LEDGER_PLURAL = "modelledgers"
+ActionVerb = Literal["promote", "rollback", "resume", "enable"]
+
+
+class ModelActionSpec(_Model):
+    """A human's request to act on a model. Who asked is proven by the API server (the ValidatingAdmissionPolicy in
+    manifests/admission/modelaction-policy.yaml: requester is the requesting user, the verb is one the user's
+    groups may ask for, immutable once created)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("self == oldSelf", "a ModelAction is immutable once created"),
+            ("!has(self.to) || self.verb == 'rollback'", "only a rollback names a target version", ".to"),
+        ),
+    )
+
+    model_ref: ModelRef
+    verb: ActionVerb
+    requester: Annotated[str, Field(min_length=1, max_length=253, description="Must be the creating user's name.")]
+    to: Annotated[str | None, Field(
+        default=None, max_length=63, pattern=VERSION_PATTERN,
+        description="rollback only: the version in history to go back to (default: the previous approved one).")]
+    reason: Annotated[str, Field(max_length=4096, description="Why; goes into the decision ledger.")] = ""
+
+
+class ActionReason(StrEnum):
+    """Why a ModelAction ended as it did (its status and the ledger say the same)."""
+
+    APPLIED = "Applied"
+    NO_CANARY_WAITING = "NoCanaryWaiting"
+    NOT_AT_MANUAL_PAUSE = "NotAtManualPause"
+    NOTHING_SERVED = "NothingServed"
+    NOT_IN_HISTORY = "NotInHistory"
+    NOT_HALTED = "NotHalted"
+    SAME_PERSON = "SamePerson"
+    SERVERS_UNREACHABLE = "ServersUnreachable"
+    NOT_DISABLED_BY_GOVERNANCE = "NotDisabledByGovernance"
+
+
+class ModelActionStatus(_Model):
+    outcome: ActionOutcome | None = None
+    reason: str = ""
+    message: str = ""
+    handled_at: str | None = None
+    model_generation: int | None = Field(default=None, description="The MLModel generation the action was applied to.")
+    ledger_seq: int | None = Field(default=None, description="The decision ledger record that holds the outcome.")
+
+
+# --- ModelLedger (issue 18) ---------------------------------------------------------------------------------
+
+
+class LedgerRecord(_Model):
+    """One decision. ``hash`` is the sha256 of the record's canonical JSON without ``hash`` and ``signature``
+    (so it covers ``prev``, the previous record's hash); ``signature`` is the operator's Ed25519 signature of
+    ``hash``."""
+
+    seq: Annotated[int, Field(ge=0)]
+    time: str
+    actor: Annotated[str, Field(description="'operator', 'user:<name>' (proven by the API server) or "
+                                            "'unknown:annotation' (the deprecated annotations).")]
+    model: str
+    model_uid: str
+    version: str = ""
+    sha256: str = ""
+    generation: int = 0
+    decision: Annotated[str, Field(description="What was decided: a CamelCase reason.")]
+    outcome: str = ""
+    inputs: dict[str, str] = Field(default_factory=dict)
+    key: Annotated[str, Field(description="Idempotency key: the same decision retried is recorded once.")]
+    recorded_after_acting: bool = Field(
+        default=False, description="True for a rollback: traffic moved first, this record followed.")
+    prev: str
+    hash: str
+    key_id: str = ""
+    signature: str = ""
+
+
+class ModelLedgerSpec(_Model):
+    """One segment of a model's decision ledger. Not owned by the MLModel: it outlives it, until retention."""
+
+    model_ref: ModelRef
+    model_uid: str
+    segment: Annotated[int, Field(ge=0)]
+    records: Annotated[list[LedgerRecord], Field(max_length=64)] = Field(default_factory=list)

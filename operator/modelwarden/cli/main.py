@@ -1,8 +1,9 @@
 """Entry point of the ``modelwarden`` command (also ``kubectl modelwarden``).
 
 Talks to the cluster of the current kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``).
-Every command that changes something writes only metadata or a new ModelApproval — except `disable`/`enable`,
-the runbook's emergency kill switch, which sets ``spec.enabled`` (commit the same change to a GitOps repository).
+Every command that changes something creates a ModelApproval or a ModelAction (as you: the API server
+proves it) — except `disable`/`enable`, the runbook's emergency kill switch, which sets ``spec.enabled``
+(commit the same change to a GitOps repository).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import contextlib
 import json
 import sys
-import uuid
 from typing import Any
 
 import yaml
@@ -22,7 +22,6 @@ from modelwarden import __version__
 from modelwarden.api import v1alpha1 as api
 from modelwarden.cli.evidence import add_subcommand as add_evidence_subcommand
 from modelwarden.cli.training import CheckOutcome, UsageError, add_subcommands
-from modelwarden.engine.rollout import promote_token
 
 
 class CLIError(Exception):
@@ -94,24 +93,33 @@ def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
             "signer": signer or "none verified"}
 
 
+def request_action(args: argparse.Namespace, verb: api.ActionVerb, what: str, to: str | None = None) -> dict[str, Any]:
+    """File a ModelAction as yourself: the API server proves the requester (admission policy), the operator acts
+    on it once and records the outcome in its status and in the decision ledger."""
+    api_client = _client(args.kubeconfig)
+    requester = _whoami(api_client)
+    spec = api.ModelActionSpec(model_ref=api.ModelRef(name=args.model), verb=verb, requester=requester, to=to,
+                               reason=getattr(args, "reason", "") or "")
+    body = {"apiVersion": api.API_VERSION, "kind": "ModelAction",
+            "metadata": {"generateName": f"{args.model}-{verb}-", "namespace": args.namespace,
+                         "labels": {api.LABEL_MODEL: args.model}},
+            "spec": spec.wire()}
+    try:
+        created: Any = client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            api.GROUP, api.VERSION, args.namespace, api.ACTION_PLURAL, body)
+    except ApiException as e:
+        raise _api_error(e, what) from e
+    return {"action": created["metadata"]["name"], "verb": verb, "model": args.model, "requester": requester}
+
+
 def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
     api_client = _client(args.kubeconfig)
     model = _get_model(api_client, args.namespace, args.model)
     status = api.MLModelStatus.model_validate(model.get("status") or {})
     if status.canary is None or status.current_step_index is None:
         raise CLIError(f"{args.model} has no canary waiting (phase {status.phase or 'unknown'}): nothing to promote")
-    token = promote_token(status.canary.version, status.current_step_index)
-    _annotate(args, api.ANNOTATION_PROMOTE, token, f"promoting {args.model}")
-    return {"promoted": args.model, "canary": status.canary.version, "step": status.current_step_index + 1}
-
-
-def _annotate(args: argparse.Namespace, key: str, value: str, what: str) -> None:
-    patch = {"metadata": {"annotations": {key: value}}}
-    try:
-        client.CustomObjectsApi(_client(args.kubeconfig)).patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, args.namespace, api.MLMODEL_PLURAL, args.model, patch)
-    except ApiException as e:
-        raise _api_error(e, what) from e
+    return {**request_action(args, "promote", f"promoting {args.model}"), "canary": status.canary.version,
+            "step": status.current_step_index + 1}
 
 
 def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,10 +130,8 @@ def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
     if args.to and not any(h.version == args.to for h in status.history):
         known = ", ".join(sorted({h.version for h in status.history}))
         raise CLIError(f"{args.to} is not in {args.model}'s history (known: {known})")
-    request = uuid.uuid4().hex[:8] + (f":{args.to}" if args.to else "")
-    _annotate(args, api.ANNOTATION_ROLLBACK, request, f"rolling back {args.model}")
-    return {"rollback": args.model, "request": request, "from": status.stable.version,
-            "to": args.to or "the previous approved version"}
+    return {**request_action(args, "rollback", f"rolling back {args.model}", to=args.to),
+            "from": status.stable.version, "to": args.to or "the previous approved version"}
 
 
 def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,8 +139,13 @@ def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     status = api.MLModelStatus.model_validate(model.get("status") or {})
     if status.halt is None:
         raise CLIError(f"{args.model} is not halted (phase {status.phase or 'unknown'})")
-    _annotate(args, api.ANNOTATION_RESUME, status.halt.id, f"resuming {args.model}")
-    return {"resumed": args.model, "halt": status.halt.id, "reason": status.halt.reason}
+    return {**request_action(args, "resume", f"resuming {args.model}"), "halt": status.halt.id,
+            "reason": status.halt.reason}
+
+
+def cmd_reenable(args: argparse.Namespace) -> dict[str, Any]:
+    _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    return request_action(args, "enable", f"re-enabling {args.model}")
 
 
 def _status_of(args: argparse.Namespace) -> tuple[dict[str, Any], api.MLModelStatus]:
@@ -293,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", parents=[common], help="clear the current halt so rollouts go on")
     p.add_argument("model")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("reenable", parents=[common],
+                       help="re-enable the servers after DISABLED_BY_GOVERNANCE (not the kill switch: see enable)")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_reenable)
+
+    for p in (sub.choices["promote"], sub.choices["rollback"], sub.choices["resume"], sub.choices["reenable"]):
+        p.add_argument("--reason", default="", help="why: recorded with your name in the decision ledger")
 
     p = sub.add_parser("history", parents=[common], help="approved, deployed versions with sha256 and approvers")
     p.add_argument("model")

@@ -46,6 +46,8 @@ class ModelState:
     stable: TrackState | None
     canary: TrackState | None
     jobs: Mapping[str, JobState]
+    # the model's ModelActions (issue 18), as raw objects
+    actions: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -58,6 +60,8 @@ class WatchCaches:
     deployments: dict[Key, dict[str, TrackState]] = field(default_factory=dict)
     # our retraining Jobs, by model then Job name
     jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # ModelActions, by model then name
+    actions: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _parsed: dict[Key, tuple[str, api.MLModelSpec, api.MLModelStatus]] = field(default_factory=dict)
 
     def observe_model(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -68,6 +72,7 @@ class WatchCaches:
             self._parsed.pop(key, None)
             self.deployments.pop(key, None)
             self.jobs.pop(key, None)
+            self.actions.pop(key, None)
             self.forget(key)
             return
         if _older(body, self.models.get(key)):
@@ -120,12 +125,27 @@ class WatchCaches:
             jobs[meta["name"]] = dict(body)
         self.wake(key)
 
+    def observe_action(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta, spec = body["metadata"], body.get("spec") or {}
+        key = (meta["namespace"], (spec.get("modelRef") or {}).get("name", ""))
+        per_model = self.actions.setdefault(key, {})
+        if event_type == "DELETED":
+            per_model.pop(meta["name"], None)
+            return
+        cached = per_model.get(meta["name"])
+        if _older(body, cached):
+            return
+        per_model[meta["name"]] = _cached(body)
+        if not (body.get("status") or {}).get("outcome"):
+            self.wake(key)
+
     def prime(self, snapshot: Mapping[str, list[dict[str, Any]]]) -> None:
         """Fill the caches from a full listing before the workers start (see ``KubeClient.list_all``).
         A listing is the whole truth: what it does not hold is gone."""
         self.deployments.clear()
         self.approvals.clear()
         self.jobs.clear()
+        self.actions.clear()
         listed = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in snapshot.get("mlmodels", [])}
         for key in [k for k in self.models if k not in listed]:
             del self.models[key]
@@ -136,6 +156,8 @@ class WatchCaches:
             self.observe_approval(None, body)
         for body in snapshot.get("jobs", []):
             self.observe_job(None, body)
+        for body in snapshot.get("modelactions", []):
+            self.observe_action(None, body)
         for body in snapshot.get("mlmodels", []):
             self.observe_model(None, body)
 
@@ -162,7 +184,8 @@ class WatchCaches:
         return ModelState(body=body, spec=spec, status=status,
                           approvals=tuple(self.approvals.get(key, {}).values()),
                           stable=tracks.get("stable"), canary=tracks.get("canary"),
-                          jobs={name: job_state(job) for name, job in self.jobs.get(key, {}).items()})
+                          jobs={name: job_state(job) for name, job in self.jobs.get(key, {}).items()},
+                          actions=tuple(self.actions.get(key, {}).values()))
 
     def store_written(self, key: Key, based_on: dict[str, Any], written: dict[str, Any]) -> None:
         """Keep the cache at least as new as our own status write, so the next pass does not decide on stale

@@ -25,6 +25,7 @@ from kubernetes import client, config
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
+from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import TrafficRouter, router_for
@@ -48,7 +49,7 @@ def _api_client(connections: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-Kind = Literal["model", "approval", "deployment", "job"]
+Kind = Literal["model", "approval", "action", "deployment", "job"]
 
 
 class Feed:
@@ -112,6 +113,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
         server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
+        action_status=KubeActionStatusWriter(kube),
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
@@ -160,6 +162,11 @@ async def mlmodel_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
 async def approval_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["feed"].observe("approval", event.get("type"), event["object"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.ACTION_PLURAL)
+async def action_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["feed"].observe("action", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={api.LABEL_MANAGED_BY: "modelwarden"})

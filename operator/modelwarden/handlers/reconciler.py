@@ -17,9 +17,11 @@ from typing import Any
 from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable, ReportReader, sibling
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.manifests import ModelObject
+from modelwarden.adapters.model_actions import ActionStatusWriter, requests_of, unrecorded
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.decision import ArtifactCheck, Observation, SignatureVerdict
+from modelwarden.engine.model_actions import ActionRequest, Admission, admit, handled, outcome, pending
 from modelwarden.engine.retraining import Report, RetrainingObservation, decide_retraining, due_window
 from modelwarden.engine.rollout import artifact_to_check, decide
 from modelwarden.handlers import metrics as own_metrics
@@ -53,20 +55,35 @@ class Reconciler:
     # reads the trusted public keys of spec.artifact.signature
     workloads: Workloads
     resync_seconds: float = 60.0
+    # issue 18: where each ModelAction's outcome is recorded (None: ModelActions are not handled)
+    action_status: ActionStatusWriter | None = None
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
         meta = state.body["metadata"]
         model = ModelObject(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
         spec = state.spec
         router = self.router_for(spec)
-        observation = await self._observe(model, state, router, reading)
+        # ModelActions: the oldest pending one is admitted into this pass (one per pass: each is acted on alone).
+        request: ActionRequest | None = None
+        admission: Admission | None = None
+        if self.action_status is not None:
+            todo = pending(requests_of(state.actions), state.status)
+            if todo:
+                request = todo[0]
+                admission = admit(spec, state.status, request)
+        observation = await self._observe(model, state, router, reading, admission)
         decision = decide(spec, state.status, observation, now)
         # Retraining decides on what the rollout decided (the stable version, the conditions) and adds to it.
         retraining = decide_retraining(spec, decision.status,
                                        await self._observe_retraining(model, state, decision.status, reading, now),
                                        now, model=model.name, generation=observation.generation)
         await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
-        outcome_written, conflict = await self._write_status(state.body, state.status, retraining.status)
+        status = retraining.status
+        if request is not None and admission is not None:
+            status = await self._settle(model, spec, state.status, status, request, admission, now)
+        outcome_written, conflict = await self._write_status(state.body, state.status, status)
+        if self.action_status is not None and not conflict:
+            await self._record_actions(state, outcome_written, now)
         for event in (*decision.events, *retraining.events):
             if event.reason == api.Reason.ROLLBACK_STARTED and decision.status.last_rollback is not None:
                 own_metrics.rollback_started(model.namespace, model.name, decision.status.last_rollback.id)
@@ -77,10 +94,55 @@ class Reconciler:
             except KubeError as e:
                 log.warning("could not record Event %s for %s/%s: %s", event.reason, model.namespace, model.name, e)
         waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
+        if request is not None:
+            waits.append(1.0)  # the next pending action, if any, in the next pass
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
 
+    async def _settle(self, model: ModelObject, spec: api.MLModelSpec, old: api.MLModelStatus,
+                      new: api.MLModelStatus, request: ActionRequest, admission: Admission,
+                      now: dt.datetime) -> api.MLModelStatus:
+        """``new`` with the admitted request recorded as handled, when this pass carried it out or rejected it."""
+        if admission.rejected is not None:
+            result = (api.ActionOutcome.REJECTED, *admission.rejected)
+        else:
+            failure = None
+            if admission.reenable:
+                problems = [await self.applier.server_admin.reenable(model, track, request.requester, request.reason)
+                            for track in ("stable", "canary") if getattr(new, track) is not None]
+                failure = "; ".join(p for p in problems if p) or None
+            found = outcome(request, old, new, failure)
+            if found is None:
+                return new
+            result = found
+        version = (old.canary.version if request.verb == "promote" and old.canary is not None
+                   else old.stable.version if old.stable is not None else spec.version)
+        log.info("%s/%s: ModelAction %s (%s by %s): %s %s", model.namespace, model.name, request.name, request.verb,
+                 request.requester, result[0], result[2])
+        return handled(new, request, result, now, version)
+
+    async def _record_actions(self, state: ModelState, written: dict[str, Any] | None, now: dt.datetime) -> None:
+        """Copy each handled action's outcome to its status (after the model's status write: the commit point).
+        A failure is retried on a later pass: the action stays without outcome, its uid in handledActions."""
+        assert self.action_status is not None
+        status = state.status
+        if written is not None:
+            status = api.MLModelStatus.model_validate(written.get("status") or {})
+        waiting = unrecorded(state.actions)
+        for h in status.handled_actions:
+            body = waiting.get(h.uid)
+            if body is None:
+                continue
+            meta = body["metadata"]
+            try:
+                await self.action_status.record(meta["namespace"], meta["name"], api.ModelActionStatus(
+                    outcome=h.outcome, reason=h.reason, message=h.message, handled_at=h.at,
+                    model_generation=int(state.body["metadata"].get("generation", 0)),
+                    ledger_seq=status.ledger.seq if status.ledger is not None else None))
+            except KubeError as e:
+                log.warning("%s: %s", meta["name"], e)
+
     async def _observe(self, model: ModelObject, state: ModelState, router: TrafficRouter,
-                       reading: FleetReading) -> Observation:
+                       reading: FleetReading, admission: Admission | None = None) -> Observation:
         check = None
         uri = artifact_to_check(state.spec, state.status)
         if uri is not None:
@@ -109,9 +171,11 @@ class Reconciler:
             services_present=self.applier.router_ready(model, state.spec),
             route_canary_weight=route_weight,
             artifact=check,
-            promote=annotations.get(api.ANNOTATION_PROMOTE),
-            resume=annotations.get(api.ANNOTATION_RESUME),
-            rollback=annotations.get(api.ANNOTATION_ROLLBACK),
+            # A ModelAction admitted into this pass, else the deprecated annotations (identity unknown).
+            promote=admission.promote if admission and admission.promote else annotations.get(api.ANNOTATION_PROMOTE),
+            resume=admission.resume if admission and admission.resume else annotations.get(api.ANNOTATION_RESUME),
+            rollback=(admission.rollback if admission and admission.rollback
+                      else annotations.get(api.ANNOTATION_ROLLBACK)),
             metrics=reading.view(model.namespace, model.name, state.spec),
             metrics_configured=reading.configured,
             metrics_error=reading.error,
