@@ -23,6 +23,7 @@ COPIES: list[tuple[str, str]] = [
     ("manifests/rbac/operator-leader-election.yaml", "manifests/base/rbac/operator-leader-election.yaml"),
     ("manifests/admission/modelapproval-policy.yaml", "charts/modelwarden/files/admission/modelapproval-policy.yaml"),
     ("manifests/admission/modelapproval-policy.yaml", "manifests/base/admission/modelapproval-policy.yaml"),
+    ("manifests/rbac/ledger-public-keys.yaml", "manifests/base/rbac/ledger-public-keys.yaml"),
     ("manifests/admission/modelaction-policy.yaml", "charts/modelwarden/files/admission/modelaction-policy.yaml"),
     ("manifests/admission/modelaction-policy.yaml", "manifests/base/admission/modelaction-policy.yaml"),
     ("manifests/prometheus/rules.yaml", "charts/modelwarden/files/prometheus/rules.yaml"),

@@ -21,6 +21,8 @@ from kubernetes.client.exceptions import ApiException
 from modelwarden import __version__
 from modelwarden.api import v1alpha1 as api
 from modelwarden.cli.evidence import add_subcommand as add_evidence_subcommand
+from modelwarden.cli.ledger import LedgerError
+from modelwarden.cli.ledger import add_subcommand as add_ledger_subcommand
 from modelwarden.cli.training import CheckOutcome, UsageError, add_subcommands
 
 
@@ -333,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status, printer=_print_status)
 
     add_evidence_subcommand(sub)
+    add_ledger_subcommand(sub, _client)
     add_subcommands(sub)  # train, verify-artifacts, audit-features, validate-metadata, sign...: no cluster needed
     return parser
 
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CLIError as e:
+    except (CLIError, LedgerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     code = 0

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from modelwarden.adapters.artifact_store import ArtifactStore, ReportReader, URIArtifactStore
 from modelwarden.adapters.kube import EventRecorder, ModelStatusWriter, Workloads
+from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.model_actions import ActionStatusWriter
 from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
 from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider
@@ -62,6 +63,8 @@ class Controller:
     server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
     reports: ReportReader = field(default_factory=URIArtifactStore)
     action_status: ActionStatusWriter | None = None
+    ledger: LedgerWriter | None = None
+    fault: Callable[[str], None] | None = None
 
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     caches: WatchCaches = field(init=False)
@@ -81,7 +84,7 @@ class Controller:
         self.reconciler = Reconciler(artifacts=self.artifacts, reports=self.reports, router_for=self.router_for,
                                      applier=self.applier, status_writer=self.status_writer, events=self.events,
                                      workloads=self.workloads, resync_seconds=self.resync_seconds,
-                                     action_status=self.action_status)
+                                     action_status=self.action_status, ledger=self.ledger, fault=self.fault)
 
     @property
     def models(self) -> dict[Key, dict[str, Any]]:

@@ -6,6 +6,7 @@ The names are an API like the servers' (dashboards and alerts may use them); eve
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
@@ -73,3 +74,21 @@ def serve(address: str) -> WSGIServer | None:
     host, port = parsed
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     return server
+
+
+LEDGER_HEAD_SEQ = Gauge("modelwarden_ledger_head_seq", "The decision ledger's newest record (seq) per model.",
+                        ["namespace", "model"], registry=REGISTRY)
+LEDGER_HEAD = Gauge("modelwarden_ledger_head", "The decision ledger's head hash per model (one series, value 1): "
+                    "compare it with `modelwarden ledger verify`.", ["namespace", "model", "hash"], registry=REGISTRY)
+_ledger_heads: dict[tuple[str, str], str] = {}
+
+
+def ledger_head(namespace: str, model: str, seq: int, head_hash: str) -> None:
+    """Publish a model's ledger head; the previous head's series goes (one series per model)."""
+    old = _ledger_heads.get((namespace, model))
+    if old is not None and old != head_hash:
+        with contextlib.suppress(KeyError):
+            LEDGER_HEAD.remove(namespace, model, old)
+    _ledger_heads[(namespace, model)] = head_hash
+    LEDGER_HEAD.labels(namespace, model, head_hash).set(1)
+    LEDGER_HEAD_SEQ.labels(namespace, model).set(seq)

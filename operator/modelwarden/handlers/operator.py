@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import kopf
@@ -25,6 +25,7 @@ from kubernetes import client, config
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
+from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
@@ -84,6 +85,20 @@ def _exit_now(why: str) -> None:
     os._exit(1)
 
 
+def _fault(point: str | None) -> Callable[[str], None] | None:
+    """Tests only (MODELWARDEN_FAULT): die like a SIGKILL at the named point, e.g. after-action-committed."""
+    if not point:
+        return None
+
+    def reached(name: str) -> None:
+        if name == point:
+            log.critical("MODELWARDEN_FAULT=%s: exiting now", name)
+            logging.shutdown()
+            os._exit(137)
+
+    return reached
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     settings.posting.level = logging.WARNING
@@ -96,6 +111,21 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     config = Settings.from_env()
     api_client = _api_client(config.workers * 2)
     kube = KubeClient(api_client, concurrency=config.workers * 2)
+
+    ledger = None
+    if config.ledger:
+        if config.ledger_key_file:
+            with open(config.ledger_key_file, "rb") as f:
+                signer = LedgerSigner.from_pem(f.read())
+        else:
+            signer = LedgerSigner.generate()
+            logger.warning("MODELWARDEN_LEDGER_KEY_FILE is not set: the decision ledger is signed with an ephemeral "
+                           "key (id %s), published like any other; mount a Secret for a stable key", signer.key_id)
+        ledger = KubeLedger(kube, signer, key_namespace=config.ledger_key_namespace,
+                            retention_days=config.ledger_retention_days)
+        await ledger.publish_key()
+    else:
+        logger.warning("MODELWARDEN_LEDGER=false: no decision ledger is written")
 
     def router_of(spec: api.MLModelSpec) -> TrafficRouter:
         return router_for(spec, kube)
@@ -114,6 +144,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
         server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
         action_status=KubeActionStatusWriter(kube),
+        ledger=ledger,
+        fault=_fault(config.fault),
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")

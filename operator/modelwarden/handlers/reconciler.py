@@ -16,14 +16,17 @@ from typing import Any
 
 from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable, ReportReader, sibling
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
+from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.adapters.model_actions import ActionStatusWriter, requests_of, unrecorded
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.actions import Event
 from modelwarden.engine.decision import ArtifactCheck, Observation, SignatureVerdict
+from modelwarden.engine.ledger import Entry, action_entry, annotation_entry, decision_entries
 from modelwarden.engine.model_actions import ActionRequest, Admission, admit, handled, outcome, pending
 from modelwarden.engine.retraining import Report, RetrainingObservation, decide_retraining, due_window
-from modelwarden.engine.rollout import artifact_to_check, decide
+from modelwarden.engine.rollout import artifact_to_check, decide, promote_token
 from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.caches import ModelState
@@ -57,6 +60,10 @@ class Reconciler:
     resync_seconds: float = 60.0
     # issue 18: where each ModelAction's outcome is recorded (None: ModelActions are not handled)
     action_status: ActionStatusWriter | None = None
+    # issue 18: the decision ledger (None: no records, e.g. unit tests of the rollout)
+    ledger: LedgerWriter | None = None
+    # tests only: called at named points so a test can kill the process exactly there (MODELWARDEN_FAULT)
+    fault: Callable[[str], None] | None = None
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
         meta = state.body["metadata"]
@@ -77,11 +84,25 @@ class Reconciler:
         retraining = decide_retraining(spec, decision.status,
                                        await self._observe_retraining(model, state, decision.status, reading, now),
                                        now, model=model.name, generation=observation.generation)
-        await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
         status = retraining.status
         if request is not None and admission is not None:
             status = await self._settle(model, spec, state.status, status, request, admission, now)
+        # The decision ledger: recorded before acting, except a rollback's, which acts first (traffic back on the
+        # prior SHA is what protects users) and is recorded right after, in the same pass and retry loop.
+        entries = self._ledger_entries(state, observation, (*decision.events, *retraining.events), status)
+        acts_first = any(e.recorded_after_acting for e in entries)
+        head = None
+        if not acts_first:
+            head = await self._append(model, entries, observation.generation, now)
+        await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
+        if acts_first:
+            head = await self._append(model, entries, observation.generation, now)
+        if head is not None:
+            status = status.model_copy(update={"ledger": head})
+            own_metrics.ledger_head(model.namespace, model.name, head.seq, head.hash)
         outcome_written, conflict = await self._write_status(state.body, state.status, status)
+        if self.fault is not None and request is not None and outcome_written is not None:
+            self.fault("after-action-committed")
         if self.action_status is not None and not conflict:
             await self._record_actions(state, outcome_written, now)
         for event in (*decision.events, *retraining.events):
@@ -97,6 +118,52 @@ class Reconciler:
         if request is not None:
             waits.append(1.0)  # the next pending action, if any, in the next pass
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
+
+    def _ledger_entries(self, state: ModelState, observation: Observation, events: tuple[Event, ...],
+                        new: api.MLModelStatus) -> list[Entry]:
+        if self.ledger is None:
+            return []
+        old, spec = state.status, state.spec
+        entries = decision_entries(events, old, new, spec_version=spec.version, spec_sha256=spec.artifact.sha256,
+                                   decision_key=str(state.body["metadata"].get("resourceVersion", "")))
+        done = {h.uid for h in old.handled_actions}
+        requests = {r.uid: r for r in requests_of(state.actions)}
+        for h in new.handled_actions:
+            if h.uid not in done:
+                r = requests.get(h.uid)
+                sha = next((x.sha256 for x in new.history if x.version == h.version), spec.artifact.sha256)
+                entries.insert(0, action_entry(h, to=r.to if r else None, why=r.reason if r else "", sha256=sha))
+        entries += self._annotation_entries(state, observation, new)
+        return entries
+
+    @staticmethod
+    def _annotation_entries(state: ModelState, observation: Observation, new: api.MLModelStatus) -> list[Entry]:
+        """The deprecated annotations, when they (not a ModelAction) carried something out: identity unknown."""
+        annotations = state.body["metadata"].get("annotations") or {}
+        old, out = state.status, []
+        for verb, key in (("promote", api.ANNOTATION_PROMOTE), ("resume", api.ANNOTATION_RESUME),
+                          ("rollback", api.ANNOTATION_ROLLBACK)):
+            value = annotations.get(key)
+            if not value or getattr(observation, verb) != value:
+                continue  # absent, or a ModelAction took its place in this pass
+            synthetic = ActionRequest(uid=value, name="", verb=verb, requester="")
+            if verb == "promote" and (old.canary is None or old.current_step_index is None
+                                      or promote_token(old.canary.version, old.current_step_index) != value):
+                continue
+            if verb == "resume" and (old.halt is None or old.halt.id != value):
+                continue
+            if outcome(synthetic, old, new) is None:
+                continue
+            version = old.canary.version if verb == "promote" and old.canary else (
+                old.stable.version if old.stable else state.spec.version)
+            out.append(annotation_entry(verb, value, version=version, sha256=""))
+        return out
+
+    async def _append(self, model: ModelObject, entries: list[Entry], generation: int,
+                      now: dt.datetime) -> api.LedgerHead | None:
+        if self.ledger is None or not entries:
+            return None
+        return await self.ledger.append(model, entries, generation=generation, now=now)
 
     async def _settle(self, model: ModelObject, spec: api.MLModelSpec, old: api.MLModelStatus,
                       new: api.MLModelStatus, request: ActionRequest, admission: Admission,

@@ -75,6 +75,14 @@ class Settings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # issue 18: the decision ledger. The key is a mounted Secret (PEM); without one an ephemeral key is made and
+    # its public half published like any other (records stay verifiable), with a warning.
+    ledger: bool = True
+    ledger_key_file: str | None = None
+    ledger_key_namespace: str = "modelwarden-system"
+    ledger_retention_days: int = 400
+    # tests only: exit abruptly at this named point (a crash exactly there)
+    fault: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -105,4 +113,9 @@ class Settings:
             lease_duration=float(get("MODELWARDEN_LEASE_DURATION") or 15),
             renew_deadline=float(get("MODELWARDEN_RENEW_DEADLINE") or 10),
             retry_period=float(get("MODELWARDEN_RETRY_PERIOD") or 2),
+            ledger=_flag("MODELWARDEN_LEDGER", get("MODELWARDEN_LEDGER") or "true"),
+            ledger_key_file=get("MODELWARDEN_LEDGER_KEY_FILE"),
+            ledger_key_namespace=get("MODELWARDEN_LEDGER_KEY_NAMESPACE") or _default_lease_namespace(),
+            ledger_retention_days=int(get("MODELWARDEN_LEDGER_RETENTION_DAYS") or 400),
+            fault=get("MODELWARDEN_FAULT"),
         )

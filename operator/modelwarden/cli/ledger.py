@@ -1,0 +1,242 @@
+"""``modelwarden ledger verify|export MODEL``: the decision ledger, read from the cluster alone (no operator logs).
+
+``verify`` checks the chain (hashes, links, the operator's Ed25519 signatures against the published public keys,
+and the head the operator wrote into the MLModel's status) and names the first record altered, removed or
+inserted, with the ModelLedger object and index it sits at; exit code 1 when it does not verify.
+
+``export`` writes the records (``-o jsonl``: one record per line, as stored, signatures included, so they can be
+verified again offline) or the package a regulator reads (``-o markdown``): the verification result, every
+decision with who took it, and per rollback the runbook's post-incident package — the timeline from trigger to
+traffic restored, the trigger's values, the affected versions and sha256s, who resumed, and the feedback records
+behind it (from the incident's record in the cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelwarden.api import v1alpha1 as api
+from modelwarden.artifacts.ledger_keys import PUBLIC_KEYS_CONFIGMAP, checker
+from modelwarden.cli.training import CheckOutcome
+from modelwarden.engine.ledger import Verdict, verify
+
+
+class LedgerError(Exception):
+    """The ledger or its public keys could not be read (printed as `error: ...`, exit code 1)."""
+
+
+def _readable(e: ApiException, what: str) -> LedgerError:
+    message = e.reason or ""
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        message = json.loads(e.body or "")["message"]
+    return LedgerError(f"reading {what}: {message}")
+
+
+@dataclass(frozen=True)
+class Stored:
+    records: list[api.LedgerRecord]
+    # where each record is: (ModelLedger name, index in it)
+    places: list[tuple[str, int]]
+    first_seq: int
+    model_uid: str | None
+    head: api.LedgerHead | None
+
+
+def read(api_client: client.ApiClient, namespace: str, model: str, uid: str | None = None) -> Stored:
+    custom = client.CustomObjectsApi(api_client)
+    head = None
+    if uid is None:
+        try:
+            obj: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, model)
+            uid = obj["metadata"]["uid"]
+            head = api.MLModelStatus.model_validate(obj.get("status") or {}).ledger
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    listed: Any = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.LEDGER_PLURAL,
+                                                       label_selector=f"{api.LABEL_MODEL}={model}")
+    items = [o for o in listed.get("items", []) if uid is None or o["spec"].get("modelUid") == uid]
+    if uid is None and items:  # the model is gone: its newest ledger
+        uid = max(items, key=lambda o: o["metadata"]["creationTimestamp"])["spec"]["modelUid"]
+        items = [o for o in items if o["spec"].get("modelUid") == uid]
+    items.sort(key=lambda o: int(o["spec"]["segment"]))
+    records, places = [], []
+    for obj in items:
+        for i, raw in enumerate(obj["spec"].get("records") or []):
+            records.append(api.LedgerRecord.model_validate(raw))
+            places.append((obj["metadata"]["name"], i))
+    first_seq = 0
+    if items and int(items[0]["spec"]["segment"]) > 0 and records:
+        first_seq = records[0].seq  # older segments expired (retention)
+    return Stored(records, places, first_seq, uid, head)
+
+
+def public_keys(api_client: client.ApiClient, key_namespace: str) -> dict[str, str]:
+    cm = client.CoreV1Api(api_client).read_namespaced_config_map(PUBLIC_KEYS_CONFIGMAP, key_namespace)
+    return dict(cm.data or {})
+
+
+def check(stored: Stored, keys: dict[str, str]) -> Verdict:
+    signature_ok = checker(keys)
+    return verify(stored.records, lambda r: signature_ok(r.key_id, r.hash, r.signature), head=stored.head,
+                  first_seq=stored.first_seq)
+
+
+def _where(stored: Stored, position: int) -> str:
+    if position < len(stored.places):
+        name, index = stored.places[position]
+        return f"ModelLedger {name}, records[{index}]"
+    return "after the last stored record"
+
+
+def verdict_result(args: argparse.Namespace, stored: Stored, verdict: Verdict) -> dict[str, Any]:
+    result: dict[str, Any] = {"model": args.model, "namespace": args.namespace, "modelUid": stored.model_uid,
+                              "records": verdict.records, "ok": verdict.ok,
+                              "head": verdict.head.wire() if verdict.head else None,
+                              "publishedHead": stored.head.wire() if stored.head else None}
+    if stored.first_seq:
+        result["startsAt"] = stored.first_seq
+    if verdict.finding is not None:
+        f = verdict.finding
+        result["finding"] = {"problem": f.problem, "seq": f.seq, "where": _where(stored, f.position),
+                             "detail": f.detail}
+    return result
+
+
+def _read_checked(args: argparse.Namespace, api_client: client.ApiClient) -> tuple[Stored, Verdict]:
+    try:
+        stored = read(api_client, args.namespace, args.model, args.uid)
+    except ApiException as e:
+        raise _readable(e, f"the ledger of {args.namespace}/{args.model}") from e
+    try:
+        keys = public_keys(api_client, args.key_namespace)
+    except ApiException as e:
+        raise _readable(e, f"the public keys (ConfigMap {args.key_namespace}/{PUBLIC_KEYS_CONFIGMAP})") from e
+    return stored, check(stored, keys)
+
+
+def cmd_verify(args: argparse.Namespace, api_client: client.ApiClient) -> CheckOutcome:
+    stored, verdict = _read_checked(args, api_client)
+    return CheckOutcome(verdict_result(args, stored, verdict), verdict.ok)
+
+
+def print_verify(result: dict[str, Any]) -> None:
+    where = f"{result['namespace']}/{result['model']}"
+    if result["ok"]:
+        head = result["head"]
+        print(f"ledger of {where} verifies: {result['records']} records"
+              + (f", head {head['seq']} {head['hash']}" if head else "")
+              + (f" (from record {result['startsAt']}: older segments expired)" if result.get("startsAt") else ""))
+        return
+    f = result["finding"]
+    print(f"ledger of {where} does NOT verify: record {f['seq']} {f['problem']} ({f['where']}): {f['detail']}")
+
+
+def _since(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_export(args: argparse.Namespace, api_client: client.ApiClient) -> dict[str, Any]:
+    stored, verdict = _read_checked(args, api_client)
+    since = _since(args.since)
+    records = [r for r in stored.records if since is None or r.time >= since]
+    feedback: dict[str, list[Any]] = {}
+    core = client.CoreV1Api(api_client)
+    for r in records:
+        if r.decision == api.Reason.ROLLBACK_STARTED and "rollback" in r.inputs:
+            try:
+                cm = core.read_namespaced_config_map(f"{args.model}-{r.inputs['rollback']}", args.namespace)
+                feedback[r.inputs["rollback"]] = json.loads((cm.data or {}).get("feedback.json", "{}")).get(
+                    "records", [])
+            except (ApiException, ValueError):
+                feedback[r.inputs["rollback"]] = []
+    return {"verify": verdict_result(args, stored, verdict), "records": [r.wire() for r in records],
+            "feedback": feedback, "format": args.output}
+
+
+def print_export(result: dict[str, Any]) -> None:
+    if result["format"] == "jsonl":
+        for raw in result["records"]:
+            print(json.dumps(raw, sort_keys=True, separators=(",", ":")))
+        return
+    v = result["verify"]
+    records = [api.LedgerRecord.model_validate(r) for r in result["records"]]
+    print(f"# Decision ledger of {v['namespace']}/{v['model']}\n")
+    print(f"- Model uid: `{v['modelUid']}`")
+    if v["ok"]:
+        head = v["head"] or {}
+        print(f"- Verification: **passed** — {v['records']} records, hash-chained and signed by the operator; "
+              f"head {head.get('seq', '-')} `{head.get('hash', '-')}`")
+    else:
+        f = v["finding"]
+        print(f"- Verification: **FAILED** — record {f['seq']} {f['problem']} ({f['where']}): {f['detail']}")
+    published = v.get("publishedHead")
+    print(f"- Head in the MLModel's status: {published['seq']} `{published['hash']}`" if published
+          else "- Head in the MLModel's status: none (model deleted?)")
+    print(f"- Records in this export: {len(records)}\n")
+    print("## Decisions\n")
+    print("| seq | time | actor | decision | version | sha256 | outcome | inputs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in records:
+        inputs = "; ".join(f"{k}={v}" for k, v in r.inputs.items() if k != "message")
+        after = " (recorded after acting)" if r.recorded_after_acting else ""
+        print(f"| {r.seq} | {r.time} | {r.actor} | {r.decision}{after} | {r.version} | {r.sha256[:12]} | "
+              f"{r.outcome} | {inputs.replace('|', '/')} |")
+    rollbacks = [r for r in records if r.decision == api.Reason.ROLLBACK_STARTED]
+    for rb in rollbacks:
+        rid = rb.inputs.get("rollback", "")
+        print(f"\n## Post-incident: rollback {rid}\n")
+        print(f"- **Trigger**: {rb.inputs.get('trigger', '')} — {rb.inputs.get('message', '')}")
+        values = {k.removeprefix("value."): v for k, v in rb.inputs.items() if k.startswith("value.")}
+        if values:
+            print("- **Trigger values**: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        print(f"- **Affected versions**: {rb.inputs.get('from', '')} → {rb.inputs.get('to', '')}")
+        if rb.inputs.get("request"):
+            who = next((r.actor for r in records if r.decision == "RollbackRequested"
+                        and rb.inputs["request"].startswith(r.inputs.get("uid", "-"))), "unknown")
+            print(f"- **Requested by**: {who}")
+        print("\n### Timeline\n")
+        related = [r for r in records if r.seq >= rb.seq and (r.inputs.get("rollback") == rid or r.decision in (
+            api.Reason.HALTED, api.Reason.RESUMED, "ResumeRequested"))]
+        for r in related:
+            print(f"- {r.time} — {r.decision} by {r.actor}: {r.inputs.get('message', '')}")
+        records_behind = result["feedback"].get(rid) or []
+        print(f"\n### Feedback behind it ({len(records_behind)} predictions)\n")
+        for fb in records_behind:
+            labels = "; ".join(f"{x.get('stakeholder')}/{x.get('severity')}: {x.get('label')}"
+                               for x in fb.get("feedback", []))
+            print(f"- `{fb.get('predictionId')}`: {labels}")
+        print("\n### Follow-up\n")
+        print("- [ ] Decide whether drift contributed; if so, expand the training dataset (runbook: post-incident).")
+
+
+def add_subcommand(sub: Any, client_of: Any) -> None:
+    """``ledger verify`` and ``ledger export`` on the CLI's subparsers; ``client_of(kubeconfig)`` makes the client."""
+    ledger = sub.add_parser("ledger", help="the decision ledger: verify its chain, export it for a regulator")
+    verbs = ledger.add_subparsers(dest="ledger_command", metavar="VERB", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", default=None)
+    common.add_argument("-n", "--namespace", default="default")
+    common.add_argument("--key-namespace", default="modelwarden-system",
+                        help=f"where the operator publishes its public keys (ConfigMap {PUBLIC_KEYS_CONFIGMAP})")
+    common.add_argument("--uid", default=None, help="the model's uid (default: the MLModel's, or the newest ledger)")
+    common.add_argument("model")
+
+    p = verbs.add_parser("verify", parents=[common], help="check the chain; name the first tampered record")
+    p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.set_defaults(func=lambda args: cmd_verify(args, client_of(args.kubeconfig)), printer=print_verify)
+
+    p = verbs.add_parser("export", parents=[common], help="the records (-o jsonl) or the regulator's package")
+    p.add_argument("-o", "--output", choices=["jsonl", "markdown"], default="markdown")
+    p.add_argument("--since", default=None, help="RFC 3339 time: only records from then on")
+    p.set_defaults(func=lambda args: cmd_export(args, client_of(args.kubeconfig)), printer=print_export)

@@ -1,0 +1,250 @@
+"""The decision ledger (issue 18): what a record says, how records chain, and how a chain is checked. Pure.
+
+A record's ``hash`` is the sha256 of its canonical JSON (sorted keys, no whitespace) without ``hash`` and
+``signature``; that JSON holds ``prev``, the previous record's hash (:data:`GENESIS` for the first), so changing,
+removing or inserting one record breaks the link after it. The operator signs ``hash`` (Ed25519, in the adapter);
+:func:`verify` takes the signature check as a function, so this module stays free of cryptography.
+
+:func:`verify` names the **first** record that was altered, removed or inserted:
+
+- *altered*: its content no longer hashes to its ``hash``, or its signature does not verify, and the record after
+  it does not link around it (were it linked around, it would be *inserted*);
+- *removed*: a record that verifies links to an earlier record than the one before it, or its ``seq`` skips;
+  the first missing ``seq`` is named; also when the head the verifier was given (MLModel status, the operator's
+  metric, an exported bundle) is not in the chain because the chain ends before it;
+- *inserted*: a record that does not belong between two records that link to each other, or a valid record
+  repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from modelwarden.api.v1alpha1 import HandledAction, LedgerHead, LedgerRecord, MLModelStatus, Phase, Reason
+from modelwarden.engine.actions import Event
+from modelwarden.engine.timestamps import timestamp
+
+GENESIS = "0" * 64
+OPERATOR = "operator"
+UNKNOWN_ANNOTATION = "unknown:annotation"
+# Records per ModelLedger object: a segment stays far below etcd's object size limit (~1 KiB a record).
+SEGMENT_RECORDS = 64
+
+
+def user(name: str) -> str:
+    """The actor of a person the API server proved (a ModelAction's requester, a ModelApproval's approver)."""
+    return f"user:{name}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One decision to record, before it is chained."""
+
+    decision: str
+    key: str
+    actor: str = OPERATOR
+    version: str = ""
+    sha256: str = ""
+    outcome: str = ""
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    recorded_after_acting: bool = False
+
+
+def canonical(record: LedgerRecord) -> bytes:
+    """The bytes ``hash`` covers: every field but ``hash`` and ``signature``, canonical JSON."""
+    body = record.model_dump(by_alias=True, mode="json", exclude={"hash", "signature"})
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(record: LedgerRecord) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def chain(prev: LedgerRecord | None, entry: Entry, *, model: str, model_uid: str, generation: int,
+          now: datetime, key_id: str = "") -> LedgerRecord:
+    """The next record after ``prev`` (unsigned: the adapter signs ``hash``)."""
+    record = LedgerRecord(
+        seq=0 if prev is None else prev.seq + 1, time=timestamp(now), actor=entry.actor, model=model,
+        model_uid=model_uid, version=entry.version, sha256=entry.sha256, generation=generation,
+        decision=entry.decision, outcome=entry.outcome, inputs=dict(entry.inputs), key=entry.key,
+        recorded_after_acting=entry.recorded_after_acting, prev=GENESIS if prev is None else prev.hash, hash="",
+        key_id=key_id)
+    return record.model_copy(update={"hash": digest(record)})
+
+
+def head_of(record: LedgerRecord) -> LedgerHead:
+    return LedgerHead(seq=record.seq, hash=record.hash, at=record.time)
+
+
+Problem = Literal["altered", "removed", "inserted"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    problem: Problem
+    seq: int
+    # where the record is (or, for a removed one, would be): index in the concatenated records
+    position: int
+    detail: str
+
+    def __str__(self) -> str:
+        return f"record {self.seq} {self.problem}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    records: int
+    head: LedgerHead | None
+    finding: Finding | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+
+SignatureCheck = Callable[[LedgerRecord], bool]
+
+
+def _intact(record: LedgerRecord, signed: SignatureCheck) -> bool:
+    return digest(record) == record.hash and signed(record)
+
+
+def verify(records: Sequence[LedgerRecord], signed: SignatureCheck, *, head: LedgerHead | None = None,
+           first_seq: int = 0) -> Verdict:
+    """Check ``records`` (in stored order) as one chain. ``first_seq``: the seq the stored chain starts at (records
+    before it expired by retention; the first record's ``prev`` is then taken as given). ``head``: a head written
+    elsewhere that the chain must contain."""
+    last: LedgerRecord | None = None
+    for i, record in enumerate(records):
+        expected_seq = first_seq if last is None else last.seq + 1
+        expected_prev = None if last is None and first_seq > 0 else (GENESIS if last is None else last.hash)
+        if not _intact(record, signed):
+            after = records[i + 1] if i + 1 < len(records) else None
+            links_around = after is not None and _intact(after, signed) and (
+                after.prev == (GENESIS if last is None else last.hash))
+            # at the end: the published head is the record before it, so it came after the operator's last write
+            beyond_head = (after is None and head is not None and last is not None and head.seq == last.seq
+                           and head.hash == last.hash)
+            links_around = links_around or beyond_head
+            if links_around:
+                return Verdict(len(records), head, Finding("inserted", record.seq, i,
+                                                           "not part of the chain: the next record links around it"))
+            why = "its content does not match its hash" if digest(record) != record.hash else "bad signature"
+            return Verdict(len(records), head, Finding("altered", record.seq, i, why))
+        if record.seq > expected_seq:
+            return Verdict(len(records), head, Finding(
+                "removed", expected_seq, i, f"the chain goes from {expected_seq - 1} to {record.seq}"))
+        if record.seq < expected_seq:
+            return Verdict(len(records), head, Finding(
+                "inserted", record.seq, i, f"seq {record.seq} again after {expected_seq - 1}"))
+        if expected_prev is not None and record.prev != expected_prev:
+            # the right seq, intact and signed, but not chained to its predecessor: a record signed for another
+            # place (a replay), i.e. inserted here
+            return Verdict(len(records), head, Finding(
+                "inserted", record.seq, i, "intact, but not linked to the record before it"))
+        last = record
+    if head is not None:
+        if last is None or last.seq < head.seq:
+            missing = first_seq if last is None else last.seq + 1
+            return Verdict(len(records), head, Finding(
+                "removed", missing, len(records), f"the chain ends before the published head {head.seq}"))
+        at = head.seq - first_seq
+        if 0 <= at < len(records) and records[at].hash != head.hash:
+            return Verdict(len(records), head, Finding(
+                "altered", head.seq, at, "does not match the published head"))
+    return Verdict(len(records), head if last is None else head_of(last))
+
+
+# --- what a pass records ---
+
+# Decisions whose record follows the act: a rollback moves traffic first (safer than waiting on a write), and its
+# record says so (recordedAfterActing) and is written within the same retry loop.
+ACTS_FIRST = frozenset({Reason.ROLLBACK_STARTED, Reason.TRAFFIC_RESTORED, Reason.ROLLBACK_COMPLETE,
+                        Reason.CANARY_ABORTED})
+KILL_SWITCH_RELEASED = "KillSwitchReleased"
+
+
+def requested(verb: str) -> str:
+    """The decision name of a person's request: PromoteRequested, RollbackRequested, ..."""
+    return f"{verb.capitalize()}Requested"
+
+
+def _version_of(reason: str, old: MLModelStatus, new: MLModelStatus, spec_version: str,
+                spec_sha256: str) -> tuple[str, str]:
+    rb = new.last_rollback
+    if reason in (Reason.ROLLBACK_STARTED, Reason.CANARY_ABORTED) and rb is not None:
+        return rb.from_version, rb.from_sha256
+    if reason in (Reason.TRAFFIC_RESTORED, Reason.ROLLBACK_COMPLETE) and rb is not None:
+        return rb.to_version or "", rb.to_sha256 or ""
+    if reason in (Reason.HALTED, Reason.RESUMED) and (new.halt or old.halt) is not None:
+        halt = new.halt or old.halt
+        assert halt is not None
+        return halt.version, halt.sha256
+    return spec_version, spec_sha256
+
+
+def _inputs(reason: str, message: str, old: MLModelStatus, new: MLModelStatus) -> dict[str, str]:
+    inputs = {"message": message}
+    rb = new.last_rollback
+    if reason in ACTS_FIRST and rb is not None:
+        inputs |= {"rollback": rb.id, "trigger": rb.trigger, "from": f"{rb.from_version}@{rb.from_sha256}",
+                   "to": f"{rb.to_version or '-'}@{rb.to_sha256 or '-'}", "request": rb.request or ""}
+        inputs |= {f"value.{k}": v for k, v in sorted(rb.values.items())}
+        if rb.traffic_restored_at:
+            inputs["trafficRestoredAt"] = rb.traffic_restored_at
+    elif reason == Reason.QUORUM_MET:
+        inputs |= {f"approval.{a.role}": f"{a.approver} ({a.name or '-'}, {a.approved_at or '-'})"
+                   for a in new.approvals}
+    elif reason == Reason.STEP_ADVANCED:
+        inputs |= {"step": str(new.current_step_index), "canaryWeight": str(new.canary_weight)}
+    elif reason == Reason.HALTED and new.halt is not None:
+        inputs |= {"halt": new.halt.id, "reason": new.halt.reason}
+    elif reason == Reason.RESUMED and old.halt is not None:
+        inputs |= {"halt": old.halt.id}
+    if new.error_budget is not None and reason in ACTS_FIRST | {Reason.PROMOTED, Reason.STEP_ADVANCED}:
+        inputs["errorBudget"] = f"{new.error_budget.remaining_percent}% ({new.error_budget.version})"
+    return inputs
+
+
+def decision_entries(events: Sequence[Event], old: MLModelStatus, new: MLModelStatus, *, spec_version: str,
+                     spec_sha256: str, decision_key: str) -> list[Entry]:
+    """One entry per Event the engine emitted (every decision it takes is one), and the kill switch's release
+    (which emits none). ``decision_key`` names the pass (the model's resourceVersion it decided on): a pass
+    retried on the same object records nothing twice."""
+    out = []
+    for i, event in enumerate(events):
+        version, sha256 = _version_of(event.reason, old, new, spec_version, spec_sha256)
+        out.append(Entry(decision=event.reason, key=f"{decision_key}/{i}/{event.reason}", version=version,
+                         sha256=sha256, outcome=str(new.phase or ""),
+                         inputs=_inputs(event.reason, event.message, old, new),
+                         recorded_after_acting=event.reason in ACTS_FIRST))
+    if old.phase == Phase.DISABLED and new.phase is not None and new.phase != Phase.DISABLED:
+        out.append(Entry(decision=KILL_SWITCH_RELEASED, key=f"{decision_key}/{KILL_SWITCH_RELEASED}",
+                         version=spec_version, sha256=spec_sha256, outcome=str(new.phase),
+                         inputs={"message": "spec.enabled is true again"}))
+    return out
+
+
+def action_entry(handled: HandledAction, *, to: str | None, why: str, sha256: str) -> Entry:
+    """A person's request and what came of it; the actor is the requester the API server proved."""
+    inputs = {"action": handled.name, "uid": handled.uid, "reason": handled.reason, "message": handled.message}
+    if to:
+        inputs["to"] = to
+    if why:
+        inputs["why"] = why
+    return Entry(decision=requested(handled.verb), key=f"action/{handled.uid}", actor=user(handled.requester),
+                 version=handled.version, sha256=sha256, outcome=str(handled.outcome), inputs=inputs,
+                 recorded_after_acting=handled.verb == "enable")
+
+
+def annotation_entry(verb: str, value: str, *, version: str, sha256: str) -> Entry:
+    """The deprecated annotations: acted on, but nobody can say who set them."""
+    return Entry(decision=requested(verb), key=f"annotation/{verb}/{value}", actor=UNKNOWN_ANNOTATION,
+                 version=version, sha256=sha256, outcome="Succeeded",
+                 inputs={"annotation": f"modelwarden.io/{verb}={value}",
+                         "message": "deprecated annotation: identity unknown; use a ModelAction"})
