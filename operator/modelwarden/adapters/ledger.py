@@ -62,7 +62,8 @@ class KubeLedger:
         self._kube, self._signer, self._key_namespace = kube, signer, key_namespace
         self._retention = dt.timedelta(days=retention_days)
         self._tails: dict[str, _Tail] = {}
-        self.writes = 0  # API writes made (for the benchmark: writes per decision)
+        self.writes = 0  # API writes made
+        self.records = 0  # records appended (writes / records: what a decision costs)
 
     async def publish_key(self) -> None:
         """Add this operator's public key to the ConfigMap verifiers read (key id -> PEM; old keys stay)."""
@@ -144,6 +145,7 @@ class KubeLedger:
             version = await self._write(model, segment, [*records, *batch], version)
             records = [*records, *batch]
         assert last is not None
+        self.records += len(new)
         self._tails[model.uid] = _Tail(segment=segment, resource_version=version, records=records, last=last,
                                        keys=[*tail.keys, *(e.key for e in new)][-RECENT_KEYS:])
         if tail.resource_version is None or segment != tail.segment:

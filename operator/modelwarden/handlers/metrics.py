@@ -92,3 +92,13 @@ def ledger_head(namespace: str, model: str, seq: int, head_hash: str) -> None:
     _ledger_heads[(namespace, model)] = head_hash
     LEDGER_HEAD.labels(namespace, model, head_hash).set(1)
     LEDGER_HEAD_SEQ.labels(namespace, model).set(seq)
+LEDGER_WRITES = Gauge("modelwarden_ledger_writes", "API writes the decision ledger made (creates and appends).",
+                      registry=REGISTRY)
+LEDGER_RECORDS = Gauge("modelwarden_ledger_records", "Records this operator appended to decision ledgers.",
+                       registry=REGISTRY)
+
+
+def track_ledger(writes: Callable[[], int], records: Callable[[], int]) -> None:
+    """Read the ledger's write and record counts at scrape time (writes per record is what a decision costs)."""
+    LEDGER_WRITES.set_function(lambda: float(writes()))
+    LEDGER_RECORDS.set_function(lambda: float(records()))

@@ -124,6 +124,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         ledger = KubeLedger(kube, signer, key_namespace=config.ledger_key_namespace,
                             retention_days=config.ledger_retention_days)
         await ledger.publish_key()
+        metrics.track_ledger(lambda: ledger.writes if ledger else 0, lambda: ledger.records if ledger else 0)
     else:
         logger.warning("MODELWARDEN_LEDGER=false: no decision ledger is written")
 

@@ -1,0 +1,216 @@
+"""ModelActions and the decision ledger inside one pass (issue 18), against the in-memory fakes of test_reconcile.
+
+- which request a pass admits and what comes of it (a table over the engine's pure functions);
+- the ledger is written before anything is acted on, a failed write fails the pass with nothing acted on (it is
+  retried, never skipped), and a rollback's records follow the traffic move and say so;
+- an action's outcome is recorded once, under the requester's proven name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from modelwarden.adapters.kube import KubeError
+from modelwarden.adapters.manifests import ModelObject
+from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.actions import Event
+from modelwarden.engine.ledger import GENESIS, Entry, chain, decision_entries, head_of
+from modelwarden.engine.model_actions import ActionRequest, admit, handled, outcome, pending
+from modelwarden.handlers.controller import Controller
+from tests.unit.engine_world import SHA, T0, make_spec
+from tests.unit.test_reconcile import KEY, NS, FakeArtifacts, FakeCluster, FakeRouter, approval, mlmodel
+
+V1 = api.ArtifactVersion(version="v1", sha256=SHA["v1"], uri="file:///models/v1.skops")
+V2 = api.ArtifactVersion(version="v2", sha256=SHA["v2"], uri="file:///models/v2.skops")
+HALT = api.Halt(id="rb-1", reason="RolledBack", version="v2", sha256=SHA["v2"], since="2026-11-22T12:00:00Z")
+ROLLED_BACK = api.Rollback(id="rb-1", trigger="ManualRollback", message="m", from_version="v2",
+                           from_sha256=SHA["v2"], to_version="v1", to_sha256=SHA["v1"],
+                           started_at="2026-11-22T12:00:00Z", completed_at="2026-11-22T12:00:05Z")
+HISTORY = [api.HistoryEntry(version="v1", sha256=SHA["v1"], uri=V1.uri, deployed_at="2026-11-20T00:00:00Z",
+                            outcome="Superseded"),
+           api.HistoryEntry(version="v2", sha256=SHA["v2"], uri=V2.uri, deployed_at="2026-11-21T00:00:00Z",
+                            outcome="RolledBack",
+                            approvals=[api.ApprovalRecord(role="finance", approver="fiona"),
+                                       api.ApprovalRecord(role="regulatory", approver="rick")])]
+PAUSED = api.MLModelStatus(stable=V1, canary=V2, current_step_index=1, history=HISTORY[:1])
+TIMED = api.MLModelStatus(stable=V1, canary=V2, current_step_index=0, history=HISTORY[:1])
+SERVING = api.MLModelStatus(stable=V2, history=HISTORY)
+HALTED = api.MLModelStatus(stable=V1, history=HISTORY, halt=HALT, last_rollback=ROLLED_BACK)
+STEPS = {"rollout": {"steps": [{"setWeight": 10, "pauseSeconds": 60}, {"setWeight": 50}]}}
+FOUR_EYES = {**STEPS, "rollback": {"resumeByAnotherPerson": True}}
+
+
+def req(verb: str, who: str = "olga", to: str | None = None) -> ActionRequest:
+    return ActionRequest(uid=f"uid-{verb}", name=f"m-{verb}", verb=verb, requester=who, to=to)
+
+
+# (case, spec overrides, status, request, what the pass feeds the engine or rejects)
+ADMISSIONS: list[tuple[str, dict[str, Any], api.MLModelStatus, ActionRequest, str]] = [
+    ("promote at a manual pause", STEPS, PAUSED, req("promote"), "promote=v2/1"),
+    ("promote at a timed pause", STEPS, TIMED, req("promote"), "NotAtManualPause"),
+    ("promote without a canary", STEPS, SERVING, req("promote"), "NoCanaryWaiting"),
+    ("rollback to the previous version", STEPS, SERVING, req("rollback"), "rollback=uid-rollback"),
+    ("rollback to a named version", STEPS, SERVING, req("rollback", to="v1"), "rollback=uid-rollback:v1"),
+    ("rollback to a version never served", STEPS, SERVING, req("rollback", to="v9"), "NotInHistory"),
+    ("rollback with nothing served", STEPS, api.MLModelStatus(), req("rollback"), "NothingServed"),
+    ("resume a halt", STEPS, HALTED, req("resume"), "resume=rb-1"),
+    ("resume what is not halted", STEPS, SERVING, req("resume"), "NotHalted"),
+    ("four eyes: an approver of the rolled-back version resumes", FOUR_EYES, HALTED, req("resume", "fiona"),
+     "SamePerson"),
+    ("four eyes: someone else resumes", FOUR_EYES, HALTED, req("resume", "olga"), "resume=rb-1"),
+    ("without four eyes the approver may resume", STEPS, HALTED, req("resume", "fiona"), "resume=rb-1"),
+    ("re-enable", STEPS, SERVING, req("enable"), "reenable"),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "status", "request_", "expected"), ADMISSIONS,
+                         ids=[a[0] for a in ADMISSIONS])
+def test_what_a_pass_does_with_a_request(case: str, overrides: dict[str, Any], status: api.MLModelStatus,
+                                         request_: ActionRequest, expected: str) -> None:
+    a = admit(make_spec("v2", **overrides), status, request_)
+    got = (a.rejected[0] if a.rejected else f"promote={a.promote}" if a.promote else
+           f"rollback={a.rollback}" if a.rollback else f"resume={a.resume}" if a.resume else "reenable")
+    assert got == expected
+
+
+def test_a_promoter_of_the_rolled_back_version_may_not_resume_under_four_eyes() -> None:
+    promoted = handled(HALTED, req("promote", "pete"), (api.ActionOutcome.SUCCEEDED, api.ActionReason.APPLIED, ""),
+                       T0, "v2")
+    assert admit(make_spec("v2", **FOUR_EYES), promoted, req("resume", "pete")).rejected is not None
+
+
+OUTCOMES: list[tuple[str, ActionRequest, api.MLModelStatus, api.MLModelStatus, str | None]] = [
+    ("promote released the step", req("promote"), PAUSED, PAUSED.model_copy(update={"current_step_index": 2}),
+     "Succeeded"),
+    ("promote not yet (canary not ready)", req("promote"), PAUSED, PAUSED, None),
+    ("rollback started for this request", req("rollback"), SERVING, SERVING.model_copy(update={
+        "last_rollback": ROLLED_BACK.model_copy(update={"request": "uid-rollback"})}), "Succeeded"),
+    ("rollback waits for the one in progress", req("rollback"), SERVING, SERVING, None),
+    ("resume cleared the halt", req("resume"), HALTED, HALTED.model_copy(update={"halt": None}), "Succeeded"),
+    ("re-enable reached the servers", req("enable"), SERVING, SERVING, "Succeeded"),
+]
+
+
+@pytest.mark.parametrize(("case", "request_", "old", "new", "expected"), OUTCOMES, ids=[o[0] for o in OUTCOMES])
+def test_whether_the_pass_carried_a_request_out(case: str, request_: ActionRequest, old: api.MLModelStatus,
+                                                new: api.MLModelStatus, expected: str | None) -> None:
+    found = outcome(request_, old, new)
+    assert (found[0] if found else None) == expected
+
+
+def test_handled_requests_are_not_pending_and_the_record_is_bounded() -> None:
+    status = SERVING
+    for i in range(60):
+        status = handled(status, ActionRequest(uid=f"u{i}", name=f"a{i}", verb="promote", requester="x"),
+                         (api.ActionOutcome.REJECTED, api.ActionReason.NO_CANARY_WAITING, ""), T0, "v2")
+    assert len(status.handled_actions) == 50 and status.handled_actions[-1].uid == "u59"
+    requests = [ActionRequest(uid="u59", name="a59", verb="promote", requester="x", created="2"),
+                ActionRequest(uid="new", name="b", verb="resume", requester="x", created="3"),
+                ActionRequest(uid="older", name="c", verb="resume", requester="x", created="1")]
+    assert [r.uid for r in pending(requests, status)] == ["older", "new"]
+
+
+def test_a_rollbacks_records_say_they_follow_the_act_and_carry_the_trigger_values() -> None:
+    rb = ROLLED_BACK.model_copy(update={"trigger": "ErrorBudgetExhausted", "values": {"budget": "3.1"},
+                                        "completed_at": None})
+    new = SERVING.model_copy(update={"last_rollback": rb, "phase": api.Phase.ROLLING_BACK})
+    events = [Event("Warning", api.Reason.ROLLBACK_STARTED, "budget 3.1% < 5%"),
+              Event("Normal", api.Reason.HALTED, "halted")]
+    entries = decision_entries(events, SERVING, new, spec_version="v2", spec_sha256=SHA["v2"], decision_key="7")
+    assert [(e.decision, e.recorded_after_acting, e.version) for e in entries] == [
+        ("RollbackStarted", True, "v2"), ("Halted", False, "v2")]
+    assert entries[0].inputs["value.budget"] == "3.1" and entries[0].inputs["trigger"] == "ErrorBudgetExhausted"
+    assert entries[0].key != entries[1].key and entries[0].key.startswith("7/")
+
+
+# --- one pass, with a fake ledger ---
+
+
+@dataclass
+class FakeLedger:
+    log: list[tuple[str, Any]]
+    failures: int = 0
+    records: list[api.LedgerRecord] = field(default_factory=list)
+
+    async def append(self, model: ModelObject, entries: Sequence[Entry], *, generation: int,
+                     now: dt.datetime) -> api.LedgerHead | None:
+        if self.failures:
+            self.failures -= 1
+            raise KubeError("the API server is down", 503)
+        known = {r.key for r in self.records}
+        for e in entries:
+            if e.key not in known:
+                self.records.append(chain(self.records[-1] if self.records else None, e, model=model.name,
+                                          model_uid=model.uid, generation=generation, now=now))
+        self.log.append(("ledger", [e.decision for e in entries]))
+        return head_of(self.records[-1]) if self.records else None
+
+
+@dataclass
+class FakeActionStatus:
+    recorded: list[tuple[str, api.ModelActionStatus]] = field(default_factory=list)
+
+    async def record(self, namespace: str, name: str, status: api.ModelActionStatus) -> None:
+        self.recorded.append((name, status))
+
+
+def controller(cluster: FakeCluster, ledger: FakeLedger, actions: FakeActionStatus) -> Controller:
+    spec = make_spec("v1", serving={"replicas": 2})
+    router, artifacts = FakeRouter(), FakeArtifacts({spec.artifact.uri: SHA["v1"]})
+    c = Controller(workloads=cluster, status_writer=cluster, events=cluster, artifacts=artifacts, reports=artifacts,
+                   router_for=lambda spec: router, clock=lambda: T0, ledger=ledger, action_status=actions)
+    c.caches.observe_model("ADDED", mlmodel(spec))
+    c.caches.observe_approval("ADDED", approval("finance", "fiona"))
+    c.caches.observe_approval("ADDED", approval("regulatory", "rick"))
+    return c
+
+
+def test_decisions_are_recorded_before_anything_is_acted_on() -> None:
+    cluster = FakeCluster()
+    ledger = FakeLedger(cluster.calls)
+    c = controller(cluster, ledger, FakeActionStatus())
+    asyncio.run(c.reconcile(KEY))
+    first_apply = next(i for i, call in enumerate(cluster.calls) if call[0] == "apply")
+    assert cluster.calls[0][0] == "ledger" and "QuorumMet" in cluster.calls[0][1] and first_apply > 0
+    status = api.MLModelStatus.model_validate(c.models[KEY]["status"])
+    assert status.ledger is not None and status.ledger.hash == ledger.records[-1].hash
+    assert ledger.records[0].prev == GENESIS
+
+
+def test_a_ledger_that_cannot_be_written_fails_the_pass_with_nothing_acted_on() -> None:
+    cluster = FakeCluster()
+    ledger = FakeLedger(cluster.calls, failures=1)
+    c = controller(cluster, ledger, FakeActionStatus())
+    with pytest.raises(KubeError):
+        asyncio.run(c.reconcile(KEY))
+    assert cluster.calls == [] and cluster.status_writes == 0 and ledger.records == []
+    asyncio.run(c.reconcile(KEY))  # the retry records the same decisions, once, then acts
+    assert ledger.records and any(call[0] == "apply" for call in cluster.calls)
+    assert len({r.key for r in ledger.records}) == len(ledger.records)
+
+
+def test_an_action_is_recorded_once_under_its_requesters_name() -> None:
+    cluster = FakeCluster()
+    ledger, actions = FakeLedger(cluster.calls), FakeActionStatus()
+    c = controller(cluster, ledger, actions)
+    body: dict[str, Any] = {
+        "metadata": {"namespace": NS, "name": "credit-promote-x", "uid": "a1", "resourceVersion": "5",
+                     "creationTimestamp": "2026-11-22T12:00:00Z"},
+        "spec": {"modelRef": {"name": "credit"}, "verb": "promote", "requester": "finance-approver"}}
+    c.caches.observe_action("ADDED", body)
+    asyncio.run(c.reconcile(KEY))
+    # the watch brings the action back with its outcome: later passes neither act on it nor record it again
+    c.caches.observe_action("MODIFIED", {**body, "metadata": {**body["metadata"], "resourceVersion": "6"},
+                                         "status": actions.recorded[0][1].wire()})
+    asyncio.run(c.reconcile(KEY))
+    assert [(n, s.outcome, s.reason) for n, s in actions.recorded] == [
+        ("credit-promote-x", "Rejected", "NoCanaryWaiting")]
+    requested = [r for r in ledger.records if r.decision == "PromoteRequested"]
+    assert [(r.actor, r.outcome, r.inputs["action"]) for r in requested] == [
+        ("user:finance-approver", "Rejected", "credit-promote-x")]
