@@ -9,6 +9,12 @@ burn rate jumps past 14.4x. For each model the clock starts at the start of the 
 saw the trigger (from the operator's log) and stops when this process sees the stable Deployment fully
 rolled out and ready on v1's sha256 (100% of traffic, no canary). The aim (DESIGN §3, issue 4): at most one
 interval + 5 s from the trigger becoming true, i.e. this number plus the wait for the next evaluation.
+
+    .venv/bin/python -m bench.rollback_latency --runs 8 --interval 10 --compare-ledger
+
+With ``--compare-ledger`` (issue 18) the models alternate between an operator writing the decision ledger and one
+started with MODELWARDEN_LEDGER=false (restarted between them, then given one interval to settle), in the same run,
+and the ledger's API writes and records per rollback are read from the operator's metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--interval", type=int, default=30, help="the operator's evaluation interval (default 30)")
+    parser.add_argument("--compare-ledger", action="store_true",
+                        help="alternate runs with and without the decision ledger (issue 18)")
     args = parser.parse_args()
 
     cluster = cluster_env.up()
@@ -47,8 +55,15 @@ def main() -> int:
     models = [f"m{i}" for i in range(args.runs)]
     exporter = Exporter((ns, m) for m in models)
     prom = prometheus_env.start(work / "prometheus", scrape_targets=[exporter.target])
-    operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
-        "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(args.interval)}).start()
+
+    def start_operator(ledger: bool, n: int) -> modelwarden_env.OperatorProcess:
+        return modelwarden_env.OperatorProcess(cluster, work / f"operator-{n}.log", env={
+            "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(args.interval),
+            "MODELWARDEN_LEDGER": "true" if ledger else "false"}).start()
+
+    operator, ledger_on, starts = start_operator(True, 0), True, 1
+    by_mode: dict[bool, list[float]] = {True: [], False: []}
+    costs: list[tuple[float, float]] = []
     try:
         shas = {}
         for v in ("v1", "v2"):
@@ -91,7 +106,13 @@ def main() -> int:
              10 * args.interval + 120, "v2 promoted everywhere")
 
         latencies = []
-        for m in models:
+        for i, m in enumerate(models):
+            if args.compare_ledger and ledger_on != (i % 2 == 0):
+                operator.stop()
+                ledger_on = i % 2 == 0
+                operator, starts = start_operator(ledger_on, starts), starts + 1
+                time.sleep(args.interval)  # primed, and one evaluation cycle behind it
+            before = _ledger_counts(operator) if ledger_on else (0.0, 0.0)
             exporter.bad.add((ns, m))
             flipped = time.time()
             wait(lambda m=m: restored_on(apps, ns, m, shas["v1"][1]), 3 * args.interval + 60, f"{m} restored")
@@ -103,9 +124,16 @@ def main() -> int:
             # the figure never undercounts.
             since_eval = restored - cycles[-1] if cycles else float("nan")
             latencies.append(since_eval)
-            print(f"  {m}: trigger true → restored {restored - flipped:5.1f}s; "
+            by_mode[ledger_on].append(since_eval)
+            print(f"  {m}{' (ledger)' if ledger_on else ' (no ledger)' if args.compare_ledger else ''}: "
+                  f"trigger true → restored {restored - flipped:5.1f}s; "
                   f"from the evaluation that saw it {since_eval:5.2f}s", flush=True)
             time.sleep(args.interval / 3)  # the next model's trigger falls in another evaluation cycle
+            if ledger_on:
+                wait(lambda m=m: (lambda s: s.last_rollback is not None and s.last_rollback.completed_at)(phase(m)),
+                     60, f"{m}'s rollback complete")
+                after = _ledger_counts(operator)
+                costs.append((after[0] - before[0], after[1] - before[1]))
     finally:
         operator.stop()
         prom.stop()
@@ -115,7 +143,27 @@ def main() -> int:
           f"({len(ok)} runs, interval {args.interval}s):")
     print(f"  p50 {statistics.median(ok):.2f}s  max {max(ok):.2f}s  (aim: within one interval + 5 s of the "
           f"trigger becoming true, i.e. ≤ 5 s here plus the wait for the next evaluation)")
+    if args.compare_ledger:
+        for mode, values in by_mode.items():
+            good = [x for x in values if x == x]
+            if good:
+                print(f"  {'with' if mode else 'without'} the ledger ({len(good)} runs): "
+                      f"p50 {statistics.median(good):.2f}s  max {max(good):.2f}s")
+    if costs:
+        writes, records = zip(*costs, strict=True)
+        print(f"  ledger per rollback (trigger → complete): {statistics.median(writes):.0f} API writes, "
+              f"{statistics.median(records):.0f} records (median of {len(costs)})")
     return 0
+
+
+def _ledger_counts(operator: modelwarden_env.OperatorProcess) -> tuple[float, float]:
+    """(API writes, records) the operator's ledger made so far, from its metrics."""
+    values = {}
+    for line in operator.metrics().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("modelwarden_ledger_writes", "modelwarden_ledger_records"):
+            values[name] = float(value)
+    return values.get("modelwarden_ledger_writes", 0.0), values.get("modelwarden_ledger_records", 0.0)
 
 
 if __name__ == "__main__":
