@@ -55,7 +55,7 @@ USERS: dict[str, tuple[str, ...]] = {
     # One person in both approver groups: must never make a quorum alone.
     "dual-approver": ("modelwarden:finance-approvers", "modelwarden:regulatory-approvers"),
     "developer": (),
-    # May ask for rollback, resume and re-enable (ModelActions; manifests/admission/modelaction-policy.yaml).
+    # May ask for rollback, resume and re-enable (ModelActions; manifests/admission/modelwarden-action-policy.yaml).
     "oncall": ("modelwarden:operators",),
     # The identity the operator runs as in tests; bound to exactly the operator's ClusterRole.
     "modelwarden-operator": (),

@@ -109,7 +109,7 @@ def _get(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> l
 
 def _shipped_rbac() -> dict[str, list[dict[str, Any]]]:
     docs = [d for path in sorted((ROOT / "manifests" / "rbac").glob("*.yaml")) for d in _docs(path.read_text())]
-    return {d["metadata"]["name"]: d["rules"] for d in docs}
+    return {d["metadata"]["name"]: d["rules"] for d in docs if "rules" in d}
 
 
 @pytest.fixture(scope="session")
@@ -257,15 +257,23 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         assert not kinds & {"ValidatingAdmissionPolicy", "NetworkPolicy", "ServiceAccount", "PrometheusRule"}
         assert not _get(objects, "ClusterRole", "modelwarden-model-server")
         return
-    for name in ("modelwarden-model-server", "modelwarden-approval-editor"):
+    for name in ("modelwarden-model-server", "modelwarden-approval-editor", "modelwarden-action-requester",
+                 "modelwarden-ledger-reader"):
         assert _get(objects, "ClusterRole", name)[0]["rules"] == shipped[name]
 
-    # The admission policy is the shipped one, with the role -> group mapping from values.
-    (policy,) = _get(objects, "ValidatingAdmissionPolicy")
+    # The admission policies are the shipped ones, with the role -> group and verb -> groups mappings from values.
+    (policy,) = [o for o in _get(objects, "ValidatingAdmissionPolicy")
+                 if o["metadata"]["name"].endswith("-approval-identity")]
     shipped_policy = _get(_docs((ROOT / "manifests/admission/modelapproval-policy.yaml").read_text()),
                           "ValidatingAdmissionPolicy")[0]
     assert policy["spec"] == shipped_policy["spec"]
-    (vapb,) = _get(objects, "ValidatingAdmissionPolicyBinding")
+    (action_policy,) = [o for o in _get(objects, "ValidatingAdmissionPolicy")
+                        if o["metadata"]["name"].endswith("-action-identity")]
+    shipped_action = _get(_docs((ROOT / "manifests/admission/modelwarden-action-policy.yaml").read_text()),
+                          "ValidatingAdmissionPolicy")[0]
+    assert action_policy["spec"] == shipped_action["spec"]
+    (vapb,) = [o for o in _get(objects, "ValidatingAdmissionPolicyBinding")
+               if o["metadata"]["name"].endswith("-approval-identity")]
     (groups,) = [o for o in _get(objects, "ConfigMap") if o["metadata"]["name"] == vapb["spec"]["paramRef"]["name"]]
     assert vapb["spec"]["paramRef"]["namespace"] == namespace == groups["metadata"]["namespace"]
     assert groups["data"] == {"finance": "modelwarden:finance-approvers",

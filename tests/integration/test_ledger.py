@@ -178,7 +178,8 @@ def test_one_record_changed_by_cluster_admin_is_named_by_verify(
 
 
 def test_export_is_the_post_incident_package_from_the_cluster_alone(
-        story: str, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+        story: str, operator: OperatorProcess, api_clients: dict[str, client.ApiClient], namespace: str,
+        tmp_path: Path) -> None:
     operator.log_path.unlink()  # nothing below may come from the operator's log
     done = cli(operator.cluster, "developer", "ledger", "export", story, "-n", namespace, "-o", "markdown")
     assert done.returncode == 0, done.stderr
@@ -193,6 +194,23 @@ def test_export_is_the_post_incident_package_from_the_cluster_alone(
     lines = cli(operator.cluster, "developer", "ledger", "export", story, "-n", namespace, "-o", "jsonl").stdout
     exported = [api.LedgerRecord.model_validate(json.loads(line)) for line in lines.splitlines()]
     assert [r.seq for r in exported] == list(range(len(exported))) and exported[0].signature
+
+    # offline, as a regulator checks what was handed over: the file, the published keys and the head
+    (tmp_path / "ledger.jsonl").write_text(lines)
+    keys = client.CoreV1Api(api_clients["developer"]).read_namespaced_config_map(
+        "modelwarden-ledger-public-keys", "modelwarden-system")
+    (tmp_path / "keys.json").write_text(json.dumps({"data": keys.data}))
+    head = f"{exported[-1].seq}:{exported[-1].hash}"
+    offline = ["ledger", "verify", story, "--records", str(tmp_path / "ledger.jsonl"), "--public-keys",
+               str(tmp_path / "keys.json"), "--head", head]
+    done = cli(operator.cluster, "developer", *offline)
+    assert done.returncode == 0 and "verifies" in done.stdout, done.stdout + done.stderr
+    changed = lines.splitlines()
+    changed[3] = changed[3].replace('"actor":"operator"', '"actor":"user:someone"').replace(
+        '"actor":"user:finance-approver"', '"actor":"user:someone"')
+    (tmp_path / "ledger.jsonl").write_text("\n".join(changed))
+    done = cli(operator.cluster, "developer", *offline)
+    assert done.returncode == 1 and "record 3 altered (ledger.jsonl, records[3])" in done.stdout, done.stdout
 
 
 def test_an_action_is_acted_on_once_when_the_operator_dies_before_recording_it(

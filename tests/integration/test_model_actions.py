@@ -1,4 +1,4 @@
-"""ModelActions carry an identity the API server proves (manifests/admission/modelaction-policy.yaml), with the
+"""ModelActions carry an identity the API server proves (manifests/admission/modelwarden-action-policy.yaml), with the
 local cluster's static-token users: the requester is the requesting user, the verb is one of the user's groups'
 verbs, and nobody can edit an action afterwards. (What the operator does with them: test_operator_rollout,
 test_cli_verbs, and the crash test in test_ledger.)"""

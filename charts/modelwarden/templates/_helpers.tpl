@@ -96,7 +96,7 @@ manifests/rbac/operator-leader-election.yaml) as JSON, with resourceNames set to
 
 {{- define "modelwarden.shippedActionAdmission" -}}
 {{- $out := dict -}}
-{{- range $doc := splitList "\n---\n" (.Files.Get "files/admission/modelaction-policy.yaml") -}}
+{{- range $doc := splitList "\n---\n" (.Files.Get "files/admission/modelwarden-action-policy.yaml") -}}
 {{- $obj := fromYaml $doc -}}
 {{- if and $obj $obj.kind -}}
 {{- $_ := set $out $obj.kind $obj -}}

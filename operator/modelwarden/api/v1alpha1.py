@@ -599,7 +599,7 @@ ActionVerb = Literal["promote", "rollback", "resume", "enable"]
 
 class ModelActionSpec(_Model):
     """A human's request to act on a model. Who asked is proven by the API server (the ValidatingAdmissionPolicy in
-    manifests/admission/modelaction-policy.yaml: requester is the requesting user, the verb is one the user's
+    manifests/admission/modelwarden-action-policy.yaml: requester is the requesting user, the verb is one the user's
     groups may ask for, immutable once created)."""
 
     model_config = ConfigDict(

@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -43,7 +44,7 @@ def _readable(e: ApiException, what: str) -> LedgerError:
 @dataclass(frozen=True)
 class Stored:
     records: list[api.LedgerRecord]
-    # where each record is: (ModelLedger name, index in it)
+    # where each record is: ("ModelLedger <name>" or the file's name, index in it)
     places: list[tuple[str, int]]
     first_seq: int
     model_uid: str | None
@@ -72,7 +73,7 @@ def read(api_client: client.ApiClient, namespace: str, model: str, uid: str | No
     for obj in items:
         for i, raw in enumerate(obj["spec"].get("records") or []):
             records.append(api.LedgerRecord.model_validate(raw))
-            places.append((obj["metadata"]["name"], i))
+            places.append((f"ModelLedger {obj['metadata']['name']}", i))
     first_seq = 0
     if items and int(items[0]["spec"]["segment"]) > 0 and records:
         first_seq = records[0].seq  # older segments expired (retention)
@@ -93,7 +94,7 @@ def check(stored: Stored, keys: dict[str, str]) -> Verdict:
 def _where(stored: Stored, position: int) -> str:
     if position < len(stored.places):
         name, index = stored.places[position]
-        return f"ModelLedger {name}, records[{index}]"
+        return f"{name}, records[{index}]"
     return "after the last stored record"
 
 
@@ -111,7 +112,35 @@ def verdict_result(args: argparse.Namespace, stored: Stored, verdict: Verdict) -
     return result
 
 
-def _read_checked(args: argparse.Namespace, api_client: client.ApiClient) -> tuple[Stored, Verdict]:
+def _offline(args: argparse.Namespace) -> tuple[Stored, Verdict]:
+    """``--records FILE`` (an `export -o jsonl`) checked against ``--public-keys FILE`` (a PEM, or the ConfigMap as
+    JSON) and ``--head SEQ:HASH``: no cluster needed."""
+    if not args.public_keys:
+        raise LedgerError("--records needs --public-keys (a PEM, or the ConfigMap as JSON)")
+    try:
+        lines = [line for line in Path(args.records).read_text().splitlines() if line.strip()]
+        records = [api.LedgerRecord.model_validate(json.loads(line)) for line in lines]
+        text = Path(args.public_keys).read_text()
+    except (OSError, ValueError) as e:
+        raise LedgerError(f"reading {args.records} and {args.public_keys}: {e}") from e
+    keys: dict[str, str] = {"given": text}
+    if text.lstrip().startswith("{"):
+        doc = json.loads(text)
+        keys = dict(doc.get("data", doc))
+    head = None
+    if args.head:
+        seq, _, digest_ = args.head.partition(":")
+        head = api.LedgerHead(seq=int(seq), hash=digest_, at="")
+    first_seq = records[0].seq if records and args.since_seq else 0
+    stored = Stored(records, [(Path(args.records).name, i) for i in range(len(records))], first_seq,
+                    records[0].model_uid if records else None, head)
+    return stored, check(stored, keys)
+
+
+def _read_checked(args: argparse.Namespace, api_client: client.ApiClient | None) -> tuple[Stored, Verdict]:
+    if getattr(args, "records", None):  # verify only
+        return _offline(args)
+    assert api_client is not None
     try:
         stored = read(api_client, args.namespace, args.model, args.uid)
     except ApiException as e:
@@ -123,7 +152,7 @@ def _read_checked(args: argparse.Namespace, api_client: client.ApiClient) -> tup
     return stored, check(stored, keys)
 
 
-def cmd_verify(args: argparse.Namespace, api_client: client.ApiClient) -> CheckOutcome:
+def cmd_verify(args: argparse.Namespace, api_client: client.ApiClient | None) -> CheckOutcome:
     stored, verdict = _read_checked(args, api_client)
     return CheckOutcome(verdict_result(args, stored, verdict), verdict.ok)
 
@@ -234,7 +263,13 @@ def add_subcommand(sub: Any, client_of: Any) -> None:
 
     p = verbs.add_parser("verify", parents=[common], help="check the chain; name the first tampered record")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
-    p.set_defaults(func=lambda args: cmd_verify(args, client_of(args.kubeconfig)), printer=print_verify)
+    p.add_argument("--records", default=None, metavar="FILE",
+                   help="offline: check an `export -o jsonl` file instead of the cluster (needs --public-keys)")
+    p.add_argument("--public-keys", default=None, metavar="FILE", help="offline: a PEM, or the ConfigMap as JSON")
+    p.add_argument("--head", default=None, metavar="SEQ:HASH", help="offline: a head published elsewhere")
+    p.add_argument("--since-seq", action="store_true", help="offline: the file starts after record 0 (--since)")
+    p.set_defaults(func=lambda args: cmd_verify(args, None if args.records else client_of(args.kubeconfig)),
+                   printer=print_verify)
 
     p = verbs.add_parser("export", parents=[common], help="the records (-o jsonl) or the regulator's package")
     p.add_argument("-o", "--output", choices=["jsonl", "markdown"], default="markdown")

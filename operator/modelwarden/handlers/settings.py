@@ -34,6 +34,11 @@ ENV = {
     "MODELWARDEN_LEASE_DURATION": "seconds a leader's lease lasts without renewal (default 15)",
     "MODELWARDEN_RENEW_DEADLINE": "seconds the leader keeps trying to renew before it stops (default 10)",
     "MODELWARDEN_RETRY_PERIOD": "seconds between lease reads/renewals (default 2)",
+    "MODELWARDEN_LEDGER": "false: write no decision ledger (default true)",
+    "MODELWARDEN_LEDGER_KEY_FILE": "the ledger's Ed25519 private key (PEM, a mounted Secret); unset: an ephemeral key",
+    "MODELWARDEN_LEDGER_KEY_NAMESPACE": "where the ledger's public keys are published (default: the pod's namespace)",
+    "MODELWARDEN_LEDGER_RETENTION_DAYS": "ledger segments older than this are deleted (default 400)",
+    "MODELWARDEN_FAULT": "tests only: exit abruptly at this named point (after-action-committed)",
 }
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
