@@ -28,6 +28,7 @@ from model_server.demo_artifact import build_demo_artifact, train
 from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
+from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
@@ -46,10 +47,13 @@ class InProcessOperator:
         self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
+        # the decision ledger as the operator writes it (issue 18), its key published like the operator's
+        ledger = KubeLedger(self.kube, LedgerSigner.generate(), key_namespace="modelwarden-system")
+        asyncio.run(ledger.publish_key())
         self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
                                      events=KubeEventRecorder(self.kube),
                                      artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
-                                     clock=lambda: self.now)
+                                     clock=lambda: self.now, ledger=ledger)
 
     def passes(self, name: str, count: int = 1) -> MLModelStatus:
         async def run() -> None:
@@ -364,6 +368,21 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
     assert f"## {status.last_rollback.id} — CriticalFeedback" in done.stdout
     assert "| TrafficRestored |" in done.stdout
     assert all(f"`{pid}`" in done.stdout for pid in ids)
+
+    # The same package from the decision ledger alone (issue 18): verified, with the trigger's values, the
+    # versions, the timeline and the feedback records behind it.
+    # (the feedback records are in the incident's ConfigMap: whoever exports needs `view` in the namespace)
+    env = {**os.environ, "KUBECONFIG": str(modelwarden_installed.admin_kubeconfig)}
+    done = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", "ledger", "export", "m", "-n", namespace,
+                           "-o", "markdown"], capture_output=True, text=True, check=False, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    package = done.stdout
+    assert "Verification: **passed**" in package
+    assert f"## Post-incident: rollback {status.last_rollback.id}" in package
+    assert "**Trigger**: CriticalFeedback" in package and "criticalLabels=3" in package
+    assert "**Affected versions**: v2@" in package and "→ v1@" in package
+    assert "RollbackStarted by operator" in package and "TrafficRestored by operator" in package
+    assert all(f"`{pid}`" in package for pid in ids)
 
 
 def test_critical_feedback_is_counted_per_replica_on_live_scraped_servers(

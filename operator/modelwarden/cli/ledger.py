@@ -180,6 +180,7 @@ def cmd_export(args: argparse.Namespace, api_client: client.ApiClient) -> dict[s
     since = _since(args.since)
     records = [r for r in stored.records if since is None or r.time >= since]
     feedback: dict[str, list[Any]] = {}
+    errors: dict[str, str] = {}
     core = client.CoreV1Api(api_client)
     for r in records:
         if r.decision == api.Reason.ROLLBACK_STARTED and "rollback" in r.inputs:
@@ -187,10 +188,12 @@ def cmd_export(args: argparse.Namespace, api_client: client.ApiClient) -> dict[s
                 cm = core.read_namespaced_config_map(f"{args.model}-{r.inputs['rollback']}", args.namespace)
                 feedback[r.inputs["rollback"]] = json.loads((cm.data or {}).get("feedback.json", "{}")).get(
                     "records", [])
-            except (ApiException, ValueError):
-                feedback[r.inputs["rollback"]] = []
+            except ApiException as e:
+                errors[r.inputs["rollback"]] = f"incident record not readable: {e.status} {e.reason}"
+            except ValueError as e:
+                errors[r.inputs["rollback"]] = f"incident record is not JSON: {e}"
     return {"verify": verdict_result(args, stored, verdict), "records": [r.wire() for r in records],
-            "feedback": feedback, "format": args.output}
+            "feedback": feedback, "feedbackErrors": errors, "format": args.output}
 
 
 def print_export(result: dict[str, Any]) -> None:
@@ -241,6 +244,8 @@ def print_export(result: dict[str, Any]) -> None:
             print(f"- {r.time} — {r.decision} by {r.actor}: {r.inputs.get('message', '')}")
         records_behind = result["feedback"].get(rid) or []
         print(f"\n### Feedback behind it ({len(records_behind)} predictions)\n")
+        if rid in result["feedbackErrors"]:
+            print(f"- ({result['feedbackErrors'][rid]})")
         for fb in records_behind:
             labels = "; ".join(f"{x.get('stakeholder')}/{x.get('severity')}: {x.get('label')}"
                                for x in fb.get("feedback", []))
