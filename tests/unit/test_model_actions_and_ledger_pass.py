@@ -214,3 +214,18 @@ def test_an_action_is_recorded_once_under_its_requesters_name() -> None:
     requested = [r for r in ledger.records if r.decision == "PromoteRequested"]
     assert [(r.actor, r.outcome, r.inputs["action"]) for r in requested] == [
         ("user:finance-approver", "Rejected", "credit-promote-x")]
+
+
+def test_the_deprecated_resume_annotation_still_works_and_is_recorded_as_identity_unknown() -> None:
+    cluster = FakeCluster()
+    ledger = FakeLedger(cluster.calls)
+    c = controller(cluster, ledger, FakeActionStatus())
+    halted = api.MLModelStatus(stable=V1, history=HISTORY[:1], halt=HALT.model_copy(update={"version": "v1",
+                                                                                         "sha256": SHA["v1"]}))
+    body = mlmodel(make_spec("v1", serving={"replicas": 2}), resourceVersion="3",
+                   annotations={api.ANNOTATION_RESUME: "rb-1"})
+    c.caches.observe_model("MODIFIED", {**body, "status": halted.wire()})
+    asyncio.run(c.reconcile(KEY))
+    assert api.MLModelStatus.model_validate(c.models[KEY]["status"]).halt is None
+    assert [(r.decision, r.actor) for r in ledger.records if "Resume" in r.decision] == [
+        ("Resumed", "operator"), ("ResumeRequested", "unknown:annotation")]
