@@ -288,7 +288,7 @@ def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigg
             "version": version,
             "artifact": {"uri": uri, "sha256": sha256, "format": "onnx"},
             "featureContract": {"name": "fraud-features", "features": features, "nFeatures": len(features)},
-            "serving": {"replicas": 2},
+            "serving": {"replicas": 2, "feedbackStore": {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}},
             "rollout": {"steps": [{"setWeight": 25, "pauseSeconds": 15}, {"setWeight": 50, "pauseSeconds": 15},
                                   {"setWeight": 100, "pauseSeconds": 5}],
                         "analysis": {"intervalSeconds": EVALUATION_INTERVAL, "minRequests": 10}},
