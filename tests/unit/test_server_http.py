@@ -242,10 +242,13 @@ def test_feedback_is_joined_to_its_prediction(client: httpx.Client, artifact: De
     assert view["prediction"]["prediction"] == prediction["prediction"]
     assert view["prediction"]["features"] == row(artifact, 5)
     assert view["prediction"] | {"features": None, "prediction": None, "createdAt": None} == {
-        "model": "fraud", "version": "2.1.0", "track": "canary", "state": "ENABLED|OK", "features": None,
-        "prediction": None, "createdAt": None}
+        "model": "fraud", "version": "2.1.0", "track": "canary", "sha256": artifact.sha256, "state": "ENABLED|OK",
+        "features": None, "prediction": None, "createdAt": None}
     assert [(f["label"], f["severity"], f["stakeholder"]) for f in view["feedback"]] == [
         ("should have flagged", "critical", "regulator"), (0, "minor", "finance")]
+    # Each label carries what made the prediction it labels: version, track and the model file's sha256.
+    assert {(f["version"], f["track"], f["sha256"]) for f in view["feedback"]} == {
+        ("2.1.0", "canary", artifact.sha256)}
     assert view["feedback"][0]["comment"] == "see case 41"
     after = metric(client, "ml_feedback_labels_total", severity="critical", stakeholder="regulator",
                    version="2.1.0")
