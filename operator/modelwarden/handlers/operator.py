@@ -23,6 +23,7 @@ import kopf
 from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
+from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
@@ -112,6 +113,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
         server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
+        feedback_evidence=PostgresFeedbackEvidence(config.feedback_dsn) if config.feedback_dsn else None,
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
