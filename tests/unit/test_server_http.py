@@ -104,6 +104,10 @@ def test_openapi_document_covers_the_api(client: httpx.Client, artifact: DemoArt
     assert features["additionalProperties"] is False
     assert doc["components"]["schemas"]["FeedbackIn"]["required"] == ["predictionId", "label", "severity",
                                                                       "stakeholder"]
+    # The durability contract is where a client reads the API (issue 16).
+    contract = doc["paths"]["/feedback"]["post"]["description"]
+    assert all(term in contract for term in ("`201` means the label is committed", "kill -9", "UNKNOWN_PREDICTION",
+                                             "FEEDBACK_RETENTION_SECONDS", "python -m model_server.export"))
 
 
 # ---------------------------------------------------------------- predict
