@@ -28,10 +28,10 @@ from tests.integration.test_rollback_triggers import InProcessOperator, budget_s
 def test_critical_feedback_incident_lists_every_label_with_every_server_gone(
         modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
         postgres: postgres_env.Postgres, prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
-    database = f"mw_{uuid.uuid4().hex[:10]}"  # the model is called "m" here: a store of its own
+    suffix = uuid.uuid4().hex[:10]  # the model is called "m" here: a database of its own, named after it
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {database}")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
+        conn.execute(f"CREATE DATABASE fb_m_{suffix}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/fb_m_{suffix}"
 
     demo = build_demo_artifact(tmp_path / "served", fmt="onnx", trained=train("logistic", 3, 200, seed=5))
     env = {**demo.env("m", "v2"), "FEEDBACK_DSN": dsn, "WARMUP_ROUNDS": "1", "LOG_LEVEL": "WARNING"}
@@ -61,7 +61,9 @@ def test_critical_feedback_incident_lists_every_label_with_every_server_gone(
 
         op = InProcessOperator(modelwarden_installed, namespace)
         admin, _ = promoted_v2(op, api_clients, namespace, tmp_path)
-        op.controller.applier.feedback_evidence = PostgresFeedbackEvidence(dsn)
+        # The operator's DSN names the model's database by template, as for a database per model.
+        op.controller.applier.feedback_evidence = PostgresFeedbackEvidence(
+            postgres.dsn.rsplit("/", 1)[0] + f"/fb_{{model}}_{suffix}")
         # The servers' admin API is where evidence came from before: nothing answers there now.
         op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url_a)
         prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),

@@ -2,7 +2,8 @@
 
 A CriticalFeedback rollback's incident must list every label behind it, also when every pod of the rolled-back
 version is already gone (the store outlives them: issue 16). The operator reads the store directly with its own
-DSN (``MODELWARDEN_FEEDBACK_DSN``; a role that may SELECT the two tables is enough), bounded: at most
+DSN (``MODELWARDEN_FEEDBACK_DSN``; a role that may SELECT the two tables is enough; ``{namespace}`` and
+``{model}`` in it are replaced by the model's, for a database per model or per namespace), bounded: at most
 :data:`MAX_EVIDENCE_PREDICTIONS` predictions and :data:`MAX_LABELS_PER_PREDICTION` labels each, and says when
 it stopped short. The rows are shaped as the server's ``GET /feedback/{predictionId}`` answers them, the tables
 as ``model_server/store.py`` creates them (read only here; the server owns the schema and its migrations).
@@ -46,14 +47,15 @@ class PostgresFeedbackEvidence:
 
     async def critical_feedback(self, model: ModelObject, since: float, stakeholders: tuple[str, ...]) -> Evidence:
         try:
-            return await asyncio.to_thread(self._read, model.name, since, stakeholders)
+            dsn = self._dsn.replace("{namespace}", model.namespace).replace("{model}", model.name)
+            return await asyncio.to_thread(self._read, dsn, model.name, since, stakeholders)
         except Exception as e:  # psycopg.Error and anything the driver raises: evidence is best effort
             return Evidence(error=f"feedback store: {type(e).__name__}: {e}"[:500])
 
-    def _read(self, model: str, since: float, stakeholders: tuple[str, ...]) -> Evidence:
+    def _read(self, dsn: str, model: str, since: float, stakeholders: tuple[str, ...]) -> Evidence:
         import psycopg
 
-        with psycopg.connect(self._dsn, connect_timeout=self._timeout, autocommit=True,
+        with psycopg.connect(dsn, connect_timeout=self._timeout, autocommit=True,
                              options=f"-c statement_timeout={self._timeout * 1000}") as conn:
             ids = [str(r[0]) for r in conn.execute(
                 "SELECT prediction_id FROM model_feedback WHERE model = %s AND received_at >= %s "

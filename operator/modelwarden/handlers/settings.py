@@ -28,7 +28,8 @@ ENV = {
     "MODELWARDEN_SERVER_IMAGE": "model server image for MLModels without spec.serving.image "
                                 "(default ghcr.io/modelwarden/model-server:0.1.0)",
     "MODELWARDEN_FEEDBACK_DSN": ("PostgreSQL DSN of the models' feedback store (SELECT on its tables is enough): "
-                                 "a CriticalFeedback rollback's evidence is read from it; unset: from the "
+                                 "a CriticalFeedback rollback's evidence is read from it ({namespace} and {model} "
+                                 "in it are the model's); unset: from the "
                                  "servers' admin API, i.e. only what live pods reach"),
     "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
     "MODELWARDEN_LEADER_ELECTION": "true: act only while holding the leader Lease (several replicas); default false",
