@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from bench.common import Approvers, DeploymentWatch, baseline_deployment, percentile
+from bench.common import FEEDBACK_STORE, Approvers, DeploymentWatch, baseline_deployment, percentile
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from modelwarden.api import v1alpha1 as api
@@ -63,7 +63,7 @@ def main() -> int:
             body = {"apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": f"m{i}"},
                     "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": sha},
                              "featureContract": {"name": "fc", "features": ["a"], "nFeatures": 1},
-                             "serving": {"replicas": 1}}}
+                             "serving": {"replicas": 1, "feedbackStore": FEEDBACK_STORE}}}
             start = time.monotonic()
             custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.MLMODEL_PLURAL, body)
             seen.wait([f"m{i}-stable"], 60)

@@ -16,6 +16,10 @@ from kubernetes import client, config, watch
 from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 
+# Every MLModel names a feedback store that outlives its pods (issue 16); the simulated nodes run no pods, so the
+# Secret need not exist.
+FEEDBACK_STORE: dict[str, Any] = {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}
+
 ModelKey = tuple[str, str]  # (namespace, model)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from bench.common import Approvers, Exporter, log_times, restored_on
+from bench.common import FEEDBACK_STORE, Approvers, Exporter, log_times, restored_on
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
@@ -79,7 +79,7 @@ def main() -> int:
                 "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": m},
                 "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": sha},
                          "featureContract": {"name": "fc", "features": ["a"], "nFeatures": 1},
-                         "serving": {"replicas": 2},
+                         "serving": {"replicas": 2, "feedbackStore": FEEDBACK_STORE},
                          "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}],
                                      "analysis": {"intervalSeconds": args.interval}}}})
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from bench.common import (
+    FEEDBACK_STORE,
     Approvers,
     DeploymentWatch,
     Exporter,
@@ -148,7 +149,7 @@ class Fleet:
             "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": model},
             "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": sha},
                      "featureContract": {"name": "fc", "features": ["a"], "nFeatures": 1},
-                     "serving": {"replicas": 1},
+                     "serving": {"replicas": 1, "feedbackStore": FEEDBACK_STORE},
                      "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}],
                                  "analysis": {"intervalSeconds": interval}}}})
 

@@ -37,6 +37,7 @@ from kubernetes import client, config
 
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
+from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
 from localenv._proc import REPO_ROOT, free_port, stop_pid
 from modelwarden.api import v1alpha1 as api
@@ -112,6 +113,7 @@ class ServerRunner:
     work: Path
     kubeconfig: Path
     targets_file: Path
+    feedback_dsn: str = ""  # the model's one feedback store, shared by every server (as the pods' Secret names it)
     # ready servers, which get traffic (like a Service's endpoints); and ones still starting
     servers: dict[str, ServerProcess] = field(default_factory=dict)
     starting: dict[str, ServerProcess] = field(default_factory=dict)
@@ -165,7 +167,7 @@ class ServerRunner:
         artifact_dir = Path(urllib.parse.unquote(urllib.parse.urlparse(pod_env["ARTIFACT_URI"]).path)).parent
         env = {**os.environ, **pod_env, "HOST": "127.0.0.1", "PORT": str(port), "ARTIFACT_DIR": str(artifact_dir),
                "MLMODEL_NAMESPACE": self.namespace, "KUBECONFIG": str(self.kubeconfig), "ADMIN_TOKEN": ADMIN_TOKEN,
-               "FEEDBACK_DSN": str(self.work / f"feedback-{track}.sqlite3"), "WARMUP_ROUNDS": "1",
+               "FEEDBACK_DSN": self.feedback_dsn or str(self.work / f"feedback-{track}.sqlite3"), "WARMUP_ROUNDS": "1",
                "LOG_LEVEL": "WARNING", "HEARTBEAT_SECONDS": "3600"}
         log = (self.work / f"server-{track}-{pod_env['MODEL_VERSION']}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "model_server"], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -288,7 +290,7 @@ def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigg
             "version": version,
             "artifact": {"uri": uri, "sha256": sha256, "format": "onnx"},
             "featureContract": {"name": "fraud-features", "features": features, "nFeatures": len(features)},
-            "serving": {"replicas": 2},
+            "serving": {"replicas": 2, "feedbackStore": {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}},
             "rollout": {"steps": [{"setWeight": 25, "pauseSeconds": 15}, {"setWeight": 50, "pauseSeconds": 15},
                                   {"setWeight": 100, "pauseSeconds": 5}],
                         "analysis": {"intervalSeconds": EVALUATION_INTERVAL, "minRequests": 10}},
@@ -309,7 +311,7 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
     try:
         yield parts
     finally:
-        for name in ("load", "runner", "operator", "prometheus", "receiver"):
+        for name in ("load", "runner", "operator", "prometheus", "receiver", "postgres"):
             part = parts.get(name)
             if part is not None:
                 with contextlib.suppress(Exception):
@@ -318,6 +320,8 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
             if "namespace" in parts and "core" in parts:
                 with contextlib.suppress(Exception):
                     parts["core"].delete_namespace(parts["namespace"])
+            if "postgres" in parts:
+                parts["postgres"].destroy()
             if not was_running:
                 cluster_env.down()
             shutil.rmtree(work, ignore_errors=True)
@@ -349,7 +353,8 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         for v in (v1, v2):
             say(f"    {v.manifest.version}: sha256 {v.sha256}")
 
-        say("3/7 Prometheus with the shipped rules, the operator, and a local runner for the model servers")
+        say("3/7 Prometheus with the shipped rules, PostgreSQL for feedback, the operator, and a local runner for "
+            "the model servers")
         receiver = Receiver()
         parts["receiver"] = receiver
         rules = work / "rules.yaml"
@@ -359,14 +364,18 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         targets.write_text("[]")
         prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets)
         parts["prometheus"] = prom
+        # The model's feedback store, shared by both tracks' servers; the operator reads incident evidence from it.
+        feedback = postgres_env.start()
+        parts["postgres"] = feedback
         operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
+            "MODELWARDEN_FEEDBACK_DSN": feedback.dsn,
             "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(EVALUATION_INTERVAL),
             # the demo's rules run every 5 s, so its 60 s sustain window is 12 query steps
             "MODELWARDEN_QUERY_STEP": str(EVALUATION_INTERVAL),
             "MODELWARDEN_GRAFANA_URL": receiver.url, "MODELWARDEN_WEBHOOK_URL": f"{receiver.url}/webhook",
             "MODELWARDEN_WEBHOOK_FLAVOR": "pagerduty", "MODELWARDEN_RESYNC_SECONDS": "10"}).start()
         parts["operator"] = operator
-        runner = ServerRunner(apps, namespace, work, cluster.kubeconfigs["developer"], targets)
+        runner = ServerRunner(apps, namespace, work, cluster.kubeconfigs["developer"], targets, feedback.dsn)
         runner.start()
         parts["runner"] = runner
         load = LoadGenerator(runner, custom, namespace, features)

@@ -74,7 +74,7 @@ from model_server.store import FeedbackStore, PredictionRecord, open_store
 from modelwarden.artifacts import FeatureContract, FeatureMismatch
 
 SERVER_NAME = "modelwarden-model-server"
-RECORD_FLUSH_SECONDS = 0.25
+RECORD_FLUSH_SECONDS = 0.25  # the default of the RECORD_FLUSH_SECONDS setting
 PURGE_SECONDS = 300.0
 _NUMBER_TYPES = frozenset((float, int))
 BINARY = b"application/octet-stream"
@@ -248,15 +248,17 @@ class ModelServer:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         store = await self.store.open(s.feedback_dsn)
+        # The schema is migrated before the first request (replicas starting together: see model_server.store).
+        migrated = await self.store.run(store.migrate)
         self._tasks = [asyncio.create_task(coro) for coro in (
-            self._every(RECORD_FLUSH_SECONDS, self.feedback.flush_records),
+            self._every(s.record_flush_seconds, self.feedback.flush_records),
             self._every(s.heartbeat_seconds, self._heartbeat),
             self._every(s.drift_interval_seconds, self._update_drift),
             self._every(PURGE_SECONDS, self.feedback.purge),
         )]
         self.log.event("MODEL_SERVER", "SERVER_STARTING", "starting", sha256=s.artifact_sha256,
                        format=s.model_format, state=self.governance.state.value,
-                       feedback_store=type(store).__name__)
+                       feedback_store=type(store).__name__, schema_migrations_applied=migrated)
         if s.mlmodel_watch:
             from model_server.watcher import MLModelWatcher
 
@@ -458,8 +460,9 @@ class ModelServer:
                 now: float) -> None:
         s = self.settings
         name, version, track, state_value = s.model_name, s.model_version, s.model_track, state.value
+        sha = s.artifact_sha256
         self.records.add([PredictionRecord(pid, name, version, track, state_value, orjson.dumps(row).decode(),
-                                           score, now) for pid, row, score in zip(ids, rows, scores, strict=True)])
+                                           score, now, sha) for pid, row, score in zip(ids, rows, scores, strict=True)])
 
     # ------------------------------------------------------------------ /predict and OIP infer
 

@@ -40,8 +40,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "SLO_OBJECTIVE": ("99.9", "availability objective in percent (MLModel spec.slo.objective); exported as "
                               "ml_slo_objective_ratio for the error-budget rules"),
     "FEEDBACK_DSN": ("feedback.sqlite3", "SQLite file path (or sqlite:///path) or postgresql://... DSN"),
+    "RECORD_FLUSH_SECONDS": ("0.25", "prediction records are written to the feedback store this often (a prediction "
+                                     "becomes feedback-able on other replicas within it)"),
+    "FEEDBACK_JOIN_WAIT_SECONDS": ("2", "POST /feedback for a prediction not in the store yet waits this long for "
+                                        "another replica's flush before answering 404"),
     "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
     "PREDICTION_RETENTION_MAX_ROWS": ("1000000", "and at most this many per model are kept (oldest go first)"),
+    "FEEDBACK_RETENTION_SECONDS": ("31536000", "feedback labels (and the predictions they label) are deleted this long "
+                                               "after they were received (default 365 days; keep >= 6 months where "
+                                               "a regulator requires it)"),
     "ADMIN_TOKEN": ("", "bearer token for /admin/*; admin endpoints answer 403 while it is unset"),
     "GOVERNANCE_MAX_MODEL_ERRORS": ("5", "model errors within the window that switch to DISABLED_BY_GOVERNANCE"),
     "GOVERNANCE_WINDOW_SECONDS": ("300", "sliding window for the count above"),
@@ -87,8 +94,11 @@ class Settings:
     neutral_prediction: float = 0.0
     slo_objective_ratio: float = 0.999
     feedback_dsn: str = "feedback.sqlite3"
+    record_flush_seconds: float = 0.25
+    feedback_join_wait_seconds: float = 2.0
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
+    feedback_retention_seconds: float = 365 * 86400
     admin_token: str | None = None
     governance_max_model_errors: int = 5
     governance_window_seconds: float = 300.0
@@ -143,8 +153,11 @@ class Settings:
             neutral_prediction=neutral,
             slo_objective_ratio=objective / 100,
             feedback_dsn=reader.text("FEEDBACK_DSN"),
+            record_flush_seconds=reader.number("RECORD_FLUSH_SECONDS", minimum=0.01),
+            feedback_join_wait_seconds=reader.number("FEEDBACK_JOIN_WAIT_SECONDS", minimum=0),
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),
+            feedback_retention_seconds=reader.number("FEEDBACK_RETENTION_SECONDS", minimum=1),
             admin_token=reader.text("ADMIN_TOKEN") or None,
             governance_max_model_errors=reader.integer("GOVERNANCE_MAX_MODEL_ERRORS", minimum=1),
             governance_window_seconds=reader.number("GOVERNANCE_WINDOW_SECONDS", minimum=1),

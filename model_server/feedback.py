@@ -41,6 +41,10 @@ T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 BACKGROUND_NICE = 5  # scheduling priority of the store and drift threads, below the event loop's
 ERROR_LOG_INTERVAL = 10.0
+JOIN_POLL_SECONDS = 0.1
+# The durability contract's one gap, said where a client meets it (README "Feedback durability").
+UNKNOWN_PREDICTION_TEXT = ("no such prediction in the feedback store: unknown, past its retention, or never "
+                           "recorded (a server killed within RECORD_FLUSH_SECONDS of answering loses the record)")
 _PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
 
 
@@ -144,16 +148,22 @@ class FeedbackDesk:
                     record = FeedbackRecord(feedback_id(prediction.prediction_id, feedback.stakeholder),
                                             prediction.prediction_id, prediction.model, prediction.version, label,
                                             feedback.severity, feedback.stakeholder, feedback.comment,
-                                            feedback.author, received)
+                                            feedback.author, received, prediction.track, prediction.sha256)
                     return store.add_feedback(record)
 
                 stored = await self._store.run(store_feedback)
+            # Not in the store: maybe another replica answered it a moment ago and has not flushed its record yet.
+            # Wait for that flush (bounded, off the loop) rather than answer 404; nothing is accepted unjoined.
+            deadline = time.monotonic() + self._settings.feedback_join_wait_seconds
+            while stored is None and time.monotonic() < deadline:
+                await asyncio.sleep(JOIN_POLL_SECONDS)
+                with self._records.taken() as pending:
+                    stored = await self._store.run(store_feedback)
         except StoreUnavailable as e:
             self._log.event("FEEDBACK_STORE", "STORE_UNAVAILABLE", str(e), level=logging.ERROR)
             raise store_unavailable("feedback was not stored; retry", retry=True) from None
         if stored is None:
-            raise HttpError(404, "UNKNOWN_PREDICTION", "no such prediction (or past its retention)",
-                            predictionId=feedback.prediction_id)
+            raise HttpError(404, "UNKNOWN_PREDICTION", UNKNOWN_PREDICTION_TEXT, predictionId=feedback.prediction_id)
         record, new = stored
         created = {"feedbackId": record.feedback_id, "predictionId": record.prediction_id, "model": record.model,
                    "version": record.version, "receivedAt": iso(record.received_at)}
@@ -220,6 +230,11 @@ class FeedbackDesk:
         if deleted:
             self._log.event("FEEDBACK_STORE", "PREDICTIONS_PURGED", f"{deleted} prediction records past retention",
                             deleted=deleted)
+        label_cutoff = time.time() - s.feedback_retention_seconds
+        labels = await self._store.run(lambda: store.purge_feedback(s.model_name, label_cutoff))
+        if labels:
+            self._log.event("FEEDBACK_STORE", "FEEDBACK_PURGED", f"{labels} feedback labels past retention",
+                            deleted=labels)
 
 
 def _same_label(record: FeedbackRecord, label: str, severity: str) -> bool:
@@ -232,9 +247,10 @@ def feedback_view(prediction_id: str, found: PredictionFeedback) -> dict[str, An
     return {
         "predictionId": prediction_id,
         "prediction": None if p is None else {
-            "model": p.model, "version": p.version, "track": p.track, "state": p.state,
+            "model": p.model, "version": p.version, "track": p.track, "sha256": p.sha256, "state": p.state,
             "features": orjson.loads(p.inputs), "prediction": p.output, "createdAt": iso(p.created_at)},
         "feedback": [{"feedbackId": f.feedback_id, "label": orjson.loads(f.label), "severity": f.severity,
                       "stakeholder": f.stakeholder, "comment": f.comment, "author": f.author,
-                      "version": f.version, "receivedAt": iso(f.received_at)} for f in found.feedback],
+                      "version": f.version, "track": f.track, "sha256": f.sha256,
+                      "receivedAt": iso(f.received_at)} for f in found.feedback],
     }

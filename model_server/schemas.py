@@ -53,6 +53,22 @@ class FaultsIn(_Model):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+FEEDBACK_DURABILITY = """The durability contract (README "Feedback durability"):
+
+* The store is one per model, shared by every replica of every version (PostgreSQL in a cluster), and outlives the
+  pods. A label posted to any replica finds a prediction made by any other, or by an earlier version.
+* A prediction becomes feedback-able once its record is written: every `RECORD_FLUSH_SECONDS` (0.25 s) by the
+  replica that answered, at once when that replica receives any feedback, and on a graceful stop. A label for a
+  prediction not written yet waits up to `FEEDBACK_JOIN_WAIT_SECONDS` (2 s) for it instead of answering 404.
+  A server killed (`kill -9`, OOM) before writing loses those records: their labels answer 404
+  `UNKNOWN_PREDICTION`. Nothing is accepted without its prediction.
+* `201` means the label is committed to the store (fsynced): it survives the server, its pod and a rollback.
+  Retries answer `200` with the same `feedbackId` (one label per prediction and stakeholder); `503
+  STORE_UNAVAILABLE` means nothing was stored - retry.
+* Retention: labels `FEEDBACK_RETENTION_SECONDS` (365 days), predictions with labels as long as their labels,
+  others `PREDICTION_RETENTION_SECONDS` (30 days). Export: `python -m model_server.export --model NAME`."""
+
+
 class FeedbackCreated(_Model):
     """201 for a new label; 200 with ``duplicate: true`` when this stakeholder's same label on this prediction
     was stored before (a retry): one label per prediction and stakeholder, ``feedbackId`` derived from both."""
@@ -69,6 +85,8 @@ class PredictionView(_Model):
     model: str
     version: str
     track: str
+    sha256: str = Field(default="", description="the model file that answered (empty for records from before it "
+                                                "was kept)")
     state: str
     features: dict[str, Any]
     prediction: float
@@ -82,7 +100,9 @@ class FeedbackItem(_Model):
     stakeholder: str
     comment: str | None = None
     author: str | None = None
-    version: str
+    version: str = Field(description="the version that made the labelled prediction")
+    track: str = ""
+    sha256: str = ""
     received_at: str = Field(alias="receivedAt")
 
 
@@ -236,11 +256,14 @@ def openapi_document(*, title: str, version: str, contract: FeatureContract | No
                           "503": error}}},
         "/feedback": {"post": {
             "summary": "Record a human feedback label; 201 only once it is durable",
+            "description": FEEDBACK_DURABILITY,
             "requestBody": {"required": True, **_json(FeedbackIn, "feedback")},
             "responses": {"201": _json(FeedbackCreated, "stored"), "200": _json(FeedbackCreated, "already stored"),
                           "400": error, "404": error, "409": error, "413": error, "422": error, "503": error}}},
         "/feedback/{predictionId}": {"get": {
             "summary": "A prediction and its feedback labels",
+            "description": "Read from the model's feedback store: the same answer on every replica of every "
+                           "version, and after every pod that made or labelled the prediction is gone.",
             "parameters": [{"name": "predictionId", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": _json(FeedbackView, "prediction and labels"), "404": error, "503": error}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {

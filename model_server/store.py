@@ -11,13 +11,20 @@ One :class:`FeedbackStore` protocol, two implementations:
 Methods are synchronous and called from one dedicated worker thread. ``add_feedback`` returns only once the
 label is durable, and stores a record only once per ``feedback_id`` (the server derives that id from the
 prediction and the stakeholder: :func:`feedback_id`). Prediction records are kept for the feedback join up to
-a retention bound; a prediction that has feedback is never purged (it is incident evidence).
+a retention bound; a prediction that has feedback is kept as long as its labels (incident evidence); labels
+are kept for their own retention (default 365 days: regulated users must keep them at least 6 months).
+
+The schema is versioned (:data:`MIGRATIONS`, recorded in ``schema_migrations``) and migrated by the server on
+start: under a PostgreSQL advisory lock (several replicas starting at once apply each step once) or SQLite's
+write lock. Migrations only add (tables, columns with defaults, indexes), so a server of an earlier version -
+what a rollback starts - keeps working on a schema a later one migrated.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ class PredictionRecord(NamedTuple):
     inputs: str          # JSON object: feature name -> value, as received
     output: float
     created_at: float    # unix seconds
+    sha256: str = ""     # of the model file that answered ("" for records written before schema version 2)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class FeedbackRecord:
     comment: str | None
     author: str | None
     received_at: float
+    track: str = ""       # the track and model file sha256 that made the prediction ("" before schema version 2)
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,14 @@ class FeedbackStore(Protocol):
                                   limit: int) -> list[str]:
         """Prediction ids that received matching feedback since ``since``, oldest feedback first."""
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int: ...
+    def purge_feedback(self, model: str, older_than: float) -> int:
+        """Delete the model's labels received before ``older_than`` (their retention)."""
+    def feedback_page(self, model: str, since: float, until: float, after: tuple[float, str] | None,
+                      limit: int) -> list[FeedbackRecord]:
+        """Labels received in [since, until), ordered by (received_at, feedback_id), after ``after``: export."""
+    def migrate(self) -> list[int]:
+        """Bring the schema up to date now; the migration versions this store applied."""
+    def schema_version(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -100,9 +118,63 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
 
 
-_PREDICTION_COLUMNS = "prediction_id, model, version, track, state, inputs, output, created_at"
+_PREDICTION_COLUMNS = "prediction_id, model, version, track, state, inputs, output, created_at, sha256"
 _FEEDBACK_COLUMNS = ("feedback_id, prediction_id, model, version, label, severity, stakeholder, comment, author, "
-                     "received_at")
+                     "received_at, track, sha256")
+
+
+class Migration(NamedTuple):
+    version: int
+    what: str
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+
+# Append only; never edit a released step. Additive only (see the module docstring).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "prediction records and feedback labels", (
+        """CREATE TABLE IF NOT EXISTS predictions (
+            prediction_id TEXT PRIMARY KEY,
+            model TEXT NOT NULL, version TEXT NOT NULL, track TEXT NOT NULL, state TEXT NOT NULL,
+            inputs TEXT NOT NULL, output REAL NOT NULL, created_at REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS predictions_model_created ON predictions (model, created_at)",
+        """CREATE TABLE IF NOT EXISTS feedback (
+            feedback_id TEXT PRIMARY KEY, prediction_id TEXT NOT NULL,
+            model TEXT NOT NULL, version TEXT NOT NULL, label TEXT NOT NULL,
+            severity TEXT NOT NULL, stakeholder TEXT NOT NULL, comment TEXT, author TEXT, received_at REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id)",
+        "CREATE INDEX IF NOT EXISTS feedback_model_received ON feedback (model, received_at)",
+    ), (
+        """CREATE TABLE IF NOT EXISTS model_predictions (
+            prediction_id text PRIMARY KEY,
+            model text NOT NULL, version text NOT NULL, track text NOT NULL, state text NOT NULL,
+            inputs jsonb NOT NULL, output double precision NOT NULL, created_at double precision NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS model_predictions_model_created ON model_predictions (model, created_at)",
+        """CREATE TABLE IF NOT EXISTS model_feedback (
+            feedback_id text PRIMARY KEY, prediction_id text NOT NULL,
+            model text NOT NULL, version text NOT NULL, label jsonb NOT NULL,
+            severity text NOT NULL, stakeholder text NOT NULL, comment text, author text,
+            received_at double precision NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS model_feedback_prediction ON model_feedback (prediction_id)",
+        "CREATE INDEX IF NOT EXISTS model_feedback_model_received ON model_feedback (model, received_at)",
+    )),
+    Migration(2, "model file sha256 on predictions; track and sha256 on labels", (
+        "ALTER TABLE predictions ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE feedback ADD COLUMN track TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE feedback ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''",
+        "UPDATE feedback SET track = (SELECT p.track FROM predictions p "
+        "WHERE p.prediction_id = feedback.prediction_id) "
+        "WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.prediction_id = feedback.prediction_id)",
+    ), (
+        "ALTER TABLE model_predictions ADD COLUMN IF NOT EXISTS sha256 text NOT NULL DEFAULT ''",
+        "ALTER TABLE model_feedback ADD COLUMN IF NOT EXISTS track text NOT NULL DEFAULT ''",
+        "ALTER TABLE model_feedback ADD COLUMN IF NOT EXISTS sha256 text NOT NULL DEFAULT ''",
+        "UPDATE model_feedback f SET track = p.track FROM model_predictions p WHERE p.prediction_id = f.prediction_id",
+    )),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+_MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, what text NOT NULL, "
+                     "applied_at double precision NOT NULL)")
 
 
 def _prediction_row(r: PredictionRecord) -> tuple[Any, ...]:
@@ -111,24 +183,10 @@ def _prediction_row(r: PredictionRecord) -> tuple[Any, ...]:
 
 def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
     return (r.feedback_id, r.prediction_id, r.model, r.version, r.label, r.severity, r.stakeholder, r.comment,
-            r.author, r.received_at)
+            r.author, r.received_at, r.track, r.sha256)
 
 
 class SqliteFeedbackStore:
-    _SCHEMA = """
-    CREATE TABLE IF NOT EXISTS predictions (
-        prediction_id TEXT PRIMARY KEY,
-        model TEXT NOT NULL, version TEXT NOT NULL, track TEXT NOT NULL, state TEXT NOT NULL,
-        inputs TEXT NOT NULL, output REAL NOT NULL, created_at REAL NOT NULL);
-    CREATE INDEX IF NOT EXISTS predictions_model_created ON predictions (model, created_at);
-    CREATE TABLE IF NOT EXISTS feedback (
-        feedback_id TEXT PRIMARY KEY, prediction_id TEXT NOT NULL,
-        model TEXT NOT NULL, version TEXT NOT NULL, label TEXT NOT NULL,
-        severity TEXT NOT NULL, stakeholder TEXT NOT NULL, comment TEXT, author TEXT, received_at REAL NOT NULL);
-    CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id);
-    CREATE INDEX IF NOT EXISTS feedback_model_received ON feedback (model, received_at);
-    """
-
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +197,25 @@ class SqliteFeedbackStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit; NORMAL would lose the last commits on power loss.
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(self._SCHEMA)
+        self.applied = self._tx(self._migrate)
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection) -> list[int]:
+        """Apply the missing steps in this (BEGIN IMMEDIATE: write-locked) transaction; the versions applied."""
+        c.execute(_MIGRATIONS_TABLE)
+        done = {int(v) for (v,) in c.execute("SELECT version FROM schema_migrations").fetchall()}
+        applied = []
+        for m in MIGRATIONS:
+            if m.version not in done:
+                for statement in m.sqlite:
+                    c.execute(statement)
+                c.execute("INSERT INTO schema_migrations (version, what, applied_at) VALUES (?,?,?)",
+                          (m.version, m.what, time.time()))
+                applied.append(m.version)
+        return applied
+
+    def migrate(self) -> list[int]:
+        return self.applied
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -165,7 +241,7 @@ class SqliteFeedbackStore:
     def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if records:
             self._tx(lambda c: c.executemany(
-                f"INSERT OR IGNORE INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
                 [_prediction_row(r) for r in records]))
 
     def prediction(self, prediction_id: str) -> PredictionRecord | None:
@@ -174,8 +250,8 @@ class SqliteFeedbackStore:
 
     def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
         def add(c: sqlite3.Connection) -> tuple[FeedbackRecord, bool]:
-            inserted = c.execute(f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 _feedback_row(record)).rowcount == 1
+            inserted = c.execute(f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) "
+                                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _feedback_row(record)).rowcount == 1
             row = c.execute(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE feedback_id = ?",
                             (record.feedback_id,)).fetchone()
             return FeedbackRecord(*row), inserted
@@ -217,27 +293,34 @@ class SqliteFeedbackStore:
 
         return self._tx(purge)
 
+    def purge_feedback(self, model: str, older_than: float) -> int:
+        return int(self._tx(lambda c: c.execute("DELETE FROM feedback WHERE model = ? AND received_at < ?",
+                                                (model, older_than)).rowcount))
+
+    def feedback_page(self, model: str, since: float, until: float, after: tuple[float, str] | None,
+                      limit: int) -> list[FeedbackRecord]:
+        at, fid = after if after is not None else (since - 1.0, "")
+        rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE model = ? AND received_at >= ? "
+                           "AND received_at < ? AND (received_at > ? OR (received_at = ? AND feedback_id > ?)) "
+                           "ORDER BY received_at, feedback_id LIMIT ?", (model, since, until, at, at, fid, limit))
+        return [FeedbackRecord(*r) for r in rows]
+
+    def schema_version(self) -> int:
+        return int(self._query("SELECT coalesce(max(version), 0) FROM schema_migrations", ())[0][0])
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
 
+_PREDICTION_SELECT = "prediction_id, model, version, track, state, inputs::text, output, created_at, sha256"
+_FEEDBACK_SELECT = ("feedback_id, prediction_id, model, version, label::text, severity, stakeholder, comment, "
+                    "author, received_at, track, sha256")
+
+
 class PostgresFeedbackStore:
-    _SCHEMA = """
-    CREATE TABLE IF NOT EXISTS model_predictions (
-        prediction_id text PRIMARY KEY,
-        model text NOT NULL, version text NOT NULL, track text NOT NULL, state text NOT NULL,
-        inputs jsonb NOT NULL, output double precision NOT NULL, created_at double precision NOT NULL);
-    CREATE INDEX IF NOT EXISTS model_predictions_model_created ON model_predictions (model, created_at);
-    CREATE TABLE IF NOT EXISTS model_feedback (
-        feedback_id text PRIMARY KEY, prediction_id text NOT NULL,
-        model text NOT NULL, version text NOT NULL, label jsonb NOT NULL,
-        severity text NOT NULL, stakeholder text NOT NULL, comment text, author text,
-        received_at double precision NOT NULL);
-    CREATE INDEX IF NOT EXISTS model_feedback_prediction ON model_feedback (prediction_id);
-    CREATE INDEX IF NOT EXISTS model_feedback_model_received ON model_feedback (model, received_at);
-    """
-    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (it is not atomic in PostgreSQL).
+    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (it is not atomic in PostgreSQL) and on
+    # each migration step: one transaction-scoped advisory lock serialises them; the second finds the steps done.
     _SCHEMA_LOCK = 0x6D77_6664  # "mwfd"
 
     def __init__(self, dsn: str, connect_timeout: float = 5.0) -> None:
@@ -248,14 +331,27 @@ class PostgresFeedbackStore:
         self._timeout = connect_timeout
         self._conn: Any = None
         self._lock = threading.Lock()
+        self.applied: list[int] = []
 
     def _connect(self) -> Any:
         conn = self._psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout)), autocommit=True)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
-            for statement in filter(str.strip, self._SCHEMA.split(";")):
-                conn.execute(statement)
+            conn.execute(_MIGRATIONS_TABLE)
+            done = {int(v) for (v,) in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+            for m in MIGRATIONS:
+                if m.version not in done:
+                    for statement in m.postgresql:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_migrations (version, what, applied_at) VALUES (%s,%s,%s)",
+                                 (m.version, m.what, time.time()))
+                    self.applied.append(m.version)
         return conn
+
+    def migrate(self) -> list[int]:
+        """Connect now (the server calls this on start): the schema is current before the first request."""
+        self._run(lambda c: None)
+        return self.applied
 
     def _run(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` in a transaction; after a connection failure, once more on a fresh connection."""
@@ -287,12 +383,12 @@ class PostgresFeedbackStore:
             return
         rows = [_prediction_row(r) for r in records]
         self._run(lambda c: c.cursor().executemany(
-            f"INSERT INTO model_predictions ({_PREDICTION_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+            f"INSERT INTO model_predictions ({_PREDICTION_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (prediction_id) DO NOTHING", rows))
 
     def prediction(self, prediction_id: str) -> PredictionRecord | None:
         row = self._run(lambda c: c.execute(
-            "SELECT prediction_id, model, version, track, state, inputs::text, output, created_at "
+            f"SELECT {_PREDICTION_SELECT} "
             "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone())
         return PredictionRecord(*row) if row else None
 
@@ -300,22 +396,22 @@ class PostgresFeedbackStore:
         # synchronous_commit stays at its default (on): COMMIT returns after the WAL is flushed.
         def add(c: Any) -> tuple[FeedbackRecord, bool]:
             inserted = c.execute(
-                f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                 "ON CONFLICT (feedback_id) DO NOTHING", _feedback_row(record)).rowcount == 1
             row = c.execute(
-                "SELECT feedback_id, prediction_id, model, version, label::text, severity, stakeholder, comment, "
-                "author, received_at FROM model_feedback WHERE feedback_id = %s", (record.feedback_id,)).fetchone()
+                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE feedback_id = %s",
+                (record.feedback_id,)).fetchone()
             return FeedbackRecord(*row), inserted
 
         return self._run(add)
 
     def feedback_for(self, prediction_id: str) -> PredictionFeedback:
         def read(c: Any) -> PredictionFeedback:
-            p = c.execute("SELECT prediction_id, model, version, track, state, inputs::text, output, created_at "
+            p = c.execute(f"SELECT {_PREDICTION_SELECT} "
                           "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone()
             rows = c.execute(
-                "SELECT feedback_id, prediction_id, model, version, label::text, severity, stakeholder, comment, "
-                "author, received_at FROM model_feedback WHERE prediction_id = %s ORDER BY received_at, feedback_id",
+                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE prediction_id = %s "
+                "ORDER BY received_at, feedback_id",
                 (prediction_id,)).fetchall()
             return PredictionFeedback(PredictionRecord(*p) if p else None, [FeedbackRecord(*r) for r in rows])
 
@@ -350,6 +446,23 @@ class PostgresFeedbackStore:
             return int(deleted)
 
         return self._run(purge)
+
+    def purge_feedback(self, model: str, older_than: float) -> int:
+        return int(self._run(lambda c: c.execute("DELETE FROM model_feedback WHERE model = %s AND received_at < %s",
+                                                 (model, older_than)).rowcount))
+
+    def feedback_page(self, model: str, since: float, until: float, after: tuple[float, str] | None,
+                      limit: int) -> list[FeedbackRecord]:
+        at, fid = after if after is not None else (since - 1.0, "")
+        rows = self._run(lambda c: c.execute(
+            f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE model = %s AND received_at >= %s "
+            "AND received_at < %s AND (received_at, feedback_id) > (%s, %s) ORDER BY received_at, feedback_id "
+            "LIMIT %s", (model, since, until, at, fid, limit)).fetchall())
+        return [FeedbackRecord(*r) for r in rows]
+
+    def schema_version(self) -> int:
+        return int(self._run(lambda c: c.execute(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone())[0])
 
     def close(self) -> None:
         with self._lock:

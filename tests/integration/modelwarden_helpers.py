@@ -35,6 +35,11 @@ def artifact(directory: Path, version: str, payload: bytes | None = None) -> tup
     return path.as_uri(), hashlib.sha256(data).hexdigest()
 
 
+# A Secret the pods would read their PostgreSQL DSN from (issue 16: every MLModel names a store that outlives its
+# pods). The simulated nodes run no pods, so it need not exist for the operator's tests.
+FEEDBACK_STORE: dict[str, Any] = {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}
+
+
 def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[str, Any]] | None = None,
             replicas: int = 2, routing: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     rollout: dict[str, Any] = {"steps": steps or [{"setWeight": 10, "pauseSeconds": 1},
@@ -47,7 +52,7 @@ def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[
             "version": version,
             "artifact": {"uri": uri, "sha256": sha256, "format": "skops"},
             "featureContract": {"name": "demo", "features": FEATURES, "nFeatures": len(FEATURES)},
-            "serving": {"replicas": replicas},
+            "serving": {"replicas": replicas, "feedbackStore": FEEDBACK_STORE},
             "rollout": rollout,
             **spec,
         },

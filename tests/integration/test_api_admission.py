@@ -65,6 +65,16 @@ BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
     ("missing artifact", _with("spec.artifact", None), "spec.artifact"),
     ("gatewayAPI without a route", _with("spec.rollout.trafficRouting", {"type": "gatewayAPI"}),
      "spec.rollout.trafficRouting.gatewayAPI"),
+    # Issue 16: settings that cannot keep acknowledged feedback. Each names the field to set.
+    ("no feedback store named", _with("spec.serving.feedbackStore", None), "spec.serving.feedbackStore.dsnSecretRef"),
+    ("no serving section at all", _with("spec.serving", None), "spec.serving.feedbackStore.dsnSecretRef"),
+    ("postgresql without its Secret", _with("spec.serving.feedbackStore", {"type": "postgresql"}),
+     "spec.serving.feedbackStore.dsnSecretRef"),
+    ("per-pod sqlite on two replicas", _with("spec.serving.feedbackStore", {"type": "sqlite"}),
+     "spec.serving.feedbackStore.dsnSecretRef"),
+    ("per-pod sqlite on one replica (still lost with its pod, and a rollout serves two versions)",
+     _with("spec.serving", {"replicas": 1, "feedbackStore": {"type": "sqlite"}}),
+     "spec.serving.feedbackStore.dsnSecretRef"),
 ]
 
 
@@ -81,6 +91,26 @@ def test_bad_mlmodel_is_rejected_naming_the_field(case: str, body: dict[str, Any
     status, message = _rejection(lambda: Models(admin_api, namespace).create(body))
     assert status == 422, message
     assert field in message, message
+
+
+def test_an_unsafe_feedback_store_is_refused_saying_what_to_set(modelwarden_installed: Cluster,
+                                                                admin_api: client.ApiClient, namespace: str) -> None:
+    status, message = _rejection(lambda: Models(admin_api, namespace).create(
+        _with("spec.serving.feedbackStore", {"type": "sqlite"})))
+    assert status == 422, message
+    assert "set serving.feedbackStore.dsnSecretRef" in message and "PostgreSQL DSN" in message, message
+    assert "acceptFeedbackLoss: true" in message, message
+
+
+@pytest.mark.parametrize("store", [
+    {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}},
+    {"type": "postgresql", "dsnSecretRef": {"name": "feedback-store", "key": "dsn"}},
+    {"type": "sqlite", "acceptFeedbackLoss": True},
+], ids=["postgresql by default", "postgresql spelled out", "sqlite with the loss accepted (development)"])
+def test_feedback_stores_the_api_server_accepts(store: dict[str, Any], modelwarden_installed: Cluster,
+                                                admin_api: client.ApiClient, namespace: str) -> None:
+    created = Models(admin_api, namespace).create(_with("spec.serving.feedbackStore", store))
+    assert created["spec"]["serving"]["feedbackStore"]["type"] == store.get("type", "postgresql")
 
 
 def test_good_mlmodel_is_accepted(modelwarden_installed: Cluster, admin_api: client.ApiClient,

@@ -42,7 +42,7 @@ from localenv._proc import (
 from localenv.cluster import K8S_VERSION, Cluster
 from modelwarden.api.v1alpha1 import Phase
 from modelwarden.handlers.settings import ENV
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import FEEDBACK_STORE, Models, approval, artifact, mlmodel
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelwarden"
@@ -454,7 +454,7 @@ def test_the_chart_installed_operator_runs_as_a_pod_on_the_real_node_and_serves_
                      "artifact": {"uri": artifacts.uri(demo.directory / demo.model_file), "sha256": demo.sha256},
                      "featureContract": {"name": demo.contract, "features": list(demo.features),
                                          "nFeatures": len(demo.features)},
-                     "serving": {"replicas": 1}}})
+                     "serving": {"replicas": 1, "feedbackStore": FEEDBACK_STORE}}})
         Models(api_clients["finance-approver"], namespace).approve(
             approval("podded", "v1", demo.sha256, "finance", "finance-approver"))
         Models(api_clients["regulatory-approver"], namespace).approve(

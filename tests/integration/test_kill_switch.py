@@ -17,7 +17,7 @@ from kubernetes import client
 from localenv.cluster import Cluster
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
 from model_server.testing import http_client, serve_subprocess
-from tests.integration.modelwarden_helpers import Models, mlmodel
+from tests.integration.modelwarden_helpers import FEEDBACK_STORE, Models, mlmodel
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_kill_switch_flips_running_servers_and_holds_across_restarts(
         demo: DemoArtifact, tmp_path: Path) -> None:
     admin = Models(api_clients["admin"], namespace)
     admin.create(mlmodel("scorer", "v1", demo.directory.as_uri(), demo.sha256, **{"serving": {
-        "replicas": 1, "neutralPrediction": "0.0"}}))
+        "replicas": 1, "neutralPrediction": "0.0", "feedbackStore": FEEDBACK_STORE}}))
     env = {**demo.env("scorer", "v1"), "MLMODEL_WATCH": "true", "MLMODEL_NAMESPACE": namespace,
            "KUBECONFIG": str(modelwarden_installed.kubeconfigs["developer"]), "WARMUP_ROUNDS": "1",
            "FEEDBACK_DSN": str(tmp_path / "fb.sqlite3")}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +17,8 @@ import pytest
 
 from localenv import postgres as postgres_env
 from model_server.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
     FeedbackRecord,
     FeedbackStore,
     PostgresFeedbackStore,
@@ -170,3 +176,153 @@ def test_finding_the_predictions_behind_critical_labels(open_new: StoreFactory, 
     assert found == [ps[1].prediction_id, ps[0].prediction_id], "each once, oldest label first"
     assert store.predictions_with_feedback(model, now - 3600, ["finance", "regulator"], "critical", 1) == [
         ps[1].prediction_id]
+
+
+# ---------------------------------------------------------------- issue 16: schema versions, retention, export
+
+
+def _fresh_database(postgres: postgres_env.Postgres) -> str:
+    """A database of its own (the session's is shared, and these tests are about an empty or an old schema)."""
+    import psycopg
+
+    name = f"mw_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_replicas_starting_at_once_migrate_the_schema_once(postgres: postgres_env.Postgres) -> None:
+    import psycopg
+
+    dsn = _fresh_database(postgres)
+    stores = [PostgresFeedbackStore(dsn) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def replica(store: PostgresFeedbackStore) -> None:
+        start.wait()
+        try:
+            applied.append(store.migrate())
+        except BaseException as e:  # a race would show here as a duplicate table or key
+            errors.append(e)
+
+    threads = [threading.Thread(target=replica, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert sorted(applied) == [[] for _ in stores[1:]] + [[m.version for m in MIGRATIONS]], \
+            "exactly one replica applied every step"
+        assert all(s.schema_version() == SCHEMA_VERSION for s in stores)
+        with psycopg.connect(dsn) as conn:
+            versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [m.version for m in MIGRATIONS]
+    finally:
+        for s in stores:
+            s.close()
+
+
+OLD_SCHEMA = {  # what servers created before the schema was versioned (issue 16)
+    "sqlite": [
+        "CREATE TABLE predictions (prediction_id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, "
+        "track TEXT NOT NULL, state TEXT NOT NULL, inputs TEXT NOT NULL, output REAL NOT NULL, "
+        "created_at REAL NOT NULL)",
+        "CREATE TABLE feedback (feedback_id TEXT PRIMARY KEY, prediction_id TEXT NOT NULL, model TEXT NOT NULL, "
+        "version TEXT NOT NULL, label TEXT NOT NULL, severity TEXT NOT NULL, stakeholder TEXT NOT NULL, comment TEXT, "
+        "author TEXT, received_at REAL NOT NULL)",
+        "INSERT INTO predictions VALUES ('p-old', 'm', '0.9.0', 'canary', 'ENABLED|OK', '{\"a\": 1}', 0.5, 1000)",
+        "INSERT INTO feedback VALUES ('f-old', 'p-old', 'm', '0.9.0', '\"wrong\"', 'critical', 'finance', NULL, NULL, "
+        "1001)",
+    ],
+    "postgresql": [
+        "CREATE TABLE model_predictions (prediction_id text PRIMARY KEY, model text NOT NULL, version text NOT NULL, "
+        "track text NOT NULL, state text NOT NULL, inputs jsonb NOT NULL, output double precision NOT NULL, "
+        "created_at double precision NOT NULL)",
+        "CREATE TABLE model_feedback (feedback_id text PRIMARY KEY, prediction_id text NOT NULL, model text NOT NULL, "
+        "version text NOT NULL, label jsonb NOT NULL, severity text NOT NULL, stakeholder text NOT NULL, "
+        "comment text, author text, received_at double precision NOT NULL)",
+        "INSERT INTO model_predictions VALUES ('p-old', 'm', '0.9.0', 'canary', 'ENABLED|OK', '{\"a\": 1}', 0.5, "
+        "1000)",
+        "INSERT INTO model_feedback VALUES ('f-old', 'p-old', 'm', '0.9.0', '\"wrong\"', 'critical', 'finance', NULL, "
+        "NULL, 1001)",
+    ],
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_store_from_before_schema_versions_is_migrated_keeping_its_labels(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "postgresql":
+        import psycopg
+
+        dsn = _fresh_database(request.getfixturevalue("postgres"))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for statement in OLD_SCHEMA[backend]:
+                conn.execute(statement)
+    else:
+        dsn = str(tmp_path / "old.sqlite3")
+        with sqlite3.connect(dsn) as conn:
+            for statement in OLD_SCHEMA[backend]:
+                conn.execute(statement)
+        conn.close()
+    store = open_store(dsn)
+    try:
+        assert store.migrate() in ([1, 2], [])  # PostgreSQL migrates on its first connection
+        assert store.schema_version() == SCHEMA_VERSION
+        found = store.feedback_for("p-old")
+        assert found.prediction is not None and found.prediction.sha256 == "", "unknown for old records, not made up"
+        assert [(f.feedback_id, f.version, f.track) for f in found.feedback] == [("f-old", "0.9.0", "canary")], \
+            "the label's track comes from its prediction"
+        p = PredictionRecord("p-new", "m", "1.0.0", "stable", "ENABLED|OK", "{}", 0.1, 2000, "ab" * 32)
+        store.record_predictions([p])
+        stored, new = store.add_feedback(FeedbackRecord(
+            "f-new", "p-new", "m", "1.0.0", '"ok"', "info", "finance", None, None, 2001, "stable", "ab" * 32))
+        assert new and (stored.track, stored.sha256) == ("stable", "ab" * 32)
+    finally:
+        store.close()
+    reopened = open_store(dsn)
+    try:
+        assert reopened.migrate() == [] and reopened.schema_version() == SCHEMA_VERSION, "each step applied once"
+    finally:
+        reopened.close()
+
+
+def test_labels_are_kept_for_their_retention_then_purged(open_new: StoreFactory, model: str) -> None:
+    store = open_new()
+    now = time.time()
+    old, kept = _prediction(model, now - 400 * 86400), _prediction(model, now - 10 * 86400)
+    store.record_predictions([old, kept])
+    store.add_feedback(_feedback(old, received_at=now - 366 * 86400))
+    store.add_feedback(_feedback(kept, received_at=now - 10 * 86400))
+    assert store.purge_feedback(model, older_than=now - 365 * 86400) == 1
+    assert store.feedback_for(old.prediction_id).feedback == []
+    assert len(store.feedback_for(kept.prediction_id).feedback) == 1
+    # Its prediction, no longer evidence, goes with the predictions' own retention.
+    assert store.purge_predictions(model, older_than=now - 30 * 86400, keep_at_most=1000) == 1
+    assert store.prediction(kept.prediction_id) is not None
+
+
+def test_export_writes_every_label_with_its_prediction_in_pages(open_new: StoreFactory, model: str,
+                                                                 request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    store = open_new()
+    now = time.time()
+    predictions = [_prediction(model, now - 100 + i * 0.01) for i in range(1203)]
+    store.record_predictions(predictions)
+    for i, p in enumerate(predictions):
+        # Two labels share each received_at, so paging must not lose ties.
+        store.add_feedback(_feedback(p, received_at=now - 50 + (i // 2) * 0.01))
+    store.add_feedback(_feedback(_prediction(f"{model}-other", now), received_at=now - 1))
+    backend = request.node.callspec.params["open_new"]
+    dsn = request.getfixturevalue("postgres").dsn if backend == "postgresql" else str(tmp_path / "feedback.sqlite3")
+    done = subprocess.run([sys.executable, "-m", "model_server.export", "--model", model, "--dsn", dsn,
+                           "--since", str(now - 60)], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["predictionId"] for r in lines) == sorted(p.prediction_id for p in predictions)
+    assert len({r["feedbackId"] for r in lines}) == 1203
+    assert all(r["prediction"]["model"] == model and r["stakeholder"] == "finance" for r in lines)
+    assert b"exported 1203 labels" in done.stderr

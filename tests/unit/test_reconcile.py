@@ -287,3 +287,22 @@ def test_one_cycle_looks_back_as_far_as_the_longest_window_plus_a_step(
     asyncio.run(evaluator.evaluate(dt.datetime(2026, 11, 22, tzinfo=dt.UTC), models))
     assert provider.asked == [{"budget": budget, "feedback": feedback, "analysis": 30}]
     assert evaluator.reading().configured and evaluator.reading().fleet is not None
+
+
+def test_an_unreachable_feedback_store_is_reported_and_the_evidence_says_where_it_looked() -> None:
+    """With the store configured the evidence comes from it alone (no server is asked); a store that cannot be
+    reached is a Warning Event and an evidence file naming the store's error."""
+    from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
+
+    cluster = FakeCluster()
+    applier = ActionApplier(cluster, cluster, server_admin=HTTPServerAdmin(None),
+                            feedback_evidence=PostgresFeedbackEvidence("postgresql://nobody@127.0.0.1:1/none",
+                                                                       timeout_seconds=1))
+    rollback = api.Rollback(id="rb-2", trigger="CriticalFeedback", message="m", from_version="v2",
+                            from_sha256=SHA["v2"], started_at="2026-11-22T12:00:00Z")
+    actions: list[Action] = [CollectFeedbackEvidence(rollback, "stable", 3600, ("finance",))]
+    asyncio.run(applier.apply(ModelObject(NS, NAME, "u1"), make_spec(), FakeRouter(), actions, T0.timestamp()))
+    assert cluster.events == [("Warning", "CollectFeedbackEvidenceFailed")]
+    evidence = cluster.incidents["rb-2"]["feedback.json"]
+    assert evidence["source"] == "feedbackStore" and evidence["records"] == []
+    assert evidence["error"].startswith("feedback store: ") and "MODELWARDEN_ADMIN_TOKEN" not in evidence["error"]

@@ -36,7 +36,8 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> DemoArtifact:
 def client(artifact: DemoArtifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     s = Settings(model_name="fuzz", model_version="1", artifact_dir=artifact.directory,
                  artifact_sha256=artifact.sha256, model_format="skops", admin_token=TOKEN, warmup_rounds=1,
-                 feedback_dsn=str(tmp_path_factory.mktemp("store") / "fb.sqlite3"), max_batch_rows=50)
+                 feedback_dsn=str(tmp_path_factory.mktemp("store") / "fb.sqlite3"), max_batch_rows=50,
+                 feedback_join_wait_seconds=0)  # one replica: no other's flush to wait for
     s = replace(s, max_body_bytes=64 * 1024)
     with serve_in_thread(ModelServer(s)) as url, http_client(url) as c:
         yield c

@@ -36,7 +36,7 @@ def settings_for(artifact: DemoArtifact, tmp: Path, fmt: ModelFormat = "skops", 
     s = Settings(model_name="credit", model_version="4.0.0", artifact_dir=artifact.directory,
                  artifact_sha256=artifact.sha256, model_format=fmt, admin_token=TOKEN,
                  feedback_dsn=str(tmp / "feedback.sqlite3"), warmup_rounds=1, drift_min_samples=1_000_000,
-                 governance_max_model_errors=3, max_batch_rows=MAX_ROWS)
+                 governance_max_model_errors=3, max_batch_rows=MAX_ROWS, feedback_join_wait_seconds=0)
     return replace(s, **overrides)
 
 

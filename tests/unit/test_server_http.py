@@ -104,6 +104,10 @@ def test_openapi_document_covers_the_api(client: httpx.Client, artifact: DemoArt
     assert features["additionalProperties"] is False
     assert doc["components"]["schemas"]["FeedbackIn"]["required"] == ["predictionId", "label", "severity",
                                                                       "stakeholder"]
+    # The durability contract is where a client reads the API (issue 16).
+    contract = doc["paths"]["/feedback"]["post"]["description"]
+    assert all(term in contract for term in ("`201` means the label is committed", "kill -9", "UNKNOWN_PREDICTION",
+                                             "FEEDBACK_RETENTION_SECONDS", "python -m model_server.export"))
 
 
 # ---------------------------------------------------------------- predict
@@ -242,10 +246,13 @@ def test_feedback_is_joined_to_its_prediction(client: httpx.Client, artifact: De
     assert view["prediction"]["prediction"] == prediction["prediction"]
     assert view["prediction"]["features"] == row(artifact, 5)
     assert view["prediction"] | {"features": None, "prediction": None, "createdAt": None} == {
-        "model": "fraud", "version": "2.1.0", "track": "canary", "state": "ENABLED|OK", "features": None,
-        "prediction": None, "createdAt": None}
+        "model": "fraud", "version": "2.1.0", "track": "canary", "sha256": artifact.sha256, "state": "ENABLED|OK",
+        "features": None, "prediction": None, "createdAt": None}
     assert [(f["label"], f["severity"], f["stakeholder"]) for f in view["feedback"]] == [
         ("should have flagged", "critical", "regulator"), (0, "minor", "finance")]
+    # Each label carries what made the prediction it labels: version, track and the model file's sha256.
+    assert {(f["version"], f["track"], f["sha256"]) for f in view["feedback"]} == {
+        ("2.1.0", "canary", artifact.sha256)}
     assert view["feedback"][0]["comment"] == "see case 41"
     after = metric(client, "ml_feedback_labels_total", severity="critical", stakeholder="regulator",
                    version="2.1.0")

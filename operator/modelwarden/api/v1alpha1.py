@@ -213,15 +213,44 @@ class SecretKeyRef(_Model):
 
 
 class FeedbackStore(_Model):
+    """Where prediction records and feedback labels live. It must outlive the pods: every replica of every
+    version writes to it, feedback on any replica finds a prediction made by any other, and a rollback's
+    incident evidence is read from it. That is PostgreSQL (the DSN from a Secret). The embedded SQLite sits on
+    each pod's emptyDir: a label is lost when its pod goes, and is found only on the pod that made the
+    prediction; it is for development, and only with ``acceptFeedbackLoss: true`` (the API server refuses it
+    otherwise, see :data:`FEEDBACK_STORE_RULE`)."""
+
     model_config = ConfigDict(
         json_schema_extra=_validations(
             ("self.type != 'postgresql' || has(self.dsnSecretRef)",
-             "a postgresql feedback store needs dsnSecretRef", ".dsnSecretRef"),
+             "a postgresql feedback store needs serving.feedbackStore.dsnSecretRef", ".dsnSecretRef"),
         ),
     )
 
-    type: Literal["sqlite", "postgresql"] = "sqlite"
-    dsn_secret_ref: SecretKeyRef | None = None
+    type: Literal["postgresql", "sqlite"] = Field(
+        default="postgresql",
+        description="postgresql (shared by every pod, outlives them) or sqlite (per pod, on its emptyDir: "
+                    "development only, needs acceptFeedbackLoss).")
+    dsn_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret (model's namespace) and key holding the PostgreSQL DSN; the pods read "
+                                  "it as FEEDBACK_DSN.")
+    accept_feedback_loss: bool = Field(
+        default=False,
+        description="type sqlite only: accept that acknowledged feedback is lost when a pod goes and is found "
+                    "only on the replica that made the prediction. Development only.")
+
+
+# The MLModel must name a store that keeps acknowledged feedback; evaluated on the spec so that an MLModel
+# without `serving` or `feedbackStore` at all is refused too (defaults do not reach an absent parent).
+FEEDBACK_STORE_RULE = (
+    "has(self.serving) && has(self.serving.feedbackStore) && (has(self.serving.feedbackStore.dsnSecretRef) || "
+    "(has(self.serving.feedbackStore.type) && self.serving.feedbackStore.type == 'sqlite' && "
+    "has(self.serving.feedbackStore.acceptFeedbackLoss) && self.serving.feedbackStore.acceptFeedbackLoss))")
+FEEDBACK_STORE_MESSAGE = (
+    "set serving.feedbackStore.dsnSecretRef (a Secret key holding a PostgreSQL DSN): feedback must outlive the "
+    "pods, and the embedded SQLite on each pod's emptyDir loses acknowledged labels when a pod goes and answers "
+    "404 for predictions made by another replica or version; for development only, serving.feedbackStore.type: "
+    "sqlite with acceptFeedbackLoss: true")
 
 
 class Serving(_Model):
@@ -394,6 +423,12 @@ class Retraining(_Model):
 
 
 class MLModelSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (FEEDBACK_STORE_RULE, FEEDBACK_STORE_MESSAGE, ".serving.feedbackStore.dsnSecretRef"),
+        ),
+    )
+
     enabled: bool = Field(
         default=True,
         description="The kill switch: false makes every replica answer the neutral prediction (DISABLED_CONFIG).")

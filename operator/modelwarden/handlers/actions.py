@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelwarden.adapters.feedback_store import FeedbackEvidence
 from modelwarden.adapters.kube import EventRecorder, KubeError, Workloads
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
@@ -49,6 +50,9 @@ class ActionApplier:
     annotator: Annotator = field(default_factory=LogOnly)
     # Without a token every admin call fails, and says why: missing configuration is reported, never skipped.
     server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
+    # Where a CriticalFeedback rollback's evidence is read: the feedback store itself (complete whichever pods are
+    # gone); unset, the servers' admin API of the rolled-back track (only what live pods reach).
+    feedback_evidence: FeedbackEvidence | None = None
     # What this process has applied once and need not apply again: (model, router type) pairs whose objects
     # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
     routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
@@ -89,9 +93,17 @@ class ActionApplier:
             case RecordIncident(rollback=rollback):
                 failure = await _kube_failure(self.workloads.record_incident(model, rollback))
             case CollectFeedbackEvidence(rollback=rollback, track=track, since_seconds=since, stakeholders=who):
-                records, failure = await self.server_admin.feedback(model, track, now - since, who)
+                evidence: dict[str, Any]
+                if self.feedback_evidence is not None:
+                    read = await self.feedback_evidence.critical_feedback(model, now - since, who)
+                    failure = read.error
+                    evidence = {"source": "feedbackStore", "records": read.records, "truncated": read.truncated,
+                                "error": failure}
+                else:
+                    records, failure = await self.server_admin.feedback(model, track, now - since, who)
+                    evidence = {"source": f"servers ({track} track)", "records": records, "error": failure}
                 failure = await _kube_failure(self.workloads.record_evidence(
-                    model, rollback, "feedback.json", {"records": records, "error": failure})) or failure
+                    model, rollback, "feedback.json", evidence)) or failure
             case AnnotateGrafana(rollback=rollback):
                 failure = await self.annotator.annotate(model.name, model.namespace, rollback)
             case Notify(severity=severity, summary=summary, rollback=rollback):

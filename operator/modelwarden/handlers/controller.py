@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelwarden.adapters.artifact_store import ArtifactStore, ReportReader, URIArtifactStore
+from modelwarden.adapters.feedback_store import FeedbackEvidence
 from modelwarden.adapters.kube import EventRecorder, ModelStatusWriter, Workloads
 from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.model_actions import ActionStatusWriter
@@ -61,6 +62,7 @@ class Controller:
     notifier: Notifier = field(default_factory=LogOnly)
     annotator: Annotator = field(default_factory=LogOnly)
     server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
+    feedback_evidence: FeedbackEvidence | None = None
     reports: ReportReader = field(default_factory=URIArtifactStore)
     action_status: ActionStatusWriter | None = None
     ledger: LedgerWriter | None = None
@@ -80,7 +82,7 @@ class Controller:
         self.caches = WatchCaches(wake=self.queue.add, forget=self._forget)
         self.evaluator = FleetEvaluator(self.metrics, self.evaluation_interval)
         self.applier = ActionApplier(self.workloads, self.events, notifier=self.notifier, annotator=self.annotator,
-                                     server_admin=self.server_admin)
+                                     server_admin=self.server_admin, feedback_evidence=self.feedback_evidence)
         self.reconciler = Reconciler(artifacts=self.artifacts, reports=self.reports, router_for=self.router_for,
                                      applier=self.applier, status_writer=self.status_writer, events=self.events,
                                      workloads=self.workloads, resync_seconds=self.resync_seconds,

@@ -23,6 +23,7 @@ import kopf
 from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
+from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
@@ -144,6 +145,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
         server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
+        feedback_evidence=PostgresFeedbackEvidence(config.feedback_dsn) if config.feedback_dsn else None,
         action_status=KubeActionStatusWriter(kube),
         ledger=ledger,
         fault=_fault(config.fault),

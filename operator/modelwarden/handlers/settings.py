@@ -27,6 +27,10 @@ ENV = {
     "MODELWARDEN_ADMIN_TOKEN": "bearer token of the servers' /admin endpoints (flush, warmup)",
     "MODELWARDEN_SERVER_IMAGE": "model server image for MLModels without spec.serving.image "
                                 "(default ghcr.io/modelwarden/model-server:0.1.0)",
+    "MODELWARDEN_FEEDBACK_DSN": ("PostgreSQL DSN of the models' feedback store (SELECT on its tables is enough): "
+                                 "a CriticalFeedback rollback's evidence is read from it ({namespace} and {model} "
+                                 "in it are the model's); unset: from the "
+                                 "servers' admin API, i.e. only what live pods reach"),
     "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
     "MODELWARDEN_LEADER_ELECTION": "true: act only while holding the leader Lease (several replicas); default false",
     "MODELWARDEN_LEASE_NAME": "the leader Lease's name (default modelwarden-operator)",
@@ -74,6 +78,7 @@ class Settings:
     grafana_token: str | None = None
     admin_token: str | None = None
     server_url_template: str = "http://{service}.{namespace}.svc:8080"
+    feedback_dsn: str | None = None
     leader_election: bool = False
     lease_name: str = "modelwarden-operator"
     lease_namespace: str = "modelwarden-system"
@@ -112,6 +117,7 @@ class Settings:
             grafana_token=get("MODELWARDEN_GRAFANA_TOKEN"),
             admin_token=get("MODELWARDEN_ADMIN_TOKEN"),
             server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or "http://{service}.{namespace}.svc:8080",
+            feedback_dsn=get("MODELWARDEN_FEEDBACK_DSN"),
             leader_election=_flag("MODELWARDEN_LEADER_ELECTION", get("MODELWARDEN_LEADER_ELECTION")),
             lease_name=get("MODELWARDEN_LEASE_NAME") or "modelwarden-operator",
             lease_namespace=get("MODELWARDEN_LEASE_NAMESPACE") or _default_lease_namespace(),
