@@ -43,6 +43,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
     "PREDICTION_RETENTION_MAX_ROWS": ("1000000", "and at most this many per model are kept (oldest go first)"),
     "ADMIN_TOKEN": ("", "bearer token for /admin/*; admin endpoints answer 403 while it is unset"),
+    "ADMIN_TOKEN_FILE": ("", "file holding the bearer token for /admin/* (the operator's per-model Secret, mounted "
+                             "into the pod); re-read on every admin call, so a replaced Secret takes effect; wins "
+                             "over ADMIN_TOKEN"),
     "GOVERNANCE_MAX_MODEL_ERRORS": ("5", "model errors within the window that switch to DISABLED_BY_GOVERNANCE"),
     "GOVERNANCE_WINDOW_SECONDS": ("300", "sliding window for the count above"),
     "GOVERNANCE_ERROR_KINDS": (",".join(DEFAULT_GOVERNANCE_KINDS), "error kinds that count (comma-separated)"),
@@ -90,6 +93,7 @@ class Settings:
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
     admin_token: str | None = None
+    admin_token_file: Path | None = None
     governance_max_model_errors: int = 5
     governance_window_seconds: float = 300.0
     governance_error_kinds: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_GOVERNANCE_KINDS))
@@ -146,6 +150,7 @@ class Settings:
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),
             admin_token=reader.text("ADMIN_TOKEN") or None,
+            admin_token_file=Path(reader.text("ADMIN_TOKEN_FILE")) if reader.text("ADMIN_TOKEN_FILE") else None,
             governance_max_model_errors=reader.integer("GOVERNANCE_MAX_MODEL_ERRORS", minimum=1),
             governance_window_seconds=reader.number("GOVERNANCE_WINDOW_SECONDS", minimum=1),
             governance_error_kinds=kinds,

@@ -78,7 +78,10 @@ def test_budget_exhausted_after_promotion_rolls_back_to_prior_approved_sha() -> 
         ("v1", "Superseded"), ("v2", "RolledBack"), ("v1", "Serving")]
     kinds = [type(a) for a in d.actions]
     assert kinds.count(RecordIncident) == 1 and kinds.count(AnnotateGrafana) == 1 and kinds.count(Notify) == 1
-    assert FlushAndWarm(flush_track=None, warm_track="stable") in d.actions
+    flush = [a for a in d.actions if isinstance(a, FlushAndWarm)]
+    assert [(f.flush_track, f.warm_track) for f in flush] == [(None, "stable")]
+    assert flush[0].rollback is not None and flush[0].rollback.id == d.status.last_rollback.id, \
+        "each pod's outcome goes into this incident"
     rb = d.status.last_rollback
     assert rb is not None and rb.completed_at is not None and rb.traffic_restored_at is not None
     assert [t.event for t in rb.timeline] == ["TriggerFired", "Halted", "TargetVerified", "TrafficRestored",

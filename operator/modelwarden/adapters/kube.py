@@ -22,12 +22,16 @@ from kubernetes.client.exceptions import ApiException
 from modelwarden.adapters.manifests import (
     DEFAULT_SERVER_IMAGE,
     FIELD_MANAGER,
+    SERVER_PORT,
     ModelObject,
+    admin_secret_manifest,
     deployment_manifest,
     incident_configmap,
+    labels,
     retraining_job_manifest,
     server_identity_manifests,
 )
+from modelwarden.adapters.server_admin import Server
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import CreateRetrainingJob
 
@@ -46,6 +50,7 @@ class Conflict(KubeError):
 
 class Workloads(Protocol):
     async def ensure_server_identity(self, namespace: str) -> None: ...
+    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
@@ -161,6 +166,10 @@ class KubeWorkloads:
         await asyncio.gather(self._kube.apply(self._kube.core.patch_namespaced_service_account, account),
                              self._kube.apply(self._kube.rbac.patch_namespaced_role_binding, binding))
 
+    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None:
+        """The model's admin credential, owned by the MLModel (server-side apply: the same token is a no-op)."""
+        await self._kube.apply(self._kube.core.patch_namespaced_secret, admin_secret_manifest(model, token))
+
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
         body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image)
@@ -203,6 +212,38 @@ class KubeWorkloads:
         cm = await self._kube.call(f"read trusted keys {namespace}/{config_map}",
                                    self._kube.core.read_namespaced_config_map, config_map, namespace)
         return [value.encode() for _, value in sorted((cm.data or {}).items())]
+
+
+class KubeServerTargets:
+    """The servers of a track: its pods (by the track's labels) that have an address and a running server.
+
+    Every such pod is called, terminating ones included (a canary being scaled away still holds queued work
+    during its drain); a pod not Ready yet is listed but not called (it warms up before it becomes Ready)."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def servers(self, model: ModelObject, track: api.Track) -> list[Server]:
+        selector = ",".join(f"{k}={v}" for k, v in labels(model, track).items())
+        pods = await self._kube.call(f"list {track} pods of {model.namespace}/{model.name}",
+                                     self._kube.core.list_namespaced_pod, model.namespace, label_selector=selector)
+        out = []
+        for pod in sorted(pods.items, key=lambda p: p.metadata.name):
+            status = pod.status
+            if status is None or not status.pod_ip or status.phase != "Running":
+                continue
+            running = any(c.name == "server" and c.state is not None and c.state.running is not None
+                          for c in status.container_statuses or [])
+            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+            terminating = pod.metadata.deletion_timestamp is not None
+            if not running:
+                out.append(Server(pod.metadata.name, "", callable=False, why_not="server container not running"))
+                continue
+            host = f"[{status.pod_ip}]" if ":" in status.pod_ip else status.pod_ip
+            callable_ = ready or terminating
+            out.append(Server(pod.metadata.name, f"http://{host}:{SERVER_PORT}", callable=callable_,
+                              why_not="" if callable_ else "not Ready yet (it warms up before it becomes Ready)"))
+        return out
 
 
 class KubeStatusWriter:

@@ -42,6 +42,7 @@ class FlushAndWarm:
 
     flush_track: Track | None
     warm_track: Track
+    rollback: Rollback | None = None  # the incident each pod's outcome is recorded in
 
 
 @dataclass(frozen=True)

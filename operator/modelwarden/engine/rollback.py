@@ -192,7 +192,7 @@ def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None,
             signer = previous.signer if previous is not None else None
             history = [*history, history_entry(restored, approvals, p.now, signer)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
-        p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
+        p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable", rollback=rb))
         p.condition(ConditionType.READY, True, Reason.STABLE,
                     f"{restored.version} ready ({p.spec.serving.replicas} replicas)")
         p.event("Normal", Reason.TRAFFIC_RESTORED, f"traffic back on {restored.version} (sha256 {restored.sha256})")
