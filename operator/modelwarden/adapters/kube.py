@@ -201,11 +201,12 @@ class KubeWorkloads:
                                incident_configmap(model, rollback, "incident.json", record))
 
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None:
-        """One more file in the incident's ConfigMap, written under its own field manager so the final
-        incident record (written later) does not take it away."""
+        """One more file in the incident's ConfigMap, written under a field manager of its own (one per file) so
+        neither the final incident record nor another evidence file (each apply names only its file) takes it
+        away."""
         await self._kube.apply(self._kube.core.patch_namespaced_config_map,
                                incident_configmap(model, rollback, name, data),
-                               field_manager=f"{FIELD_MANAGER}-evidence")
+                               field_manager=f"{FIELD_MANAGER}-evidence-{name.rsplit('.', 1)[0]}"[:128])
 
     async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]:
         """The PEM public keys an artifact signature may be made with: every data entry of the ConfigMap."""

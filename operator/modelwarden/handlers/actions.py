@@ -104,17 +104,16 @@ class ActionApplier:
                 failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
             case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
                 problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
-                outcomes: list[dict[str, str]] = []
                 for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):
                     if admin_track is None:
                         continue
                     calls, problem = await self.server_admin.call(model, admin_track, what)
                     problems.append(problem)
-                    outcomes += [{"track": admin_track, **c.wire()} for c in calls]
-                if rollback is not None:
-                    # Which replica was flushed or warmed, and which was not, in the incident's record.
-                    problems.append(await _kube_failure(self.workloads.record_evidence(
-                        model, rollback, "admin-calls.json", {"calls": outcomes})))
+                    if rollback is not None:
+                        # Which replica was flushed or warmed, and which was not, in the incident's record.
+                        problems.append(await _kube_failure(self.workloads.record_evidence(
+                            model, rollback, f"admin-{what}.json",
+                            {"track": admin_track, "calls": [c.wire() for c in calls], "error": problem})))
                 failure = "; ".join(p for p in problems if p) or None
         if failure:
             what = type(action).__name__
