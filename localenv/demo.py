@@ -1,11 +1,13 @@
 """`make demo`: the whole ModelWarden story on one machine, with real parts.
 
-A real control plane (KWOK nodes), the real operator (least-privilege user), real `model_server` processes for
-the stable and canary tracks (started by a small local "kubelet" that follows the operator's Deployments),
-a real Prometheus scraping them with the shipped rules, and a load generator that splits traffic by the
-operator's canary weight. v1 is approved by finance and regulatory and deployed; v2 walks its canary steps
-and is promoted; then errors are injected into v2 and the operator rolls back to v1's SHA256 by itself,
-halts, and writes the incident down — the timeline is printed at the end.
+A real control plane with a real node (kubelet, containerd, kube-proxy); the operator installed by the Helm
+chart, running as a pod (its ServiceAccount, its namespaced Role, its Lease); the model's pods on the real
+node from the locally built server image, under the `restricted` Pod Security level, fetching their artifacts
+over HTTP; a real Prometheus scraping the pods with the shipped rules; a load generator sending to the model's
+Service ClusterIP through kube-proxy and counting which version answered (each answer's headers). v1 is
+approved by finance and regulatory and deployed; v2 walks its canary steps and is promoted; then errors are
+injected into v2 and the operator rolls back to v1's SHA256 by itself, halts, and writes the incident down —
+the timeline is printed at the end.
 
     python -m localenv.demo [--keep]
 """
@@ -13,19 +15,22 @@ halts, and writes the incident down — the timeline is printed at the end.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
+import urllib.error
+import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,12 +42,18 @@ from kubernetes import client, config
 
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
+from localenv import node as real_node
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
-from localenv._proc import REPO_ROOT, free_port, stop_pid
+from localenv._proc import REPO_ROOT, EnvironmentStartError, wait_until
+from localenv._proc import run as run_command
+from localenv.artifacts import ArtifactServer
 from modelwarden.api import v1alpha1 as api
 
-ADMIN_TOKEN = "demo-admin-token"
+OPERATOR_SECRET = "modelwarden-demo"
+FEEDBACK_SECRET = "feedback-store"
+PROGRESS_SECONDS = 5
+CHART = REPO_ROOT / "charts" / "modelwarden"
 NAMESPACE_PREFIX = "demo"
 MODEL = "fraud-scorer"
 EVALUATION_INTERVAL = 5
@@ -58,7 +69,7 @@ def say(message: str) -> None:
 class Receiver:
     """A loopback HTTP endpoint standing in for Grafana and the paging webhook; keeps what it was sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         owner = self
 
@@ -75,115 +86,65 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         self.server.shutdown()
 
 
-# --- the local "kubelet" for model servers ------------------------------------------------------------------
+
+# --- the model's pods: Prometheus targets, fault injection ---------------------------------------------------
+
+
+def model_pods(core: client.CoreV1Api, namespace: str, track: str | None = None) -> list[Any]:
+    """The model's pods that are Ready and not going away (those a Service sends traffic to)."""
+    selector = f"{api.LABEL_MODEL}={MODEL}" + (f",{api.LABEL_TRACK}={track}" if track else "")
+    pods: list[Any] = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.pod_ip
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
 
 
 @dataclass
-class ServerProcess:
-    version: str
-    sha256: str
-    port: int
-    process: subprocess.Popen[bytes]
+class PodTargets:
+    """Keeps Prometheus' file_sd list equal to the model's Ready pods (what a ServiceMonitor would do)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-@dataclass
-class ServerRunner:
-    """Runs one `python -m model_server` per track whose Deployment wants replicas, as its pods would."""
-
-    apps: client.AppsV1Api
+    core: client.CoreV1Api
     namespace: str
-    work: Path
-    kubeconfig: Path
     targets_file: Path
-    feedback_dsn: str = ""  # the model's one feedback store, shared by every server (as the pods' Secret names it)
-    # ready servers, which get traffic (like a Service's endpoints); and ones still starting
-    servers: dict[str, ServerProcess] = field(default_factory=dict)
-    starting: dict[str, ServerProcess] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        self._write_targets()
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(Exception):
-                self.sync()
-            self._stop.wait(0.5)
-
-    def sync(self) -> None:
-        deployments: list[Any] = self.apps.list_namespaced_deployment(
-            self.namespace, label_selector=f"{api.LABEL_MODEL}={MODEL}").items
-        wanted: dict[str, dict[str, str]] = {}
-        for d in deployments:
-            track = d.metadata.labels.get(api.LABEL_TRACK)
-            if track and (d.spec.replicas or 0) > 0:
-                container = d.spec.template.spec.containers[0]
-                wanted[track] = {e.name: e.value for e in container.env if e.value is not None}
-        def serves(server: ServerProcess | None, env: dict[str, str]) -> bool:
-            return server is not None and (server.version, server.sha256) == (env["MODEL_VERSION"],
-                                                                             env["ARTIFACT_SHA256"])
-
-        changed = False
-        for track, env in wanted.items():
-            if not serves(self.servers.get(track), env) and not serves(self.starting.get(track), env):
-                if track in self.starting:
-                    stop_pid(self.starting.pop(track).process.pid)
-                self.starting[track] = self._launch(track, env)
-        for track, server in list(self.starting.items()):
-            if server.ready():
-                # Like a rolling update: the old server goes only once its replacement is ready.
-                old = self.servers.get(track)
-                self.servers[track] = self.starting.pop(track)
-                if old is not None:
-                    stop_pid(old.process.pid)
-                changed = True
-        for track in [t for t in self.servers if t not in wanted]:
-            stop_pid(self.servers.pop(track).process.pid)
-            changed = True
-        if changed:
-            self._write_targets()
-
-    def _launch(self, track: str, pod_env: dict[str, str]) -> ServerProcess:
-        port = free_port()
-        artifact_dir = Path(urllib.parse.unquote(urllib.parse.urlparse(pod_env["ARTIFACT_URI"]).path)).parent
-        env = {**os.environ, **pod_env, "HOST": "127.0.0.1", "PORT": str(port), "ARTIFACT_DIR": str(artifact_dir),
-               "MLMODEL_NAMESPACE": self.namespace, "KUBECONFIG": str(self.kubeconfig), "ADMIN_TOKEN": ADMIN_TOKEN,
-               "FEEDBACK_DSN": self.feedback_dsn or str(self.work / f"feedback-{track}.sqlite3"), "WARMUP_ROUNDS": "1",
-               "LOG_LEVEL": "WARNING", "HEARTBEAT_SECONDS": "3600"}
-        log = (self.work / f"server-{track}-{pod_env['MODEL_VERSION']}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "model_server"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=REPO_ROOT)
-        return ServerProcess(pod_env["MODEL_VERSION"], pod_env["ARTIFACT_SHA256"], port, proc)
-
-    def _write_targets(self) -> None:
-        targets = [{"targets": [f"127.0.0.1:{s.port}"]} for s in self.servers.values()]
-        tmp = self.targets_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(targets))
-        tmp.replace(self.targets_file)
+                targets = [{"targets": [f"{p.status.pod_ip}:8080"], "labels": {"instance": p.metadata.name}}
+                           for p in model_pods(self.core, self.namespace)]
+                tmp = self.targets_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(targets))
+                tmp.replace(self.targets_file)
+            self._stop.wait(1)
 
     def stop(self) -> None:
         self._stop.set()
-        for s in [*self.servers.values(), *self.starting.values()]:
-            stop_pid(s.process.pid)
+
+
+def inject_faults(core: client.CoreV1Api, namespace: str, track: str) -> list[str]:
+    """Half of each ``track`` pod's requests fail, set through each pod's /admin/faults with the model's own admin
+    token (the Secret the operator wrote; the demo reads it as cluster admin)."""
+    secret: Any = core.read_namespaced_secret(f"{MODEL}-admin-token", namespace)
+    token = base64.b64decode(secret.data["token"]).decode()
+    hit = []
+    for pod in model_pods(core, namespace, track):
+        resp = httpx.post(f"http://{pod.status.pod_ip}:8080/admin/faults",
+                          json={"errorRatio": 0.5, "actor": "demo", "reason": "rollback drill"},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        resp.raise_for_status()
+        hit.append(pod.metadata.name)
+    return hit
 
 
 # --- traffic ------------------------------------------------------------------------------------------------
@@ -191,45 +152,52 @@ class ServerRunner:
 
 @dataclass
 class LoadGenerator:
-    """~rate requests/s split between the tracks by the operator's current canary weight."""
+    """~rate requests/s to the model's Service ClusterIP, through kube-proxy, each on a new connection (kube-proxy
+    balances connections). Each answer says which version and sha256 served it (response headers set by the
+    server): the split printed is what came back, not the weight in status."""
 
-    runner: ServerRunner
-    custom: client.CustomObjectsApi
-    namespace: str
+    base: str
     features: list[str]
-    rate: float = 60.0
+    rate: float = 40.0
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    recent: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=200))
     _stop: threading.Event = field(default_factory=threading.Event)
-    _weight: int = 0
 
     def start(self) -> None:
-        threading.Thread(target=self._follow_weight, daemon=True).start()
         threading.Thread(target=self._send, daemon=True).start()
-
-    def _follow_weight(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                obj: Any = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace,
-                                                                    api.MLMODEL_PLURAL, MODEL)
-                self._weight = int((obj.get("status") or {}).get("canaryWeight", 0))
-            self._stop.wait(0.5)
 
     def _send(self) -> None:
         rng = random.Random(7)
-        with httpx.Client(timeout=5) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                servers = dict(self.runner.servers)
-                track = "canary" if "canary" in servers and rng.random() * 100 < self._weight else "stable"
-                server = servers.get(track) or servers.get("stable")
-                if server is not None:
-                    row = {f: rng.uniform(-2, 2) for f in self.features}
-                    try:
-                        code = http.post(f"{server.url}/predict", json={"features": row}).status_code
-                        self.counts[(server.version, "ok" if code == 200 else f"http {code}")] += 1
-                    except httpx.HTTPError:
-                        self.counts[(server.version, "unreachable")] += 1
-                self._stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+        while not self._stop.is_set():
+            started = time.monotonic()
+            row = {f: rng.uniform(-2, 2) for f in self.features}
+            req = urllib.request.Request(f"{self.base}/predict", data=json.dumps({"features": row}).encode(),
+                                         method="POST", headers={"Content-Type": "application/json",
+                                                                 "Connection": "close"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    version, sha, outcome = resp.headers["x-model-version"], resp.headers["x-model-sha256"], "ok"
+            except urllib.error.HTTPError as e:
+                version, sha, outcome = e.headers.get("x-model-version", "?"), e.headers.get("x-model-sha256", "?"), \
+                    f"http {e.code}"
+            except OSError:
+                version, sha, outcome = "?", "?", "unreachable"
+            self.counts[(version, outcome)] += 1
+            self.recent.append((version, sha, outcome))
+            self._stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+    def split(self) -> str:
+        """The share of each version among the last answers, as they came back."""
+        recent = list(self.recent)
+        if not recent:
+            return "no answers yet"
+        by_version = Counter(v for v, _, _ in recent)
+        return f"answered (last {len(recent)}): " + " ".join(
+            f"{v} {100 * n / len(recent):.0f}%" for v, n in sorted(by_version.items()))
+
+    def serving(self) -> set[str]:
+        """The sha256s among the last 100 answers."""
+        return {sha for _, sha, _ in list(self.recent)[-100:]}
 
     def stop(self) -> None:
         self._stop.set()
@@ -247,27 +215,65 @@ def cli(cluster: cluster_env.Cluster, user: str, *args: str) -> str:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, progress: Callable[[], str] | None = None) -> float:
+    """Poll ``check``; a progress line when the model's status changes, and every few seconds for the traffic
+    split (the part after ``; answered``), so the output stays readable."""
     started = time.monotonic()
-    last = ""
+    last, last_said = "", 0.0
     while time.monotonic() - started < timeout:
         if check():
             return time.monotonic() - started
         if progress is not None:
             line = progress()
-            if line != last:
+            status_changed = line.split("; answered")[0] != last.split("; answered")[0]
+            if status_changed or (line != last and time.monotonic() - last_said >= PROGRESS_SECONDS):
                 say(f"  … {line}")
-                last = line
+                last, last_said = line, time.monotonic()
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
-def status_line(custom: client.CustomObjectsApi, namespace: str) -> str:
+def status_line(custom: client.CustomObjectsApi, namespace: str, load: LoadGenerator | None = None) -> str:
     obj: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, MODEL)
     st = api.MLModelStatus.model_validate(obj.get("status") or {})
     step = "" if st.current_step_index is None else f" step {st.current_step_index + 1}"
-    canary = f" canary {st.canary.version}{step} at {st.canary_weight}%" if st.canary else ""
+    canary = f" canary {st.canary.version}{step} (weight {st.canary_weight}%)" if st.canary else ""
     budget = f" budget {st.error_budget.remaining_percent}%" if st.error_budget else ""
-    return f"phase {st.phase}: stable {st.stable.version if st.stable else '-'}{canary}{budget}"
+    answered = f"; {load.split()}" if load is not None else ""
+    return f"phase {st.phase}: stable {st.stable.version if st.stable else '-'}{canary}{budget}{answered}"
+
+
+def install_operator(cluster: cluster_env.Cluster, core: client.CoreV1Api, namespace: str, work: Path,
+                     prometheus_url: str, receiver_url: str, feedback_dsn: str) -> None:
+    """The chart, as a user installs it (helm template + server-side apply), into the demo namespace: one
+    namespace watched, its Role, its Lease; settings from values, the webhook URL and admin key from a Secret."""
+    helm = Path(run_command(["bash", str(REPO_ROOT / "hack" / "build-helm.sh")], "building helm").splitlines()[-1])
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=OPERATOR_SECRET),
+        string_data={"webhook-url": f"{receiver_url}/webhook", "admin-token": secrets.token_hex(32),
+                     "feedback-dsn": feedback_dsn}))
+    values = {"rbac": {"scope": "namespace", "createSharedClusterRoles": False},
+              # Nothing enforces NetworkPolicy on this node (a plain bridge), so the demo leaves it out.
+              "networkPolicy": {"enabled": False},
+              "admission": {"enabled": False, "approverGroups": {"finance": "unused"}},
+              "config": {"resyncSeconds": 10, "prometheusUrl": prometheus_url,
+                         "evaluationInterval": EVALUATION_INTERVAL, "queryStep": EVALUATION_INTERVAL,
+                         "grafanaUrl": receiver_url, "webhookFlavor": "pagerduty"},
+              "secrets": {"existingSecret": OPERATOR_SECRET}}
+    (work / "values.json").write_text(json.dumps(values))
+    rendered = run_command([helm, "template", "modelwarden", CHART, "--namespace", namespace,
+                            "-f", work / "values.json"], "helm template")
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=rendered)
+
+    def ready() -> bool:
+        pods: list[Any] = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=modelwarden").items
+        return any(p.spec.node_name == real_node.NODE_NAME and any(
+            c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods)
+
+    try:
+        wait_until(ready, timeout=180, what="the operator pod Ready")
+    except EnvironmentStartError:
+        pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=modelwarden").items
+        raise EnvironmentStartError(f"the operator pod did not become Ready: {[p.status for p in pods]}") from None
 
 
 def model_status(custom: client.CustomObjectsApi, namespace: str) -> api.MLModelStatus:
@@ -290,7 +296,7 @@ def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigg
             "version": version,
             "artifact": {"uri": uri, "sha256": sha256, "format": "onnx"},
             "featureContract": {"name": "fraud-features", "features": features, "nFeatures": len(features)},
-            "serving": {"replicas": 2, "feedbackStore": {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}},
+            "serving": {"replicas": 2, "feedbackStore": {"dsnSecretRef": {"name": FEEDBACK_SECRET, "key": "dsn"}}},
             "rollout": {"steps": [{"setWeight": 25, "pauseSeconds": 15}, {"setWeight": 50, "pauseSeconds": 15},
                                   {"setWeight": 100, "pauseSeconds": 5}],
                         "analysis": {"intervalSeconds": EVALUATION_INTERVAL, "minRequests": 10}},
@@ -311,17 +317,18 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
     try:
         yield parts
     finally:
-        for name in ("load", "runner", "operator", "prometheus", "receiver", "postgres"):
+        for name in ("load", "targets", "prometheus", "receiver", "artifacts"):
             part = parts.get(name)
             if part is not None:
                 with contextlib.suppress(Exception):
-                    part.stop()
+                    (getattr(part, "stop", None) or part.close)()
+        if "postgres" in parts:
+            with contextlib.suppress(Exception):
+                parts["postgres"].destroy()
         if not keep:
             if "namespace" in parts and "core" in parts:
                 with contextlib.suppress(Exception):
                     parts["core"].delete_namespace(parts["namespace"])
-            if "postgres" in parts:
-                parts["postgres"].destroy()
             if not was_running:
                 cluster_env.down()
             shutil.rmtree(work, ignore_errors=True)
@@ -335,16 +342,21 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
     started = time.monotonic()
     with stack(keep) as parts:
         work: Path = parts["work"]
-        say("1/7 local Kubernetes control plane (built from the Go module proxy on first use)")
+        say("1/7 local Kubernetes control plane and its real node (built from the Go module proxy on first use)")
         cluster = cluster_env.up()
+        if not cluster_env.with_real_node():
+            raise EnvironmentStartError("the demo runs on the real node; MODELWARDEN_NODE=none started without it")
         modelwarden_env.install(cluster)
         admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
-        core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
+        core, custom = client.CoreV1Api(admin), client.CustomObjectsApi(admin)
         namespace = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
-        core.create_namespace(cluster_env.simulated_nodes_namespace(namespace))
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted",
+                                    "pod-security.kubernetes.io/enforce-version": "latest"})))
         parts.update(core=core, namespace=namespace)
 
-        say("2/7 two model versions: trained, saved as ONNX with manifest.json (sha256 of every file)")
+        say("2/7 two model versions: trained, saved as ONNX with manifest.json (sha256 of every file), served over "
+            f"HTTP on {real_node.HOST_IP} for the pods to fetch")
         v1 = build_demo_artifact(work / "v1", fmt="onnx", model=MODEL, version="v1",
                                  trained=train("logistic", 8, 800, 1))
         v2 = build_demo_artifact(work / "v2", fmt="onnx", model=MODEL, version="v2",
@@ -352,51 +364,50 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         features = list(v1.features)
         for v in (v1, v2):
             say(f"    {v.manifest.version}: sha256 {v.sha256}")
+        artifacts = ArtifactServer(work)
+        parts["artifacts"] = artifacts
 
-        say("3/7 Prometheus with the shipped rules, PostgreSQL for feedback, the operator, and a local runner for "
-            "the model servers")
-        receiver = Receiver()
+        say("3/7 Prometheus with the shipped rules, PostgreSQL for the model's feedback (every pod of every version "
+            "shares it), and the operator installed by the Helm chart as a pod")
+        feedback = postgres_env.start(pods=(real_node.HOST_IP, real_node.POD_CIDR))
+        parts["postgres"] = feedback
+        feedback_dsn = feedback.add_user("feedback", secrets.token_hex(16))
+        core.create_namespaced_secret(namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=FEEDBACK_SECRET), string_data={"dsn": feedback_dsn}))
+        receiver = Receiver(real_node.HOST_IP)
         parts["receiver"] = receiver
         rules = work / "rules.yaml"
         rules.write_text((REPO_ROOT / "manifests/prometheus/rules.yaml").read_text().replace("interval: 30s",
                                                                                                "interval: 5s"))
         targets = work / "targets.json"
         targets.write_text("[]")
-        prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets)
+        prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets,
+                                    host=real_node.HOST_IP)
         parts["prometheus"] = prom
-        # The model's feedback store, shared by both tracks' servers; the operator reads incident evidence from it.
-        feedback = postgres_env.start()
-        parts["postgres"] = feedback
-        operator = modelwarden_env.OperatorProcess(cluster, work / "operator.log", env={
-            "MODELWARDEN_FEEDBACK_DSN": feedback.dsn,
-            "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(EVALUATION_INTERVAL),
-            # the demo's rules run every 5 s, so its 60 s sustain window is 12 query steps
-            "MODELWARDEN_QUERY_STEP": str(EVALUATION_INTERVAL),
-            "MODELWARDEN_GRAFANA_URL": receiver.url, "MODELWARDEN_WEBHOOK_URL": f"{receiver.url}/webhook",
-            "MODELWARDEN_WEBHOOK_FLAVOR": "pagerduty", "MODELWARDEN_RESYNC_SECONDS": "10"}).start()
-        parts["operator"] = operator
-        runner = ServerRunner(apps, namespace, work, cluster.kubeconfigs["developer"], targets, feedback.dsn)
-        runner.start()
-        parts["runner"] = runner
-        load = LoadGenerator(runner, custom, namespace, features)
-        load.start()
-        parts["load"] = load
+        pod_targets = PodTargets(core, namespace, targets)
+        pod_targets.start()
+        parts["targets"] = pod_targets
+        install_operator(cluster, core, namespace, work, prom.url, receiver.url, feedback_dsn)
+        say(f"    operator pod Ready on {real_node.NODE_NAME} (image from operator/Dockerfile, built here)")
+        load: LoadGenerator | None = None
 
-        def finish(target: ServerProcess, which: str) -> int:
-            say(f"6/7 inject errors into {which} (half its requests fail) — and wait: nobody is paged to act")
-            injected = time.monotonic()
-            resp = httpx.post(f"{target.url}/admin/faults",
-                              json={"errorRatio": 0.5, "actor": "demo", "reason": "rollback drill"},
-                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            resp.raise_for_status()
+        def line() -> str:
+            return status_line(custom, namespace, load)
+
+        def finish(track: str, which: str) -> int:
+            assert load is not None
+            generator = load
+            say(f"6/7 inject errors into {which} (half its requests fail, set on each of its pods) — and wait: "
+                "nobody is paged to act")
+            hit = inject_faults(core, namespace, track)
+            say(f"    faults set on {', '.join(hit)}")
             took = wait_for("automatic rollback", lambda: model_status(custom, namespace).phase == api.Phase.HALTED,
-                            240, lambda: status_line(custom, namespace))
-            wait_for("v1 serving again",
-                     lambda: "stable" in runner.servers and runner.servers["stable"].version == "v1", 60)
+                            240, line)
+            back = wait_for("v1 serving again", lambda: generator.serving() == {v1.sha256}, 120, line)
             status = model_status(custom, namespace)
-            served: Any = apps.read_namespaced_deployment(f"{MODEL}-stable", namespace)
-            served_sha = served.spec.template.metadata.annotations[api.ANNOTATION_SHA256]
-            say(f"    rolled back {time.monotonic() - injected:.0f}s after the injection (halted after {took:.0f}s)")
+            say(f"    halted {took:.0f}s after the injection; every answer from v1's sha256 {took + back:.0f}s "
+                "after it")
+            say(f"    {line()}")
 
             say("7/7 what was written down")
             print(cli(cluster, "developer", "status", MODEL, "-n", namespace), flush=True)
@@ -406,52 +417,59 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
             for entry in rb.timeline:
                 print(f"  {entry.at}  {entry.event:<16} {entry.message}", flush=True)
             print(f"  values: {json.dumps(rb.values)}", flush=True)
+            incident: Any = core.read_namespaced_config_map(f"{MODEL}-{rb.id}", namespace)
+            for name in sorted(incident.data or {}):
+                if name.startswith("admin-"):
+                    record = json.loads(incident.data[name])
+                    print(f"  {name}: " + ", ".join(f"{c['pod']} {c['outcome']}" for c in record["calls"]), flush=True)
             annotations = [b for p, b in receiver.received if p == "/api/annotations"]
             pages = [b for p, b in receiver.received if p == "/webhook"]
             print(f"\nGrafana annotation received: {annotations[0]['text'] if annotations else 'none'}", flush=True)
             print(f"Page sent (PagerDuty Events v2): {pages[0]['payload']['summary'] if pages else 'none'}", flush=True)
-            print(f"\nServed now: {served_sha} — v1's sha256 is {v1.sha256}: "
-                  f"{'MATCH' if served_sha == v1.sha256 else 'MISMATCH'}", flush=True)
-            print(f"traffic by version and outcome: {dict(load.counts)}", flush=True)
+            served = load.serving()
+            served_sha = served.pop() if len(served) == 1 else f"mixed {sorted(served)}"
+            print(f"\nServed now (the last 100 answers through the Service): {served_sha} — v1's sha256 is "
+                  f"{v1.sha256}: {'MATCH' if served_sha == v1.sha256 else 'MISMATCH'}", flush=True)
+            print(f"answers by version and outcome: {dict(load.counts)}", flush=True)
             say(f"done in {time.monotonic() - started:.0f}s")
             return 0 if served_sha == v1.sha256 and rb.to_sha256 == v1.sha256 else 1
 
-
         say(f"4/7 apply MLModel {MODEL} v1 — nothing is served without finance and regulatory sign-off")
         custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL,
-                                               mlmodel_body("v1", (v1.directory / v1.model_file).as_uri(),
+                                               mlmodel_body("v1", artifacts.uri(v1.directory / v1.model_file),
                                                             v1.sha256, features, trigger))
         wait_for("AwaitingApproval", lambda: model_status(custom, namespace).phase == api.Phase.AWAITING_APPROVAL, 60)
-        say(f"    {status_line(custom, namespace)}")
+        say(f"    {line()}")
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
             say(f"    $ modelwarden approve {MODEL} --role {role}   (as {user})")
             say(f"      {cli(cluster, user, 'approve', MODEL, '-n', namespace, '--role', role)}")
-        wait_for("v1 Stable", lambda: model_status(custom, namespace).phase == api.Phase.STABLE, 120,
-                 lambda: status_line(custom, namespace))
-        wait_for("v1 serving", lambda: "stable" in runner.servers and sum(
-            n for (v, outcome), n in load.counts.items() if v == "v1" and outcome == "ok") > 50, 90)
-        say(f"    {status_line(custom, namespace)}; traffic: {dict(load.counts)}")
+        wait_for("v1 Stable", lambda: model_status(custom, namespace).phase == api.Phase.STABLE, 240, line)
+        service: Any = core.read_namespaced_service(MODEL, namespace)
+        load = LoadGenerator(f"http://{service.spec.cluster_ip}:8080", features)
+        load.start()
+        parts["load"] = load
+        say(f"    load: ~{load.rate:.0f} requests/s to Service {MODEL} at {service.spec.cluster_ip}:8080 (kube-proxy)")
+        wait_for("v1 serving", lambda: load.serving() == {v1.sha256} and len(load.recent) >= 50, 90, line)
+        say(f"    {line()}")
 
         say("5/7 v2: approved, then rolled out as a canary through 25% → 50% → 100% with analysis each step")
         custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, MODEL, {
-            "spec": {"version": "v2", "artifact": {"uri": (v2.directory / v2.model_file).as_uri(),
+            "spec": {"version": "v2", "artifact": {"uri": artifacts.uri(v2.directory / v2.model_file),
                                                    "sha256": v2.sha256}}})
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
             cli(cluster, user, "approve", MODEL, "-n", namespace, "--role", role)
         say("    approved by finance-approver and regulatory-approver")
         if inject == "canary":
-            wait_for("canary serving", lambda: "canary" in runner.servers
-                     and model_status(custom, namespace).canary_weight > 0, 120, lambda: status_line(custom, namespace))
-            return finish(runner.servers["canary"], "the canary v2")
+            wait_for("canary answering", lambda: v2.sha256 in load.serving(), 240, line)
+            say(f"    {line()}")
+            return finish("canary", "the canary v2")
         wait_for("v2 promoted", lambda: (lambda s: s.phase == api.Phase.STABLE and s.stable is not None
-                                         and s.stable.version == "v2")(model_status(custom, namespace)), 240,
-                 lambda: status_line(custom, namespace))
-        wait_for("v2 serving", lambda: "stable" in runner.servers and runner.servers["stable"].version == "v2", 60)
-        say(f"    {status_line(custom, namespace)}; traffic: {dict(load.counts)}")
+                                         and s.stable.version == "v2")(model_status(custom, namespace)), 420, line)
+        wait_for("v2 serving", lambda: load.serving() == {v2.sha256}, 90, line)
+        say(f"    {line()}")
 
         time.sleep(EVALUATION_INTERVAL)
-        return finish(runner.servers["stable"], "v2, now stable,")
-
+        return finish("stable", "v2, now stable,")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,7 @@ def start(
     rule_files: Iterable[Path] = (),
     backfilled: Iterable[Series] = (),
     file_sd: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> Prometheus:
     """Start Prometheus on a free loopback port, scraping ``scrape_targets`` (``host:port``) as job ``test``,
     and the targets listed in the ``file_sd`` JSON file (re-read when it changes) as job ``servers``."""
@@ -145,10 +146,10 @@ def start(
     log_path = work_dir / "prometheus.log"
     process = start_process([
         binary, f"--config.file={config_path}", f"--storage.tsdb.path={data_dir}",
-        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=60d",
+        f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=60d",
         "--web.enable-lifecycle", "--log.level=warn",
     ], log_path)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
 
     def ready() -> bool:
         with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 from model_server.feedback import ERROR_LOG_INTERVAL, validate
@@ -30,19 +31,30 @@ class AdminTarget(Protocol):
 
 class Admin:
     def __init__(self, token: str | None, target: AdminTarget, governance: Governance, log: EventLog,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, token_file: Path | None = None) -> None:
         self._token = token
+        self._token_file = token_file
         self._target = target
         self._governance = governance
         self._log = log
         self._max_body = max_body_bytes
 
+    def _current_token(self) -> str | None:
+        """The token file's content when one is configured (the kubelet replaces it when its Secret changes),
+        else ``ADMIN_TOKEN``. A file that cannot be read or is empty disables admin calls."""
+        if self._token_file is None:
+            return self._token
+        try:
+            return self._token_file.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
     def authenticated(self, handler: Handler) -> Handler:
-        """``handler`` behind ``Authorization: Bearer <ADMIN_TOKEN>`` (403 while no token is configured)."""
+        """``handler`` behind ``Authorization: Bearer <token>`` (403 while no token is configured)."""
         async def check(scope: Scope, receive: Receive, params: Params) -> Response:
-            token = self._token
+            token = self._current_token()
             if token is None:
-                raise HttpError(403, "ADMIN_DISABLED", "ADMIN_TOKEN is not set")
+                raise HttpError(403, "ADMIN_DISABLED", "no admin token (ADMIN_TOKEN_FILE / ADMIN_TOKEN)")
             offered = b""
             for name, value in scope["headers"]:
                 if name == b"authorization":

@@ -28,6 +28,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -116,6 +117,17 @@ def _tune_for_serving(platform: str) -> None:
         warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
 
 
+# Response headers naming the server that answered (its version, the sha256 it verified and loaded, its track).
+HEADER_VERSION, HEADER_SHA256, HEADER_TRACK = "x-model-version", "x-model-sha256", "x-model-track"
+
+
+def served_by_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    version = "".join(c for c in settings.model_version if " " <= c <= "~")  # no CR/LF or non-ASCII in a header
+    return [(HEADER_VERSION.encode(), version.encode()),
+            (HEADER_SHA256.encode(), settings.artifact_sha256.encode()),
+            (HEADER_TRACK.encode(), settings.model_track.encode())]
+
+
 class ModelServer:
     """One model version behind the HTTP API. ``ModelServer(settings)`` is the ASGI app."""
 
@@ -155,9 +167,11 @@ class ModelServer:
         self._fault_ratio = 0.0
         self._fault_random = random.Random()
         self.router = self._routes()
+        self._served_by = served_by_headers(s)
 
     def _routes(self) -> Router:
-        admin = Admin(self.settings.admin_token, self, self.governance, self.log, self.settings.max_body_bytes)
+        admin = Admin(self.settings.admin_token, self, self.governance, self.log, self.settings.max_body_bytes,
+                      token_file=self.settings.admin_token_file)
         r = Router()
         r.add("/predict", "POST", self._predict)
         r.add("/feedback", "POST", self.feedback.post)
@@ -208,7 +222,8 @@ class ModelServer:
             self.log.event("MODEL_SERVER", "INTERNAL_ERROR", f"unhandled {type(e).__name__} on {path}",
                            level=logging.ERROR, path=path, exc_info=True)
             response = error_response(HttpError(500, "INTERNAL_ERROR"), oip=path.startswith("/v2"))
-        await send_response(send, response)
+        # Every answer says which server made it: load through a Service can be counted by version and sha256.
+        await send_response(send, replace(response, headers=[*response.headers, *self._served_by]))
 
     def _count_error(self, kind: str, error: HttpError | None = None) -> None:
         """One error of ``kind`` in ml_model_errors_total and for governance (which decides whether it

@@ -50,6 +50,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                                                "after they were received (default 365 days; keep >= 6 months where "
                                                "a regulator requires it)"),
     "ADMIN_TOKEN": ("", "bearer token for /admin/*; admin endpoints answer 403 while it is unset"),
+    "ADMIN_TOKEN_FILE": ("", "file holding the bearer token for /admin/* (the operator's per-model Secret, mounted "
+                             "into the pod); re-read on every admin call, so a replaced Secret takes effect; wins "
+                             "over ADMIN_TOKEN"),
     "GOVERNANCE_MAX_MODEL_ERRORS": ("5", "model errors within the window that switch to DISABLED_BY_GOVERNANCE"),
     "GOVERNANCE_WINDOW_SECONDS": ("300", "sliding window for the count above"),
     "GOVERNANCE_ERROR_KINDS": (",".join(DEFAULT_GOVERNANCE_KINDS), "error kinds that count (comma-separated)"),
@@ -100,6 +103,7 @@ class Settings:
     prediction_retention_max_rows: int = 1_000_000
     feedback_retention_seconds: float = 365 * 86400
     admin_token: str | None = None
+    admin_token_file: Path | None = None
     governance_max_model_errors: int = 5
     governance_window_seconds: float = 300.0
     governance_error_kinds: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_GOVERNANCE_KINDS))
@@ -159,6 +163,7 @@ class Settings:
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),
             feedback_retention_seconds=reader.number("FEEDBACK_RETENTION_SECONDS", minimum=1),
             admin_token=reader.text("ADMIN_TOKEN") or None,
+            admin_token_file=Path(reader.text("ADMIN_TOKEN_FILE")) if reader.text("ADMIN_TOKEN_FILE") else None,
             governance_max_model_errors=reader.integer("GOVERNANCE_MAX_MODEL_ERRORS", minimum=1),
             governance_window_seconds=reader.number("GOVERNANCE_WINDOW_SECONDS", minimum=1),
             governance_error_kinds=kinds,

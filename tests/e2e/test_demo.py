@@ -1,6 +1,7 @@
-"""End to end, as `make demo` runs it: real control plane, operator, Prometheus with the shipped rules, real
-model_server processes under load. Errors injected into v2 must bring traffic back to v1's SHA256 without
-anyone acting, halt the model, record the incident, annotate Grafana and page (local receivers)."""
+"""End to end, as `make demo` runs it: real control plane and real node, the operator installed by the Helm chart
+as a pod, the model's pods on the real node, Prometheus with the shipped rules, load through the model's Service
+ClusterIP (kube-proxy). Errors injected into v2 must bring every answer back to v1's SHA256 (as the answers' headers
+say) without anyone acting, halt the model, record the incident, annotate Grafana and page (local receivers)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_errors_in_v2_roll_back_to_v1_by_sha256(inject: str, trigger: str) -> No
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     v1 = re.search(r"v1: sha256 ([0-9a-f]{64})", out)
     assert v1 is not None, out
-    assert f"Served now: {v1.group(1)} — v1's sha256 is {v1.group(1)}: MATCH" in out
+    assert (f"Served now (the last 100 answers through the Service): {v1.group(1)} — v1's sha256 is {v1.group(1)}: "
+            "MATCH") in out
     assert re.search(rf"Incident rb-\S+ — {trigger}:", out), out[-3000:]
     assert "TrafficRestored  100% of traffic on v1" in out
     assert "phase Halted" in out

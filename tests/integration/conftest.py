@@ -3,6 +3,7 @@ says why (``EnvironmentStartError``); nothing here ever skips."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from kubernetes import client, config
 
 from localenv import cluster as cluster_env
 from localenv import modelwarden as modelwarden_env
+from localenv import node as real_node
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
 
@@ -84,6 +86,25 @@ def postgres() -> Iterator[postgres_env.Postgres]:
     pg = postgres_env.start()
     yield pg
     pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def pod_reachable_postgres(cluster: cluster_env.Cluster) -> Iterator[postgres_env.Postgres]:
+    """A PostgreSQL the real node's pods reach: also on the bridge's address, password logins from the pod range."""
+    pg = postgres_env.start(pods=(real_node.HOST_IP, real_node.POD_CIDR))
+    yield pg
+    pg.destroy()
+
+
+@pytest.fixture
+def pods_feedback_store(real_namespace: str, admin_api: client.ApiClient,
+                        pod_reachable_postgres: postgres_env.Postgres) -> dict[str, Any]:
+    """``serving.feedbackStore`` for MLModels in ``real_namespace``: a database and role of their own, the DSN in
+    the Secret ``feedback-store`` (as a user sets it up)."""
+    dsn = pod_reachable_postgres.add_user(real_namespace.replace("-", "_"), secrets.token_hex(16))
+    client.CoreV1Api(admin_api).create_namespaced_secret(real_namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="feedback-store"), string_data={"dsn": dsn}))
+    return {"dsnSecretRef": {"name": "feedback-store", "key": "dsn"}}
 
 
 @pytest.fixture(scope="session")

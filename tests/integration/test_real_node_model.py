@@ -1,6 +1,8 @@
 """An MLModel served for real: the operator's pods run on the real node from the locally built server image, under
 the `restricted` Pod Security level, fetch their artifact over HTTP, and answer through the model's Service via
-kube-proxy. Killing a server container gets it restarted by the kubelet while the model keeps serving."""
+kube-proxy. Killing a server container gets it restarted by the kubelet while the model keeps serving. Then
+feedback through the Service: 1,000 predictions, a label for each, every label read back through the Service (either
+replica, one shared PostgreSQL store), and again after every pod was deleted."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from modelwarden.api.v1alpha1 import Phase
 from tests.integration.modelwarden_helpers import Models, approval
 
 MODEL = "scorer"
+PREDICTIONS = 1000
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -42,6 +47,34 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
 def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return dict(json.load(resp))
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Connection": "close"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return dict(json.load(resp))
+
+
+def _post_status(url: str, body: dict[str, Any]) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Connection": "close"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _label_state(url: str, prediction_id: str) -> str:
+    """``labelled`` when the label posted for ``prediction_id`` is returned with its prediction, else why not."""
+    try:
+        body = _get(url)
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    if body["prediction"] is None:
+        return "no prediction"
+    return "labelled" if [f["label"] for f in body["feedback"]] == [1] else f"labels {body['feedback']}"
 
 
 def _infer(base: str, features: list[str]) -> dict[str, Any]:
@@ -62,7 +95,7 @@ def _ready(pod: client.V1Pod) -> bool:
 
 def test_model_pods_run_on_the_real_node_serve_through_the_service_and_survive_a_killed_server(
         operator: OperatorProcess, api_clients: dict[str, client.ApiClient], real_namespace: str,
-        tmp_path: Path) -> None:
+        tmp_path: Path, pods_feedback_store: dict[str, Any]) -> None:
     cluster = operator.cluster
     artifact = build_demo_artifact(tmp_path / "v1", model=MODEL, version="v1", n_features=3, rows=300)
     features = list(artifact.features)
@@ -75,8 +108,8 @@ def test_model_pods_run_on_the_real_node_serve_through_the_service_and_survive_a
             "spec": {"version": "v1", "artifact": {"uri": uri, "sha256": artifact.sha256, "format": "skops"},
                      "featureContract": {"name": artifact.contract, "features": features,
                                          "nFeatures": len(features)},
-                     # The pods' own SQLite until they can reach a PostgreSQL store (issue 16).
-                     "serving": {"replicas": 2, "feedbackStore": {"type": "sqlite", "acceptFeedbackLoss": True},
+                     # One PostgreSQL store for every pod (issue 16), reached over the node's bridge.
+                     "serving": {"replicas": 2, "feedbackStore": pods_feedback_store,
                                  "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                                                "limits": {"memory": "768Mi"}}}},
         })
@@ -128,3 +161,30 @@ def test_model_pods_run_on_the_real_node_serve_through_the_service_and_survive_a
         assert victim.metadata.name in after, "the container was restarted in place, not the pod replaced"
         for _ in range(20):
             assert _infer(base, features)["model_version"] == "v1"
+
+        # Feedback through the Service (issue 16): kube-proxy sends each request to either replica, so about half
+        # the labels reach a pod that did not make the prediction; the shared store finds it anyway.
+        with ThreadPoolExecutor(8) as pool:
+            predictions = list(pool.map(lambda i: _post(f"{base}/predict", {"features": {
+                f: 0.01 * ((i + k) % 97) for k, f in enumerate(features)}})["predictionId"], range(PREDICTIONS)))
+            statuses = list(pool.map(lambda pid: _post_status(f"{base}/feedback", {
+                "predictionId": pid, "label": 1, "stakeholder": "operations"}), predictions))
+        assert Counter(statuses) == Counter({201: PREDICTIONS}), f"feedback through the Service: {Counter(statuses)}"
+
+        def labels_readable() -> Counter[str]:
+            with ThreadPoolExecutor(8) as pool:
+                return Counter(pool.map(lambda pid: _label_state(f"{base}/feedback/{pid}", pid), predictions))
+
+        assert labels_readable() == Counter({"labelled": PREDICTIONS})
+
+        # Every pod deleted: the replacements serve from the same store, and every acknowledged label is there.
+        before = {p.metadata.name for p in _pods(core, real_namespace)}
+        core.delete_collection_namespaced_pod(real_namespace, label_selector=f"modelwarden.io/model={MODEL}")
+
+        def replaced() -> bool:
+            pods = _pods(core, real_namespace)
+            return len(pods) == 2 and not {p.metadata.name for p in pods} & before and all(_ready(p) for p in pods)
+
+        _wait(replaced, 180, "two new Ready pods")
+        _wait(lambda: _infer(base, features)["model_version"] == "v1", 60, "the new pods serving")
+        assert labels_readable() == Counter({"labelled": PREDICTIONS}), "after every pod was replaced"

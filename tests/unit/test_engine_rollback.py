@@ -78,7 +78,10 @@ def test_budget_exhausted_after_promotion_rolls_back_to_prior_approved_sha() -> 
         ("v1", "Superseded"), ("v2", "RolledBack"), ("v1", "Serving")]
     kinds = [type(a) for a in d.actions]
     assert kinds.count(RecordIncident) == 1 and kinds.count(AnnotateGrafana) == 1 and kinds.count(Notify) == 1
-    assert FlushAndWarm(flush_track=None, warm_track="stable") in d.actions
+    flush = [a for a in d.actions if isinstance(a, FlushAndWarm)]
+    assert [(f.flush_track, f.warm_track) for f in flush] == [(None, "stable")]
+    assert flush[0].rollback is not None and flush[0].rollback.id == d.status.last_rollback.id, \
+        "each pod's outcome goes into this incident"
     rb = d.status.last_rollback
     assert rb is not None and rb.completed_at is not None and rb.traffic_restored_at is not None
     assert [t.event for t in rb.timeline] == ["TriggerFired", "Halted", "TargetVerified", "TrafficRestored",
@@ -112,9 +115,14 @@ def test_canary_that_fails_analysis_is_removed_and_the_revision_halted() -> None
     d = world.step(spec, status, now)
     assert DeleteTrack("canary") in d.actions
     assert d.status.phase == Phase.ROLLING_BACK
+    # The canary's pods are flushed in the pass that removes them (they drain, then go), after the delete.
+    flushes = [(i, a) for i, a in enumerate(d.actions) if isinstance(a, FlushAndWarm)]
+    assert [(a.flush_track, a.warm_track) for _, a in flushes] == [("canary", None)]
+    assert flushes[0][0] > d.actions.index(DeleteTrack("canary"))
     world.pods_ready()
     d = world.step(spec, d.status, now + timedelta(seconds=1))
     assert d.status.phase == Phase.HALTED and d.status.canary is None
+    assert [(a.flush_track, a.warm_track) for a in d.actions if isinstance(a, FlushAndWarm)] == [(None, "stable")]
     assert d.status.stable is not None and d.status.stable.version == "v1"
     assert d.status.last_rollback is not None and d.status.last_rollback.trigger == "CanaryAnalysisFailed"
     assert [h.version for h in d.status.history] == ["v1"], "a canary never promoted is not history"

@@ -45,6 +45,7 @@ class FakeCluster:
     events: list[tuple[str, str]] = field(default_factory=list)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    admin_tokens: dict[str, str] = field(default_factory=dict)
     resource_version: int = 1
     conflicts: int = 0
     status_writes: int = 0
@@ -52,6 +53,10 @@ class FakeCluster:
     # Workloads
     async def ensure_server_identity(self, namespace: str) -> None:
         self.calls.append(("identity", namespace))
+
+    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None:
+        self.calls.append(("admin-secret", model.name))
+        self.admin_tokens[model.uid] = token
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
@@ -237,6 +242,27 @@ def test_missing_configuration_is_reported_like_any_failed_side_effect() -> None
     assert cluster.events == [("Warning", "FlushAndWarmFailed"), ("Warning", "CollectFeedbackEvidenceFailed")]
     evidence = cluster.incidents["rb-1"]["feedback.json"]
     assert evidence["records"] == [] and "MODELWARDEN_ADMIN_TOKEN" in evidence["error"]
+
+
+def test_each_model_gets_its_own_admin_secret_before_its_first_pod_and_its_pods_mount_it() -> None:
+    """The token is derived from the operator's key and the model's uid: written once per process, before the
+    Deployment whose pods mount it; another model (or the same name re-created) gets another token."""
+    cluster = FakeCluster()
+    applier = ActionApplier(cluster, cluster, server_admin=HTTPServerAdmin(key=b"k" * 32))
+    spec, v1 = make_spec(), api.ArtifactVersion(version="v1", uri="http://a/m", sha256=SHA["v1"], format="skops")
+    for uid in ("u1", "u1", "u2"):
+        asyncio.run(applier.apply(ModelObject(NS, NAME, uid), spec, FakeRouter(),
+                                  [ApplyTrack("stable", v1, 1, "f")], T0.timestamp()))
+    assert [c[0] for c in cluster.calls] == ["identity", "admin-secret", "apply", "apply", "admin-secret", "apply"]
+    assert len(set(cluster.admin_tokens.values())) == 2 and all(len(t) == 64 for t in cluster.admin_tokens.values())
+    pod = cluster.deployments["stable"]["spec"]["template"]["spec"]
+    server, fetch = pod["containers"][0], pod["initContainers"][0]
+    secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
+    assert secret["secretName"] == f"{NAME}-admin-token"
+    mount = next(m["mountPath"] for m in server["volumeMounts"] if m["name"] == "admin-token")
+    assert {"name": "ADMIN_TOKEN_FILE", "value": f"{mount}/token"} in server["env"]
+    assert all(m["name"] != "admin-token" for m in fetch["volumeMounts"]), "only the server holds the token"
+    assert all(e["name"] != "ADMIN_TOKEN_FILE" for e in fetch["env"])
 
 
 def test_the_servers_identity_comes_first_once_per_namespace_and_the_router_objects_last() -> None:

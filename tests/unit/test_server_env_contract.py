@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from model_server import config as server_config
-from modelwarden.adapters.manifests import SERVER_PORT, ModelObject, deployment_manifest
+from modelwarden.adapters.manifests import ADMIN_TOKEN_MOUNT, SERVER_PORT, ModelObject, deployment_manifest
 from modelwarden.api import v1alpha1 as api
 from tests.unit.engine_world import SHA, make_spec
 
@@ -79,7 +79,10 @@ def test_the_rendered_env_reads_back_as_the_specs_values(track: api.Track) -> No
     # The kill switch is followed through the API, not baked into the pod (no restart to flip it).
     assert settings.mlmodel_watch and settings.mlmodel_namespace == "team" and settings.mlmodel_name == "credit"
     assert (settings.host, settings.port) == ("0.0.0.0", SERVER_PORT)
-    assert fetch == server, "the fetcher verifies exactly what the server will load"
+    # The admin credential is the mounted Secret (manifests.ADMIN_TOKEN_MOUNT), seen only by the server.
+    assert settings.admin_token_file == Path(ADMIN_TOKEN_MOUNT) / "token"
+    assert fetch == [v for v in server if v["name"] != "ADMIN_TOKEN_FILE"], \
+        "the fetcher verifies exactly what the server will load"
 
 
 def test_a_postgres_feedback_store_comes_from_the_secret_and_replaces_the_pod_local_file() -> None:

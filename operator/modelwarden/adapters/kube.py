@@ -22,12 +22,16 @@ from kubernetes.client.exceptions import ApiException
 from modelwarden.adapters.manifests import (
     DEFAULT_SERVER_IMAGE,
     FIELD_MANAGER,
+    SERVER_PORT,
     ModelObject,
+    admin_secret_manifest,
     deployment_manifest,
     incident_configmap,
+    labels,
     retraining_job_manifest,
     server_identity_manifests,
 )
+from modelwarden.adapters.server_admin import Server
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import CreateRetrainingJob
 
@@ -46,6 +50,7 @@ class Conflict(KubeError):
 
 class Workloads(Protocol):
     async def ensure_server_identity(self, namespace: str) -> None: ...
+    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
@@ -162,6 +167,10 @@ class KubeWorkloads:
         await asyncio.gather(self._kube.apply(self._kube.core.patch_namespaced_service_account, account),
                              self._kube.apply(self._kube.rbac.patch_namespaced_role_binding, binding))
 
+    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None:
+        """The model's admin credential, owned by the MLModel (server-side apply: the same token is a no-op)."""
+        await self._kube.apply(self._kube.core.patch_namespaced_secret, admin_secret_manifest(model, token))
+
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
         body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image)
@@ -193,17 +202,50 @@ class KubeWorkloads:
                                incident_configmap(model, rollback, "incident.json", record))
 
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None:
-        """One more file in the incident's ConfigMap, written under its own field manager so the final
-        incident record (written later) does not take it away."""
+        """One more file in the incident's ConfigMap, written under a field manager of its own (one per file) so
+        neither the final incident record nor another evidence file (each apply names only its file) takes it
+        away."""
         await self._kube.apply(self._kube.core.patch_namespaced_config_map,
                                incident_configmap(model, rollback, name, data),
-                               field_manager=f"{FIELD_MANAGER}-evidence")
+                               field_manager=f"{FIELD_MANAGER}-evidence-{name.rsplit('.', 1)[0]}"[:128])
 
     async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]:
         """The PEM public keys an artifact signature may be made with: every data entry of the ConfigMap."""
         cm = await self._kube.call(f"read trusted keys {namespace}/{config_map}",
                                    self._kube.core.read_namespaced_config_map, config_map, namespace)
         return [value.encode() for _, value in sorted((cm.data or {}).items())]
+
+
+class KubeServerTargets:
+    """The servers of a track: its pods (by the track's labels) that have an address and a running server.
+
+    Every such pod is called, terminating ones included (a canary being scaled away still holds queued work
+    during its drain); a pod not Ready yet is listed but not called (it warms up before it becomes Ready)."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def servers(self, model: ModelObject, track: api.Track) -> list[Server]:
+        selector = ",".join(f"{k}={v}" for k, v in labels(model, track).items())
+        pods = await self._kube.call(f"list {track} pods of {model.namespace}/{model.name}",
+                                     self._kube.core.list_namespaced_pod, model.namespace, label_selector=selector)
+        out = []
+        for pod in sorted(pods.items, key=lambda p: p.metadata.name):
+            status = pod.status
+            if status is None or not status.pod_ip or status.phase != "Running":
+                continue
+            running = any(c.name == "server" and c.state is not None and c.state.running is not None
+                          for c in status.container_statuses or [])
+            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+            terminating = pod.metadata.deletion_timestamp is not None
+            if not running:
+                out.append(Server(pod.metadata.name, "", callable=False, why_not="server container not running"))
+                continue
+            host = f"[{status.pod_ip}]" if ":" in status.pod_ip else status.pod_ip
+            callable_ = ready or terminating
+            out.append(Server(pod.metadata.name, f"http://{host}:{SERVER_PORT}", callable=callable_,
+                              why_not="" if callable_ else "not Ready yet (it warms up before it becomes Ready)"))
+        return out
 
 
 class KubeStatusWriter:

@@ -5,6 +5,7 @@ tested as a table. :mod:`modelwarden.adapters.kube` writes what these build.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ SERVER_CLUSTER_ROLE = "modelwarden-model-server"
 ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
 ARTIFACT_MOUNT = "/var/lib/modelwarden"
 TRUSTED_KEYS_MOUNT = "/etc/modelwarden/trusted-keys"
+# The model's admin credential (a Secret it owns, written by the operator), mounted read-only into its servers.
+ADMIN_TOKEN_MOUNT = "/etc/modelwarden/admin"
+ADMIN_TOKEN_KEY = "token"
 # The image model_server/Dockerfile documents and the local environment builds; the operator's
 # MODELWARDEN_SERVER_IMAGE (the chart's `serverImage`) replaces it, a model's spec.serving.image overrides both.
 DEFAULT_SERVER_IMAGE = "ghcr.io/modelwarden/model-server:0.1.0"
@@ -51,6 +55,9 @@ class ModelObject:
 
     def deployment_name(self, track: api.Track) -> str:
         return f"{self.name}-{track}"
+
+    def admin_secret_name(self) -> str:
+        return f"{self.name}-admin-token"
 
 
 def labels(model: ModelObject, track: api.Track | None = None) -> dict[str, str]:
@@ -147,6 +154,7 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         {"name": "MLMODEL_WATCH", "value": "true"},
         {"name": "MLMODEL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HOST", "value": "0.0.0.0"},
+        {"name": "ADMIN_TOKEN_FILE", "value": f"{ADMIN_TOKEN_MOUNT}/{ADMIN_TOKEN_KEY}"},
         {"name": "PORT", "value": str(SERVER_PORT)},
     ]
     if spec.serving.feedback_store.dsn_secret_ref is not None:
@@ -159,12 +167,17 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "artifact", "emptyDir": {"sizeLimit": ARTIFACT_VOLUME_LIMIT}},
                                      {"name": "tmp", "emptyDir": {"sizeLimit": TMP_VOLUME_LIMIT}}]
-    fetch_env: list[dict[str, Any]] = env
+    fetch_env: list[dict[str, Any]] = [e for e in env if e["name"] != "ADMIN_TOKEN_FILE"]
     fetch_mounts: list[dict[str, Any]] = list(volume_mounts)
+    # Only the server container sees the admin credential; the kubelet refreshes the file if the Secret changes.
+    volumes.append({"name": "admin-token", "secret": {"secretName": model.admin_secret_name(),
+                                                      "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
+                                                      "defaultMode": 0o444}})
+    server_mounts = [*volume_mounts, {"name": "admin-token", "mountPath": ADMIN_TOKEN_MOUNT, "readOnly": True}]
     if spec.artifact.signature is not None:
         # The fetch step verifies the directory's signature with the trusted keys before anything is loaded.
         volumes.append({"name": "trusted-keys", "configMap": {"name": spec.artifact.signature.config_map_name}})
-        fetch_env = [*env, {"name": "ARTIFACT_TRUSTED_KEYS_DIR", "value": TRUSTED_KEYS_MOUNT}]
+        fetch_env = [*fetch_env, {"name": "ARTIFACT_TRUSTED_KEYS_DIR", "value": TRUSTED_KEYS_MOUNT}]
         fetch_mounts = [*volume_mounts, {"name": "trusted-keys", "mountPath": TRUSTED_KEYS_MOUNT, "readOnly": True}]
     container: dict[str, Any] = {
         "name": "server",
@@ -178,7 +191,7 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
                           "timeoutSeconds": 5, "failureThreshold": 3},
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": security,
-        "volumeMounts": volume_mounts,
+        "volumeMounts": server_mounts,
     }
     # Fetch and verify the artifact directory before the server starts (model_server/fetch.py).
     fetch = {"name": "fetch-artifact", "image": image, "command": ["python", "-m", "model_server.fetch"],
@@ -222,6 +235,16 @@ def service_manifest(model: ModelObject, name: str, selector: dict[str, str]) ->
                      "ownerReferences": [model.owner_reference()]},
         "spec": {"selector": selector,
                  "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
+    }
+
+
+def admin_secret_manifest(model: ModelObject, token: str) -> dict[str, Any]:
+    """The model's admin credential: a Secret owned by the MLModel (deleted with it), mounted into its servers."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": model.admin_secret_name(), "namespace": model.namespace, "labels": labels(model),
+                     "ownerReferences": [model.owner_reference()]},
+        "data": {ADMIN_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }
 
 

@@ -41,7 +41,8 @@ class FlushAndWarm:
     """Drop the aborted version's queued work, warm the restored version's caches (best effort)."""
 
     flush_track: Track | None
-    warm_track: Track
+    warm_track: Track | None
+    rollback: Rollback | None = None  # the incident each pod's outcome is recorded in
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,12 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
                                     summary=f"{rb.message}; {message}: stable kept, rollouts halted")
         rb = _timeline(rb, p, "TargetVerified", f"{restore.uri} sha256 {restore.sha256}")
 
-    # Traffic: 100% on the restored stable, canary to 0.
+    # Traffic: 100% on the restored stable, canary to 0. The canary's pods are flushed as they leave (the pass
+    # that deletes its Deployment, while they drain): by the time the stable is restored they may be gone.
+    leaving = canary_only and p.obs.canary is not None
     p.delete_canary()
+    if leaving:
+        p.actions.append(FlushAndWarm(flush_track="canary", warm_track=None, rollback=rb))
     p.apply_track("stable", restore, replicas)
     restored = (p.obs.stable is not None and p.obs.stable.ready_for(restore, fingerprint(p.spec, restore), replicas)
                 and p.obs.canary is None and (not p.router.weighted_route
@@ -192,7 +196,7 @@ def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None,
             signer = previous.signer if previous is not None else None
             history = [*history, history_entry(restored, approvals, p.now, signer)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
-        p.actions.append(FlushAndWarm(flush_track="canary" if canary_only else None, warm_track="stable"))
+        p.actions.append(FlushAndWarm(flush_track=None, warm_track="stable", rollback=rb))
         p.condition(ConditionType.READY, True, Reason.STABLE,
                     f"{restored.version} ready ({p.spec.serving.replicas} replicas)")
         p.event("Normal", Reason.TRAFFIC_RESTORED, f"traffic back on {restored.version} (sha256 {restored.sha256})")

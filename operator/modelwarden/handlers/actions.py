@@ -57,6 +57,8 @@ class ActionApplier:
     # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
     routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
     identities_ensured: set[str] = field(default_factory=set)
+    # Models (namespace, name, uid) whose admin Secret this process has written.
+    admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
 
     def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
         return ((model.namespace, model.name), spec.rollout.traffic_routing.type) in self.routers_ensured
@@ -82,6 +84,8 @@ class ActionApplier:
                 if model.namespace not in self.identities_ensured:
                     await self.workloads.ensure_server_identity(model.namespace)
                     self.identities_ensured.add(model.namespace)
+                # The pods mount the model's admin Secret: it exists before the first pod does.
+                await self._ensure_admin_secret(model)
                 await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint)
             case DeleteTrack(track=track):
                 await self.workloads.delete_track(model, track)
@@ -100,25 +104,41 @@ class ActionApplier:
                     evidence = {"source": "feedbackStore", "records": read.records, "truncated": read.truncated,
                                 "error": failure}
                 else:
-                    records, failure = await self.server_admin.feedback(model, track, now - since, who)
-                    evidence = {"source": f"servers ({track} track)", "records": records, "error": failure}
+                    await _kube_failure(self._ensure_admin_secret(model))  # the call's failure says it, if it matters
+                    records, calls, failure = await self.server_admin.feedback(model, track, now - since, who)
+                    evidence = {"source": f"servers ({track} track)", "records": records, "error": failure,
+                                "calls": [c.wire() for c in calls]}
                 failure = await _kube_failure(self.workloads.record_evidence(
                     model, rollback, "feedback.json", evidence)) or failure
             case AnnotateGrafana(rollback=rollback):
                 failure = await self.annotator.annotate(model.name, model.namespace, rollback)
             case Notify(severity=severity, summary=summary, rollback=rollback):
                 failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
-            case FlushAndWarm(flush_track=flush_track, warm_track=warm_track):
-                problems = []
-                if flush_track is not None:
-                    problems.append(await self.server_admin.call(model, flush_track, "flush"))
-                problems.append(await self.server_admin.call(model, warm_track, "warmup"))
+            case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
+                problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
+                for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):
+                    if admin_track is None:
+                        continue
+                    calls, problem = await self.server_admin.call(model, admin_track, what)
+                    problems.append(problem)
+                    if rollback is not None:
+                        # Which replica was flushed or warmed, and which was not, in the incident's record.
+                        problems.append(await _kube_failure(self.workloads.record_evidence(
+                            model, rollback, f"admin-{what}.json",
+                            {"track": admin_track, "calls": [c.wire() for c in calls], "error": problem})))
                 failure = "; ".join(p for p in problems if p) or None
         if failure:
             what = type(action).__name__
             log.warning("%s/%s: %s failed: %s", model.namespace, model.name, what, failure)
             with contextlib.suppress(KubeError):
                 await self.events.record(model, "Warning", f"{what}Failed", failure)
+
+    async def _ensure_admin_secret(self, model: ModelObject) -> None:
+        """The model's admin Secret, written once per process (the token is derived, so rewriting is a no-op)."""
+        token = self.server_admin.admin_token(model)
+        if token and (model.namespace, model.name, model.uid) not in self.admin_secrets_ensured:
+            await self.workloads.ensure_admin_secret(model, token)
+            self.admin_secrets_ensured.add((model.namespace, model.name, model.uid))
 
 
 async def _kube_failure(write: Any) -> str | None:

@@ -24,14 +24,20 @@ from kubernetes import client, config
 
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
-from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
+from modelwarden.adapters.kube import (
+    KubeClient,
+    KubeEventRecorder,
+    KubeServerTargets,
+    KubeStatusWriter,
+    KubeWorkloads,
+)
 from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import TrafficRouter, router_for
-from modelwarden.adapters.server_admin import HTTPServerAdmin
+from modelwarden.adapters.server_admin import HTTPServerAdmin, TemplateTargets
 from modelwarden.api import v1alpha1 as api
 from modelwarden.handlers import metrics
 from modelwarden.handlers.caches import WatchCaches
@@ -144,7 +150,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         notifier=(WebhookNotifier(config.webhook_url, config.webhook_flavor, config.pagerduty_routing_key)
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
-        server_admin=HTTPServerAdmin(config.admin_token, config.server_url_template),
+        server_admin=HTTPServerAdmin(
+            key=config.admin_token.encode() if config.admin_token else HTTPServerAdmin.random_key(),
+            targets=(TemplateTargets(config.server_url_template) if config.server_url_template
+                     else KubeServerTargets(kube))),
         feedback_evidence=PostgresFeedbackEvidence(config.feedback_dsn) if config.feedback_dsn else None,
         action_status=KubeActionStatusWriter(kube),
         ledger=ledger,
@@ -153,8 +162,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
     if not config.admin_token:
-        logger.warning("MODELWARDEN_ADMIN_TOKEN is not set: a rollback's flush, warm-up and feedback evidence fail "
-                       "(each recorded as a Warning Event)")
+        logger.warning("MODELWARDEN_ADMIN_TOKEN is not set: each model's admin token is derived from a random key "
+                       "of this process, so after a restart the pods' tokens are replaced (the kubelet refreshes "
+                       "the mounted Secret within about a minute; admin calls in between answer 401)")
     feed = Feed(controller.caches)
     metrics.track_sizes(lambda: len(controller.models), lambda: len(controller.queue))
     memo["controller"], memo["feed"] = controller, feed

@@ -174,7 +174,9 @@ class Reconciler:
         else:
             failure = None
             if admission.reenable:
-                problems = [await self.applier.server_admin.reenable(model, track, request.requester, request.reason)
+                # Every pod of each serving track (their calls' failures name the pod).
+                problems = [(await self.applier.server_admin.reenable(model, track, request.requester,
+                                                                      request.reason))[1]
                             for track in ("stable", "canary") if getattr(new, track) is not None]
                 failure = "; ".join(p for p in problems if p) or None
             found = outcome(request, old, new, failure)

@@ -24,14 +24,17 @@ ENV = {
     "MODELWARDEN_PAGERDUTY_ROUTING_KEY": "routing key for the pagerduty flavor",
     "MODELWARDEN_GRAFANA_URL": "Grafana base URL for rollback annotations; unset: none",
     "MODELWARDEN_GRAFANA_TOKEN": "Grafana service-account token",
-    "MODELWARDEN_ADMIN_TOKEN": "bearer token of the servers' /admin endpoints (flush, warmup)",
+    "MODELWARDEN_ADMIN_TOKEN": "key each model's admin token is derived from (written into a Secret the model "
+                               "owns, mounted into its pods); unset: a random key per operator process",
     "MODELWARDEN_SERVER_IMAGE": "model server image for MLModels without spec.serving.image "
                                 "(default ghcr.io/modelwarden/model-server:0.1.0)",
     "MODELWARDEN_FEEDBACK_DSN": ("PostgreSQL DSN of the models' feedback store (SELECT on its tables is enough): "
                                  "a CriticalFeedback rollback's evidence is read from it ({namespace} and {model} "
                                  "in it are the model's); unset: from the "
                                  "servers' admin API, i.e. only what live pods reach"),
-    "MODELWARDEN_SERVER_URL_TEMPLATE": "URL of a track's Service, e.g. http://{service}.{namespace}.svc:8080",
+    "MODELWARDEN_SERVER_URL_TEMPLATE": "admin calls go to one URL per track instead of to every pod of the track "
+                                       "(servers run as local processes), e.g. http://127.0.0.1:8080; default: "
+                                       "the track's pods",
     "MODELWARDEN_LEADER_ELECTION": "true: act only while holding the leader Lease (several replicas); default false",
     "MODELWARDEN_LEASE_NAME": "the leader Lease's name (default modelwarden-operator)",
     "MODELWARDEN_LEASE_NAMESPACE": "the leader Lease's namespace (default: the pod's, else modelwarden-system)",
@@ -77,7 +80,7 @@ class Settings:
     grafana_url: str | None = None
     grafana_token: str | None = None
     admin_token: str | None = None
-    server_url_template: str = "http://{service}.{namespace}.svc:8080"
+    server_url_template: str | None = None
     feedback_dsn: str | None = None
     leader_election: bool = False
     lease_name: str = "modelwarden-operator"
@@ -116,7 +119,7 @@ class Settings:
             grafana_url=get("MODELWARDEN_GRAFANA_URL"),
             grafana_token=get("MODELWARDEN_GRAFANA_TOKEN"),
             admin_token=get("MODELWARDEN_ADMIN_TOKEN"),
-            server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or "http://{service}.{namespace}.svc:8080",
+            server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or None,
             feedback_dsn=get("MODELWARDEN_FEEDBACK_DSN"),
             leader_election=_flag("MODELWARDEN_LEADER_ELECTION", get("MODELWARDEN_LEADER_ELECTION")),
             lease_name=get("MODELWARDEN_LEASE_NAME") or "modelwarden-operator",
