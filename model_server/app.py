@@ -158,7 +158,8 @@ class ModelServer:
         # The shadow stage: the stable mirrors (when SHADOW_TARGET_URL is set), any server can compare.
         self.shadow_metrics = ShadowMetrics(self.metrics.registry, s.model_name, s.model_version)
         self.mirror = Mirror(s.shadow_target_url, s.shadow_percent, s.shadow_queue_size, s.shadow_timeout_seconds,
-                             s.model_name, s.model_version, self.shadow_metrics, self.log) \
+                             s.model_name, s.model_version, self.shadow_metrics, self.log,
+                             threshold=s.shadow_decision_threshold) \
             if s.shadow_target_url else None
         self.comparator = Comparator(s.shadow_decision_threshold, self.shadow_metrics, s.max_batch_rows,
                                      s.max_body_bytes, self._shadow_score)

@@ -66,12 +66,13 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "GRACEFUL_SHUTDOWN_SECONDS": ("20", "how long in-flight requests may take to finish after SIGTERM"),
     "LOG_LEVEL": ("INFO", "DEBUG | INFO | WARNING | ERROR"),
     # The shadow stage (issue 20; model_server/shadow.py). The operator sets these on the stable's pods while a
-    # candidate runs in shadow, and SHADOW_DECISION_THRESHOLD on the candidate's.
+    # candidate runs in shadow (the stable sends its SHADOW_DECISION_THRESHOLD with every mirrored batch).
     "SHADOW_TARGET_URL": ("", "the candidate's base URL: mirror sampled, answered requests there (unset: no mirror)"),
     "SHADOW_PERCENT": ("10", "percent of answered requests mirrored (0-100)"),
     "SHADOW_QUEUE_SIZE": ("1000", "mirror queue bound, in requests; a copy that finds it full is dropped and counted"),
     "SHADOW_TIMEOUT_SECONDS": ("2", "timeout of one mirror POST"),
-    "SHADOW_DECISION_THRESHOLD": ("0.5", "a score at or above it is a positive decision, for the agreement share"),
+    "SHADOW_DECISION_THRESHOLD": ("0.5", "a score at or above it is a positive decision, for the agreement share "
+                                         "(the stable sends its own with every mirrored batch)"),
 }
 
 

@@ -94,8 +94,10 @@ class Mirror:
     """The stable's side: sample, queue (bounded), send after the answer."""
 
     def __init__(self, target_url: str, percent: float, queue_size: int, timeout_seconds: float, model: str,
-                 version: str, metrics: ShadowMetrics, log: EventLog, *, rng: random.Random | None = None) -> None:
+                 version: str, metrics: ShadowMetrics, log: EventLog, *, threshold: float = 0.5,
+                 rng: random.Random | None = None) -> None:
         self.url = target_url.rstrip("/") + COMPARE_PATH
+        self.threshold = threshold
         self.share = percent / 100
         self.timeout = timeout_seconds
         self.model, self.version = model, version
@@ -138,7 +140,8 @@ class Mirror:
 
     async def _send(self, rows: list[dict[str, Any]], scores: list[float]) -> None:
         assert self._client is not None
-        body = orjson.dumps({"model": self.model, "version": self.version, "rows": rows, "scores": scores})
+        body = orjson.dumps({"model": self.model, "version": self.version, "rows": rows, "scores": scores,
+                             "threshold": self.threshold})
         try:
             answer = await self._client.post(self.url, content=body, headers={"content-type": "application/json"})
             ok = answer.status_code == 200
@@ -182,12 +185,13 @@ class Comparator:
             # Counted on the shadow track only: never ml_model_errors_total, never governance.
             self.metrics.error[e.kind if e.kind in self.metrics.error else "INVALID_INPUT"].inc(len(rows))
             raise HttpError(e.status, e.code, e.message, outcome=e.outcome, **e.fields) from None
-        agreed = self.compare([float(s) for s in scores], list(candidate))
+        threshold = doc.get("threshold")
+        agreed = self.compare([float(s) for s in scores], list(candidate),
+                              float(threshold) if type(threshold) in (int, float) else self.threshold)
         return Response(200, orjson.dumps({"compared": len(rows), "agreed": agreed}))
 
-    def compare(self, stable: list[float], candidate: list[float]) -> int:
+    def compare(self, stable: list[float], candidate: list[float], threshold: float) -> int:
         agreed = 0
-        threshold = self.threshold
         observe = self.metrics.difference.observe
         for s, c in zip(stable, candidate, strict=True):
             observe(abs(c - s))

@@ -29,7 +29,7 @@ from modelwarden.adapters.manifests import (
     server_identity_manifests,
 )
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.actions import CreateRetrainingJob
+from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 
 
 class KubeError(Exception):
@@ -47,7 +47,8 @@ class Conflict(KubeError):
 class Workloads(Protocol):
     async def ensure_server_identity(self, namespace: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                          mirror: MirrorTo | None = None) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
     async def record_incident(self, model: ModelObject, rollback: api.Rollback) -> None: ...
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
@@ -162,8 +163,10 @@ class KubeWorkloads:
                              self._kube.apply(self._kube.rbac.patch_namespaced_role_binding, binding))
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
-        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image)
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                          mirror: MirrorTo | None = None) -> None:
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image,
+                                   mirror=mirror)
         await self._kube.apply(self._kube.apps.patch_namespaced_deployment, body)
 
     async def delete_track(self, model: ModelObject, track: api.Track) -> None:

@@ -44,6 +44,7 @@ from modelwarden.engine.decision import (
 )
 from modelwarden.engine.health import Health, budget_percent, judge
 from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
+from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
@@ -295,6 +296,10 @@ def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], h
                     f"canary {p.status.canary.version} superseded by {target.version}")
         p.update(canary=target, current_step_index=0, step_started_at=None, canary_weight=0)
         p.event("Normal", Reason.DEPLOYING, f"canary {target.version} starting; stable {stable.version} serves")
+    if in_stage(p, target):
+        stage = shadow_stage(p, target, health.shadow if health is not None else None)
+        if stage is not None:
+            return stage
     # None: no analysis configured. Otherwise whether the weight served now has a clear verdict.
     analysis_clear = None if health is None else health.canary is not None and health.canary.verdict == "Clear"
     while (index := p.status.current_step_index or 0) < len(steps):
