@@ -7,7 +7,10 @@ operator's canary weight. v1 is approved by finance and regulatory and deployed;
 and is promoted; then errors are injected into v2 and the operator rolls back to v1's SHA256 by itself,
 halts, and writes the incident down — the timeline is printed at the end.
 
-    python -m localenv.demo [--keep]
+    python -m localenv.demo [--keep] [--inject stable|canary|drift]
+
+``--inject drift``: v2 is healthy by every error metric but its scores are shifted; it goes through a shadow
+stage (issue 20) with gatewayAPI routing, disagrees with v1 and is halted there before any user saw it.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class ServerProcess:
     sha256: str
     port: int
     process: subprocess.Popen[bytes]
+    mirror: str = ""  # the shadow stage's SHADOW_PERCENT when the Deployment asks this server to mirror
 
     @property
     def url(self) -> str:
@@ -137,11 +141,13 @@ class ServerRunner:
                 container = d.spec.template.spec.containers[0]
                 wanted[track] = {e.name: e.value for e in container.env if e.value is not None}
         def serves(server: ServerProcess | None, env: dict[str, str]) -> bool:
-            return server is not None and (server.version, server.sha256) == (env["MODEL_VERSION"],
-                                                                             env["ARTIFACT_SHA256"])
+            return server is not None and (server.version, server.sha256, server.mirror) == (
+                env["MODEL_VERSION"], env["ARTIFACT_SHA256"], env.get("SHADOW_PERCENT", ""))
 
         changed = False
         for track, env in wanted.items():
+            if "SHADOW_TARGET_URL" in env and "canary" not in self.servers:
+                continue  # the mirror's target (the canary's Service) has no ready endpoint yet
             if not serves(self.servers.get(track), env) and not serves(self.starting.get(track), env):
                 if track in self.starting:
                     stop_pid(self.starting.pop(track).process.pid)
@@ -167,10 +173,13 @@ class ServerRunner:
                "MLMODEL_NAMESPACE": self.namespace, "KUBECONFIG": str(self.kubeconfig), "ADMIN_TOKEN": ADMIN_TOKEN,
                "FEEDBACK_DSN": str(self.work / f"feedback-{track}.sqlite3"), "WARMUP_ROUNDS": "1",
                "LOG_LEVEL": "WARNING", "HEARTBEAT_SECONDS": "3600"}
+        if "SHADOW_TARGET_URL" in pod_env:
+            env["SHADOW_TARGET_URL"] = self.servers["canary"].url  # no cluster DNS here: the canary's process
         log = (self.work / f"server-{track}-{pod_env['MODEL_VERSION']}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "model_server"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=REPO_ROOT)
-        return ServerProcess(pod_env["MODEL_VERSION"], pod_env["ARTIFACT_SHA256"], port, proc)
+        return ServerProcess(pod_env["MODEL_VERSION"], pod_env["ARTIFACT_SHA256"], port, proc,
+                             pod_env.get("SHADOW_PERCENT", ""))
 
     def _write_targets(self) -> None:
         targets = [{"targets": [f"127.0.0.1:{s.port}"]} for s in self.servers.values()]
@@ -281,6 +290,18 @@ ROLLBACK_POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
+# --inject drift: a shadow stage before the steps (gatewayAPI routing holds the candidate without users). At the
+# demo's ~60 requests/s, 50% mirrored reaches 200 compared requests in about 7 s.
+SHADOW_ROUTE = "fraud-scoring"
+SHADOW = {"mirrorPercent": 50, "durationSeconds": 30, "minComparedRequests": 200}
+
+
+def with_shadow(body: dict[str, Any]) -> dict[str, Any]:
+    body["spec"]["rollout"] |= {"trafficRouting": {"type": "gatewayAPI", "gatewayAPI": {"httpRoute": SHADOW_ROUTE}},
+                                "shadow": SHADOW}
+    return body
+
+
 def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigger: str) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": MODEL},
@@ -343,8 +364,13 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         say("2/7 two model versions: trained, saved as ONNX with manifest.json (sha256 of every file)")
         v1 = build_demo_artifact(work / "v1", fmt="onnx", model=MODEL, version="v1",
                                  trained=train("logistic", 8, 800, 1))
+        trained_v2 = train("logistic", 8, 800, 2)
+        if inject == "drift":
+            # healthy by every error metric, but a retrain whose scores moved: v1's model with a shifted intercept
+            trained_v2 = train("logistic", 8, 800, 1)
+            trained_v2[0].intercept_ = trained_v2[0].intercept_ + 2.0
         v2 = build_demo_artifact(work / "v2", fmt="onnx", model=MODEL, version="v2",
-                                 trained=train("logistic", 8, 800, 2), previous=v1.manifest)
+                                 trained=trained_v2, previous=v1.manifest)
         features = list(v1.features)
         for v in (v1, v2):
             say(f"    {v.manifest.version}: sha256 {v.sha256}")
@@ -409,9 +435,15 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
 
 
         say(f"4/7 apply MLModel {MODEL} v1 — nothing is served without finance and regulatory sign-off")
-        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL,
-                                               mlmodel_body("v1", (v1.directory / v1.model_file).as_uri(),
-                                                            v1.sha256, features, trigger))
+        body = mlmodel_body("v1", (v1.directory / v1.model_file).as_uri(), v1.sha256, features, trigger)
+        if inject == "drift":
+            modelwarden_env.install_gateway_api(cluster)
+            custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", {
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": SHADOW_ROUTE},
+                "spec": {"rules": [{"backendRefs": [{"name": f"{MODEL}-stable", "port": 8080, "weight": 100},
+                                                    {"name": f"{MODEL}-canary", "port": 8080, "weight": 0}]}]}})
+            body = with_shadow(body)
+        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, body)
         wait_for("AwaitingApproval", lambda: model_status(custom, namespace).phase == api.Phase.AWAITING_APPROVAL, 60)
         say(f"    {status_line(custom, namespace)}")
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
@@ -430,6 +462,8 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
             cli(cluster, user, "approve", MODEL, "-n", namespace, "--role", role)
         say("    approved by finance-approver and regulatory-approver")
+        if inject == "drift":
+            return shadow_story(cluster, custom, namespace, runner, load, started)
         if inject == "canary":
             wait_for("canary serving", lambda: "canary" in runner.servers
                      and model_status(custom, namespace).canary_weight > 0, 120, lambda: status_line(custom, namespace))
@@ -445,12 +479,38 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
 
 
 
+def shadow_story(cluster: cluster_env.Cluster, custom: client.CustomObjectsApi, namespace: str,
+                 runner: ServerRunner, load: LoadGenerator, started: float) -> int:
+    """--inject drift: v2 in shadow, compared with v1 on mirrored live traffic, halted there."""
+    say(f"6/7 shadow stage: v1 mirrors {SHADOW['mirrorPercent']}% of its answered requests to v2, which no user sees")
+    wait_for("shadow stage running", lambda: (lambda s: s.shadow is not None and s.shadow.verdict == "Running")(
+        model_status(custom, namespace)), 120, lambda: status_line(custom, namespace))
+    running = time.monotonic()
+    took = wait_for("v2 halted in shadow", lambda: model_status(custom, namespace).phase == api.Phase.HALTED, 240,
+                    lambda: status_line(custom, namespace))
+    status = model_status(custom, namespace)
+    say(f"    halted {took:.0f}s after the stage started ({time.monotonic() - running:.0f}s)")
+    say("7/7 what was written down")
+    print(cli(cluster, "developer", "status", MODEL, "-n", namespace), flush=True)
+    rb = status.last_rollback
+    assert rb is not None
+    print(f"\nIncident {rb.id} — {rb.trigger}: {rb.message}\n  values: {json.dumps(rb.values)}", flush=True)
+    user_answers_from_v2 = sum(n for (v, _), n in load.counts.items() if v == "v2")
+    print(f"traffic by version and outcome: {dict(load.counts)} — user answers from v2: {user_answers_from_v2}",
+          flush=True)
+    say(f"done in {time.monotonic() - started:.0f}s")
+    ok = (status.halt is not None and status.halt.reason == api.Reason.SHADOW_DISAGREEMENT
+          and user_answers_from_v2 == 0 and status.stable is not None and status.stable.version == "v1")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localenv.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the cluster, namespace and files for a look")
-    parser.add_argument("--inject", choices=["stable", "canary"], default="stable",
-                        help="break v2 after its promotion (budget/burn trigger) or during its canary (analysis)")
+    parser.add_argument("--inject", choices=["stable", "canary", "drift"], default="stable",
+                        help="break v2 after its promotion (budget/burn trigger) or during its canary (analysis); "
+                             "drift: v2 disagrees with v1 and is stopped in its shadow stage")
     parser.add_argument("--trigger", choices=sorted(ROLLBACK_POLICIES), default="ErrorBudgetExhausted",
                         help="with --inject stable: the one stable trigger that is armed")
     args = parser.parse_args(argv)
