@@ -272,6 +272,9 @@ def status_line(custom: client.CustomObjectsApi, namespace: str) -> str:
     obj: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, MODEL)
     st = api.MLModelStatus.model_validate(obj.get("status") or {})
     step = "" if st.current_step_index is None else f" step {st.current_step_index + 1}"
+    if st.shadow is not None and st.canary is not None and st.shadow.version == st.canary.version \
+            and st.shadow.verdict != "Passed":
+        step = f" in shadow ({st.shadow.verdict})"
     canary = f" canary {st.canary.version}{step} at {st.canary_weight}%" if st.canary else ""
     budget = f" budget {st.error_budget.remaining_percent}%" if st.error_budget else ""
     return f"phase {st.phase}: stable {st.stable.version if st.stable else '-'}{canary}{budget}"
@@ -463,7 +466,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
             cli(cluster, user, "approve", MODEL, "-n", namespace, "--role", role)
         say("    approved by finance-approver and regulatory-approver")
         if inject == "drift":
-            return shadow_story(cluster, custom, namespace, runner, load, started)
+            return shadow_story(cluster, custom, namespace, runner, load, receiver, started)
         if inject == "canary":
             wait_for("canary serving", lambda: "canary" in runner.servers
                      and model_status(custom, namespace).canary_weight > 0, 120, lambda: status_line(custom, namespace))
@@ -480,7 +483,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
 
 
 def shadow_story(cluster: cluster_env.Cluster, custom: client.CustomObjectsApi, namespace: str,
-                 runner: ServerRunner, load: LoadGenerator, started: float) -> int:
+                 runner: ServerRunner, load: LoadGenerator, receiver: Receiver, started: float) -> int:
     """--inject drift: v2 in shadow, compared with v1 on mirrored live traffic, halted there."""
     say(f"6/7 shadow stage: v1 mirrors {SHADOW['mirrorPercent']}% of its answered requests to v2, which no user sees")
     wait_for("shadow stage running", lambda: (lambda s: s.shadow is not None and s.shadow.verdict == "Running")(
@@ -495,6 +498,8 @@ def shadow_story(cluster: cluster_env.Cluster, custom: client.CustomObjectsApi, 
     rb = status.last_rollback
     assert rb is not None
     print(f"\nIncident {rb.id} — {rb.trigger}: {rb.message}\n  values: {json.dumps(rb.values)}", flush=True)
+    pages = [b for p, b in receiver.received if p == "/webhook"]
+    print(f"Page sent (PagerDuty Events v2): {pages[0]['payload']['summary'] if pages else 'none'}", flush=True)
     user_answers_from_v2 = sum(n for (v, _), n in load.counts.items() if v == "v2")
     print(f"traffic by version and outcome: {dict(load.counts)} — user answers from v2: {user_answers_from_v2}",
           flush=True)
