@@ -8,6 +8,8 @@ does is on) driven by wrk with one-row ``/predict`` requests at concurrency 1 an
 candidate (the same artifact, so every mirrored row is compared) and wrk share the other core. "off" has no
 ``SHADOW_TARGET_URL``; "0%" has one and samples nothing (the cost of the check itself). Each repeat starts every
 stable afresh, warms it 3 s at concurrency 32 and rotates the order; the table gives the median of the repeats.
+The stable's CPU time per answered request (user + system, from /proc, its mirror senders included) is the
+number least disturbed by whatever else shares the machine: on a saturated core, throughput is its inverse.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -46,9 +47,18 @@ def counter(url: str, name: str, **labels: str) -> float:
 
 
 @contextmanager
-def stable(env: dict[str, str], log: Path, cpu: str | None, body: bytes) -> Iterator[run.Endpoint]:
-    with run._model_server(env, log, cpu, body) as endpoint:
-        yield endpoint
+def stable(env: dict[str, str], log: Path, cpu: str | None) -> Iterator[tuple[str, int]]:
+    """The stable's base URL and pid (pinned to ``cpu``)."""
+    with serve_subprocess(env, log_path=log) as (url, proc):
+        if cpu is not None:
+            run.subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(proc.pid)], check=True, capture_output=True)
+        yield url, proc.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: what a request costs, whatever else shares the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -65,7 +75,7 @@ def main() -> int:
     art = build_demo_artifact(work / "model", trained=train("logistic", run.N_FEATURES, 5000, seed=0))
     body = json.dumps({"features": {f: 0.5 for f in reversed(art.features)}}).encode()
     base = {**art.env("bench", "v1"), "WARMUP_ROUNDS": "5"}
-    samples: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    samples: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     mirrored: dict[str, list[tuple[float, ...]]] = {}
     started = time.monotonic()
     candidate_env = {**art.env("bench", "v2"), "MODEL_TRACK": "canary", "FEEDBACK_DSN": str(work / "cand.sqlite3")}
@@ -80,18 +90,20 @@ def main() -> int:
                 if config != "off":
                     env |= {"SHADOW_TARGET_URL": candidate, "SHADOW_PERCENT": config}
                 run.progress(f"repeat {repeat + 1}/{args.repeats}: mirroring {config}")
-                with stable(env, work / f"stable-{config}.log", server_cpu, body) as endpoint:
+                with stable(env, work / f"stable-{config}.log", server_cpu) as (stable_url, pid):
+                    endpoint = run.Endpoint(f"{stable_url}/predict", body, None)
                     script = run._script(work, endpoint)
                     run.wrk(endpoint.url, script, 32, run.WARMUP_SECONDS, load_cpu)
-                    stable_url = re.sub(r"/predict$", "", endpoint.url)
                     before = (counter(stable_url, "ml_shadow_mirrored_total", result="sent"),
                               counter(stable_url, "ml_shadow_mirrored_total", result="dropped"),
                               counter(candidate, "ml_shadow_compared_total"))
                     for concurrency in run.CONCURRENCIES:
+                        cpu_before = cpu_seconds(pid)
                         rps, p50, p99, errors = run.wrk(endpoint.url, script, concurrency, args.duration, load_cpu)
                         if errors:
                             raise RuntimeError(f"{errors} non-2xx answers at {config}")
-                        samples.setdefault((config, concurrency), []).append((rps, p50, p99))
+                        cpu_us = (cpu_seconds(pid) - cpu_before) / (rps * args.duration) * 1e6
+                        samples.setdefault((config, concurrency), []).append((rps, p50, p99, cpu_us))
                     time.sleep(1)
                     after = (counter(stable_url, "ml_shadow_mirrored_total", result="sent"),
                              counter(stable_url, "ml_shadow_mirrored_total", result="dropped"),
@@ -99,15 +111,16 @@ def main() -> int:
                     mirrored.setdefault(config, []).append(tuple(a - b for a, b in zip(after, before, strict=True)))
     print(f"\n{os.cpu_count()} CPUs; pinned: {pin} (stable on CPU {server_cpu}; wrk and the candidate on CPU "
           f"{load_cpu}); {args.repeats} repeats of {args.duration:g} s; {time.monotonic() - started:.0f} s\n")
-    print("| mirroring | concurrency | req/s | p50 | p99 | req/s vs off | p50 vs off | p99 vs off |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mirroring | concurrency | req/s | p50 | p99 | stable CPU per request | req/s vs off | p50 vs off | "
+          "p99 vs off | CPU per request vs off |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for concurrency in run.CONCURRENCIES:
         off = [statistics.median(x) for x in zip(*samples[("off", concurrency)], strict=True)]
         for config in CONFIGS:
-            rps, p50, p99 = (statistics.median(x) for x in zip(*samples[(config, concurrency)], strict=True))
+            rps, p50, p99, cpu = (statistics.median(x) for x in zip(*samples[(config, concurrency)], strict=True))
             label = config if config == "off" else f"{config}%"
-            print(f"| {label} | {concurrency} | {rps:,.0f} | {p50:,.0f} µs | {p99:,.0f} µs | "
-                  f"{rps / off[0]:.3f} | {p50 / off[1]:.3f} | {p99 / off[2]:.3f} |")
+            print(f"| {label} | {concurrency} | {rps:,.0f} | {p50:,.0f} µs | {p99:,.0f} µs | {cpu:,.0f} µs | "
+                  f"{rps / off[0]:.3f} | {p50 / off[1]:.3f} | {p99 / off[2]:.3f} | {cpu / off[3]:.3f} |")
     print("\n| mirroring | rows sent during the measured runs (median) | dropped | compared by the candidate |")
     print("|---|---|---|---|")
     for config in CONFIGS:
