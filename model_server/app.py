@@ -71,6 +71,7 @@ from model_server.logs import EventLog
 from model_server.metrics import ServerMetrics
 from model_server.records import RecordBuffer
 from model_server.schemas import openapi_document
+from model_server.shadow import COMPARE_PATH, Comparator, Mirror, ShadowMetrics, non_finite, predict_error, unavailable
 from model_server.store import FeedbackStore, PredictionRecord, open_store
 from modelwarden.artifacts import FeatureContract, FeatureMismatch
 
@@ -166,6 +167,14 @@ class ModelServer:
         self._training_range = TrainingRange.unknown(0)
         self._fault_ratio = 0.0
         self._fault_random = random.Random()
+        # The shadow stage: the stable mirrors (when SHADOW_TARGET_URL is set), any server can compare.
+        self.shadow_metrics = ShadowMetrics(self.metrics.registry, s.model_name, s.model_version)
+        self.mirror = Mirror(s.shadow_target_url, s.shadow_percent, s.shadow_queue_size, s.shadow_timeout_seconds,
+                             s.model_name, s.model_version, self.shadow_metrics, self.log,
+                             threshold=s.shadow_decision_threshold) \
+            if s.shadow_target_url else None
+        self.comparator = Comparator(s.shadow_decision_threshold, self.shadow_metrics, s.max_batch_rows,
+                                     s.max_body_bytes, self._shadow_score)
         self.router = self._routes()
         self._served_by = served_by_headers(s)
 
@@ -186,6 +195,7 @@ class ModelServer:
             r.add(prefix, "GET", self._model_metadata)
             r.add(f"{prefix}/ready", "GET", self._model_ready)
             r.add(f"{prefix}/infer", "POST", self._infer)
+        r.add(COMPARE_PATH, "POST", self.comparator.endpoint)
         r.add("/admin/flush", "POST", admin.authenticated(admin.flush))
         r.add("/admin/warmup", "POST", admin.authenticated(admin.warmup))
         r.add("/admin/reenable", "POST", admin.authenticated(admin.reenable))
@@ -270,7 +280,10 @@ class ModelServer:
             self._every(s.heartbeat_seconds, self._heartbeat),
             self._every(s.drift_interval_seconds, self._update_drift),
             self._every(PURGE_SECONDS, self.feedback.purge),
+            self._every(s.drift_interval_seconds, self._update_shadow_psi),
         )]
+        if self.mirror is not None:
+            self.mirror.start()
         self.log.event("MODEL_SERVER", "SERVER_STARTING", "starting", sha256=s.artifact_sha256,
                        format=s.model_format, state=self.governance.state.value,
                        feedback_store=type(store).__name__, schema_migrations_applied=migrated)
@@ -292,6 +305,8 @@ class ModelServer:
     async def shutdown(self) -> None:
         """Called by uvicorn after it stopped accepting and drained in-flight requests."""
         self.shutting_down = True
+        if self.mirror is not None:
+            await self.mirror.close()
         if self._watcher is not None:
             self._watcher.stop()
         for task in self._tasks:
@@ -454,8 +469,29 @@ class ModelServer:
             if not all_finite(result):
                 raise self._non_finite(matrix, result, batch)
             scores = result.tolist()
+            if self.mirror is not None:
+                self.mirror.offer(rows, scores)  # O(1): sent by a background task after this answer
         self._record(ids, rows, scores, state, now)
         return ids, scores, not serving, state
+
+    def _shadow_score(self, rows: list[dict[str, Any]]) -> list[float]:
+        """Score mirrored rows on the shadow track: the same contract and model, but nothing recorded, no SLO
+        outcome, no drift observation, no governance error (the caller counts failures on the shadow track)."""
+        model = self.model
+        if model is None or not self.governance.state.serves_model:
+            raise unavailable("the candidate does not serve its model now")
+        matrix = self._rows_to_matrix(rows, model.contract, True)
+        try:
+            scores = model.score(matrix)
+        except Exception as e:
+            raise predict_error(e) from None
+        if not all_finite(scores):
+            raise non_finite()
+        result: list[float] = scores.tolist()
+        return result
+
+    async def _update_shadow_psi(self) -> None:
+        self.comparator.update_psi()
 
     def _non_finite(self, matrix: Matrix, scores: Scores, batch: bool) -> HttpError:
         """A non-finite score: the client's when every row that got one has an input far outside the training

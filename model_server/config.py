@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -75,6 +75,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MAX_CONNECTIONS": ("1024", "open connections per server; beyond it a new connection gets 503 and is closed"),
     "GRACEFUL_SHUTDOWN_SECONDS": ("20", "how long in-flight requests may take to finish after SIGTERM"),
     "LOG_LEVEL": ("INFO", "DEBUG | INFO | WARNING | ERROR"),
+    # The shadow stage (issue 20; model_server/shadow.py). The operator sets these on the stable's pods while a
+    # candidate runs in shadow (the stable sends its SHADOW_DECISION_THRESHOLD with every mirrored batch).
+    "SHADOW_TARGET_URL": ("", "the candidate's base URL: mirror sampled, answered requests there (unset: no mirror)"),
+    "SHADOW_PERCENT": ("10", "percent of answered requests mirrored (0-100)"),
+    "SHADOW_QUEUE_SIZE": ("1000", "mirror queue bound, in requests; a copy that finds it full is dropped and counted"),
+    "SHADOW_TIMEOUT_SECONDS": ("2", "timeout of one mirror POST"),
+    "SHADOW_DECISION_THRESHOLD": ("0.5", "a score at or above it is a positive decision, for the agreement share "
+                                         "(the stable sends its own with every mirrored batch)"),
 }
 
 
@@ -125,6 +133,11 @@ class Settings:
     max_connections: int = 1024
     graceful_shutdown_seconds: float = 20.0
     log_level: str = "INFO"
+    shadow_target_url: str | None = None
+    shadow_percent: float = 10.0
+    shadow_queue_size: int = 1000
+    shadow_timeout_seconds: float = 2.0
+    shadow_decision_threshold: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -185,11 +198,28 @@ class Settings:
             max_connections=reader.integer("MAX_CONNECTIONS", minimum=1),
             graceful_shutdown_seconds=reader.number("GRACEFUL_SHUTDOWN_SECONDS", minimum=0),
             log_level=reader.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            **_shadow(reader),
         )
 
     @property
     def mlmodel_name(self) -> str:
         return self.mlmodel_resource_name or self.model_name
+
+
+def _shadow(reader: _Reader) -> dict[str, Any]:
+    percent = reader.number("SHADOW_PERCENT", minimum=0)
+    if percent > 100:
+        raise ConfigError("SHADOW_PERCENT must be within [0, 100]")
+    url = reader.text("SHADOW_TARGET_URL")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"SHADOW_TARGET_URL must be an http:// or https:// URL, got {url!r}")
+    threshold = reader.number("SHADOW_DECISION_THRESHOLD")
+    if not math.isfinite(threshold):
+        raise ConfigError("SHADOW_DECISION_THRESHOLD must be a finite number")
+    return {"shadow_target_url": url or None, "shadow_percent": percent,
+            "shadow_queue_size": reader.integer("SHADOW_QUEUE_SIZE", minimum=1),
+            "shadow_timeout_seconds": reader.number("SHADOW_TIMEOUT_SECONDS", minimum=0.01),
+            "shadow_decision_threshold": threshold}
 
 
 class _Reader:

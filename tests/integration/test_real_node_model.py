@@ -168,7 +168,7 @@ def test_model_pods_run_on_the_real_node_serve_through_the_service_and_survive_a
             predictions = list(pool.map(lambda i: _post(f"{base}/predict", {"features": {
                 f: 0.01 * ((i + k) % 97) for k, f in enumerate(features)}})["predictionId"], range(PREDICTIONS)))
             statuses = list(pool.map(lambda pid: _post_status(f"{base}/feedback", {
-                "predictionId": pid, "label": 1, "stakeholder": "operations"}), predictions))
+                "predictionId": pid, "label": 1, "severity": "minor", "stakeholder": "operations"}), predictions))
         assert Counter(statuses) == Counter({201: PREDICTIONS}), f"feedback through the Service: {Counter(statuses)}"
 
         def labels_readable() -> Counter[str]:

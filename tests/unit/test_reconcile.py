@@ -26,6 +26,7 @@ from modelwarden.engine.actions import (
     DeleteTrack,
     EnsureServices,
     FlushAndWarm,
+    MirrorTo,
 )
 from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.controller import Controller
@@ -59,9 +60,10 @@ class FakeCluster:
         self.admin_tokens[model.uid] = token
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                          mirror: MirrorTo | None = None) -> None:
         self.calls.append(("apply", (track, artifact.version, replicas)))
-        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint)
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, mirror=mirror)
         body["metadata"]["generation"] = 1
         self.deployments[track] = body
 

@@ -91,3 +91,17 @@ def test_a_postgres_feedback_store_comes_from_the_secret_and_replaces_the_pod_lo
     dsn = [var for var in server if var["name"] == "FEEDBACK_DSN"]
     assert dsn == [{"name": "FEEDBACK_DSN", "valueFrom": {"secretKeyRef": {"name": "fb", "key": "dsn"}}}]
     assert server_config.Settings.from_env(as_pod_sees_it(server)).feedback_dsn == "postgresql://from-secret"
+
+
+def test_the_shadow_mirror_the_operator_renders_is_what_the_stable_reads() -> None:
+    """During a shadow stage the stable's pods get the candidate's Service, the share and the threshold."""
+    from modelwarden.engine.actions import MirrorTo
+
+    pod = deployment_manifest(MODEL, make_spec(), "stable", ARTIFACT, 2, "fp",
+                              mirror=MirrorTo(percent=25, decision_threshold="0.6"))["spec"]["template"]["spec"]
+    env = as_pod_sees_it(pod["containers"][0]["env"])
+    assert {k for k in env if k.startswith("SHADOW_")} <= set(server_config.ENV_VARS)
+    settings = server_config.Settings.from_env({**env, "ARTIFACT_DIR": "/x"})
+    assert settings.shadow_target_url == f"http://credit-canary.team.svc:{SERVER_PORT}"
+    assert (settings.shadow_percent, settings.shadow_decision_threshold) == (25.0, 0.6)
+    assert not any(k.startswith("SHADOW_") for k in as_pod_sees_it(rendered(make_spec(), "stable")[0]))

@@ -33,7 +33,7 @@ from modelwarden.adapters.manifests import (
 )
 from modelwarden.adapters.server_admin import Server
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.actions import CreateRetrainingJob
+from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 
 
 class KubeError(Exception):
@@ -52,7 +52,8 @@ class Workloads(Protocol):
     async def ensure_server_identity(self, namespace: str) -> None: ...
     async def ensure_admin_secret(self, model: ModelObject, token: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None: ...
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                          mirror: MirrorTo | None = None) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
     async def record_incident(self, model: ModelObject, rollback: api.Rollback) -> None: ...
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
@@ -172,8 +173,10 @@ class KubeWorkloads:
         await self._kube.apply(self._kube.core.patch_namespaced_secret, admin_secret_manifest(model, token))
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
-                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str) -> None:
-        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image)
+                          artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
+                          mirror: MirrorTo | None = None) -> None:
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image,
+                                   mirror=mirror)
         await self._kube.apply(self._kube.apps.patch_namespaced_deployment, body)
 
     async def delete_track(self, model: ModelObject, track: api.Track) -> None:

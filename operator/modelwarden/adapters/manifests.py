@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.actions import CreateRetrainingJob
+from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 from modelwarden.engine.decision import TrackState
 from modelwarden.engine.retraining import JobState, window_label
 from modelwarden.engine.timestamps import timestamp
@@ -128,9 +128,18 @@ def retraining_job_manifest(model: ModelObject, spec: api.MLModelSpec, job: Crea
     }
 
 
+def shadow_env(model: ModelObject, mirror: MirrorTo) -> list[dict[str, Any]]:
+    """The stable's mirror during a shadow stage: the candidate is the ``<model>-canary`` Service (the gatewayAPI
+    router's, which the stage requires), by its in-cluster name."""
+    target = f"http://{model.deployment_name('canary')}.{model.namespace}.svc:{SERVER_PORT}"
+    return [{"name": "SHADOW_TARGET_URL", "value": target},
+            {"name": "SHADOW_PERCENT", "value": str(mirror.percent)},
+            {"name": "SHADOW_DECISION_THRESHOLD", "value": mirror.decision_threshold}]
+
+
 def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                         artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
-                        server_image: str = DEFAULT_SERVER_IMAGE) -> dict[str, Any]:
+                        server_image: str = DEFAULT_SERVER_IMAGE, *, mirror: MirrorTo | None = None) -> dict[str, Any]:
     image = spec.serving.image or server_image
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
@@ -157,6 +166,8 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         {"name": "ADMIN_TOKEN_FILE", "value": f"{ADMIN_TOKEN_MOUNT}/{ADMIN_TOKEN_KEY}"},
         {"name": "PORT", "value": str(SERVER_PORT)},
     ]
+    if mirror is not None:
+        env += shadow_env(model, mirror)
     if spec.serving.feedback_store.dsn_secret_ref is not None:
         ref = spec.serving.feedback_store.dsn_secret_ref
         env = [e for e in env if e["name"] != "FEEDBACK_DSN"]

@@ -27,6 +27,7 @@ import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
+from modelwarden.engine.shadow_gate import ShadowNumbers
 from modelwarden.engine.triggers import CanaryNumbers, counters_increase, merge_fragments
 
 ModelKey = tuple[str, str]  # (namespace, model); namespace "" when the series carry no namespace label
@@ -55,6 +56,18 @@ CANARY_ERRORS = ('sum by (namespace, model, version) '
 CANARY_MISMATCH = 'ml_model_errors_total{{track="canary",kind="FEATURE_MISMATCH"}}[{w}s]'
 CANARY_P99 = ('histogram_quantile(0.99, sum by (namespace, model, version, le) '
               '(rate(ml_inference_latency_seconds_bucket{{track="canary"}}[{w}s])))')
+# The shadow stage's comparison (issue 20), in one query for the whole fleet: each measure tagged by `measure`.
+# The candidate's counters are cumulative since its pods started, which is the stage (its pods are new): summed
+# over pods, a restarted pod lowers the sum — fewer compared, a later verdict, never a made-up pass. An empty
+# histogram's quantile and a PSI under its minimum rows are NaN: NoData.
+SHADOW_MEASURES = {
+    "compared": "sum by (namespace, model, version) (ml_shadow_compared_total)",
+    "agreements": "sum by (namespace, model, version) (ml_shadow_agreements_total)",
+    "p99": "histogram_quantile(0.99, sum by (namespace, model, version, le) (ml_shadow_score_difference_bucket))",
+    "psi": "max by (namespace, model, version) (ml_shadow_score_psi)",
+    "mismatches": 'sum by (namespace, model, version) (ml_shadow_errors_total{kind="FEATURE_MISMATCH"})',
+}
+SHADOW = " or ".join(f'label_replace({q}, "measure", "{m}", "", "")' for m, q in SHADOW_MEASURES.items())
 # A counter's baseline is its last sample before the window: read this much history before it.
 BASELINE_SECONDS = 300
 # Retraining gates, only in a cycle where some model's window is due (engine.retraining.due_window); one query
@@ -91,6 +104,7 @@ class FleetMetrics:
     burn: dict[ModelKey, dict[str, tuple[float | None, float | None]]] = field(
         default_factory=lambda: defaultdict(dict))
     canary: dict[ModelKey, dict[str, CanaryNumbers]] = field(default_factory=lambda: defaultdict(dict))
+    shadow: dict[ModelKey, dict[str, ShadowNumbers]] = field(default_factory=lambda: defaultdict(dict))
     # HTTP requests this cycle sent to Prometheus (measured on the session, not assumed)
     queries: int = 0
     # Retraining gate inputs, when this cycle fetched them (``retraining_at`` is None otherwise).
@@ -103,7 +117,7 @@ class FleetMetrics:
     def for_model(self, namespace: str, model: str) -> ModelKey:
         """Series scraped in Kubernetes carry ``namespace``; a plain scrape config may not."""
         key = (namespace, model)
-        for table in (self.budget, self.feedback, self.burn, self.canary, self.retraining_budget,
+        for table in (self.budget, self.feedback, self.burn, self.canary, self.shadow, self.retraining_budget,
                       self.retraining_labels):
             if key in table:
                 return key
@@ -194,6 +208,15 @@ class PrometheusMetrics:
                 feature_mismatches=(float(counters_increase(mismatches[k], window_start=at - w))
                                     if k in mismatches else None))
 
+    def _shadow(self, fleet: FleetMetrics, at: float) -> None:
+        measures: dict[tuple[ModelKey, str], dict[str, float]] = defaultdict(dict)
+        for row in self._instant(SHADOW, at):
+            measures[_key(row["metric"])][row["metric"].get("measure", "")] = _value(row["value"][1])
+        for (key, version), m in measures.items():
+            fleet.shadow[key][version] = ShadowNumbers(
+                compared=m.get("compared"), agreements=m.get("agreements"), p99_difference=m.get("p99"),
+                psi=m.get("psi"), feature_mismatches=m.get("mismatches"))
+
     def _evaluate(self, at: float, budget_lookback_seconds: float, feedback_lookback_seconds: float,
                   analysis_seconds: int, retraining: RetrainingQuery | None = None) -> FleetMetrics:
         sent_before = self._requests_sent
@@ -212,6 +235,7 @@ class PrometheusMetrics:
         for k in set(long) | set(short):
             fleet.burn[k[0]][k[1]] = (long.get(k), short.get(k))
         self._canary(fleet, at, int(analysis_seconds))
+        self._shadow(fleet, at)
         if retraining is not None:
             self._retraining(fleet, at, retraining)
         fleet.queries = self._requests_sent - sent_before

@@ -118,6 +118,11 @@ class Reason(StrEnum):
     VERIFYING_ARTIFACT = "VerifyingArtifact"
     ROLLING_BACK = "RollingBack"
     RECONCILING = "Reconciling"
+    # The shadow stage (issue 20): Progressing while it runs, the trigger (Halted, incident) when it fails
+    SHADOW_RUNNING = "ShadowRunning"
+    SHADOW_NO_VERDICT = "ShadowNoVerdict"
+    SHADOW_PASSED = "ShadowPassed"
+    SHADOW_DISAGREEMENT = "ShadowDisagreement"
 
 
 class Gate(StrEnum):
@@ -299,6 +304,44 @@ class Analysis(_Model):
     min_requests: Annotated[int, Field(ge=0)] = 20
 
 
+class Shadow(_Model):
+    """The shadow stage (before the first canary step): the stable's pods mirror a sampled share of requests,
+    after answering them, to the candidate, which scores them on the ``shadow`` track and compares its scores
+    with the stable's. No user gets a shadow answer. Step 1 opens only when, after ``durationSeconds`` and at
+    least ``minComparedRequests`` compared rows, every criterion holds; a breach halts the candidate."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("double(self.minDecisionAgreement) <= 1.0",
+             "rollout.shadow.minDecisionAgreement is a share between 0 and 1", ".minDecisionAgreement"),
+            ("double(self.maxP99ScoreDifference) <= 1.0",
+             "rollout.shadow.maxP99ScoreDifference is an absolute score difference between 0 and 1",
+             ".maxP99ScoreDifference"),
+            ("double(self.decisionThreshold) <= 1.0",
+             "rollout.shadow.decisionThreshold is a score between 0 and 1", ".decisionThreshold"),
+        ),
+    )
+
+    mirror_percent: Annotated[int, Field(
+        ge=1, le=100, description="Percent of the stable's requests copied to the candidate.")] = 10
+    duration_seconds: Annotated[int, Field(
+        ge=30, le=7 * 86400, description="The stage lasts at least this long, whatever the numbers.")] = 600
+    min_compared_requests: Annotated[int, Field(
+        ge=1, le=100_000_000,
+        description="Rows compared before any verdict: fewer is no verdict (no promotion), never a pass.")] = 500
+    max_p99_score_difference: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN,
+        description="Largest allowed p99 of |candidate score - stable score| over the stage.")] = "0.05"
+    min_decision_agreement: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN,
+        description="Smallest allowed share of rows whose decision (score >= decisionThreshold) agrees.")] = "0.95"
+    max_score_psi: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN,
+        description="Largest allowed PSI between the candidate's and the stable's score distributions.")] = "0.2"
+    decision_threshold: Annotated[str, Field(
+        pattern=DECIMAL_PATTERN, description="The model's decision threshold on its score.")] = "0.5"
+
+
 def _default_steps() -> list[Step]:
     return [Step(set_weight=10, pause_seconds=300), Step(set_weight=50, pause_seconds=600),
             Step(set_weight=100, pause_seconds=0)]
@@ -310,12 +353,17 @@ class Rollout(_Model):
             ("self.steps.map(s, s.setWeight).isSorted() && "
              "self.steps.all(s, self.steps.exists_one(t, t.setWeight == s.setWeight))",
              "rollout.steps[*].setWeight must strictly increase", ".steps"),
+            ("!has(self.shadow) || self.trafficRouting.type == 'gatewayAPI'",
+             "rollout.shadow needs trafficRouting.type gatewayAPI: under the replicas router every canary pod "
+             "answers users", ".shadow"),
         ),
     )
 
     steps: Annotated[list[Step], Field(min_length=1, max_length=20)] = Field(default_factory=_default_steps)
     traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
     analysis: Analysis = Field(default_factory=Analysis)
+    shadow: Shadow | None = Field(
+        default=None, description="Optional shadow stage before the first step (issue 20); absent: none.")
 
 
 class SLO(_Model):
@@ -527,6 +575,16 @@ class GateResult(_Model):
     message: str = ""
 
 
+class ShadowStatus(_Model):
+    """The shadow stage of the canary version: when it began, its last numbers and its verdict."""
+
+    version: str
+    started_at: str
+    verdict: Literal["Running", "Passed", "Failed"] = "Running"
+    finished_at: str | None = None
+    values: dict[str, str] = Field(default_factory=dict, description="The last comparison read, as strings.")
+
+
 class RetrainingJob(_Model):
     name: str
     window: str
@@ -603,6 +661,7 @@ class MLModelStatus(_Model):
     # issue 18: the decision ledger's head, and the ModelActions acted on (bounded; the exactly-once keys)
     ledger: LedgerHead | None = None
     handled_actions: list[HandledAction] = Field(default_factory=list)
+    shadow: ShadowStatus | None = None
 
 
 # --- ModelApproval ------------------------------------------------------------------------------------------

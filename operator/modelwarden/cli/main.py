@@ -252,6 +252,11 @@ def _print_status(result: dict[str, Any]) -> None:
         step = "-" if status.current_step_index is None else status.current_step_index + 1
         print(f"  canary  {status.canary.version}  sha256 {status.canary.sha256}  step {step}  "
               f"weight {status.canary_weight}%")
+    if status.shadow:
+        sh = status.shadow
+        numbers = "  ".join(f"{k} {v}" for k, v in sorted(sh.values.items())) or "no comparison yet"
+        print(f"  shadow  {sh.version}  {sh.verdict}  since {sh.started_at}"
+              f"{f'  until {sh.finished_at}' if sh.finished_at else ''}  {numbers}")
     for c in status.conditions:
         print(f"  {c.type:<18} {c.status:<7} {c.reason:<22} {c.message}")
     if status.halt:

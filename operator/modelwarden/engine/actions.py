@@ -19,11 +19,20 @@ class EnsureServices:
 
 
 @dataclass(frozen=True)
+class MirrorTo:
+    """The stable's pods mirror this percent of answered requests to the candidate's Service (shadow stage)."""
+
+    percent: int
+    decision_threshold: str
+
+
+@dataclass(frozen=True)
 class ApplyTrack:
     track: Track
     artifact: ArtifactVersion
     replicas: int
     fingerprint: str
+    mirror: MirrorTo | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from modelwarden.engine.actions import (
     ApplyTrack,
     DeleteTrack,
     Event,
+    MirrorTo,
     SetRouteWeight,
 )
 from modelwarden.engine.approvals import Approval
@@ -128,14 +129,16 @@ def target_of(spec: MLModelSpec) -> ArtifactVersion:
 
 
 
-def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion) -> str:
-    """Identifies a pod template: what is served (artifact) and how (serving spec, contract)."""
-    payload = {"artifact": artifact.wire(), "serving": spec.serving.wire(),
+def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion, mirror: MirrorTo | None = None) -> str:
+    """Identifies a pod template: what is served (artifact) and how (serving spec, contract, shadow mirror)."""
+    payload: dict[str, object] = {"artifact": artifact.wire(), "serving": spec.serving.wire(),
                "contract": spec.feature_contract.wire(), "joblib": spec.artifact.allow_unsafe_joblib}
     if spec.artifact.signature is not None:
         # the pods mount the trusted keys: requiring a signature changes the template. Absent, the key stays
         # out, so models without one keep their fingerprint (no restart of every model on upgrade).
         payload["signature"] = spec.artifact.signature.wire()
+    if mirror is not None:
+        payload["mirror"] = [mirror.percent, mirror.decision_threshold]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -202,12 +205,13 @@ class Pass:
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
-    def apply_track(self, track: Track, artifact: ArtifactVersion, replicas: int) -> None:
-        fp = fingerprint(self.spec, artifact)
+    def apply_track(self, track: Track, artifact: ArtifactVersion, replicas: int,
+                    mirror: MirrorTo | None = None) -> None:
+        fp = fingerprint(self.spec, artifact, mirror)
         observed = self.obs.stable if track == "stable" else self.obs.canary
         if (observed is None or not observed.serves(artifact) or observed.fingerprint != fp
                 or observed.replicas != replicas):
-            self.actions.append(ApplyTrack(track, artifact, replicas, fp))
+            self.actions.append(ApplyTrack(track, artifact, replicas, fp, mirror))
 
     def delete_canary(self) -> None:
         self.set_route(0)

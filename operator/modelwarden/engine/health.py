@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from modelwarden.api.v1alpha1 import MLModelSpec, MLModelStatus
+from modelwarden.engine.shadow_gate import ShadowNumbers, assess_shadow
 from modelwarden.engine.triggers import (
     FAST_BURN,
     Assessment,
@@ -35,6 +36,7 @@ class MetricsView:
     critical_feedback: Mapping[str, Sequence[Samples]] = field(default_factory=dict)
     burn: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     canary: Mapping[str, CanaryNumbers] = field(default_factory=dict)
+    shadow: Mapping[str, ShadowNumbers] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Health:
     canary: Assessment | None = None
     no_data: tuple[Assessment, ...] = ()
     clear: tuple[Assessment, ...] = ()
+    # the running shadow stage's verdict (None: no stage running); never part of no_data or clear
+    shadow: Assessment | None = None
 
     @property
     def metrics_unavailable(self) -> bool:
@@ -92,8 +96,14 @@ def judge(spec: MLModelSpec, status: MLModelStatus, metrics: MetricsView | None,
     no_data = tuple(r for r in results if r.verdict == "NoData" and r is not canary and r.trigger != FAST_BURN)
     if canary is not None and canary.verdict == "NoData" and not _too_few_requests(canary):
         no_data += (canary,)
+    shadow = spec.rollout.shadow
+    shadow_verdict = None
+    if (shadow is not None and status.canary is not None and status.shadow is not None
+            and status.shadow.verdict == "Running" and status.shadow.version == status.canary.version):
+        shadow_verdict = assess_shadow(metrics.shadow.get(status.canary.version), shadow,
+                                       max_feature_mismatch=spec.rollout.analysis.max_feature_mismatch)
     return Health(stable_trigger=stable_fired, canary=canary, no_data=no_data,
-                  clear=tuple(r for r in results if r.verdict == "Clear"))
+                  clear=tuple(r for r in results if r.verdict == "Clear"), shadow=shadow_verdict)
 
 
 def _too_few_requests(canary: Assessment) -> bool:

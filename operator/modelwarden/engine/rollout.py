@@ -44,6 +44,7 @@ from modelwarden.engine.decision import (
 )
 from modelwarden.engine.health import Health, budget_percent, judge
 from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
+from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
@@ -134,15 +135,16 @@ def _disabled(p: Pass) -> Decision:
 
 
 def _still_halted(p: Pass, halt: Halt, target: ArtifactVersion) -> bool:
-    """A halt ends on the resume annotation naming it, or on a new revision; otherwise it holds."""
+    """A halt ends on the resume annotation naming it, or on a new revision; otherwise it holds. Its end also ends
+    the halted candidate's shadow stage record: a resumed candidate is compared again, a new revision afresh."""
     if p.obs.resume == halt.id:
         p.event("Normal", Reason.RESUMED, f"halt {halt.id} cleared by the resume annotation")
-        p.update(halt=None)
+        p.update(halt=None, shadow=None)
         p.condition(ConditionType.HALTED, False, Reason.RESUMED, f"resumed after {halt.id}")
         return False
     if (halt.version, halt.sha256) != (target.version, target.sha256):
         p.event("Normal", Reason.RESUMED, f"halt {halt.id} cleared by a new revision {target.version}")
-        p.update(halt=None)
+        p.update(halt=None, shadow=None)
         p.condition(ConditionType.HALTED, False, Reason.NEW_REVISION, f"new revision {target.version}")
         return False
     return True
@@ -295,6 +297,10 @@ def _canary(p: Pass, target: ArtifactVersion, approvals: list[ApprovalRecord], h
                     f"canary {p.status.canary.version} superseded by {target.version}")
         p.update(canary=target, current_step_index=0, step_started_at=None, canary_weight=0)
         p.event("Normal", Reason.DEPLOYING, f"canary {target.version} starting; stable {stable.version} serves")
+    if in_stage(p, target):
+        stage = shadow_stage(p, target, health.shadow if health is not None else None)
+        if stage is not None:
+            return stage
     # None: no analysis configured. Otherwise whether the weight served now has a clear verdict.
     analysis_clear = None if health is None else health.canary is not None and health.canary.verdict == "Clear"
     while (index := p.status.current_step_index or 0) < len(steps):

@@ -80,13 +80,13 @@ class ActionApplier:
             case EnsureServices():
                 await router.ensure_objects(model)
                 self.routers_ensured.add(((model.namespace, model.name), spec.rollout.traffic_routing.type))
-            case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint):
+            case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint, mirror=mirror):
                 if model.namespace not in self.identities_ensured:
                     await self.workloads.ensure_server_identity(model.namespace)
                     self.identities_ensured.add(model.namespace)
                 # The pods mount the model's admin Secret: it exists before the first pod does.
                 await self._ensure_admin_secret(model)
-                await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint)
+                await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint, mirror=mirror)
             case DeleteTrack(track=track):
                 await self.workloads.delete_track(model, track)
             case SetRouteWeight(canary_weight=weight):

@@ -51,6 +51,7 @@ class FleetReading:
                                for version, by_stakeholder in fleet.feedback.get(key, {}).items()},
             burn=fleet.burn.get(key, {}),
             canary=fleet.canary.get(key, {}),
+            shadow=fleet.shadow.get(key, {}),
         )
 
     def gate_inputs(self, namespace: str, name: str, now: dt.datetime, bias: Report | None,
