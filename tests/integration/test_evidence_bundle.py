@@ -4,7 +4,9 @@ v1 and v2 are trained and signed by `modelwarden train --signing-key`, each appr
 regulatory (as those users, through the admission policy), rolled out by the production Controller on the
 real control plane, and v2 is rolled back on critical feedback labelled on a real server. `modelwarden
 evidence` then exports each version from the cluster; `modelwarden evidence verify` checks the bundles with
-nothing but the file and the public key, and names any member that was altered, removed or added.
+nothing but the file and the public key, and names any member that was altered, removed or added. The
+bundle holds the model's decision ledger as the operator wrote it, verified against its published key at export
+and re-checked offline (hashes, links, the head in the MLModel's status).
 """
 
 from __future__ import annotations
@@ -160,6 +162,8 @@ def test_the_bundles_of_the_story_verify_offline(story: dict[str, Any]) -> None:
     assert result["signature"]["signerFingerprint"] == key_fingerprint(story["public"])
     assert {(a["role"], a["approver"], a["counts"]) for a in result["approvals"]} == {
         ("finance", "finance-approver", True), ("regulatory", "regulatory-approver", True)}
+    assert result["ledger"]["ok"] is True and result["ledger"]["reachesHead"] is True
+    assert result["ledger"]["records"] > 0 and result["ledger"]["verificationAtExport"]["ok"] is True
     code, result = verify(story, story["bundles"]["v1"], story["tmp"] / "release.pub")
     assert code == 0 and result["sha256"] == story["shas"]["v1"]
     # without a key everything but the signature is checked, and it says so
@@ -189,6 +193,20 @@ def test_the_bundle_holds_the_change_record(story: dict[str, Any]) -> None:
         assert name in content
     listed = {f["path"]: f["sha256"] for f in json.loads(content["BUNDLE-MANIFEST.json"])["files"]}
     assert listed == {n: sha256_bytes(d) for n, d in content.items() if n != "BUNDLE-MANIFEST.json"}
+    # the decision ledger: every record of the model, verified at export, its head the MLModel's status.ledger
+    ledger = json.loads(content["ledger/ledger.json"])
+    records = [json.loads(line) for line in content["ledger/records.jsonl"].decode().splitlines()]
+    model = json.loads(content["cluster/mlmodel.json"])
+    assert ledger["present"] is True and ledger["absentReason"] is None and ledger["records"] == len(records) > 0
+    assert ledger["modelUid"] == model["metadata"]["uid"] and ledger["head"] == model["status"]["ledger"]
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert ledger["verificationAtExport"]["checked"] is True and ledger["verificationAtExport"]["ok"] is True
+    assert ledger["publicKeys"] and all(r["keyId"] in ledger["publicKeys"] for r in records)
+    assert ledger["versionSeqs"] == [r["seq"] for r in records if r["version"] == "v2"] != []
+    assert any(r["decision"] == "RollbackStarted" and r["inputs"]["rollback"] == story["rollback"].id
+               for r in records)
+    assert change["ledger"]["present"] is True and change["ledger"]["verifiedAtExport"] is True
+    assert not any("decision ledger" in g for g in change["gaps"])
     # v1's bundle has the same incident: it is the version traffic went back to
     assert f"incidents/{story['rollback'].id}.json" in members(story["bundles"]["v1"])
 
@@ -221,3 +239,38 @@ def test_a_removed_or_added_member_and_an_untrusted_key_fail(story: dict[str, An
     assert code == 1
     [problem] = result["problems"]
     assert problem["member"] == "artifact/model.sig" and problem["problem"].startswith("SignerUntrusted")
+
+
+def test_the_bundled_ledger_is_rechecked_offline(story: dict[str, Any]) -> None:
+    """A record changed and the bundle manifest made to match: only the ledger's own chain can tell."""
+    bundle, tmp = story["bundles"]["v2"], story["tmp"]
+    lines = members(bundle)["ledger/records.jsonl"].decode().splitlines()
+    record = json.loads(lines[1])
+    record["outcome"] = "Rejected"
+    lines[1] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    forged = ("\n".join(lines) + "\n").encode()
+
+    def change(member: str, data: bytes) -> bytes:
+        if member == "ledger/records.jsonl":
+            return forged
+        if member == "BUNDLE-MANIFEST.json":
+            listing = json.loads(data)
+            for f in listing["files"]:
+                if f["path"] == "ledger/records.jsonl":
+                    f["sha256"], f["size"] = sha256_bytes(forged), len(forged)
+            return json.dumps(listing).encode()
+        return data
+
+    code, result = verify(story, rewrite(bundle, tmp / "ledger-forged.tar.gz", change), tmp / "release.pub")
+    assert code == 1 and result["ledger"]["ok"] is False
+    [problem] = result["problems"]
+    assert problem["member"] == "ledger/records.jsonl" and problem["problem"].startswith(
+        f"record {record['seq']} altered"), problem
+    # the records are `ledger export -o jsonl`: `ledger verify --records` re-checks their signatures offline
+    content = members(bundle)
+    (tmp / "records.jsonl").write_bytes(content["ledger/records.jsonl"])
+    (tmp / "keys.json").write_text(json.dumps(json.loads(content["ledger/ledger.json"])["publicKeys"]))
+    head = json.loads(content["ledger/ledger.json"])["head"]
+    done = cli(story["cluster"], "ledger", "verify", "m", "--records", str(tmp / "records.jsonl"), "--public-keys",
+               str(tmp / "keys.json"), "--head", f"{head['seq']}:{head['hash']}")
+    assert done.returncode == 0, done.stdout + done.stderr

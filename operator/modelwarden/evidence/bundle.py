@@ -11,10 +11,18 @@ Layout (one top directory, ``<model>-<version>-evidence/``):
 * ``signature-verification.json`` — the verification at export time (when trusted keys were given);
 * ``cluster/mlmodel.json``, ``cluster/approvals.json``, ``cluster/events.json`` — the objects as read;
 * ``analysis.json`` — the canary's steps and verdicts as far as the cluster still records them;
-* ``incidents/<id>.json`` — each incident of the version: timeline, trigger values, the feedback records.
+* ``incidents/<id>.json`` — each incident of the version: timeline, trigger values, the feedback records;
+* ``ledger/records.jsonl`` — the decision ledger (issue 18): **all** records of the model (its uid) still stored, as
+  stored (signatures included; the format of ``modelwarden ledger export -o jsonl``), not just the version's —
+  ``ledger/ledger.json`` names the version's own records (``versionSeqs``);
+* ``ledger/ledger.json`` — whether a ledger exists (``present``, and why not), the head as read from the MLModel's
+  ``status.ledger``, the verification against the operator's published public keys at export, and those keys.
 
 ``verify_bundle`` needs nothing but the file and, for the signature, the trusted public keys. It names each
-member that is missing, unlisted, altered or inconsistent with the rest.
+member that is missing, unlisted, altered or inconsistent with the rest, and re-checks the ledger's records
+offline: their hashes, their links, and the recorded head (the record at the head's seq has the head's hash). The
+records' signatures were checked at export; ``modelwarden ledger verify --records ledger/records.jsonl
+--public-keys KEYS`` re-checks them with keys the reader trusts.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import json
 import re
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -49,6 +57,10 @@ CHANGE_RECORD: Final = "change-record.json"
 SIGNATURE_VERIFICATION: Final = "signature-verification.json"
 ANALYSIS: Final = "analysis.json"
 ARTIFACT_DIR: Final = "artifact"
+LEDGER_RECORDS: Final = "ledger/records.jsonl"
+LEDGER_SUMMARY: Final = "ledger/ledger.json"
+LEDGER_SLICE: Final = ("all records of the model (its uid) still stored, oldest to newest; versionSeqs are this "
+                       "version's")
 
 # Events that tell the story of a rollout; the reasons are the operator's own (api.Reason).
 ROLLOUT_REASONS: Final = frozenset({
@@ -78,6 +90,26 @@ class ClusterRecord:
     incident_records: dict[str, dict[str, Any]]  # incident id -> its ConfigMap's data, parsed
     events: list[dict[str, Any]]  # core/v1 Events whose involvedObject is the MLModel
     read_errors: list[str] = field(default_factory=list)  # what could not be read, said in the bundle
+    ledger: LedgerEvidence | None = None  # None: not read
+
+
+@dataclass(frozen=True)
+class LedgerEvidence:
+    """The model's decision ledger as read at export, and its verification then."""
+
+    records: list[api.LedgerRecord]  # every stored record of the model's uid, in chain order
+    first_seq: int  # the seq the stored chain starts at (> 0: older segments expired)
+    model_uid: str | None
+    head: api.LedgerHead | None  # the MLModel's status.ledger, as read
+    # ``modelwarden ledger verify``'s result against the published keys, or {"checked": False, "reason": ...}
+    verdict: dict[str, Any]
+    public_keys: dict[str, str] = field(default_factory=dict)  # key id -> PEM, as published
+    error: str | None = None  # why the ledger could not be read
+
+
+# The ledger's chain rule lives in the engine, which this package does not import: the caller passes it.
+# ``(records, head, first_seq)`` -> None when hashes, links and head hold, else "record SEQ PROBLEM (line N): ...".
+ChainCheck = Callable[[Sequence[api.LedgerRecord], api.LedgerHead | None, int], str | None]
 
 
 @dataclass(frozen=True)
@@ -123,8 +155,40 @@ def _incident(rollback: api.Rollback, record: dict[str, Any] | None) -> dict[str
     return doc
 
 
+def _jsonl(records: Sequence[api.LedgerRecord]) -> bytes:
+    return "".join(json.dumps(r.wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                   for r in records).encode()
+
+
+def ledger_members(version: str, ledger: LedgerEvidence | None) -> tuple[dict[str, Any], bytes]:
+    """``ledger/ledger.json`` and ``ledger/records.jsonl``; without records the summary says why."""
+    if ledger is None:
+        ledger = LedgerEvidence([], 0, None, None, {"checked": False, "reason": "the ledger was not read"})
+    absent = None
+    if ledger.error:
+        absent = ledger.error
+    elif not ledger.records:
+        absent = ("no ModelLedger records for this model: the operator kept no decision ledger for it (before "
+                  "issue 18, or without a ledger key), or they were deleted")
+    summary = {"present": absent is None, "absentReason": absent, "slice": LEDGER_SLICE,
+               "modelUid": ledger.model_uid, "firstSeq": ledger.first_seq, "records": len(ledger.records),
+               "versionSeqs": [r.seq for r in ledger.records if r.version == version],
+               "head": ledger.head.wire() if ledger.head else None, "verificationAtExport": ledger.verdict,
+               "publicKeys": ledger.public_keys}
+    return summary, _jsonl(ledger.records)
+
+
+def _ledger_gaps(summary: dict[str, Any]) -> list[str]:
+    if not summary["present"]:
+        return [f"decision ledger: none in this bundle — {summary['absentReason']}"]
+    verdict = summary["verificationAtExport"]
+    if not verdict.get("checked"):
+        return [f"decision ledger: signatures not verified at export — {verdict.get('reason')}"]
+    return []
+
+
 def _change_record(namespace: str, name: str, version: str, record: ClusterRecord, created_at: dt.datetime,
-                   signature: dict[str, Any] | None, artifact: Path) -> dict[str, Any]:
+                   signature: dict[str, Any] | None, artifact: Path, ledger: dict[str, Any]) -> dict[str, Any]:
     spec = api.MLModelSpec.model_validate(record.model["spec"])
     status = api.MLModelStatus.model_validate(record.model.get("status") or {})
     entry = next((h for h in reversed(status.history) if h.version == version), None)
@@ -136,7 +200,7 @@ def _change_record(namespace: str, name: str, version: str, record: ClusterRecor
         known = sorted({h.version for h in status.history} | {spec.version})
         raise EvidenceError(f"{namespace}/{name} has no version {version} in spec or history (known: {known})")
     manifest = read_manifest(artifact)
-    gaps = [ANALYSIS_GAP, *record.read_errors]
+    gaps = [ANALYSIS_GAP, *record.read_errors, *_ledger_gaps(ledger)]
     if signature is None:
         gaps.append("the signature was not verified at export (no trusted public key given); "
                     "`modelwarden evidence verify --public-key` checks it")
@@ -150,6 +214,9 @@ def _change_record(namespace: str, name: str, version: str, record: ClusterRecor
                       if a.get("spec", {}).get("version") == version],
         "signer": signature.get("signerFingerprint") if signature else None,
         "signatureVerified": signature.get("ok") if signature else None,
+        "ledger": {"present": ledger["present"], "records": ledger["records"], "head": ledger["head"],
+                   "verifiedAtExport": ledger["verificationAtExport"].get("ok"),
+                   "versionSeqs": ledger["versionSeqs"]},
         "gaps": gaps,
     }
 
@@ -195,6 +262,18 @@ def _readme(change: dict[str, Any], analysis: dict[str, Any], incidents: list[di
                      f"{len(doc.get('feedbackRecords') or [])} feedback records")
     if not incidents:
         lines.append("- none")
+    ledger = change["ledger"]
+    lines += ["", "## Decision ledger", ""]
+    if ledger["present"]:
+        head = ledger["head"]
+        verified = {True: "verified", False: "did NOT verify", None: "not verified"}[ledger["verifiedAtExport"]]
+        lines += [f"- `ledger/records.jsonl`: all {ledger['records']} records of the model still stored; "
+                  f"this version's: seq {', '.join(map(str, ledger['versionSeqs'])) or 'none'}",
+                  "- head in the MLModel's status: " + (f"{head['seq']} `{head['hash']}`" if head else "none"),
+                  f"- at export the chain {verified} against the operator's published public keys "
+                  "(`ledger/ledger.json`)"]
+    else:
+        lines.append("- none: see Gaps")
     lines += ["", "## Gaps", ""] + [f"- {g}" for g in change["gaps"]]
     lines += ["", "## Runbook change record", "",
               "| runbook item | in this bundle |", "|---|---|",
@@ -221,7 +300,8 @@ def write_bundle(out: str | Path, *, namespace: str, name: str, version: str, re
     if problems:
         raise EvidenceError(f"artifact {artifact} does not match its manifest: {'; '.join(map(str, problems))}")
     signature = verify_directory_signature(artifact, trusted_keys).to_dict() if trusted_keys else None
-    change = _change_record(namespace, name, version, record, created_at, signature, artifact)
+    ledger, ledger_records = ledger_members(version, record.ledger)
+    change = _change_record(namespace, name, version, record, created_at, signature, artifact, ledger)
     model_sha = sha256_file(artifact / change["modelFile"])
     if model_sha != change["sha256"]:
         raise EvidenceError(f"{artifact / change['modelFile']} has sha256 {model_sha}, but {version} is "
@@ -241,6 +321,8 @@ def write_bundle(out: str | Path, *, namespace: str, name: str, version: str, re
         "cluster/approvals.json": _dump([_strip(a) for a in record.approvals
                                          if a.get("spec", {}).get("version") == version]),
         "cluster/events.json": _dump([e for e in record.events if _mentions(e.get("message") or "", version)]),
+        LEDGER_SUMMARY: _dump(ledger),
+        LEDGER_RECORDS: ledger_records,
     }
     for doc in incidents:
         members[f"incidents/{doc['incident']['id']}.json"] = _dump(doc)
@@ -285,18 +367,21 @@ def _extract(bundle: Path, into: Path) -> tuple[str, list[BundleProblem]]:
     return tops.pop(), problems
 
 
-def verify_bundle(bundle: str | Path, trusted_keys: Sequence[bytes] = ()) -> dict[str, Any]:
+def verify_bundle(bundle: str | Path, trusted_keys: Sequence[bytes] = (),
+                  chain_check: ChainCheck | None = None) -> dict[str, Any]:
     """Check a bundle offline. ``ok`` is False with each problem naming its member if anything is wrong;
-    without ``trusted_keys`` the signature is reported as not checked (everything else still is)."""
+    without ``trusted_keys`` the signature is reported as not checked (everything else still is); without
+    ``chain_check`` the ledger's chain is not re-checked (said in ``ledger``)."""
     bundle = Path(bundle)
     with tempfile.TemporaryDirectory(prefix="mw-evidence-") as tmp:
         top_name, problems = _extract(bundle, Path(tmp))
         top = Path(tmp) / top_name
-        result = _verify_tree(top, trusted_keys, problems)
+        result = _verify_tree(top, trusted_keys, problems, chain_check)
     return {"bundle": str(bundle), **result}
 
 
-def _verify_tree(top: Path, trusted_keys: Sequence[bytes], problems: list[BundleProblem]) -> dict[str, Any]:
+def _verify_tree(top: Path, trusted_keys: Sequence[bytes], problems: list[BundleProblem],
+                 chain_check: ChainCheck | None) -> dict[str, Any]:
     try:
         manifest_bytes = (top / BUNDLE_MANIFEST).read_bytes()
         listing = json.loads(manifest_bytes)
@@ -354,9 +439,59 @@ def _verify_tree(top: Path, trusted_keys: Sequence[bytes], problems: list[Bundle
         if not signature["ok"]:
             problems.append(BundleProblem(f"{ARTIFACT_DIR}/{SIGNATURE_FILENAME}",
                                           f"{signature['reason']}: {signature['message']}"))
+    ledger = verify_ledger(top, str(change.get("version", "")), problems, chain_check) \
+        if LEDGER_SUMMARY in files else {
+        "included": False, "message": "no ledger/ in this bundle (written before the ledger was bundled)"}
     result = _result(problems, change, signature, sha256_bytes(manifest_bytes))
     result["approvalRolesMissing"] = missing_roles
+    result["ledger"] = ledger
     return result
+
+
+def verify_ledger(top: Path, version: str, problems: list[BundleProblem],
+                  chain_check: ChainCheck | None) -> dict[str, Any]:
+    """Re-check ``ledger/`` offline: hashes and links of the records, the recorded head when the records reach
+    it (the record at its seq has its hash), and the summary against the records and ``cluster/mlmodel.json``.
+    Records that end before the head are reported (``reachesHead``), as the verification at export did.
+    Appends each problem; returns what was found."""
+    try:
+        summary = json.loads((top / LEDGER_SUMMARY).read_bytes())
+        lines = [line for line in (top / LEDGER_RECORDS).read_text().splitlines() if line.strip()]
+        records = [api.LedgerRecord.model_validate(json.loads(line)) for line in lines]
+        head = api.LedgerHead.model_validate(summary["head"]) if summary.get("head") else None
+        first_seq = int(summary["firstSeq"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(BundleProblem(LEDGER_RECORDS, f"ledger not readable: {e}"))
+        return {"included": True, "ok": False}
+    found: list[BundleProblem] = []
+    if summary.get("records") != len(records):
+        found.append(BundleProblem(LEDGER_SUMMARY, f"says {summary.get('records')} records, "
+                                                   f"{LEDGER_RECORDS} holds {len(records)}"))
+    if not summary.get("present") and records:
+        found.append(BundleProblem(LEDGER_SUMMARY, "says no ledger exists, but records are included"))
+    if any(r.model_uid != summary.get("modelUid") for r in records):
+        found.append(BundleProblem(LEDGER_RECORDS, f"holds records of another model than {summary.get('modelUid')}"))
+    if summary.get("versionSeqs") != [r.seq for r in records if r.version == version]:
+        found.append(BundleProblem(LEDGER_SUMMARY, f"versionSeqs are not the records of {version}"))
+    try:
+        model = json.loads((top / "cluster/mlmodel.json").read_bytes())
+        if (model.get("status") or {}).get("ledger") != summary.get("head"):
+            found.append(BundleProblem(LEDGER_SUMMARY, "head is not cluster/mlmodel.json's status.ledger"))
+    except (OSError, ValueError, AttributeError) as e:
+        found.append(BundleProblem("cluster/mlmodel.json", f"not readable: {e}"))
+    reaches = head is not None and bool(records) and records[-1].seq >= head.seq
+    chain = chain_check(records, head if reaches else None, first_seq) if chain_check else None
+    if chain is not None:
+        found.append(BundleProblem(LEDGER_RECORDS, chain))
+    problems.extend(found)
+    return {"included": True, "present": bool(summary.get("present")), "absentReason": summary.get("absentReason"),
+            "records": len(records), "head": summary.get("head"),
+            "reachesHead": reaches,
+            "ok": not found, "chainChecked": chain_check is not None,
+            "verificationAtExport": summary.get("verificationAtExport"),
+            "signatures": "checked at export (verificationAtExport); re-check them with a trusted key: "
+                          f"modelwarden ledger verify --records {LEDGER_RECORDS} --public-keys KEYS"
+                          + (" --since-seq" if first_seq else "")}
 
 
 def _result(problems: list[BundleProblem], change: dict[str, Any] | None, signature: dict[str, Any] | None,
