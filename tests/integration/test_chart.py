@@ -42,7 +42,7 @@ from localenv._proc import (
 from localenv.cluster import K8S_VERSION, Cluster
 from modelwarden.api.v1alpha1 import Phase
 from modelwarden.handlers.settings import ENV
-from tests.integration.modelwarden_helpers import FEEDBACK_STORE, Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelwarden"
@@ -57,6 +57,9 @@ EXPORTED = {
     "ml_inference_requests_total", "ml_inference_latency_seconds_bucket", "ml_model_errors_total",
     "ml_feedback_labels_total", "ml_feature_drift_psi", "ml_governance_state", "ml_model_info",
     "ml_slo_objective_ratio",
+    # the shadow stage (issue 20)
+    "ml_shadow_mirrored_total", "ml_shadow_compared_total", "ml_shadow_agreements_total",
+    "ml_shadow_score_difference_bucket", "ml_shadow_score_psi", "ml_shadow_errors_total",
 }
 
 # A cold helm build (and a cold cluster) takes longer than the suite's default 600 s.
@@ -406,7 +409,7 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
 
 def test_the_chart_installed_operator_runs_as_a_pod_on_the_real_node_and_serves_a_model(
         helm: Path, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], real_namespace: str,
-        tmp_path: Path) -> None:
+        tmp_path: Path, pods_feedback_store: dict[str, Any]) -> None:
     """Exactly as a user installs it: the chart's objects applied, the operator a pod from the locally built image
     (its in-cluster ServiceAccount, only the single-namespace Role, its Lease), in a namespace enforcing the
     `restricted` Pod Security level; it takes a model, whose artifact is served over HTTP, to Stable on real pods."""
@@ -454,7 +457,7 @@ def test_the_chart_installed_operator_runs_as_a_pod_on_the_real_node_and_serves_
                      "artifact": {"uri": artifacts.uri(demo.directory / demo.model_file), "sha256": demo.sha256},
                      "featureContract": {"name": demo.contract, "features": list(demo.features),
                                          "nFeatures": len(demo.features)},
-                     "serving": {"replicas": 1, "feedbackStore": FEEDBACK_STORE}}})
+                     "serving": {"replicas": 1, "feedbackStore": pods_feedback_store}}})
         Models(api_clients["finance-approver"], namespace).approve(
             approval("podded", "v1", demo.sha256, "finance", "finance-approver"))
         Models(api_clients["regulatory-approver"], namespace).approve(

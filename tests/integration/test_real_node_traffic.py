@@ -221,10 +221,10 @@ def test_canary_share_rollback_and_kill_switch_counted_from_real_answers_through
                 print(f"step {step + 1}: weight {weight}%, canary answered {share:.1f}% of {REQUESTS}")
                 assert abs(share - weight) <= 5, f"canary share {share:.1f}% at weight {weight}%"
                 if step == 0:
-                    done = cli(cluster, "admin", "promote", MODEL, "-n", namespace)
+                    done = cli(cluster, "finance-approver", "promote", MODEL, "-n", namespace)
                     assert done.returncode == 0, done.stderr
 
-            # Three critical labels on the canary's own predictions (each pod keeps its own SQLite store).
+            # Three critical labels on the canary's own predictions, posted to one canary pod (the store is shared).
             canary_pods = sorted(p.metadata.name for p in _pods(core, namespace, "canary"))
             stable_pods = sorted(p.metadata.name for p in _pods(core, namespace, "stable"))
             canary_ip = _pods(core, namespace, "canary")[0].status.pod_ip
