@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,12 +30,30 @@ from localenv.modelwarden import OperatorProcess
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
 from modelwarden.api.v1alpha1 import LABEL_SERVING, MLModelStatus, Phase, Reason
 from tests.integration.modelwarden_helpers import Models, wait_for
-from tests.integration.test_real_node_traffic import MODEL, RESOURCES, Load, _approve, _pods, _programmed, _ready
+from tests.integration.test_real_node_traffic import (
+    MODEL,
+    RESOURCES,
+    Load,
+    _approve,
+    _pods,
+    _post,
+    _programmed,
+    _ready,
+)
 
 REPLICAS = 2
 EVALUATION_INTERVAL = 5
 DURATION = 30
 MIN_COMPARED = 100
+
+
+class RandomLoad(Load):
+    """Rows drawn from a continuous range (seeded by ``i``): a PSI over score bins needs a spread of scores — a
+    handful of repeated rows puts each score on a bin edge, where a 2% change moves whole bins."""
+
+    def one(self, i: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+        rng = random.Random(i)
+        return _post(f"{self.base}/predict", {"features": {f: rng.uniform(-2, 2) for f in self.features}})
 
 
 class Recorder:
@@ -50,7 +69,7 @@ class Recorder:
     def running(self) -> Iterator[Recorder]:
         def run() -> None:
             i = 0
-            while not self._stop.is_set():
+            while not self._stop.wait(0.02):
                 i += 1
                 try:
                     _, h = self.load.one(i)
@@ -155,7 +174,7 @@ def test_shadow_stage_with_the_replicas_router_on_real_pods(
             selector = core.read_namespaced_service(MODEL, namespace).spec.selector
             assert selector == {"modelwarden.io/model": MODEL, LABEL_SERVING: "true"}
             vip = core.read_namespaced_service(MODEL, namespace).spec.cluster_ip
-            load = Load(f"http://{vip}:8080", list(built["v1"].features))
+            load = RandomLoad(f"http://{vip}:8080", list(built["v1"].features))
             v1 = ("v1", built["v1"].sha256, "stable")
 
             # A disagreeing v2: halted in shadow, no user answer from it.
