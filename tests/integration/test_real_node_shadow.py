@@ -205,9 +205,11 @@ def test_shadow_stage_with_the_replicas_router_on_real_pods(
             print(f"v3 passed its shadow stage: {dict(passed.shadow.values)}; {sum(users.seen.values())} answers "
                   f"through the Service, all from v1")
             step = status_when("v3 at step 1", lambda s: s.step_started_at is not None and s.canary_weight > 0)
-            assert step.phase == Phase.PROGRESSING and step.halt is None
-            canary = _pods(core, namespace, "canary")
-            assert canary and all(p.metadata.labels[LABEL_SERVING] == "true" and _ready(p) for p in canary)
+            assert step.phase == Phase.PAUSED and step.halt is None, "step 1 waits for `modelwarden promote`"
+            # The Deployment's readyReplicas may still count the old (hidden) pod while the rolled one starts.
+            wait_for(lambda: (lambda pods: bool(pods) and all(p.metadata.labels[LABEL_SERVING] == "true" and _ready(p)
+                                                          for p in pods))(_pods(core, namespace, "canary")),
+                     120, "v3's rolled pods, labelled serving=true, Ready")
             wait_for(lambda: any(h["x-model-version"] == "v3" for _, h in load.many(40)), 120,
                      "v3 answering users through the Service at step 1")
     except BaseException:
