@@ -9,7 +9,11 @@ approved by finance and regulatory and deployed; v2 walks its canary steps and i
 injected into v2 and the operator rolls back to v1's SHA256 by itself, halts, and writes the incident down —
 the timeline is printed at the end.
 
-    python -m localenv.demo [--keep]
+With ``--inject drift`` v2 is healthy by every error metric but scores shifted (v1's model, intercept +2): it goes
+through a shadow stage first (the ``replicas`` router: its pods are kept out of the Service) and is halted there,
+before any user got an answer from it; the stage's numbers and the answers' versions are printed.
+
+    python -m localenv.demo [--keep] [--inject stable|canary|drift]
 """
 
 from __future__ import annotations
@@ -289,6 +293,17 @@ ROLLBACK_POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
+# --inject drift: a short shadow stage at the demo's load (~40 requests/s, half mirrored).
+DRIFT_SHADOW: dict[str, Any] = {"mirrorPercent": 50, "durationSeconds": 30, "minComparedRequests": 200}
+
+
+def drifted(trained: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The same model with its scores shifted (intercept +2): as fast and error-free as v1, but it disagrees."""
+    estimator, sample = trained
+    estimator.intercept_ = estimator.intercept_ + 2.0
+    return estimator, sample
+
+
 def mlmodel_body(version: str, uri: str, sha256: str, features: list[str], trigger: str) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": MODEL},
@@ -361,6 +376,9 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
                                  trained=train("logistic", 8, 800, 1))
         v2 = build_demo_artifact(work / "v2", fmt="onnx", model=MODEL, version="v2",
                                  trained=train("logistic", 8, 800, 2), previous=v1.manifest)
+        if inject == "drift":
+            v2 = build_demo_artifact(work / "v2-drift", fmt="onnx", model=MODEL, version="v2",
+                                     trained=drifted(train("logistic", 8, 800, 1)), previous=v1.manifest)
         features = list(v1.features)
         for v in (v1, v2):
             say(f"    {v.manifest.version}: sha256 {v.sha256}")
@@ -434,10 +452,44 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
             say(f"done in {time.monotonic() - started:.0f}s")
             return 0 if served_sha == v1.sha256 and rb.to_sha256 == v1.sha256 else 1
 
+        def finish_drift() -> int:
+            """v2 in its shadow stage: halted there, every answer through the Service from v1 meanwhile."""
+            assert load is not None
+            generator = load
+            before = Counter(generator.counts)
+            say(f"    shadow stage: the stable mirrors {DRIFT_SHADOW['mirrorPercent']}% of its answered requests to "
+                f"v2's pods (not endpoints of Service {MODEL}); v2 must agree with v1 on at least "
+                f"{DRIFT_SHADOW['minComparedRequests']} of them")
+            took = wait_for("halted in shadow", lambda: model_status(custom, namespace).phase == api.Phase.HALTED,
+                            300, line)
+            during = generator.counts - before
+            status = model_status(custom, namespace)
+            say(f"    halted {took:.0f}s after v2's approval; {line()}")
+            say("6/7 what the shadow stage measured")
+            print(cli(cluster, "developer", "status", MODEL, "-n", namespace), flush=True)
+            shadow, halt, rb = status.shadow, status.halt, status.last_rollback
+            assert shadow is not None and halt is not None and rb is not None
+            print(f"\nHalted in shadow: {halt.reason} — {rb.message}", flush=True)
+            print(f"Shadow stage of {shadow.version}: verdict {shadow.verdict}, numbers {json.dumps(shadow.values)}",
+                  flush=True)
+            say("7/7 who answered the users")
+            from_v2 = sum(n for (version, _), n in during.items() if version == "v2")
+            print(f"Answers through the Service during the stage: {sum(during.values())}, by version and outcome "
+                  f"{dict(during)}; from v2: {from_v2}", flush=True)
+            served = generator.serving()
+            served_sha = served.pop() if len(served) == 1 else f"mixed {sorted(served)}"
+            print(f"Served now (the last 100 answers through the Service): {served_sha} — v1's sha256 is "
+                  f"{v1.sha256}: {'MATCH' if served_sha == v1.sha256 else 'MISMATCH'}", flush=True)
+            say(f"done in {time.monotonic() - started:.0f}s")
+            ok = (from_v2 == 0 and served_sha == v1.sha256 and halt.reason == api.Reason.SHADOW_DISAGREEMENT
+                  and shadow.verdict == "Failed")
+            return 0 if ok else 1
+
         say(f"4/7 apply MLModel {MODEL} v1 — nothing is served without finance and regulatory sign-off")
-        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL,
-                                               mlmodel_body("v1", artifacts.uri(v1.directory / v1.model_file),
-                                                            v1.sha256, features, trigger))
+        body = mlmodel_body("v1", artifacts.uri(v1.directory / v1.model_file), v1.sha256, features, trigger)
+        if inject == "drift":
+            body["spec"]["rollout"]["shadow"] = DRIFT_SHADOW
+        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, body)
         wait_for("AwaitingApproval", lambda: model_status(custom, namespace).phase == api.Phase.AWAITING_APPROVAL, 60)
         say(f"    {line()}")
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
@@ -459,6 +511,8 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
         for user, role in (("finance-approver", "finance"), ("regulatory-approver", "regulatory")):
             cli(cluster, user, "approve", MODEL, "-n", namespace, "--role", role)
         say("    approved by finance-approver and regulatory-approver")
+        if inject == "drift":
+            return finish_drift()
         if inject == "canary":
             wait_for("canary answering", lambda: v2.sha256 in load.serving(), 240, line)
             say(f"    {line()}")
@@ -476,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localenv.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the cluster, namespace and files for a look")
-    parser.add_argument("--inject", choices=["stable", "canary"], default="stable",
-                        help="break v2 after its promotion (budget/burn trigger) or during its canary (analysis)")
+    parser.add_argument("--inject", choices=["stable", "canary", "drift"], default="stable",
+                        help="break v2 after its promotion (budget/burn trigger) or during its canary (analysis); "
+                             "drift: v2 with shifted scores, stopped in its shadow stage")
     parser.add_argument("--trigger", choices=sorted(ROLLBACK_POLICIES), default="ErrorBudgetExhausted",
                         help="with --inject stable: the one stable trigger that is armed")
     args = parser.parse_args(argv)

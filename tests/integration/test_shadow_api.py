@@ -36,7 +36,6 @@ BAD_SHADOWS: list[tuple[str, dict[str, Any], str]] = [
     ("threshold above 1", _shadowed({"decisionThreshold": "1.2"}), "spec.rollout.shadow.decisionThreshold"),
     ("no compared minimum", _shadowed({"minComparedRequests": 0}), "spec.rollout.shadow.minComparedRequests"),
     ("too short", _shadowed({"durationSeconds": 5}), "spec.rollout.shadow.durationSeconds"),
-    ("under the replicas router", _shadowed({}, {"type": "replicas"}), "spec.rollout.shadow"),
 ]
 
 
@@ -55,3 +54,10 @@ def test_shadow_stage_defaults_are_filled_in(modelwarden_installed: Cluster, adm
     assert created["spec"]["rollout"]["shadow"] == {
         "mirrorPercent": 25, "durationSeconds": 600, "minComparedRequests": 500, "maxP99ScoreDifference": "0.05",
         "minDecisionAgreement": "0.95", "maxScorePsi": "0.2", "decisionThreshold": "0.5"}
+
+
+def test_shadow_stage_is_accepted_under_the_replicas_router(modelwarden_installed: Cluster,
+                                                            admin_api: client.ApiClient, namespace: str) -> None:
+    """The candidate's pods are kept out of the model's Service by a label (the replicas router's own way)."""
+    created = Models(admin_api, namespace).create(_shadowed({}, {"type": "replicas"}))
+    assert created["spec"]["rollout"]["shadow"]["mirrorPercent"] == 10

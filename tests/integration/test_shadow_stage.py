@@ -161,7 +161,8 @@ def into_shadow(stage: Stage, api_clients: dict[str, client.ApiClient], v1: Demo
     assert status.canary is not None and status.canary.version == "v2" and status.canary_weight == 0
     assert route_weights(stage) == {"m-stable": 100, "m-canary": 0}
     env = stage.deployment_env("stable")
-    assert env["SHADOW_TARGET_URL"] == f"http://m-canary.{stage.namespace}.svc:8080"
+    cluster_ip = stage.admin.core.read_namespaced_service("m-canary", stage.namespace).spec.cluster_ip
+    assert env["SHADOW_TARGET_URL"] == f"http://{cluster_ip}:8080", "the candidate's Service by its ClusterIP"
     assert env["SHADOW_PERCENT"] == str(mirror_percent) and env["SHADOW_DECISION_THRESHOLD"] == "0.5"
     assert "SHADOW_TARGET_URL" not in stage.deployment_env("canary")
     # No cluster DNS here: the stand-in for the candidate's Service is its process's loopback URL.

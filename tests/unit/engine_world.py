@@ -69,6 +69,8 @@ class World:
     metrics: MetricsView | None = None
     metrics_configured: bool = False
     generation: int = 1
+    # Whether the canary's pods are kept out of the user-facing Service (the replicas router's shadow stage)
+    canary_hidden: bool = False
 
     def apply(self, actions: tuple[Action, ...]) -> None:
         for a in actions:
@@ -86,6 +88,7 @@ class World:
                     self.stable = new
                 else:
                     self.canary = new
+                    self.canary_hidden = a.hidden
             elif isinstance(a, DeleteTrack):
                 self.canary = None
             elif isinstance(a, SetRouteWeight):

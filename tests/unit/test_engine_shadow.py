@@ -71,8 +71,11 @@ ROUTING = {"type": "gatewayAPI", "gatewayAPI": {"httpRoute": "m"}}
 STEPS = [{"setWeight": 25, "pauseSeconds": 60}, {"setWeight": 100, "pauseSeconds": 0}]
 
 
-def shadow_spec(version: str, **shadow: Any) -> MLModelSpec:
-    return make_spec(version, rollout={"steps": STEPS, "trafficRouting": ROUTING,
+REPLICAS_ROUTING = {"type": "replicas"}
+
+
+def shadow_spec(version: str, routing: dict[str, Any] | None = None, **shadow: Any) -> MLModelSpec:
+    return make_spec(version, rollout={"steps": STEPS, "trafficRouting": routing or ROUTING,
                                        "shadow": {"durationSeconds": 600, "minComparedRequests": 500, **shadow}})
 
 
@@ -80,10 +83,10 @@ def view(at: datetime, nums: ShadowNumbers | None) -> MetricsView:
     return MetricsView(at=at.timestamp(), step_seconds=30, shadow={"v2": nums} if nums is not None else {})
 
 
-def stable_v1_with_v2_approved() -> tuple[World, MLModelStatus, datetime]:
+def stable_v1_with_v2_approved(routing: dict[str, Any] | None = None) -> tuple[World, MLModelStatus, datetime]:
     world = honest_world("v1", "v2")
     world.approvals = approvals("v1")
-    status, now, _ = settle(world, shadow_spec("v1"), MLModelStatus(), T0)
+    status, now, _ = settle(world, shadow_spec("v1", routing), MLModelStatus(), T0)
     assert status.phase == Phase.STABLE
     world.approvals += approvals("v2")
     world.metrics_configured = True
@@ -174,9 +177,11 @@ OPS = st.sampled_from(["tick", "long_tick", "ready", "good", "bad", "few", "none
 
 
 @settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "300")), deadline=None)
-@given(st.lists(OPS, min_size=1, max_size=40), st.integers(min_value=1, max_value=6))
-def test_no_user_answer_comes_from_the_candidate_while_the_stage_runs(ops: list[str], replicas: int) -> None:
-    world, status, now = stable_v1_with_v2_approved()
+@given(st.lists(OPS, min_size=1, max_size=40), st.integers(min_value=1, max_value=6), st.booleans())
+def test_no_user_answer_comes_from_the_candidate_while_the_stage_runs(ops: list[str], replicas: int,
+                                                                     by_replicas: bool) -> None:
+    routing = REPLICAS_ROUTING if by_replicas else ROUTING
+    world, status, now = stable_v1_with_v2_approved(routing)
     version = "v1"
     for op in ops:
         if op == "tick":
@@ -192,8 +197,8 @@ def test_no_user_answer_comes_from_the_candidate_while_the_stage_runs(ops: list[
         else:
             version = op.split("_")[1]
             world.generation += 1
-        spec = shadow_spec(version).model_copy(update={"serving": shadow_spec(version).serving.model_copy(
-            update={"replicas": replicas})})
+        spec = shadow_spec(version, routing).model_copy(update={"serving": shadow_spec(
+            version, routing).serving.model_copy(update={"replicas": replicas})})
         d = world.step(spec, status, now)
         passed_now = d.status.canary is not None and passed(d.status, d.status.canary)
         in_stage = d.status.canary is not None and not passed_now
@@ -203,6 +208,45 @@ def test_no_user_answer_comes_from_the_candidate_while_the_stage_runs(ops: list[
             assert not any(isinstance(a, SetRouteWeight) and a.canary_weight > 0 for a in d.actions), op
             assert world.route in (0, None), op
             assert d.status.canary_weight == 0, op
+            if by_replicas:
+                # No route: users reach the candidate only if its pods are endpoints of the model's Service.
+                assert all(a.hidden for a in d.actions if isinstance(a, ApplyTrack) and a.track == "canary"), op
+                assert world.canary is None or world.canary_hidden, op
         if d.status.shadow is not None and d.status.shadow.verdict == "Failed":
             assert d.status.halt is not None and d.status.halt.reason == Reason.SHADOW_DISAGREEMENT
         status = d.status
+
+
+# --- the replicas router: the candidate's pods stay out of the user-facing Service -----------------------
+
+
+def test_under_the_replicas_router_the_candidate_is_hidden_until_step_one() -> None:
+    world, status, now = stable_v1_with_v2_approved(REPLICAS_ROUTING)
+    spec = shadow_spec("v2", REPLICAS_ROUTING)
+    d = world.step(spec, status, now)
+    canary = next(a for a in d.actions if isinstance(a, ApplyTrack) and a.track == "canary")
+    assert canary.hidden, "the shadow candidate's pods are not endpoints of the model's Service"
+    world.pods_ready()
+    d = world.step(spec, d.status, now)
+    assert d.status.shadow is not None and d.status.shadow.verdict == "Running"
+    world.metrics = view(now, numbers())
+    d = world.step(spec, d.status, now + timedelta(seconds=601))
+    assert Reason.SHADOW_PASSED in [e.reason for e in d.events]
+    canary = next(a for a in d.actions if isinstance(a, ApplyTrack) and a.track == "canary")
+    assert not canary.hidden, "step 1 opens: the candidate's pods get the serving label (one roll)"
+    assert d.status.step_started_at is None and d.status.canary_weight == 0, "step 1 waits for the rolled pods"
+    world.pods_ready()
+    d = world.step(spec, d.status, now + timedelta(seconds=620))
+    assert d.status.step_started_at is not None and d.status.canary_weight > 0 and not world.canary_hidden
+
+
+def test_under_the_replicas_router_a_disagreeing_candidate_never_joins_the_service() -> None:
+    world, status, now = stable_v1_with_v2_approved(REPLICAS_ROUTING)
+    spec = shadow_spec("v2", REPLICAS_ROUTING)
+    world.metrics = view(now, numbers(agreements=600, p99=0.4, psi=1.5))
+    status, _, decisions = settle(world, spec, status, now)
+    assert status.phase == Phase.HALTED and status.halt is not None
+    assert status.halt.reason == Reason.SHADOW_DISAGREEMENT
+    canaries = [a for d in decisions for a in d.actions if isinstance(a, ApplyTrack) and a.track == "canary"]
+    assert canaries and all(a.hidden for a in canaries)
+    assert world.canary is None and status.canary_weight == 0

@@ -61,9 +61,9 @@ class FakeCluster:
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
-                          mirror: MirrorTo | None = None) -> None:
+                          mirror: MirrorTo | None = None, hidden: bool = False) -> None:
         self.calls.append(("apply", (track, artifact.version, replicas)))
-        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, mirror=mirror)
+        body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, mirror=mirror, hidden=hidden)
         body["metadata"]["generation"] = 1
         self.deployments[track] = body
 

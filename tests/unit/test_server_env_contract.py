@@ -97,11 +97,11 @@ def test_the_shadow_mirror_the_operator_renders_is_what_the_stable_reads() -> No
     """During a shadow stage the stable's pods get the candidate's Service, the share and the threshold."""
     from modelwarden.engine.actions import MirrorTo
 
-    pod = deployment_manifest(MODEL, make_spec(), "stable", ARTIFACT, 2, "fp",
+    pod = deployment_manifest(MODEL, make_spec(), "stable", ARTIFACT, 2, "fp", mirror_host="198.18.100.7",
                               mirror=MirrorTo(percent=25, decision_threshold="0.6"))["spec"]["template"]["spec"]
     env = as_pod_sees_it(pod["containers"][0]["env"])
     assert {k for k in env if k.startswith("SHADOW_")} <= set(server_config.ENV_VARS)
     settings = server_config.Settings.from_env({**env, "ARTIFACT_DIR": "/x"})
-    assert settings.shadow_target_url == f"http://credit-canary.team.svc:{SERVER_PORT}"
+    assert settings.shadow_target_url == f"http://198.18.100.7:{SERVER_PORT}", "the candidate Service's ClusterIP"
     assert (settings.shadow_percent, settings.shadow_decision_threshold) == (25.0, 0.6)
     assert not any(k.startswith("SHADOW_") for k in as_pod_sees_it(rendered(make_spec(), "stable")[0]))

@@ -30,6 +30,7 @@ from modelwarden.adapters.manifests import (
     labels,
     retraining_job_manifest,
     server_identity_manifests,
+    service_manifest,
 )
 from modelwarden.adapters.server_admin import Server
 from modelwarden.api import v1alpha1 as api
@@ -53,7 +54,7 @@ class Workloads(Protocol):
     async def ensure_admin_secret(self, model: ModelObject, token: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
-                          mirror: MirrorTo | None = None) -> None: ...
+                          mirror: MirrorTo | None = None, hidden: bool = False) -> None: ...
     async def delete_track(self, model: ModelObject, track: api.Track) -> None: ...
     async def record_incident(self, model: ModelObject, rollback: api.Rollback) -> None: ...
     async def record_evidence(self, model: ModelObject, rollback: api.Rollback, name: str, data: Any) -> None: ...
@@ -174,10 +175,21 @@ class KubeWorkloads:
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
-                          mirror: MirrorTo | None = None) -> None:
+                          mirror: MirrorTo | None = None, hidden: bool = False) -> None:
+        host = await self._mirror_host(model) if mirror is not None else ""
         body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image,
-                                   mirror=mirror)
+                                   mirror=mirror, mirror_host=host, hidden=hidden)
         await self._kube.apply(self._kube.apps.patch_namespaced_deployment, body)
+
+    async def _mirror_host(self, model: ModelObject) -> str:
+        """The ClusterIP of ``<model>-canary``, the mirror's target: applied here first (the router's Services
+        may follow the Deployments), so it exists before the stable's pods are told where it is."""
+        name = model.deployment_name("canary")
+        await self._kube.apply(self._kube.core.patch_namespaced_service,
+                               service_manifest(model, name, labels(model, "canary")))
+        service = self._kube.raw(await self._kube.call(f"read Service {model.namespace}/{name}",
+                                                       self._kube.core.read_namespaced_service, name, model.namespace))
+        return str(service.get("spec", {}).get("clusterIP") or f"{name}.{model.namespace}.svc")
 
     async def delete_track(self, model: ModelObject, track: api.Track) -> None:
         name = model.deployment_name(track)

@@ -15,6 +15,7 @@ from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 from modelwarden.engine.decision import TrackState
 from modelwarden.engine.retraining import JobState, window_label
+from modelwarden.engine.routers.replicas import gates_endpoints
 from modelwarden.engine.timestamps import timestamp
 
 FIELD_MANAGER = "modelwarden"
@@ -128,10 +129,11 @@ def retraining_job_manifest(model: ModelObject, spec: api.MLModelSpec, job: Crea
     }
 
 
-def shadow_env(model: ModelObject, mirror: MirrorTo) -> list[dict[str, Any]]:
-    """The stable's mirror during a shadow stage: the candidate is the ``<model>-canary`` Service (the gatewayAPI
-    router's, which the stage requires), by its in-cluster name."""
-    target = f"http://{model.deployment_name('canary')}.{model.namespace}.svc:{SERVER_PORT}"
+def shadow_env(mirror: MirrorTo, target_host: str) -> list[dict[str, Any]]:
+    """The stable's mirror during a shadow stage: the candidate is the ``<model>-canary`` Service (either router
+    creates it), by its ClusterIP (``target_host``): no cluster DNS needed, and stable for the Service's life
+    (the MLModel owns it)."""
+    target = f"http://{target_host}:{SERVER_PORT}"
     return [{"name": "SHADOW_TARGET_URL", "value": target},
             {"name": "SHADOW_PERCENT", "value": str(mirror.percent)},
             {"name": "SHADOW_DECISION_THRESHOLD", "value": mirror.decision_threshold}]
@@ -139,10 +141,14 @@ def shadow_env(model: ModelObject, mirror: MirrorTo) -> list[dict[str, Any]]:
 
 def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                         artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
-                        server_image: str = DEFAULT_SERVER_IMAGE, *, mirror: MirrorTo | None = None) -> dict[str, Any]:
+                        server_image: str = DEFAULT_SERVER_IMAGE, *, mirror: MirrorTo | None = None,
+                        mirror_host: str = "", hidden: bool = False) -> dict[str, Any]:
     image = spec.serving.image or server_image
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
+    if gates_endpoints(spec):
+        # Not in the Deployment's selector (immutable): flipping it rolls the pods, nothing else.
+        pod_labels[api.LABEL_SERVING] = "false" if hidden else "true"
     annotations = {api.ANNOTATION_SHA256: artifact.sha256, ANNOTATION_FINGERPRINT: fingerprint}
     contract = {"name": spec.feature_contract.name, "features": spec.feature_contract.features}
     # The server's environment (`python -m model_server --help-env`). spec.enabled is deliberately not here:
@@ -167,7 +173,7 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         {"name": "PORT", "value": str(SERVER_PORT)},
     ]
     if mirror is not None:
-        env += shadow_env(model, mirror)
+        env += shadow_env(mirror, mirror_host or f"{model.deployment_name('canary')}.{model.namespace}.svc")
     if spec.serving.feedback_store.dsn_secret_ref is not None:
         ref = spec.serving.feedback_store.dsn_secret_ref
         env = [e for e in env if e["name"] != "FEEDBACK_DSN"]

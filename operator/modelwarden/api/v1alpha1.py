@@ -35,6 +35,9 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRACK = f"{GROUP}/track"
 LABEL_VERSION = f"{GROUP}/version"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Under the replicas router with a shadow stage: the model's user-facing Service selects only pods with this
+# label "true"; the candidate's pods carry "false" during the stage (they answer only mirrored requests).
+LABEL_SERVING = f"{GROUP}/serving"
 ANNOTATION_SHA256 = f"{GROUP}/sha256"
 # `modelwarden promote` sets this to "<version>/<stepIndex>": it releases exactly that manual pause.
 ANNOTATION_PROMOTE = f"{GROUP}/promote"
@@ -308,7 +311,9 @@ class Shadow(_Model):
     """The shadow stage (before the first canary step): the stable's pods mirror a sampled share of requests,
     after answering them, to the candidate, which scores them on the ``shadow`` track and compares its scores
     with the stable's. No user gets a shadow answer. Step 1 opens only when, after ``durationSeconds`` and at
-    least ``minComparedRequests`` compared rows, every criterion holds; a breach halts the candidate."""
+    least ``minComparedRequests`` compared rows, every criterion holds; a breach halts the candidate. Under the
+    ``replicas`` router the candidate's pods are kept out of the user-facing Service during the stage (a pod label
+    the Service selects), which costs one roll of the candidate's pods when step 1 opens."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -353,9 +358,6 @@ class Rollout(_Model):
             ("self.steps.map(s, s.setWeight).isSorted() && "
              "self.steps.all(s, self.steps.exists_one(t, t.setWeight == s.setWeight))",
              "rollout.steps[*].setWeight must strictly increase", ".steps"),
-            ("!has(self.shadow) || self.trafficRouting.type == 'gatewayAPI'",
-             "rollout.shadow needs trafficRouting.type gatewayAPI: under the replicas router every canary pod "
-             "answers users", ".shadow"),
         ),
     )
 

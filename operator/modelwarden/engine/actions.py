@@ -33,6 +33,8 @@ class ApplyTrack:
     replicas: int
     fingerprint: str
     mirror: MirrorTo | None = None
+    # A shadow-stage candidate under the replicas router: its pods are not endpoints of the user-facing Service.
+    hidden: bool = False
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from modelwarden.engine.conditions import set_condition
 from modelwarden.engine.health import MetricsView
 from modelwarden.engine.kstatus import with_kstatus_conditions
 from modelwarden.engine.routers import planner_for
+from modelwarden.engine.routers.replicas import gates_endpoints
 from modelwarden.engine.timestamps import timestamp
 from modelwarden.engine.traffic import RouterPlanner
 
@@ -129,8 +130,10 @@ def target_of(spec: MLModelSpec) -> ArtifactVersion:
 
 
 
-def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion, mirror: MirrorTo | None = None) -> str:
-    """Identifies a pod template: what is served (artifact) and how (serving spec, contract, shadow mirror)."""
+def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion, mirror: MirrorTo | None = None, *,
+                hidden: bool = False) -> str:
+    """Identifies a pod template: what is served (artifact) and how (serving spec, contract, shadow mirror, and
+    whether the pods are endpoints of the user-facing Service when its selector says so)."""
     payload: dict[str, object] = {"artifact": artifact.wire(), "serving": spec.serving.wire(),
                "contract": spec.feature_contract.wire(), "joblib": spec.artifact.allow_unsafe_joblib}
     if spec.artifact.signature is not None:
@@ -139,6 +142,9 @@ def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion, mirror: MirrorTo |
         payload["signature"] = spec.artifact.signature.wire()
     if mirror is not None:
         payload["mirror"] = [mirror.percent, mirror.decision_threshold]
+    if gates_endpoints(spec):
+        # Only then: other models keep their fingerprint (and pods) on upgrade.
+        payload["serving"] = [payload["serving"], not hidden]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -206,12 +212,13 @@ class Pass:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
     def apply_track(self, track: Track, artifact: ArtifactVersion, replicas: int,
-                    mirror: MirrorTo | None = None) -> None:
-        fp = fingerprint(self.spec, artifact, mirror)
+                    mirror: MirrorTo | None = None, *, hidden: bool = False) -> None:
+        hidden = hidden and gates_endpoints(self.spec)
+        fp = fingerprint(self.spec, artifact, mirror, hidden=hidden)
         observed = self.obs.stable if track == "stable" else self.obs.canary
         if (observed is None or not observed.serves(artifact) or observed.fingerprint != fp
                 or observed.replicas != replicas):
-            self.actions.append(ApplyTrack(track, artifact, replicas, fp, mirror))
+            self.actions.append(ApplyTrack(track, artifact, replicas, fp, mirror, hidden))
 
     def delete_canary(self) -> None:
         self.set_route(0)

@@ -3,7 +3,9 @@
 The candidate's pods run (as many as step 1 needs, so that step opens at once) with no route weight; the
 stable's pods mirror ``mirrorPercent`` of their answered requests to them (``ApplyTrack.mirror``: the stable's
 pod template changes, once at the start and once at the end). The stage's clock starts when both are Ready.
-While it runs, no user gets an answer from the candidate: the route weight stays 0 and ``canaryWeight`` 0.
+While it runs, no user gets an answer from the candidate: the route weight stays 0 and ``canaryWeight`` 0;
+under the ``replicas`` router (no route) the candidate's pods lack the ``serving`` label the user-facing Service
+selects, and get it when step 1 opens (one roll of the candidate's pods: step 1 waits for them Ready).
 
 A breach of a criterion (with at least ``minComparedRequests`` compared, or any FEATURE_MISMATCH) halts the
 candidate by the canary-abort path of a rollback: ``Halted`` with reason ``ShadowDisagreement``, the values in
@@ -47,15 +49,12 @@ def shadow_stage(p: Pass, target: ArtifactVersion, verdict: Assessment | None) -
     stable = p.status.stable
     assert shadow is not None and stable is not None
     interval = p.spec.rollout.analysis.interval_seconds
-    if not p.router.weighted_route:
-        # The API server refuses this spec; should one get here, no candidate pod joins the user Service.
-        p.condition(ConditionType.PROGRESSING, True, Reason.SHADOW_NO_VERDICT,
-                    "rollout.shadow needs trafficRouting.type gatewayAPI: the candidate is not started")
-        return p.finish(Phase.PROGRESSING)
     replicas = p.spec.serving.replicas
     mirror = mirror_of(shadow)
     first = p.router.plan(replicas, p.spec.rollout.steps[0].set_weight, canary_ready=True)
-    p.apply_track("canary", target, first.canary_replicas)
+    # Under the replicas router the candidate's pods stay out of the user-facing Service (DESIGN §3).
+    hidden = not p.router.weighted_route
+    p.apply_track("canary", target, first.canary_replicas, hidden=hidden)
     p.apply_track("stable", stable, replicas, mirror)
     p.set_route(0)
     if p.status.canary_weight:
@@ -64,7 +63,7 @@ def shadow_stage(p: Pass, target: ArtifactVersion, verdict: Assessment | None) -
     where = f"shadow stage of {target.version}"
     if not running(p.status, target):
         ready = (obs.canary is not None
-                 and obs.canary.ready_for(target, fingerprint(p.spec, target), first.canary_replicas)
+                 and obs.canary.ready_for(target, fingerprint(p.spec, target, hidden=hidden), first.canary_replicas)
                  and obs.stable is not None and obs.stable.ready_for(stable, fingerprint(p.spec, stable, mirror),
                                                                      replicas))
         if not ready:

@@ -35,11 +35,18 @@ from modelwarden.engine.actions import (
     RecordIncident,
     SetRouteWeight,
 )
+from modelwarden.engine.routers.replicas import gates_endpoints
 
 log = logging.getLogger("modelwarden.actions")
 
 Key = tuple[str, str]  # (namespace, name)
 Clock = Callable[[], float]  # unix seconds
+
+
+def router_shape(spec: api.MLModelSpec) -> str:
+    """What the router's objects depend on: a change (a shadow stage added under the replicas router narrows the
+    user-facing Service's selector) applies them again."""
+    return spec.rollout.traffic_routing.type + ("/serving-gated" if gates_endpoints(spec) else "")
 
 
 @dataclass
@@ -61,7 +68,7 @@ class ActionApplier:
     admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
 
     def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
-        return ((model.namespace, model.name), spec.rollout.traffic_routing.type) in self.routers_ensured
+        return ((model.namespace, model.name), router_shape(spec)) in self.routers_ensured
 
     def forget(self, key: Key) -> None:
         self.routers_ensured = {r for r in self.routers_ensured if r[0] != key}
@@ -79,14 +86,16 @@ class ActionApplier:
         match action:
             case EnsureServices():
                 await router.ensure_objects(model)
-                self.routers_ensured.add(((model.namespace, model.name), spec.rollout.traffic_routing.type))
-            case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint, mirror=mirror):
+                self.routers_ensured.add(((model.namespace, model.name), router_shape(spec)))
+            case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint, mirror=mirror,
+                            hidden=hidden):
                 if model.namespace not in self.identities_ensured:
                     await self.workloads.ensure_server_identity(model.namespace)
                     self.identities_ensured.add(model.namespace)
                 # The pods mount the model's admin Secret: it exists before the first pod does.
                 await self._ensure_admin_secret(model)
-                await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint, mirror=mirror)
+                await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint, mirror=mirror,
+                                                 hidden=hidden)
             case DeleteTrack(track=track):
                 await self.workloads.delete_track(model, track)
             case SetRouteWeight(canary_weight=weight):
