@@ -70,7 +70,7 @@ class ModelServer:
             degraded_psi=s.drift_degraded_psi)
         self.metrics.set_state(self.governance.state)
         self.errors = ErrorAccount(self.metrics, self.governance, self.log)
-        self.records = RecordBuffer(on_drop=self._records_dropped)
+        self.records = RecordBuffer(s.record_buffer_max, on_drop=self._records_dropped)
         self.store = StoreThread(store_factory)
         self.feedback = FeedbackDesk(s, self.store, self.records, self.metrics, self.log)
         # The shadow stage: the stable mirrors (when SHADOW_TARGET_URL is set), any server can compare.

@@ -4,6 +4,12 @@ follows from them. Scoring is :mod:`model_server.dataplane`'s; this module insta
 Background jobs (each on the event loop, every N seconds, a failure logged and the next round still run):
 writing buffered prediction records, the heartbeat line, drift (computed on its own low-priority thread),
 the shadow comparison's PSI, and the feedback store's retention purge.
+
+Nothing here waits for the feedback store (issue 24): a rollback restores pods while PostgreSQL may be down,
+and ``/predict`` does not need it. The store is connected (and its schema migrated) by a background task that
+retries with capped, jittered backoff; until then, and whenever it is down, feedback answers 503 with
+``Retry-After`` and prediction records wait in the bounded buffer (what overflows is counted in
+``ml_prediction_records_dropped_total``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +37,10 @@ from model_server.records import RecordBuffer
 from model_server.shadow import Comparator, Mirror
 
 PURGE_SECONDS = 300.0
+STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.5, 10.0
+# Start-up gives the store this long (a reachable one connects in milliseconds, so feedback works from the first
+# request as before), then goes on without it.
+STORE_STARTUP_WAIT_SECONDS = 2.0
 
 
 class Lifecycle:
@@ -73,21 +84,19 @@ class Lifecycle:
     async def startup(self) -> None:
         s = self._settings
         self._loop = asyncio.get_running_loop()
-        store = await self._store.open(s.feedback_dsn)
-        # The schema is migrated before the first request (replicas starting together: see model_server.store).
-        migrated = await self._store.run(store.migrate)
-        self._tasks = [asyncio.create_task(coro) for coro in (
+        connecting = asyncio.create_task(self._connect_store())
+        await asyncio.wait({connecting}, timeout=STORE_STARTUP_WAIT_SECONDS)
+        self._tasks = [connecting, *(asyncio.create_task(coro) for coro in (
             self._every(s.record_flush_seconds, self._feedback.flush_records),
             self._every(s.heartbeat_seconds, self._heartbeat),
             self._every(s.drift_interval_seconds, self._update_drift),
             self._every(PURGE_SECONDS, self._feedback.purge),
             self._every(s.drift_interval_seconds, self._update_shadow_psi),
-        )]
+        ))]
         if self._mirror is not None:
             self._mirror.start()
         self._log.event("MODEL_SERVER", "SERVER_STARTING", "starting", sha256=s.artifact_sha256,
-                        format=s.model_format, state=self._governance.state.value,
-                        feedback_store=type(store).__name__, schema_migrations_applied=migrated)
+                        format=s.model_format, state=self._governance.state.value)
         if s.mlmodel_watch:
             from model_server.watcher import MLModelWatcher
 
@@ -125,6 +134,25 @@ class Lifecycle:
             self._drift_executor.shutdown(wait=True)
             self._log.event("MODEL_SERVER", "SERVER_STOPPED", "stopped", requests=self.requests_served,
                             unsaved_records=len(self._records))
+
+    async def _connect_store(self) -> None:
+        """Connect the feedback store and migrate its schema, retrying until it answers."""
+        delay = STORE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                store, migrated = await self._store.connect(self._settings.feedback_dsn)
+            except Exception as e:
+                self._feedback.store_up(False)
+                self._log.throttled("STORE_UNAVAILABLE", 10.0, "FEEDBACK_STORE", "STORE_UNAVAILABLE",
+                                    f"feedback store not reachable, retrying: {type(e).__name__}: {e}",
+                                    level=logging.ERROR, retry_seconds=round(delay, 2))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+                continue
+            self._feedback.store_up(True)
+            self._log.event("FEEDBACK_STORE", "STORE_CONNECTED", "feedback store connected",
+                            feedback_store=type(store).__name__, schema_migrations_applied=migrated)
+            return
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:
