@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,12 @@ from model_server.shadow import Comparator, Mirror
 
 PURGE_SECONDS = 300.0
 STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.5, 10.0
+# How long a thread holding the GIL keeps it once another thread asks for it (CPython's default: 5 ms). The store
+# and drift threads run Python between their C calls; a request arriving then waited up to the whole interval for
+# the loop thread to get the GIL back (bench/server/tail.py: the slow requests at concurrency 1 overlapped store
+# flushes several times as often as the others). 0.5 ms bounds that wait; the cost is more GIL hand-overs only
+# while a background thread runs.
+GIL_SWITCH_SECONDS = 0.0005
 # Start-up gives the store this long (a reachable one connects in milliseconds, so feedback works from the first
 # request as before), then goes on without it.
 STORE_STARTUP_WAIT_SECONDS = 2.0
@@ -84,6 +91,7 @@ class Lifecycle:
     async def startup(self) -> None:
         s = self._settings
         self._loop = asyncio.get_running_loop()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         connecting = asyncio.create_task(self._connect_store())
         await asyncio.wait({connecting}, timeout=STORE_STARTUP_WAIT_SECONDS)
         self._tasks = [connecting, *(asyncio.create_task(coro) for coro in (
