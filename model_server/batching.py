@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from model_server.loader import Matrix, ScoreFn, Scores
+from model_server.arrays import Matrix, ScoreFn, Scores
 
 Observer = Callable[[Matrix, Scores], None]
 _SMALL = 64  # up to this many scores, checking Python floats beats numpy's per-call overhead (~0.5 vs ~3 µs)

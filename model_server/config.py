@@ -42,6 +42,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "FEEDBACK_DSN": ("feedback.sqlite3", "SQLite file path (or sqlite:///path) or postgresql://... DSN"),
     "RECORD_FLUSH_SECONDS": ("0.25", "prediction records are written to the feedback store this often (a prediction "
                                      "becomes feedback-able on other replicas within it)"),
+    "RECORD_BUFFER_MAX": ("200000", "prediction records kept in memory while the feedback store is down or behind; "
+                                    "beyond it the oldest are dropped and counted in "
+                                    "ml_prediction_records_dropped_total"),
     "FEEDBACK_JOIN_WAIT_SECONDS": ("2", "POST /feedback for a prediction not in the store yet waits this long for "
                                         "another replica's flush before answering 404"),
     "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
@@ -106,6 +109,7 @@ class Settings:
     slo_objective_ratio: float = 0.999
     feedback_dsn: str = "feedback.sqlite3"
     record_flush_seconds: float = 0.25
+    record_buffer_max: int = 200_000
     feedback_join_wait_seconds: float = 2.0
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
@@ -171,6 +175,7 @@ class Settings:
             slo_objective_ratio=objective / 100,
             feedback_dsn=reader.text("FEEDBACK_DSN"),
             record_flush_seconds=reader.number("RECORD_FLUSH_SECONDS", minimum=0.01),
+            record_buffer_max=reader.integer("RECORD_BUFFER_MAX", minimum=1),
             feedback_join_wait_seconds=reader.number("FEEDBACK_JOIN_WAIT_SECONDS", minimum=0),
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from model_server.loader import Matrix, ScoreFn, Scores
+from model_server.arrays import Matrix, ScoreFn, Scores
 
 RTOL = 1e-9
 ATOL = 1e-12

@@ -74,8 +74,13 @@ def validate(model: type[ModelT], doc: Any) -> ModelT:
                         errors=errors[:20]) from None
 
 
-def store_unavailable(message: str, *, retry: bool = False) -> HttpError:
-    return HttpError(503, "STORE_UNAVAILABLE", message[:300], headers=[(b"retry-after", b"1")] if retry else None)
+RETRY_AFTER_SECONDS = 1
+
+
+def store_unavailable(message: str) -> HttpError:
+    """Nothing was stored or read: try again (the server serves on; the store comes back)."""
+    return HttpError(503, "STORE_UNAVAILABLE", message[:300],
+                     headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
 
 
 class StoreThread:
@@ -90,13 +95,24 @@ class StoreThread:
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def open(self, dsn: str) -> FeedbackStore:
-        self.store = await self.run(lambda: self._factory(dsn))
-        return self.store
+    async def connect(self, dsn: str) -> tuple[FeedbackStore, list[int]]:
+        """Open the store and bring its schema up to date (replicas starting together: see model_server.store);
+        the store is used only once both succeeded. The migration versions applied; raises if it cannot."""
+        def connect() -> tuple[FeedbackStore, list[int]]:
+            store = self._factory(dsn)
+            try:
+                return store, store.migrate()
+            except BaseException:
+                store.close()
+                raise
+
+        store, migrated = await self.run(connect)
+        self.store = store
+        return store, migrated
 
     def require(self) -> FeedbackStore:
         if self.store is None:
-            raise store_unavailable("the feedback store is not open")
+            raise store_unavailable("the feedback store is not reachable yet; retry")
         return self.store
 
     async def close(self) -> None:
@@ -117,19 +133,39 @@ class FeedbackDesk:
         self._records = records
         self._metrics = metrics
         self._log = log
+        self._up = False
+        metrics.store_up_child.set(0)
+
+    def store_up(self, up: bool) -> None:
+        """What the last call to the store said: up, or down (``ml_feedback_store_up``)."""
+        if up != self._up:
+            self._up = up
+            self._metrics.store_up_child.set(1 if up else 0)
+            if up:
+                self._log.event("FEEDBACK_STORE", "STORE_AVAILABLE", "the feedback store answers",
+                                pending=len(self._records))
+
+    def _down(self, e: StoreUnavailable) -> None:
+        self.store_up(False)
+        self._log.throttled("STORE_UNAVAILABLE", ERROR_LOG_INTERVAL, "FEEDBACK_STORE", "STORE_UNAVAILABLE",
+                            str(e), level=logging.ERROR, pending=len(self._records))
 
     async def flush_records(self) -> int:
-        """Write buffered prediction records to the store; on failure they are kept for the next try."""
+        """Write buffered prediction records to the store; on failure they are kept for the next try (in the
+        bounded buffer: what overflows it is counted). While the store is down and nothing is pending, this asks
+        it whether it is back, so feedback is taken again without waiting for a record."""
         store = self._store.store
-        if not len(self._records) or store is None:
+        self._metrics.records_pending_child.set(len(self._records))
+        if store is None or (not len(self._records) and self._up):
             return 0
         try:
             with self._records.taken() as batch:
-                await self._store.run(lambda: store.record_predictions(batch))
+                await self._store.run(lambda: store.record_predictions(batch) if batch else store.schema_version())
         except StoreUnavailable as e:
-            self._log.throttled("STORE_UNAVAILABLE", ERROR_LOG_INTERVAL, "FEEDBACK_STORE", "STORE_UNAVAILABLE",
-                                str(e), level=logging.ERROR, pending=len(self._records))
+            self._down(e)
             return 0
+        self.store_up(True)
+        self._metrics.records_pending_child.set(len(self._records))
         return len(batch)
 
     async def post(self, scope: Scope, receive: Receive, params: Params) -> Response:
@@ -160,8 +196,9 @@ class FeedbackDesk:
                 with self._records.taken() as pending:
                     stored = await self._store.run(store_feedback)
         except StoreUnavailable as e:
-            self._log.event("FEEDBACK_STORE", "STORE_UNAVAILABLE", str(e), level=logging.ERROR)
-            raise store_unavailable("feedback was not stored; retry", retry=True) from None
+            self._down(e)
+            raise store_unavailable("feedback was not stored; retry") from None
+        self.store_up(True)
         if stored is None:
             raise HttpError(404, "UNKNOWN_PREDICTION", UNKNOWN_PREDICTION_TEXT, predictionId=feedback.prediction_id)
         record, new = stored
@@ -193,6 +230,7 @@ class FeedbackDesk:
 
                 found = await self._store.run(read)
         except StoreUnavailable as e:
+            self._down(e)
             raise store_unavailable(str(e)) from None
         if found.prediction is None and not found.feedback:
             raise HttpError(404, "UNKNOWN_PREDICTION", predictionId=prediction_id)
@@ -218,12 +256,15 @@ class FeedbackDesk:
         try:
             found = await self._store.run(read)
         except StoreUnavailable as e:
+            self._down(e)
             raise store_unavailable(str(e)) from None
         return json_response({"records": [feedback_view(i, f) for i, f in found]})
 
     async def purge(self) -> None:
         s = self._settings
-        store = self._store.require()
+        store = self._store.store
+        if store is None:
+            return  # not reachable yet: the next round purges
         cutoff = time.time() - s.prediction_retention_seconds
         deleted = await self._store.run(
             lambda: store.purge_predictions(s.model_name, cutoff, s.prediction_retention_max_rows))

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from model_server.arrays import Matrix, ScoreFn, Scores
 from model_server.config import Settings
 from modelwarden.artifacts import (
     MODEL_META_FILENAME,
@@ -37,10 +37,6 @@ from modelwarden.artifacts import (
     sha256_bytes,
     verify_manifest,
 )
-
-Matrix = npt.NDArray[np.float64]
-Scores = npt.NDArray[np.float64]
-ScoreFn = Callable[[Matrix], Scores]
 
 # skops leaves sklearn's Tree untrusted because a crafted file can hold out-of-range node indices. Ours are
 # SHA256-pinned to an approved artifact and every tree is bounds-checked after loading, so tree ensembles

@@ -52,8 +52,16 @@ class ServerMetrics:
                                    "The model's availability objective (0.999 for 99.9%), for the budget rules.",
                                    ["model", "version"], registry=r)
         self.records_dropped = Counter("ml_prediction_records_dropped",
-                                       "Prediction records dropped because the feedback store lagged.",
+                                       "Prediction records dropped because the feedback store was down or "
+                                       "lagged (the buffer was full).",
                                        ["model", "version"], registry=r)
+
+        self.store_up = Gauge("ml_feedback_store_up",
+                              "1 while the feedback store answers; 0 while it is down (feedback answers 503, "
+                              "prediction records wait in memory).", ["model", "version"], registry=r)
+        self.records_pending = Gauge("ml_prediction_records_pending",
+                                     "Prediction records waiting in memory for the feedback store.",
+                                     ["model", "version"], registry=r)
 
         mvt = (model, version, track)
         self.outcome = {o: self.requests.labels(*mvt, o) for o in OUTCOMES}
@@ -67,6 +75,8 @@ class ServerMetrics:
         self.info_child = self.info.labels(model, version, sha256)
         self.info_child.set(0)
         self.records_dropped_child = self.records_dropped.labels(model, version)
+        self.store_up_child = self.store_up.labels(model, version)
+        self.records_pending_child = self.records_pending.labels(model, version)
         self.slo_objective.labels(model, version).set(slo_objective_ratio)
 
     def add_drift_features(self, features: Iterable[str]) -> None:

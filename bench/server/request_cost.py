@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -50,7 +51,35 @@ def cases(features: tuple[str, ...], row: list[float]) -> dict[str, Case]:
     }
 
 
-async def measure(requests: int, repeats: int) -> dict[str, list[float]]:
+# Each stage is taken out in turn, cumulatively, and what the requests cost less is that stage's share.
+STAGES = ("metrics", "record pipeline", "drift", "scoring")
+CONCURRENCY = (1, 32)
+
+
+def strip(app: ModelServer, stages: tuple[str, ...]) -> None:
+    """``app`` without ``stages`` (bench only; the empty tuple restores everything): what is left is the rest."""
+    batcher, timer, dataplane = app.dataplane.batcher, app.v1._timer, app.dataplane
+    assert batcher is not None and app.model is not None and app.dataplane.drift is not None
+    for obj, name in ((timer, "timed"), (dataplane, "_record")):
+        obj.__dict__.pop(name, None)  # the class's method again
+    batcher._observe, batcher._score = app.dataplane.drift.observe, app.model.score
+
+    async def untimed(work: Any) -> Any:
+        return await work()
+
+    if "metrics" in stages:  # outcome counter and latency histogram (one InferenceTimer serves every protocol)
+        timer.timed = untimed  # type: ignore[method-assign]
+    if "record pipeline" in stages:  # the record built, encoded, buffered (loop) and written (store thread)
+        dataplane._record = lambda *args: None  # type: ignore[method-assign]
+    if "drift" in stages:  # the drift window's observation of each scored batch
+        batcher._observe = None
+    if "scoring" in stages:  # the model's arithmetic (the batcher's future and hand-over stay)
+        batcher._score = lambda x: np.full(len(x), 0.5)
+
+
+async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str], list[tuple[float, float]]], float]:
+    """Per (path, concurrency, stage removed so far): (loop thread, other threads) CPU µs per request, per repeat;
+    and the CPU time of one drift computation (µs), which runs every DRIFT_INTERVAL_SECONDS off the loop."""
     work = Path(tempfile.mkdtemp(prefix="mw-cost-"))
     artifact = build_demo_artifact(work / "artifact", trained=train("logistic", N_FEATURES, 5000, seed=0))
     settings = Settings(model_name="bench", model_version="1.0.0", artifact_dir=artifact.directory,
@@ -77,36 +106,81 @@ async def measure(requests: int, repeats: int) -> dict[str, list[float]]:
         if sent[0]["status"] != 200:
             raise RuntimeError(f"{path} answered {sent[0]['status']}: {sent[1]['body'][:300]!r}")
 
-    results: dict[str, list[float]] = {}
+    results: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
     try:
         todo = cases(artifact.features, [float(v) for v in artifact.sample[1]])
         for case in todo.values():
             for _ in range(requests // 5):
                 await one(*case)
-        for _ in range(repeats):
-            for label, case in todo.items():
-                started = time.thread_time()
-                for _ in range(requests):
-                    await one(*case)
-                results.setdefault(label, []).append((time.thread_time() - started) / requests * 1e6)
+        drift = app.dataplane.drift
+        assert drift is not None
+        window = drift.snapshot()
+        drift_us = 0.0
+        if window is not None:
+            t = time.thread_time()
+            drift.compute(window)
+            drift_us = (time.thread_time() - t) * 1e6
+        for _ in range(repeats):  # every variant in each repeat, so they share the machine's moods
+            for k, stage in enumerate(("-", *STAGES)):
+                strip(app, STAGES[:k])
+                for label, case in todo.items():
+                    for c in CONCURRENCY:
+                        await app.flush()  # start each measurement with nothing pending
+                        thread, process = time.thread_time(), time.process_time()
+                        for _ in range(requests // c):
+                            if c == 1:
+                                await one(*case)
+                            else:
+                                await asyncio.gather(*(one(*case) for _ in range(c)))
+                        await app.flush()  # what these requests left for the store thread, written
+                        loop = time.thread_time() - thread
+                        other = time.process_time() - process - loop
+                        n = requests // c * c
+                        results.setdefault((label, c, stage), []).append((loop / n * 1e6, other / n * 1e6))
+        strip(app, ())
     finally:
         await app.shutdown()
-    return results
+    return results, drift_us
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=5000, help="requests per path per repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=10000, help="requests per path, concurrency and stage, "
+                        "per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    results = uvloop.run(measure(args.requests, args.repeats))
-    baseline = statistics.median(next(iter(results.values())))
-    print(f"\n{args.requests} requests per path per repeat, median of {args.repeats} repeats (thread CPU time)\n")
-    print("| path | µs CPU per request | min-max | ratio to /predict |")
-    print("|---|---:|---:|---:|")
-    for label, values in results.items():
-        median = statistics.median(values)
-        print(f"| {label} | {median:.1f} | {min(values):.1f}-{max(values):.1f} | {median / baseline:.2f} |")
+    results, drift_us = uvloop.run(measure(args.requests, args.repeats))
+
+    def loop_us(label: str, c: int, stage: str) -> float:
+        return statistics.median(v[0] for v in results[(label, c, stage)])
+
+    def other_us(label: str, c: int, stage: str) -> float:
+        return statistics.median(v[1] for v in results[(label, c, stage)])
+
+    print(f"\n{args.requests} requests per path, concurrency and stage per repeat, median of {args.repeats} repeats "
+          "(CPU time; 'loop' = the event loop's thread, 'off-path' = every other thread: the store thread writing "
+          "records). Each stage is taken out in turn, cumulatively; its share is what the requests cost less "
+          "without it. Transport (uvicorn, httptools, the sockets) is not in this process: run.py's CPU column "
+          "for the bare uvicorn floor is it.\n")
+    print("| path | c | total in-app CPU µs/req | metrics | record pipeline (loop + store thread) | drift window "
+          "| scoring | parse, validation, answer, ASGI glue |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    previous = "-"
+    for label in dict.fromkeys(k[0] for k in results):
+        for c in CONCURRENCY:
+            total = loop_us(label, c, "-") + other_us(label, c, "-")
+            shares = []
+            previous = "-"
+            for stage in STAGES:
+                loop_part = loop_us(label, c, previous) - loop_us(label, c, stage)
+                off_part = other_us(label, c, previous) - other_us(label, c, stage)
+                shares.append(f"{loop_part:.1f} + {off_part:.1f}" if stage == "record pipeline"
+                              else f"{loop_part + off_part:.1f}")
+                previous = stage
+            rest = loop_us(label, c, previous) + other_us(label, c, previous)
+            print(f"| {label} | {c} | {total:.1f} | {' | '.join(shares)} | {rest:.1f} |")
+    print(f"\nOne drift computation (PSI of the window, every DRIFT_INTERVAL_SECONDS on its own thread): "
+          f"{drift_us:,.0f} µs CPU (at 1,000 requests/s and the 15 s default: {drift_us / 15000:.2f} µs per request)")
     return 0
 
 

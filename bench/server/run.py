@@ -72,6 +72,9 @@ class Result:
     p50_us: float
     p99_us: float
     errors: int = 0
+    cpu_us: float = 0.0  # the server process's CPU time per request (all its threads); 0: not measured (peers)
+    loop_cpu_us: float = 0.0  # of which its main thread's (the event loop: transport, parsing, scoring, metrics)
+    store_db_cpu_us: float = 0.0  # the PostgreSQL server's processes' CPU per request (PostgreSQL store rows)
 
 
 @dataclass
@@ -88,6 +91,9 @@ class Summary:
     p50_us: float
     p99_us: float
     errors: int
+    cpu_us: float
+    loop_cpu_us: float
+    store_db_cpu_us: float
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,41 @@ class Endpoint:
     body: bytes  # one row
     probability: Callable[[httpx.Response], float] | None  # P(class 1) from the response, checked against the estimator
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    pid: int | None = None  # the server process, for its CPU time (ours and the floor)
+    db_pid: int | None = None  # the PostgreSQL postmaster the server writes to, for its processes' CPU time
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(all threads, main thread) CPU seconds of ``pid`` so far (``/proc``: user + system)."""
+    total = main = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK
+        total += seconds
+        if task.name == str(pid):
+            main = seconds
+    return total, main
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its children (a PostgreSQL postmaster and its backends), as of now."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if proc.name == str(root) or fields[1] == str(root):
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 @dataclass(frozen=True)
@@ -145,7 +186,8 @@ def _latency(text: str, pct: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, script: Path, concurrency: int, seconds: float, cpu: str | None) -> tuple[float, float, float, int]:
+def wrk(url: str, script: Path, concurrency: int, seconds: float, cpu: str | None) -> tuple[
+        float, float, float, int, int]:
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
@@ -154,12 +196,13 @@ def wrk(url: str, script: Path, concurrency: int, seconds: float, cpu: str | Non
         raise RuntimeError(f"wrk -c{concurrency} exited with {proc.returncode}: "
                            f"{(proc.stderr + proc.stdout).strip()[-2000:]}")
     out = proc.stdout
-    if int(re.search(r"(\d+) requests in", out).group(1)) >= MAX_REQUESTS:  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    if requests >= MAX_REQUESTS:
         # wrk divides by the whole duration even when the script stopped it early.
         raise RuntimeError(f"wrk reached the {MAX_REQUESTS:,}-request bound: its req/s would be wrong")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, _latency(out, "50"), _latency(out, "99"), int(errors.group(1)) if errors else 0
+    return rps, _latency(out, "50"), _latency(out, "99"), int(errors.group(1)) if errors else 0, requests
 
 
 def _lua_string(data: bytes) -> str:
@@ -201,7 +244,7 @@ def _bare(log_path: Path, cpu: str | None, body: bytes) -> Iterator[Endpoint]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{url}/").status_code == 200, 30, "the bare ASGI server")
-        yield Endpoint(f"{url}/predict", body, None)
+        yield Endpoint(f"{url}/predict", body, None, pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait()
@@ -209,15 +252,25 @@ def _bare(log_path: Path, cpu: str | None, body: bytes) -> Iterator[Endpoint]:
 
 @contextmanager
 def _model_server(env: dict[str, str], log_path: Path, cpu: str | None, body: bytes,
-                  oip_headers: tuple[tuple[str, str], ...] | None = None) -> Iterator[Endpoint]:
-    """``/predict`` with a JSON body, or (with ``oip_headers``) OIP infer with a binary one."""
+                  oip_headers: tuple[tuple[str, str], ...] | None = None, db_pid: int | None = None,
+                  path: str | None = None) -> Iterator[Endpoint]:
+    """``/predict`` with a JSON body, or (with ``oip_headers``) OIP infer with a binary one (or ``path``)."""
     with serve_subprocess(env, log_path=log_path) as (url, proc):
         if cpu is not None:
             subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(proc.pid)], check=True, capture_output=True)
         if oip_headers is not None:
-            yield Endpoint(f"{url}/v2/models/bench/infer", body, _binary_prediction, oip_headers)
+            yield Endpoint(f"{url}/v2/models/bench/infer", body, _binary_prediction, oip_headers, pid=proc.pid,
+                           db_pid=db_pid)
+        elif path is not None:
+            yield Endpoint(f"{url}{path}", body, _json_prediction, pid=proc.pid, db_pid=db_pid)
         else:
-            yield Endpoint(f"{url}/predict", body, lambda r: float(r.json()["prediction"]))
+            yield Endpoint(f"{url}/predict", body, lambda r: float(r.json()["prediction"]), pid=proc.pid,
+                           db_pid=db_pid)
+
+
+def _json_prediction(response: httpx.Response) -> float:
+    """The first ``prediction`` of a JSON OIP answer."""
+    return float(next(o for o in response.json()["outputs"] if o["name"] == "prediction")["data"][0])
 
 
 def _binary_prediction(response: httpx.Response) -> float:
@@ -248,13 +301,19 @@ def measure(model: str, target: Target, work: Path, seconds: float, load_cpu: st
         wrk(endpoint.url, script, 32, WARMUP_SECONDS, load_cpu)
         out = []
         for concurrency in CONCURRENCIES:
-            rps, p50, p99, errors = wrk(endpoint.url, script, concurrency, seconds, load_cpu)
-            out.append(Result(model, target.label, concurrency, rps, p50, p99, errors))
+            before = cpu_seconds(endpoint.pid) if endpoint.pid else (0.0, 0.0)
+            db_before = tree_cpu_seconds(endpoint.db_pid) if endpoint.db_pid else 0.0
+            rps, p50, p99, errors, requests = wrk(endpoint.url, script, concurrency, seconds, load_cpu)
+            after = cpu_seconds(endpoint.pid) if endpoint.pid else (0.0, 0.0)
+            db = (tree_cpu_seconds(endpoint.db_pid) - db_before) if endpoint.db_pid else 0.0
+            per = 1e6 / max(1, requests)
+            out.append(Result(model, target.label, concurrency, rps, p50, p99, errors, (after[0] - before[0]) * per,
+                              (after[1] - before[1]) * per, db * per))
         return out
 
 
 def prepare(kind: str, formats: list[str], peer_venvs: dict[str, tuple[peers.Peer, Path]], work: Path,
-            server_cpu: str | None) -> Prepared:
+            server_cpu: str | None, postgres: tuple[str, int] | None = None) -> Prepared:
     """Train the model, write its artifacts (skops/ONNX for model_server, joblib for the peers) and say how to
     start each server on it."""
     directory = work / kind
@@ -283,6 +342,19 @@ def prepare(kind: str, formats: list[str], peer_venvs: dict[str, tuple[peers.Pee
         binary, headers = peers.binary_request("input-0", [float(v) for v in row], {"binary_data_output": True})
         targets.append(Target(f"model_server OIP binary ({label})",
                               partial(_model_server, env, log, server_cpu, binary, headers), log))
+        oip_json = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64",
+                                           "data": [float(v) for v in row]}]}).encode()
+        targets.append(Target(f"model_server OIP JSON ({label})",
+                              partial(_model_server, env, log, server_cpu, oip_json, path="/v2/models/bench/infer"),
+                              log))
+        if postgres is not None:  # the production configuration: records and feedback in PostgreSQL
+            dsn, postmaster = postgres
+            pg_env = {**env, "FEEDBACK_DSN": dsn}
+            targets.append(Target(f"model_server ({label}) [PostgreSQL store]",
+                                  partial(_model_server, pg_env, log, server_cpu, body, db_pid=postmaster), log))
+            targets.append(Target(f"model_server OIP binary ({label}) [PostgreSQL store]",
+                                  partial(_model_server, pg_env, log, server_cpu, binary, headers, db_pid=postmaster),
+                                  log))
     model_file = directory / "joblib" / "model.joblib"  # alone in its directory, as KServe wants it
     model_file.parent.mkdir(parents=True)
     save_model(estimator, sample, "joblib", model_file)
@@ -298,7 +370,9 @@ def summarize(results: list[Result]) -> Summary:
     first = results[0]
     return Summary(first.model, first.target, first.concurrency, len(results), statistics.median(rps), min(rps),
                    max(rps), statistics.median(r.p50_us for r in results),
-                   statistics.median(r.p99_us for r in results), sum(r.errors for r in results))
+                   statistics.median(r.p99_us for r in results), sum(r.errors for r in results),
+                   statistics.median(r.cpu_us for r in results), statistics.median(r.loop_cpu_us for r in results),
+                   statistics.median(r.store_db_cpu_us for r in results))
 
 
 def ratios(prepared: list[Prepared], summaries: dict[tuple[str, str, int], Summary]) -> list[str]:
@@ -336,6 +410,8 @@ def main() -> int:
     parser.add_argument("--formats", default="skops,onnx")
     parser.add_argument("--peers", default=",".join(peers.PEERS), help=f"any of {', '.join(peers.PEERS)}; '' for none")
     parser.add_argument("--json", type=Path, help="also write every repeat and the medians here")
+    parser.add_argument("--postgresql", action="store_true", help="also model_server with a PostgreSQL feedback "
+                        "store (localenv.postgres on loopback, unpinned): the production configuration")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -371,7 +447,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mw-bench-"))
     started = time.monotonic()
+    pg = None
     try:
+        postgres: tuple[str, int] | None = None
+        if args.postgresql:
+            from localenv import postgres as postgres_env
+
+            pg = postgres_env.start()
+            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            postgres = (pg.dsn, postmaster)
         bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}}).encode()
         bare = Target("bare uvicorn ASGI app (transport floor)",
                       partial(_bare, work / "bare.log", server_cpu, bare_body), work / "bare.log")
@@ -379,7 +463,7 @@ def main() -> int:
         prepared = []
         for kind in args.models.split(","):
             progress(f"preparing {kind}")
-            p = prepare(kind, args.formats.split(","), peer_venvs, work, server_cpu)
+            p = prepare(kind, args.formats.split(","), peer_venvs, work, server_cpu, postgres)
             prepared.append(p)
             order.extend((kind, label) for label, _ in p.in_process)
             order.extend((kind, t.label) for t in p.targets)
@@ -404,6 +488,8 @@ def main() -> int:
                                     + (f"\n  log ({target.log.name}):\n{tail}" if tail else ""))
                     progress(f"FAILED: {target.label}: {exc}")
     finally:
+        if pg is not None:
+            pg.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
     summaries = {key: summarize(rs) for key, rs in samples.items()}
@@ -413,14 +499,26 @@ def main() -> int:
           f"took {(time.monotonic() - started) / 60:.0f} min")
     for venv_dir, versions in installed.items():
         print(f"{venv_dir}: {versions}")
-    print("\n| model | target | concurrency | req/s | req/s min-max | p50 (µs) | p99 (µs) | non-2xx | runs |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    floor = {c: summaries.get(("-", bare.label, c)) for c in CONCURRENCIES}
+    print("\nRatios are to the bare uvicorn floor of the same run and concurrency. CPU: the server process's "
+          "user+system time per request (all threads; 'loop' = its main thread, the rest is off the request path: "
+          "store and drift threads); 'PG' = the PostgreSQL server's processes.")
+    print("\n| model | target | c | req/s | req/s min-max | of floor req/s | p50 (µs) | p99 (µs) | p99 / floor p99 "
+          "| CPU µs/req (loop + other threads) | PG CPU µs/req | non-2xx | runs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, label in order:
         for concurrency in CONCURRENCIES:
             s = summaries.get((model, label, concurrency))
+            f = floor.get(concurrency)
             if s is not None:
+                http = model == "-" or not label.startswith("in-process")
+                of_floor = f"{s.rps / f.rps:.0%}" if f and http else "-"
+                p99_ratio = f"{s.p99_us / f.p99_us:.1f}x" if f and http else "-"
+                cpu = f"{s.cpu_us:,.0f} ({s.loop_cpu_us:,.0f} + {s.cpu_us - s.loop_cpu_us:,.0f})" if s.cpu_us else "-"
+                db = f"{s.store_db_cpu_us:,.0f}" if s.store_db_cpu_us else "-"
                 print(f"| {s.model} | {s.target} | {s.concurrency} | {s.rps:,.0f} | {s.rps_min:,.0f}-{s.rps_max:,.0f} "
-                      f"| {s.p50_us:,.0f} | {s.p99_us:,.0f} | {s.errors} | {s.repeats} |")
+                      f"| {of_floor} | {s.p50_us:,.0f} | {s.p99_us:,.0f} | {p99_ratio} | {cpu} | {db} | {s.errors} "
+                      f"| {s.repeats} |")
     print()
     print("\n".join(ratios(prepared, summaries)))
     if failures:
