@@ -144,6 +144,11 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
             p.requeue(0)  # the handler hashes the target on the very next pass
             p.update(last_rollback=rb)
             return p.finish(Phase.ROLLING_BACK)
+        if check.pending:  # the verdict wakes this model when it is in
+            p.condition(ConditionType.ARTIFACT_VERIFIED, None, Reason.VERIFICATION_PENDING,
+                        f"verifying rollback target {restore.version} at {restore.uri}")
+            p.update(last_rollback=rb)
+            return p.finish(Phase.ROLLING_BACK)
         refused = signature_refused(p.spec, check)
         if check.error is not None or check.actual != restore.sha256 or refused is not None:
             if check.error is not None or check.actual != restore.sha256:

@@ -29,6 +29,7 @@ from modelwarden.engine.actions import (
     Notify,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
+from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     Decision,
@@ -48,6 +49,8 @@ from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
+
+RETRY_AFTER_FAILURE: dict[str, int] = {Reason.ARTIFACT_TOO_LARGE: 600, Reason.VERIFICATION_TIMED_OUT: 120}
 
 
 def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
@@ -162,7 +165,7 @@ def _record_approvals(p: Pass, quorum: Quorum) -> list[ApprovalRecord]:
 
 def _mismatch(p: Pass) -> bool:
     a = p.obs.artifact
-    if a is None or a.error is not None:
+    if a is None or a.pending or a.error is not None:
         return False
     refused = signature_refused(p.spec, a)
     return a.actual != p.spec.artifact.sha256 or (refused is not None
@@ -179,10 +182,20 @@ def _verify_artifact(p: Pass, target: ArtifactVersion) -> bool:
                     f"not yet checked: {target.uri}")
         p.requeue(5)
         return False
+    if check.pending:
+        # Verified off the reconcile workers; the verdict wakes this model. A failure already recorded for this
+        # URI stands while it is checked again (no flip-flop of the condition, no status write per retry).
+        previous = get_condition(p.old.conditions, ConditionType.ARTIFACT_VERIFIED)
+        if previous is None or previous.status != "False" or target.uri not in previous.message:
+            p.condition(ConditionType.ARTIFACT_VERIFIED, None, Reason.VERIFICATION_PENDING,
+                        f"verifying {target.uri} (queued or running)")
+        return False
     if check.error is not None:
-        p.condition(ConditionType.ARTIFACT_VERIFIED, False, Reason.ARTIFACT_UNAVAILABLE,
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, check.failure,
                     f"cannot read {target.uri}: {check.error}")
-        p.requeue(30)
+        # Unavailable may heal soon; an artifact over its limits or its deadline would cost the same again (a
+        # new spec revision wakes the model at once).
+        p.requeue(RETRY_AFTER_FAILURE.get(check.failure, 30))
         _abort_canary_not_serving(p, target)
         return False
     if check.actual != target.sha256:
