@@ -22,14 +22,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from modelwarden.artifacts import MANIFEST_FILENAME
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from modelwarden.artifacts import MANIFEST_FILENAME, build_manifest, write_manifest
 from modelwarden.artifacts.manifest import Manifest, ManifestFile
+from modelwarden.artifacts.signing import sign_directory
 
 CHUNK = 64 << 10
+MiB = 1 << 20
 SMALL_MODEL = b"a small model file whose sha256 the spec names\n"
 
 
@@ -159,3 +165,60 @@ class HostileStore:
                 self._count("honest", len(chunk))
                 if self.on_honest is not None:
                     self.on_honest(rest, sent)
+
+
+def write_key(directory: Path, name: str = "release") -> tuple[Path, bytes]:
+    """A P-256 signing key file and its PEM public key (what the trusted-keys ConfigMap holds)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = directory / f"{name}.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signed_directory(directory: Path, key: Path, model_bytes: int) -> str:
+    """A signed artifact directory whose ``model.skops`` has ``model_bytes`` bytes (whole MiB); its sha256."""
+    directory.mkdir(parents=True)
+    block = hashlib.sha256(b"weights").digest() * (MiB // 32)
+    digest = hashlib.sha256()
+    with (directory / "model.skops").open("wb") as f:
+        for _ in range(model_bytes // MiB):
+            f.write(block)
+            digest.update(block)
+    (directory / "bias-report.json").write_text('{"status": "pass"}')
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    write_manifest(directory, build_manifest(directory, model="m", version="v1", format="skops",
+                                             model_file="model.skops", created_at=created))
+    sign_directory(directory, key)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class HostileModel:
+    """One of another tenant's models: its ``spec.artifact`` and the ArtifactVerified reason it must end with."""
+
+    name: str
+    artifact: dict[str, object]
+    reason: str
+
+
+def ten_hostile_models(url: str, big_sha256: str, keys_config_map: str) -> list[HostileModel]:
+    """The fault table's ten hostile artifacts, against a :class:`HostileStore` at ``url`` whose root holds
+    ``big/`` (a signed model of 64 MiB, sha256 ``big_sha256``) and a trusted-keys ConfigMap for its key."""
+    signed = {"signature": {"configMapName": keys_config_map}}
+    return [
+        *(HostileModel(f"trickle-{i}", {"uri": f"{url}/trickle/model.skops", "sha256": "1" * 64,
+                                        "limits": {"verifyTimeoutSeconds": 5}}, "VerificationTimedOut")
+          for i in range(4)),
+        *(HostileModel(f"declared-{i}", {"uri": f"{url}/declared/model.skops", "sha256": "2" * 64},
+                       "ArtifactTooLarge") for i in range(2)),
+        HostileModel("manifest-huge", {"uri": f"{url}/manifest-huge/model.skops", "sha256": small_model_sha256(),
+                                       **signed}, "ArtifactTooLarge"),
+        HostileModel("endless", {"uri": f"{url}/endless/model.skops", "sha256": "3" * 64,
+                                 "limits": {"maxFileBytes": MiB}}, "ArtifactTooLarge"),
+        HostileModel("big-signed", {"uri": f"{url}/honest/big/model.skops", "sha256": big_sha256, **signed},
+                     "SignatureVerified"),
+        HostileModel("big-over-limit", {"uri": f"{url}/honest/big/model.skops", "sha256": big_sha256, **signed,
+                                        "limits": {"maxArtifactBytes": 32 * MiB}}, "ArtifactTooLarge"),
+    ]

@@ -6,7 +6,6 @@ test_reconcile (this layer's unit tests), the HTTP is real."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import tempfile
 import tracemalloc
@@ -16,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from localenv.hostile_store import HostileStore, small_model_sha256
+from localenv.hostile_store import HostileStore, signed_directory, small_model_sha256, write_key
 from modelwarden.adapters.artifact_store import REPORT_LIMIT, ArtifactTooLarge, ByteLimits, URIArtifactStore
 from modelwarden.api import v1alpha1 as api
-from modelwarden.artifacts import SIGNATURE_FILENAME, build_manifest, write_manifest
-from modelwarden.artifacts.signing import sign_directory
+from modelwarden.artifacts import SIGNATURE_FILENAME
 from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.decision import ArtifactCheck
 from modelwarden.handlers.controller import Controller
@@ -34,32 +30,6 @@ from tests.unit.test_reconcile import FakeCluster, FakeRouter
 MiB = 1 << 20
 # What a verification may hold in memory, whatever the artifact's size: a few transfer chunks and one report.
 MEMORY_BOUND = 16 * MiB
-
-
-def write_key(directory: Path) -> tuple[Path, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = directory / "release.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return path, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def signed_directory(directory: Path, key: Path, model_bytes: int) -> str:
-    """A signed artifact directory whose model file has ``model_bytes`` bytes; returns the model's sha256."""
-    directory.mkdir(parents=True)
-    block = hashlib.sha256(b"weights").digest() * (MiB // 32)
-    digest = hashlib.sha256()
-    with (directory / "model.skops").open("wb") as f:
-        for _ in range(model_bytes // MiB):
-            f.write(block)
-            digest.update(block)
-    (directory / "bias-report.json").write_text('{"status": "pass"}')
-    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    write_manifest(directory, build_manifest(directory, model="m", version="v1", format="skops",
-                                             model_file="model.skops", created_at=created))
-    sign_directory(directory, key)
-    return digest.hexdigest()
 
 
 def peak_memory(run: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:

@@ -50,6 +50,8 @@ from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
+# When a verification that proved nothing is tried again (seconds; the verification pool holds to it too).
+DEFAULT_RETRY_SECONDS = 30
 RETRY_AFTER_FAILURE: dict[str, int] = {Reason.ARTIFACT_TOO_LARGE: 600, Reason.VERIFICATION_TIMED_OUT: 120}
 
 
@@ -195,7 +197,7 @@ def _verify_artifact(p: Pass, target: ArtifactVersion) -> bool:
                     f"cannot read {target.uri}: {check.error}")
         # Unavailable may heal soon; an artifact over its limits or its deadline would cost the same again (a
         # new spec revision wakes the model at once).
-        p.requeue(RETRY_AFTER_FAILURE.get(check.failure, 30))
+        p.requeue(RETRY_AFTER_FAILURE.get(check.failure, DEFAULT_RETRY_SECONDS))
         _abort_canary_not_serving(p, target)
         return False
     if check.actual != target.sha256:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.decision import ArtifactCheck
+from modelwarden.engine.rollout import RETRY_AFTER_FAILURE
 from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.caches import Key
 
@@ -50,6 +51,7 @@ class VerificationPool:
         self._turns: deque[str] = deque()  # namespaces with a waiting verification, in round-robin order
         self._running: dict[str, Key] = {}  # namespace -> the one verification it has in flight
         self._verdicts: dict[Key, tuple[Hashable, ArtifactCheck]] = {}
+        self._not_before: dict[Key, tuple[Hashable, float]] = {}  # a failed verification's retry time
 
     async def verdict(self, key: Key, ident: Hashable, run: Callable[[], Awaitable[ArtifactCheck]], *, uri: str,
                       deadline_seconds: float) -> ArtifactCheck | None:
@@ -58,7 +60,19 @@ class VerificationPool:
         done = self._verdicts.get(key)
         if done is not None and done[0] == ident:
             del self._verdicts[key]
+            retry = RETRY_AFTER_FAILURE.get(done[1].failure) if done[1].error is not None else None
+            if retry is not None:
+                # An artifact too large or too slow is not verified again before the engine's retry interval,
+                # however often its model is reconciled meanwhile (an unavailable one is cheap: the engine paces it).
+                self._not_before[key] = (ident, asyncio.get_running_loop().time() + retry)
             return done[1]
+        backoff = self._not_before.get(key)
+        if backoff is not None:
+            loop = asyncio.get_running_loop()
+            if backoff[0] == ident and loop.time() < backoff[1]:
+                loop.call_at(backoff[1], self._wake, key)  # the work queue keeps one wake per model
+                return None
+            del self._not_before[key]
         job = self._jobs.get(key)
         if job is not None and job.ident != ident:
             self.forget(key)  # the model now wants something else verified
@@ -84,6 +98,7 @@ class VerificationPool:
         """Drop whatever is asked for, running or known for ``key`` (the model is gone or wants another check)."""
         job = self._jobs.pop(key, None)
         self._verdicts.pop(key, None)
+        self._not_before.pop(key, None)
         namespace = key[0]
         queue = self._queues.get(namespace)
         if queue is not None and key in queue:
