@@ -36,6 +36,7 @@ from modelwarden.artifacts.signing import sign_directory
 
 CHUNK = 64 << 10
 MiB = 1 << 20
+ZEROS_PER_SECOND = 64 * MiB
 SMALL_MODEL = b"a small model file whose sha256 the spec names\n"
 
 
@@ -145,10 +146,13 @@ class HostileStore:
         h.end_headers()
 
     def _zeros(self, h: BaseHTTPRequestHandler, route: str, fill: bytes = b"\0") -> None:
+        # At most ZEROS_PER_SECOND: endless, not a CPU hog on a shared machine (a reader that never stops would
+        # otherwise hash at memory speed).
         chunk = fill * CHUNK
         while not self._stopping.is_set():
             h.wfile.write(chunk)
             self._count(route, len(chunk))
+            time.sleep(CHUNK / ZEROS_PER_SECOND)
 
     def _honest(self, h: BaseHTTPRequestHandler, rest: str) -> None:
         assert self.root is not None

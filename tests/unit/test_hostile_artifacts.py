@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import tempfile
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ MiB = 1 << 20
 MEMORY_BOUND = 16 * MiB
 
 
-def peak_memory(run: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
+def peak_memory(run: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[Any, int]:
     tracemalloc.start()
     try:
         result = asyncio.run(run())
@@ -216,7 +216,7 @@ def test_hostile_models_get_their_condition_while_a_model_in_another_namespace_i
     _, public = write_key(tmp_path)
     cluster = KeyedCluster(trusted={("tenant-b", "keys"): [public]})
     with HostileStore(tmp_path / "store", trickle_interval=0.05) as store:
-        hostile = {
+        hostile: dict[str, dict[str, Any]] = {
             **{f"trickle-{i}": dict(uri=f"{store.url}/trickle/model.skops", sha256="1" * 64,
                                     limits={"verifyTimeoutSeconds": 1}) for i in range(4)},
             "declared": dict(uri=f"{store.url}/declared/model.skops", sha256="2" * 64),
