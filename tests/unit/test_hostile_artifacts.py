@@ -10,7 +10,7 @@ import hashlib
 import tempfile
 import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from modelwarden.adapters.artifact_store import REPORT_LIMIT, ArtifactTooLarge, 
 from modelwarden.api import v1alpha1 as api
 from modelwarden.artifacts import SIGNATURE_FILENAME
 from modelwarden.engine.conditions import get_condition
-from modelwarden.engine.decision import ArtifactCheck
+from modelwarden.engine.decision import ArtifactCheck, Observation
+from modelwarden.engine.rollout import decide
 from modelwarden.handlers.controller import Controller
 from modelwarden.handlers.verification import VerificationPool
-from tests.unit.engine_world import T0
+from tests.unit.engine_world import SHA, T0, World, honest_world, make_spec
+from tests.unit.test_engine_rollback import STEPS, promoted_v2
 from tests.unit.test_reconcile import FakeCluster, FakeRouter
 
 MiB = 1 << 20
@@ -260,9 +262,6 @@ def test_hostile_models_get_their_condition_while_a_model_in_another_namespace_i
 
 
 def test_a_pending_verification_is_not_a_mismatch_and_a_failure_stands_while_it_is_checked_again() -> None:
-    from modelwarden.engine.rollout import decide
-    from tests.unit.engine_world import make_spec
-
     spec = make_spec("v1")
     pending = decide(spec, api.MLModelStatus(), _observation(ArtifactCheck(uri=spec.artifact.uri, pending=True)), T0)
     condition = get_condition(pending.status.conditions, api.ConditionType.ARTIFACT_VERIFIED)
@@ -277,8 +276,44 @@ def test_a_pending_verification_is_not_a_mismatch_and_a_failure_stands_while_it_
     assert again.status.wire() == too_large.status.wire(), "checking again writes nothing"
 
 
-def _observation(check: ArtifactCheck) -> Any:
-    from modelwarden.engine.decision import Observation
-
+def _observation(check: ArtifactCheck) -> Observation:
     return Observation(generation=1, artifact=check)
 
+
+
+@dataclass
+class SlowStoreWorld(World):
+    """The engine's world whose artifact verification has not answered yet while ``pending``."""
+
+    pending: bool = False
+
+    def observe(self, spec: api.MLModelSpec, status: api.MLModelStatus) -> Observation:
+        observation = super().observe(spec, status)
+        if self.pending and observation.artifact is not None:
+            return replace(observation, artifact=ArtifactCheck(uri=observation.artifact.uri, pending=True))
+        return observation
+
+
+def test_a_rollback_waits_for_its_pending_target_verification_then_completes() -> None:
+    world = SlowStoreWorld(real_sha=honest_world("v1", "v2").real_sha)
+    status, now = promoted_v2(world)
+    spec = make_spec("v2", rollout=STEPS)
+    world.pending, world.rollback = True, "req1"
+    events = []
+    for _ in range(3):
+        world.pods_ready()
+        decision = world.step(spec, status, now)
+        status, events = decision.status, [*events, *decision.events]
+    assert status.phase == api.Phase.ROLLING_BACK
+    assert status.stable is not None and status.stable.version == "v2", "nothing moves before the target is verified"
+    condition = get_condition(status.conditions, api.ConditionType.ARTIFACT_VERIFIED)
+    assert condition is not None and (condition.status, condition.reason) == ("Unknown", "VerificationPending")
+    assert api.Reason.TARGET_SHA256_MISMATCH not in [e.reason for e in events], "pending is not a mismatch"
+    world.pending = False
+    for _ in range(3):
+        world.pods_ready()
+        status = world.step(spec, status, now).status
+    assert status.stable is not None and status.stable.sha256 == SHA["v1"]
+    assert status.last_rollback is not None and status.last_rollback.traffic_restored_at is not None
+    condition = get_condition(status.conditions, api.ConditionType.ARTIFACT_VERIFIED)
+    assert condition is not None and (condition.status, condition.reason) == ("True", "Sha256Match")
