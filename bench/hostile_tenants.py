@@ -1,6 +1,6 @@
 """Benchmark: a rollback here while another namespace's ten hostile artifacts are being verified (issue 24, item 5).
 
-    .venv/bin/python -m bench.hostile_tenants [--runs 3] [--before DIR] [--limit 180]
+    .venv/bin/python -m bench.hostile_tenants [--runs 3] [--before DIR] [--limit 180] [--zeros-mib-per-second 8]
 
 Real control plane (private environment, KWOK nodes), real operator process (MODELWARDEN_RESYNC_SECONDS=10, its
 TMPDIR a directory of its own so its temporary-file use can be measured). ``2 x runs`` models are each promoted
@@ -84,6 +84,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--before", type=Path, help="run the operator from this source tree's operator/")
+    parser.add_argument("--zeros-mib-per-second", type=int, default=8,
+                        help="how fast the endless bodies flow (default 8: an operator that stores them fills its "
+                             "disk no faster)")
     parser.add_argument("--limit", type=float, default=180.0, help="seconds a rollback may take before it is "
                                                                   "reported as not done (default 180)")
     args = parser.parse_args()
@@ -152,7 +155,7 @@ def main() -> int:
     big_sha = signed_directory(work / "store" / "big", key, model_bytes=64 * MiB)
     core.create_namespaced_config_map(tenant, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="trusted-keys"),
                                                                  data={"release.pub": public.decode()}))
-    with HostileStore(work / "store") as store:
+    with HostileStore(work / "store", zeros_per_second=args.zeros_mib_per_second * MiB) as store:
         hostile = ten_hostile_models(store.url, big_sha, "trusted-keys")
         for model in hostile:
             body = spec("v1", "file:///unused", "0" * 64)

@@ -53,8 +53,10 @@ def huge_manifest() -> bytes:
 
 class HostileStore:
     def __init__(self, root: Path | None = None, *, trickle_interval: float = 0.2,
-                 on_honest: Callable[[str, int], None] | None = None) -> None:
+                 zeros_per_second: int = ZEROS_PER_SECOND, on_honest: Callable[[str, int], None] | None = None,
+                 ) -> None:
         self.root = root
+        self.zeros_per_second = zeros_per_second
         self.trickle_interval = trickle_interval
         self.on_honest = on_honest
         self.sent: Counter[str] = Counter()
@@ -146,13 +148,13 @@ class HostileStore:
         h.end_headers()
 
     def _zeros(self, h: BaseHTTPRequestHandler, route: str, fill: bytes = b"\0") -> None:
-        # At most ZEROS_PER_SECOND: endless, not a CPU hog on a shared machine (a reader that never stops would
-        # otherwise hash at memory speed).
+        # At most zeros_per_second: endless, not a CPU hog on a shared machine (a reader that never stops would
+        # otherwise hash, or write to disk, at memory speed).
         chunk = fill * CHUNK
         while not self._stopping.is_set():
             h.wfile.write(chunk)
             self._count(route, len(chunk))
-            time.sleep(CHUNK / ZEROS_PER_SECOND)
+            time.sleep(CHUNK / self.zeros_per_second)
 
     def _honest(self, h: BaseHTTPRequestHandler, rest: str) -> None:
         assert self.root is not None
