@@ -26,24 +26,31 @@ REPORT_LIMIT = 4 << 20  # a report, a manifest or a signature bundle is small: s
 REPORT_DEADLINE_SECONDS = 30.0
 
 
-class ArtifactNotVerified(Exception):
-    """Nothing was proven about the artifact's bytes; ``reason`` (a condition reason) says why. Never a
-    mismatch: a mismatch is a sha256 that was read and differs."""
+class ArtifactError(Exception):
+    """The artifact was not verified; ``reason`` (a condition reason) says why. Only :class:`ArtifactInvalid`
+    proves anything about its content; the others are never a mismatch (a mismatch is a sha256 that was read
+    and differs)."""
 
     reason = "ArtifactUnavailable"
 
 
-class ArtifactUnavailable(ArtifactNotVerified):
-    """The artifact could not be read (missing, unreachable, unsupported scheme, not a manifest)."""
+class ArtifactUnavailable(ArtifactError):
+    """The artifact could not be read (missing, unreachable, 503, unsupported scheme): this proves nothing about
+    its content."""
 
 
-class ArtifactTooLarge(ArtifactNotVerified):
+class ArtifactInvalid(ArtifactError):
+    """What was read proves the artifact is not one we may serve (a manifest that is not one, or lists files
+    outside its directory): as final as a sha256 mismatch."""
+
+
+class ArtifactTooLarge(ArtifactError):
     """A file, or the directory, declared or sent more bytes than its limit allows."""
 
     reason = "ArtifactTooLarge"
 
 
-class VerificationTimedOut(ArtifactNotVerified):
+class VerificationTimedOut(ArtifactError):
     """The verification's overall deadline passed (a trickling server, a huge artifact on a slow link)."""
 
     reason = "VerificationTimedOut"
@@ -63,10 +70,10 @@ class ByteLimits:
 
 class ArtifactStore(Protocol):
     async def sha256(self, uri: str, limits: ByteLimits) -> str:
-        """Raises a kind of :class:`ArtifactNotVerified` when no sha256 could be read."""
+        """Raises a kind of :class:`ArtifactError` when no sha256 could be read."""
 
     async def verify_signature(self, uri: str, trusted_keys: list[bytes], limits: ByteLimits) -> SignatureVerdict:
-        """Raises a kind of :class:`ArtifactNotVerified` when the directory cannot be read at all."""
+        """Raises a kind of :class:`ArtifactError` when the directory cannot be read at all."""
 
 
 class ReportReader(Protocol):
@@ -132,7 +139,7 @@ class URIArtifactStore:
             try:
                 manifest = Manifest.model_validate_json(manifest_bytes)
             except ValueError as e:
-                raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} is not a manifest: {e}") from e
+                raise ArtifactInvalid(f"{base}{MANIFEST_FILENAME} is not a manifest: {e}") from e
             _check_declared_sizes(base, manifest, limits)
             try:
                 signature: bytes | None = await _read_small(http, base + SIGNATURE_FILENAME)
@@ -145,7 +152,7 @@ class URIArtifactStore:
             for entry in manifest.files:
                 relative = PurePosixPath(entry.path)
                 if relative.is_absolute() or ".." in relative.parts:
-                    raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} lists {entry.path!r} outside its directory")
+                    raise ArtifactInvalid(f"{base}{MANIFEST_FILENAME} lists {entry.path!r} outside its directory")
                 # A listed file that is not there (404) is the verifier's verdict (a file removed), not an
                 # unreachable artifact.
                 with contextlib.suppress(_NotFound):

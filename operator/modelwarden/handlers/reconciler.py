@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modelwarden.adapters.artifact_store import ArtifactNotVerified, ArtifactStore, ByteLimits, ReportReader, sibling
+from modelwarden.adapters.artifact_store import (
+    ArtifactError,
+    ArtifactInvalid,
+    ArtifactStore,
+    ByteLimits,
+    ReportReader,
+    sibling,
+)
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.manifests import ModelObject
@@ -256,8 +263,8 @@ class Reconciler:
                 check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri, byte_limits))
                 if signature is not None:
                     check = replace(check, signature=await self._verify_signature(model, uri, signature, byte_limits))
-            except ArtifactNotVerified as e:  # nothing proven about the bytes: never a mismatch
-                return ArtifactCheck(uri=uri, error=str(e), failure=e.reason)
+            except ArtifactError as e:  # only ArtifactInvalid proves anything about the bytes
+                return ArtifactCheck(uri=uri, error=str(e), failure=e.reason, invalid=isinstance(e, ArtifactInvalid))
             return check
 
         ident = (uri, byte_limits, signature.config_map_name if signature is not None else None)
@@ -298,7 +305,7 @@ class Reconciler:
     async def _report(self, uri: str, field: str) -> Report:
         try:
             doc = await self.reports.read_json(uri)
-        except ArtifactNotVerified as e:
+        except ArtifactError as e:
             return Report(uri, error=str(e))
         if not isinstance(doc, dict):
             return Report(uri, error="not a JSON object")
