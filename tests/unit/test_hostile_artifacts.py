@@ -317,3 +317,12 @@ def test_a_rollback_waits_for_its_pending_target_verification_then_completes() -
     assert status.last_rollback is not None and status.last_rollback.traffic_restored_at is not None
     condition = get_condition(status.conditions, api.ConditionType.ARTIFACT_VERIFIED)
     assert condition is not None and (condition.status, condition.reason) == ("True", "Sha256Match")
+
+
+def test_a_mismatch_stands_while_the_artifact_is_checked_again() -> None:
+    spec = make_spec("v1")
+    mismatch = decide(spec, api.MLModelStatus(), _observation(ArtifactCheck(uri=spec.artifact.uri, actual="f" * 64)),
+                      T0)
+    assert mismatch.status.phase == api.Phase.FAILED
+    again = decide(spec, mismatch.status, _observation(ArtifactCheck(uri=spec.artifact.uri, pending=True)), T0)
+    assert again.status.wire() == mismatch.status.wire(), "still Failed, nothing written while it is checked again"

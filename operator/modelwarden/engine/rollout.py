@@ -50,6 +50,9 @@ from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
+# ArtifactVerified=False reasons that say nothing about the bytes: never Failed for these.
+NOTHING_PROVEN = (Reason.ARTIFACT_UNAVAILABLE, Reason.ARTIFACT_TOO_LARGE, Reason.VERIFICATION_TIMED_OUT,
+                  Reason.TRUSTED_KEYS_UNAVAILABLE)
 # When a verification that proved nothing is tried again (seconds; the verification pool holds to it too).
 DEFAULT_RETRY_SECONDS = 30
 RETRY_AFTER_FAILURE: dict[str, int] = {Reason.ARTIFACT_TOO_LARGE: 600, Reason.VERIFICATION_TIMED_OUT: 120}
@@ -167,7 +170,12 @@ def _record_approvals(p: Pass, quorum: Quorum) -> list[ApprovalRecord]:
 
 def _mismatch(p: Pass) -> bool:
     a = p.obs.artifact
-    if a is None or a.pending or a.error is not None:
+    if a is not None and a.pending:
+        # Checked again off the workers: a mismatch already found for this URI stands meanwhile.
+        standing = get_condition(p.old.conditions, ConditionType.ARTIFACT_VERIFIED)
+        return (standing is not None and standing.status == "False" and a.uri in standing.message
+                and standing.reason not in NOTHING_PROVEN)
+    if a is None or a.error is not None:
         return False
     refused = signature_refused(p.spec, a)
     return a.actual != p.spec.artifact.sha256 or (refused is not None
