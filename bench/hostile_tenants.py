@@ -184,7 +184,7 @@ def main() -> int:
     print(f"operator: {'--before ' + str(args.before) if args.before else 'this tree'}; alive at the end: {alive}")
     print(f"rollback here, no other tenant:          {show(alone)}")
     print(f"rollback here, ten hostile models beside: {show(beside)}")
-    print(f"operator peak RSS {sampler.peak_rss_kib / 1024:.0f} MiB; peak TMPDIR use {sampler.peak_tmp / MiB:.1f} MiB")
+    print(f"operator peak RSS {sampler.peak_rss_kib / 1024:.0f} MiB; peak TMPDIR use {sampler.peak_tmp / 1024:.0f} KiB")
     print(f"hostile models' ArtifactVerified reasons: {reasons}")
     print(f"bytes the hostile store sent: {dict(store.sent)}")
     print(f"operator log: {work / 'operator.log'}")
