@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from modelwarden.adapters.artifact_store import ByteLimits
 from modelwarden.adapters.kube import Conflict, KubeError
 from modelwarden.adapters.manifests import ModelObject, deployment_manifest
 from modelwarden.adapters.prometheus import FleetMetrics, RetrainingQuery
@@ -124,7 +125,7 @@ class FakeArtifacts:
     sha: dict[str, str]
     asked: list[str] = field(default_factory=list)
 
-    async def sha256(self, uri: str) -> str:
+    async def sha256(self, uri: str, limits: ByteLimits) -> str:
         self.asked.append(uri)
         return self.sha[uri]
 

@@ -79,6 +79,12 @@ class Reason(StrEnum):
     # A required signature that does not verify: the reason is the verifier's own (SignatureMissing,
     # SignatureMalformed, SignerUntrusted, SignatureInvalid, ContentChanged) or this one.
     TRUSTED_KEYS_UNAVAILABLE = "TrustedKeysUnavailable"
+    # Verification runs off the reconcile workers (handlers/verification.py): asked for, not yet answered.
+    VERIFICATION_PENDING = "VerificationPending"
+    # spec.artifact.limits: a file or the directory is bigger than allowed (declared or actually sent)
+    ARTIFACT_TOO_LARGE = "ArtifactTooLarge"
+    # spec.artifact.limits.verifyTimeoutSeconds passed before the verification finished
+    VERIFICATION_TIMED_OUT = "VerificationTimedOut"
     # Progressing / Ready
     DEPLOYING = "Deploying"
     WAITING_FOR_CANARY = "WaitingForCanaryReady"
@@ -182,6 +188,25 @@ class ArtifactSignature(_Model):
         description="ConfigMap in the model's namespace; each data entry is a trusted PEM public key.")]
 
 
+class ArtifactLimits(_Model):
+    """What the operator reads to verify an artifact, at most: a slow, huge or hostile artifact costs its own
+    model a condition (``ArtifactTooLarge``, ``VerificationTimedOut``), never another model's reconcile."""
+
+    max_file_bytes: Annotated[int, Field(
+        ge=1, le=1 << 40,
+        description="Largest single file (the model file, each file of a signed directory) the operator hashes, "
+                    "in bytes; a file declaring or sending more is ArtifactTooLarge. Default 4 GiB.")] = 4 << 30
+    max_artifact_bytes: Annotated[int, Field(
+        ge=1, le=1 << 40,
+        description="Largest signed artifact directory (every file its manifest lists), in bytes. Default 8 GiB.")
+    ] = 8 << 30
+    verify_timeout_seconds: Annotated[int, Field(
+        ge=1, le=3600,
+        description="Deadline for one whole verification (hash and signature) of this model's artifact; past it "
+                    "the verification stops with VerificationTimedOut and is tried again later. Default 600.")
+    ] = 600
+
+
 class ArtifactRef(_Model):
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -196,6 +221,9 @@ class ArtifactRef(_Model):
     allow_unsafe_joblib: bool = False
     signature: ArtifactSignature | None = Field(
         default=None, description="When set, the artifact must carry a signature by a trusted key (issue 19).")
+    limits: ArtifactLimits = Field(
+        default_factory=ArtifactLimits,
+        description="Byte limits and deadline of the operator's verification of this artifact (issue 24).")
 
 
 class FeatureContract(_Model):

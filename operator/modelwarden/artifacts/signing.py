@@ -22,7 +22,7 @@ import base64
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -31,6 +31,7 @@ import model_signing
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from model_signing._signing import sign_ec_key, sign_sigstore_pb
 
 from modelwarden.artifacts.hashing import sha256_bytes, sha256_file
 from modelwarden.artifacts.manifest import SIGNATURE_FILENAME
@@ -160,6 +161,59 @@ def _content_diff(directory: Path, statement: dict[str, Any]) -> tuple[tuple[str
     changed = tuple(sorted(n for n in signed.keys() & present.keys()
                            if present[n].is_symlink() or sha256_file(present[n]) != signed[n]))
     return changed, tuple(sorted(present.keys() - signed.keys())), tuple(sorted(signed.keys() - present.keys()))
+
+
+def verify_signature_over_digests(signature: bytes, present: Mapping[str, str],
+                                  trusted_keys: Sequence[bytes]) -> SignatureCheck:
+    """Like :func:`verify_directory_signature`, for a directory that is not on disk: ``present`` maps each of
+    its files (relative POSIX path, the signature excluded) to its sha256 as streamed by the caller. The
+    signature is checked by the library's own key verifier; the file list it authenticates is then compared with
+    ``present``. Raises :class:`SigningError` only for an unusable trusted key or no keys."""
+    if not trusted_keys:
+        raise SigningError("no trusted public key to verify with")
+    trusted = {key_fingerprint(pem): pem for pem in trusted_keys}
+    try:
+        hint, statement = _signed_payload(json.loads(signature))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return SignatureCheck(False, "SignatureMalformed", f"{SIGNATURE_FILENAME} is not a model-signing bundle: {e}")
+    if hint is not None and hint not in trusted:
+        return SignatureCheck(False, "SignerUntrusted",
+                              f"signed by key {hint}, which is not among the trusted keys "
+                              f"({', '.join(sorted(trusted))})", signer_fingerprint=hint)
+    predicate = statement["predicate"]
+    serialization_ = predicate.get("serialization", {}) if isinstance(predicate, dict) else {}
+    if serialization_.get("method") != "files" or serialization_.get("hash_type") != "sha256":
+        return SignatureCheck(False, "SignatureMalformed",
+                              f"{SIGNATURE_FILENAME} does not list each file's sha256 (the files serialization)")
+    failure = SignatureCheck(False, "SignatureInvalid", "the signature does not verify with any trusted key")
+    with tempfile.TemporaryDirectory(prefix="modelwarden-sig-") as scratch:
+        # The library reads the bundle and keys from files; both are small (the bundle's size is bounded by the
+        # caller).
+        bundle_path = Path(scratch) / SIGNATURE_FILENAME
+        bundle_path.write_bytes(signature)
+        for fingerprint in [hint] if hint is not None else sorted(trusted):
+            key_path = Path(scratch) / f"{fingerprint}.pub"
+            key_path.write_bytes(trusted[fingerprint])
+            try:
+                # The verifier behind model_signing.verifying.Config.verify, without its hashing of a local
+                # directory: it authenticates the DSSE payload only (model-signing 1.1, pinned in pyproject).
+                sign_ec_key.Verifier(key_path).verify(sign_sigstore_pb.Signature.read(bundle_path))
+            except (crypto_exceptions.InvalidSignature, ValueError, KeyError, TypeError) as e:
+                failure = SignatureCheck(False, "SignatureInvalid", f"the signature does not verify with key "
+                                         f"{fingerprint}: {e or type(e).__name__}", signer_fingerprint=hint)
+                continue
+            signed = {r["name"]: r["digest"] for r in predicate.get("resources", [])}
+            changed = tuple(sorted(n for n in signed.keys() & present.keys() if present[n] != signed[n]))
+            added = tuple(sorted(present.keys() - signed.keys()))
+            removed = tuple(sorted(signed.keys() - present.keys()))
+            if changed or added or removed:
+                parts = [*(f"{n} changed" for n in changed), *(f"{n} added (not signed)" for n in added),
+                         *(f"{n} removed" for n in removed)]
+                return SignatureCheck(False, "ContentChanged", "files differ from what was signed: " + "; ".join(parts),
+                                      signer_fingerprint=fingerprint, changed=changed, added=added, removed=removed)
+            return SignatureCheck(True, "Verified", f"signature by key {fingerprint} verifies over every file",
+                                  signer_fingerprint=fingerprint)
+    return failure
 
 
 def verify_directory_signature(directory: str | Path, trusted_keys: Sequence[bytes]) -> SignatureCheck:

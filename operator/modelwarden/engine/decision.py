@@ -80,13 +80,24 @@ class SignatureVerdict:
 
 @dataclass(frozen=True)
 class ArtifactCheck:
-    """The result of hashing the artifact at ``uri``: ``actual`` sha256, or ``error``; ``signature`` when the
-    spec requires one (``None``: not required)."""
+    """The result of verifying the artifact at ``uri``, one of:
+
+    - ``pending``: asked for, not answered yet (it runs off the reconcile workers);
+    - ``error`` with ``failure`` naming why nothing was proven: ``ArtifactUnavailable`` (unreachable, a 5xx),
+      ``ArtifactTooLarge`` (over ``spec.artifact.limits``), ``VerificationTimedOut`` (over its deadline).
+      None of these is a mismatch: nothing was learnt about the bytes (unless ``invalid``);
+    - ``actual`` sha256 (a mismatch only when it differs from the expected one) and ``signature`` when the
+      spec requires one (``None``: not required)."""
 
     uri: str
     actual: str | None = None
     error: str | None = None
     signature: SignatureVerdict | None = None
+    # ``error`` proves the artifact is not one we may serve (as a mismatch does); otherwise an error only says
+    # it could not be read now (a 503, a timeout), which proves nothing about its content.
+    invalid: bool = False
+    failure: str = Reason.ARTIFACT_UNAVAILABLE
+    pending: bool = False
 
 
 @dataclass(frozen=True)

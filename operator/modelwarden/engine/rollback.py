@@ -27,6 +27,7 @@ from modelwarden.engine.actions import (
     Notify,
     RecordIncident,
 )
+from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     Decision,
@@ -144,6 +145,11 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
             p.requeue(0)  # the handler hashes the target on the very next pass
             p.update(last_rollback=rb)
             return p.finish(Phase.ROLLING_BACK)
+        if check.pending:  # the verdict wakes this model when it is in
+            p.condition(ConditionType.ARTIFACT_VERIFIED, None, Reason.VERIFICATION_PENDING,
+                        f"verifying rollback target {restore.version} at {restore.uri}")
+            p.update(last_rollback=rb)
+            return p.finish(Phase.ROLLING_BACK)
         refused = signature_refused(p.spec, check)
         if check.error is not None or check.actual != restore.sha256 or refused is not None:
             if check.error is not None or check.actual != restore.sha256:
@@ -158,6 +164,10 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
             return _finish_rollback(p, rb, restored=None, canary_only=False, severity="page",
                                     summary=f"{rb.message}; {message}: stable kept, rollouts halted")
         rb = _timeline(rb, p, "TargetVerified", f"{restore.uri} sha256 {restore.sha256}")
+        pending = get_condition(p.status.conditions, ConditionType.ARTIFACT_VERIFIED)
+        if pending is not None and pending.reason == Reason.VERIFICATION_PENDING:  # set while the target waited
+            p.condition(ConditionType.ARTIFACT_VERIFIED, True, Reason.SHA256_MATCH,
+                        f"rollback target {restore.version} at {restore.uri} matches sha256 {restore.sha256}")
 
     # Traffic: 100% on the restored stable, canary to 0. The canary's pods are flushed as they leave (the pass
     # that deletes its Deployment, while they drain): by the time the stable is restored they may be gone.

@@ -29,6 +29,7 @@ from modelwarden.engine.actions import (
     Notify,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
+from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     Decision,
@@ -48,6 +49,13 @@ from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
+
+# ArtifactVerified=False reasons that say nothing about the bytes: never Failed for these.
+NOTHING_PROVEN = (Reason.ARTIFACT_UNAVAILABLE, Reason.ARTIFACT_TOO_LARGE, Reason.VERIFICATION_TIMED_OUT,
+                  Reason.TRUSTED_KEYS_UNAVAILABLE)
+# When a verification that proved nothing is tried again (seconds; the verification pool holds to it too).
+DEFAULT_RETRY_SECONDS = 30
+RETRY_AFTER_FAILURE: dict[str, int] = {Reason.ARTIFACT_TOO_LARGE: 600, Reason.VERIFICATION_TIMED_OUT: 120}
 
 
 def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
@@ -162,6 +170,11 @@ def _record_approvals(p: Pass, quorum: Quorum) -> list[ApprovalRecord]:
 
 def _mismatch(p: Pass) -> bool:
     a = p.obs.artifact
+    if a is not None and a.pending:
+        # Checked again off the workers: a mismatch already found for this URI stands meanwhile.
+        standing = get_condition(p.old.conditions, ConditionType.ARTIFACT_VERIFIED)
+        return (standing is not None and standing.status == "False" and a.uri in standing.message
+                and standing.reason not in NOTHING_PROVEN)
     if a is None or a.error is not None:
         return False
     refused = signature_refused(p.spec, a)
@@ -179,10 +192,20 @@ def _verify_artifact(p: Pass, target: ArtifactVersion) -> bool:
                     f"not yet checked: {target.uri}")
         p.requeue(5)
         return False
+    if check.pending:
+        # Verified off the reconcile workers; the verdict wakes this model. A failure already recorded for this
+        # URI stands while it is checked again (no flip-flop of the condition, no status write per retry).
+        previous = get_condition(p.old.conditions, ConditionType.ARTIFACT_VERIFIED)
+        if previous is None or previous.status != "False" or target.uri not in previous.message:
+            p.condition(ConditionType.ARTIFACT_VERIFIED, None, Reason.VERIFICATION_PENDING,
+                        f"verifying {target.uri} (queued or running)")
+        return False
     if check.error is not None:
-        p.condition(ConditionType.ARTIFACT_VERIFIED, False, Reason.ARTIFACT_UNAVAILABLE,
+        p.condition(ConditionType.ARTIFACT_VERIFIED, False, check.failure,
                     f"cannot read {target.uri}: {check.error}")
-        p.requeue(30)
+        # Unavailable may heal soon; an artifact over its limits or its deadline would cost the same again (a
+        # new spec revision wakes the model at once).
+        p.requeue(RETRY_AFTER_FAILURE.get(check.failure, DEFAULT_RETRY_SECONDS))
         _abort_canary_not_serving(p, target)
         return False
     if check.actual != target.sha256:

@@ -32,6 +32,7 @@ from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.caches import Key, WatchCaches
 from modelwarden.handlers.fleet import FleetEvaluator
 from modelwarden.handlers.reconciler import Reconciler
+from modelwarden.handlers.verification import VerificationPool
 from modelwarden.handlers.workqueue import WorkQueue
 
 log = logging.getLogger("modelwarden.controller")
@@ -67,8 +68,11 @@ class Controller:
     action_status: ActionStatusWriter | None = None
     ledger: LedgerWriter | None = None
     fault: Callable[[str], None] | None = None
+    # artifact verifications in flight at once (at most one per namespace; handlers/verification.py)
+    verification_capacity: int = 2
 
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    verification: VerificationPool = field(init=False)
     caches: WatchCaches = field(init=False)
     evaluator: FleetEvaluator = field(init=False)
     applier: ActionApplier = field(init=False)
@@ -83,10 +87,12 @@ class Controller:
         self.evaluator = FleetEvaluator(self.metrics, self.evaluation_interval)
         self.applier = ActionApplier(self.workloads, self.events, notifier=self.notifier, annotator=self.annotator,
                                      server_admin=self.server_admin, feedback_evidence=self.feedback_evidence)
+        self.verification = VerificationPool(wake=self.queue.add, capacity=self.verification_capacity)
         self.reconciler = Reconciler(artifacts=self.artifacts, reports=self.reports, router_for=self.router_for,
                                      applier=self.applier, status_writer=self.status_writer, events=self.events,
                                      workloads=self.workloads, resync_seconds=self.resync_seconds,
-                                     action_status=self.action_status, ledger=self.ledger, fault=self.fault)
+                                     action_status=self.action_status, ledger=self.ledger, fault=self.fault,
+                                     verification=self.verification)
 
     @property
     def models(self) -> dict[Key, dict[str, Any]]:
@@ -101,6 +107,7 @@ class Controller:
 
     def _forget(self, key: Key) -> None:
         self.applier.forget(key)
+        self.verification.forget(key)
         self._decided(key)
 
     # --- the loop ---

@@ -32,6 +32,16 @@ LEADER = Gauge("modelwarden_leader", "1 while this replica holds the leader Leas
                registry=REGISTRY)
 MODELS = Gauge("modelwarden_models", "MLModels in this replica's cache.", registry=REGISTRY)
 WORKQUEUE_DEPTH = Gauge("modelwarden_workqueue_depth", "Models waiting in the work queue.", registry=REGISTRY)
+VERIFICATION_OUTCOMES = ("Verified", "ArtifactUnavailable", "ArtifactTooLarge", "VerificationTimedOut")
+VERIFICATIONS = Counter("modelwarden_artifact_verifications",
+                        "Artifact verifications finished by the verification pool, by outcome (Verified: a sha256 "
+                        "was read, matching or not).", ["outcome"], registry=REGISTRY)
+for _outcome in VERIFICATION_OUTCOMES:
+    VERIFICATIONS.labels(outcome=_outcome)
+VERIFICATIONS_WAITING = Gauge("modelwarden_artifact_verifications_waiting",
+                              "Artifact verifications waiting for a slot (every namespace).", registry=REGISTRY)
+VERIFICATIONS_RUNNING = Gauge("modelwarden_artifact_verifications_running",
+                              "Artifact verifications in flight (at most one per namespace).", registry=REGISTRY)
 
 
 _rollbacks_counted: dict[tuple[str, str, str], None] = {}

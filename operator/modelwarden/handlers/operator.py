@@ -143,6 +143,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         artifacts=URIArtifactStore(), router_for=router_of,
         resync_seconds=config.resync_seconds,
         workers=config.workers,
+        verification_capacity=config.verifications,
         evaluation_interval=config.evaluation_interval,
         metrics=(PrometheusMetrics(config.prometheus_url, timeout_seconds=config.prometheus_timeout,
                                    step_seconds=config.query_step)

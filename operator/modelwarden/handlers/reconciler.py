@@ -1,9 +1,10 @@
 """One pass for one model: observe → ``engine.decide`` (and ``decide_retraining``) → apply → write status once.
 
 Its inputs are explicit: the model as the watch caches hold it (:class:`ModelState`), what the last metrics
-cycle learned (:class:`FleetReading`) and the time. It reads only what the caches cannot hold (the artifact's
-sha256 and, when the spec requires one, its directory's signature against the trusted keys; the router's
-current weight; report files), and returns what the caller must do next (:class:`Outcome`).
+cycle learned (:class:`FleetReading`) and the time. It reads only what the caches cannot hold (the router's current
+weight; report files), asks the verification pool (handlers/verification.py) for the artifact's verdict (its
+sha256 and, when the spec requires one, its directory's signature against the trusted keys), and returns what
+the caller must do next (:class:`Outcome`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable, ReportReader, sibling
+from modelwarden.adapters.artifact_store import (
+    ArtifactError,
+    ArtifactInvalid,
+    ArtifactStore,
+    ByteLimits,
+    ReportReader,
+    sibling,
+)
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.manifests import ModelObject
@@ -31,6 +39,7 @@ from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.caches import ModelState
 from modelwarden.handlers.fleet import FleetReading
+from modelwarden.handlers.verification import VerificationPool
 
 log = logging.getLogger("modelwarden.reconciler")
 
@@ -64,6 +73,8 @@ class Reconciler:
     ledger: LedgerWriter | None = None
     # tests only: called at named points so a test can kill the process exactly there (MODELWARDEN_FAULT)
     fault: Callable[[str], None] | None = None
+    # issue 24: where artifacts are verified (never on the reconcile workers); the controller's wakes the model
+    verification: VerificationPool = field(default_factory=lambda: VerificationPool(wake=lambda key: None))
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
         meta = state.body["metadata"]
@@ -215,16 +226,7 @@ class Reconciler:
         check = None
         uri = artifact_to_check(state.spec, state.status)
         if uri is not None:
-            try:
-                check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
-            except ArtifactUnavailable as e:
-                check = ArtifactCheck(uri=uri, error=str(e))
-            signature = state.spec.artifact.signature
-            if signature is not None and check.error is None:
-                try:
-                    check = replace(check, signature=await self._verify_signature(model, uri, signature))
-                except ArtifactUnavailable as e:  # the directory the signature covers could not be fetched
-                    check = ArtifactCheck(uri=uri, error=str(e))
+            check = await self._verify(model, state.spec, uri)
         route_weight = None
         try:
             route_weight = await router.canary_weight(model)
@@ -250,8 +252,28 @@ class Reconciler:
             metrics_error=reading.error,
         )
 
-    async def _verify_signature(self, model: ModelObject, uri: str,
-                                signature: api.ArtifactSignature) -> SignatureVerdict:
+    async def _verify(self, model: ModelObject, spec: api.MLModelSpec, uri: str) -> ArtifactCheck:
+        """The verdict on ``uri`` from the verification pool, or a pending check (the verdict wakes the model)."""
+        limits = spec.artifact.limits
+        byte_limits = ByteLimits(max_file_bytes=limits.max_file_bytes, max_artifact_bytes=limits.max_artifact_bytes)
+        signature = spec.artifact.signature
+
+        async def run() -> ArtifactCheck:
+            try:
+                check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri, byte_limits))
+                if signature is not None:
+                    check = replace(check, signature=await self._verify_signature(model, uri, signature, byte_limits))
+            except ArtifactError as e:  # only ArtifactInvalid proves anything about the bytes
+                return ArtifactCheck(uri=uri, error=str(e), failure=e.reason, invalid=isinstance(e, ArtifactInvalid))
+            return check
+
+        ident = (uri, byte_limits, signature.config_map_name if signature is not None else None)
+        verdict = await self.verification.verdict((model.namespace, model.name), ident, run, uri=uri,
+                                                  deadline_seconds=limits.verify_timeout_seconds)
+        return verdict if verdict is not None else ArtifactCheck(uri=uri, pending=True)
+
+    async def _verify_signature(self, model: ModelObject, uri: str, signature: api.ArtifactSignature,
+                                limits: ByteLimits) -> SignatureVerdict:
         try:
             keys = await self.workloads.read_trusted_keys(model.namespace, signature.config_map_name)
         except KubeError as e:
@@ -260,7 +282,7 @@ class Reconciler:
         if not keys:
             return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
                                     f"ConfigMap {signature.config_map_name} holds no public key")
-        return await self.artifacts.verify_signature(uri, keys)
+        return await self.artifacts.verify_signature(uri, keys, limits)
 
     async def _observe_retraining(self, model: ModelObject, state: ModelState, status: api.MLModelStatus,
                                   reading: FleetReading, now: dt.datetime) -> RetrainingObservation:
@@ -283,7 +305,7 @@ class Reconciler:
     async def _report(self, uri: str, field: str) -> Report:
         try:
             doc = await self.reports.read_json(uri)
-        except ArtifactUnavailable as e:
+        except ArtifactError as e:
             return Report(uri, error=str(e))
         if not isinstance(doc, dict):
             return Report(uri, error="not a JSON object")

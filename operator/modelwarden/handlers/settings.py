@@ -13,6 +13,8 @@ ENV = {
     "MODELWARDEN_NAMESPACES": "comma-separated namespaces to watch; empty: all",
     "MODELWARDEN_RESYNC_SECONDS": "re-decide every model at least this often (default 60)",
     "MODELWARDEN_WORKERS": "models reconciled at once (default 8; twice as many API calls in flight)",
+    "MODELWARDEN_VERIFICATIONS": ("artifact verifications at once, off the reconcile workers, at most one per "
+                                  "namespace (default 2)"),
     "MODELWARDEN_PROMETHEUS_URL": "Prometheus base URL; unset: no analysis and no automatic rollback",
     "MODELWARDEN_EVALUATION_INTERVAL": "seconds between metric evaluations (default 30)",
     "MODELWARDEN_PROMETHEUS_TIMEOUT": "seconds per Prometheus query (default 10)",
@@ -70,6 +72,7 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     resync_seconds: float = 60.0
     workers: int = 8
+    verifications: int = 2
     prometheus_url: str | None = None
     evaluation_interval: float = 30.0
     prometheus_timeout: float = 10.0
@@ -109,6 +112,7 @@ class Settings:
             namespaces=tuple(n for n in (get("MODELWARDEN_NAMESPACES") or "").split(",") if n),
             resync_seconds=float(get("MODELWARDEN_RESYNC_SECONDS") or 60),
             workers=int(get("MODELWARDEN_WORKERS") or 8),
+            verifications=int(get("MODELWARDEN_VERIFICATIONS") or 2),
             prometheus_url=get("MODELWARDEN_PROMETHEUS_URL"),
             evaluation_interval=float(get("MODELWARDEN_EVALUATION_INTERVAL") or 30),
             prometheus_timeout=float(get("MODELWARDEN_PROMETHEUS_TIMEOUT") or 10),
