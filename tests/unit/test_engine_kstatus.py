@@ -87,7 +87,7 @@ TABLE: list[tuple[str, dict[str, Any], str, list[Condition], dict[str, Any], str
     ("halted after a rollback: the trigger is the reason", {}, Phase.HALTED,
      [cond("RolledBack", "True", "ErrorBudgetExhausted", "error budget 3% < 5% for 15m; rolled back v2 → v1")],
      {"last_rollback": rollback(), "halt": HALT},
-     "Stalled", "ErrorBudgetExhausted", "set annotation modelwarden.io/resume=rb-20261122t120000-v2"),
+     "Stalled", "ErrorBudgetExhausted", "`modelwarden resume MODEL` (a ModelAction) clears halt rb-20261122t120000-v2"),
     ("halted by a manual rollback", {}, Phase.HALTED, [],
      {"last_rollback": rollback(trigger=Reason.MANUAL_ROLLBACK, message="manual rollback requested"),
       "halt": HALT}, "Stalled", Reason.MANUAL_ROLLBACK, "manual rollback requested"),
