@@ -369,7 +369,7 @@ def _hold(p: Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, analy
     if step.pause_seconds is None:
         token = promote_token(target.version, index)
         if p.obs.promote != token:
-            message = f"{where}: waiting for `modelwarden promote` (a ModelAction)"
+            message = f"{where}: waiting for `modelwarden promote` ({token})"
             p.condition(ConditionType.PROGRESSING, True, Reason.AWAITING_PROMOTE, message)
             return Phase.PAUSED
     else:
