@@ -108,6 +108,8 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     NEW_REVISION = "NewRevision"
     MANUAL_ROLLBACK = "ManualRollback"
+    # AnnotationsIgnored (issue 27): modelwarden.io/promote|resume|rollback is set and decides nothing
+    REMOVED_ANNOTATION_SET = "RemovedAnnotationSet"
     # RetrainingEligible and retraining Events
     GATES_PASSED = "GatesPassed"
     GATES_FAILED = "GatesFailed"

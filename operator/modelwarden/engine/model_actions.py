@@ -28,6 +28,7 @@ from modelwarden.api.v1alpha1 import (
     HandledAction,
     MLModelSpec,
     MLModelStatus,
+    Reason,
 )
 from modelwarden.engine.approvals import Approval
 from modelwarden.engine.conditions import set_condition
@@ -39,7 +40,6 @@ from modelwarden.engine.timestamps import parse_timestamp, timestamp
 # Which admitted action a pass feeds the decision first: what protects users before what moves a rollout on.
 PRIORITY = {"rollback": 0, "resume": 1, "enable": 2, "promote": 3}
 DEFAULT_TTL_SECONDS = 3600
-ANNOTATIONS_IGNORED_REASON = "RemovedAnnotationSet"
 
 Result = tuple[ActionOutcome, ActionReason, str]
 
@@ -260,7 +260,7 @@ def ignoring_annotations(status: MLModelStatus, annotations: Mapping[str, str], 
         conditions = [c for c in status.conditions if c.type != ConditionType.ANNOTATIONS_IGNORED]
         return status.model_copy(update={"conditions": conditions})
     conditions = set_condition(status.conditions, type=ConditionType.ANNOTATIONS_IGNORED, status=True,
-                               reason=ANNOTATIONS_IGNORED_REASON,
+                               reason=Reason.REMOVED_ANNOTATION_SET,
                                message="; ".join(found) + " (a ModelAction, whose requester the API server proves)",
                                now=now, generation=generation)
     return status.model_copy(update={"conditions": conditions})

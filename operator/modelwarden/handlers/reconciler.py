@@ -129,7 +129,7 @@ class Reconciler:
             except KubeError as e:
                 log.warning("could not record Event %s for %s/%s: %s", event.reason, model.namespace, model.name, e)
         waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
-        if len(status.handled_actions) > len(state.status.handled_actions):
+        if {h.uid for h in status.handled_actions} - {h.uid for h in state.status.handled_actions}:
             waits.append(1.0)  # outcomes to copy to the actions, and what the next pass admits
         elif actions.fed is not None:
             waits.append(5.0)  # an admitted action waiting to be carried out (or to expire)
