@@ -194,10 +194,17 @@ def test_a_developer_setting_the_resume_annotation_does_not_clear_a_halt(
     assert halted.halt is not None
     halted_message = next(c.message for c in halted.conditions if c.type == "Halted")
     assert "modelwarden resume" in halted_message and "annotation" not in halted_message
-    # The developer may edit MLModels (RBAC) but is in no group that may resume.
-    Models(api_clients["developer"], namespace).custom.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "pricing",
-        {"metadata": {"annotations": {api.ANNOTATION_RESUME: halted.halt.id}}})
+    # The developer may edit MLModels (a Role like a GitOps deployer's) but is in no group that may resume.
+    rbac = client.RbacAuthorizationV1Api(api_clients["admin"])
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "mlmodel-editor"}, "rules": [
+        {"apiGroups": [api.GROUP], "resources": [api.MLMODEL_PLURAL], "verbs": ["get", "list", "patch", "update"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "developer-edits-mlmodels"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mlmodel-editor"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "developer"}]})
+    developer = Models(api_clients["developer"], namespace).custom
+    wait_for(lambda: _patched(developer, namespace, "pricing", {api.ANNOTATION_RESUME: halted.halt.id}),  # type: ignore[union-attr]
+             timeout=30, what="the developer's annotation patch admitted (RBAC propagates)")
     status = admin.wait_phase("pricing", Phase.HALTED, timeout=60, check=fast_operator.check_alive,
                               until=lambda s: any(c.type == "AnnotationsIgnored" for c in s.conditions))
     ignored = next(c for c in status.conditions if c.type == "AnnotationsIgnored")
@@ -207,6 +214,17 @@ def test_a_developer_setting_the_resume_annotation_does_not_clear_a_halt(
     status = admin.status("pricing")
     assert status.halt is not None and status.halt.id == halted.halt.id
     assert status.stable is not None and status.stable.version == "v1"
+
+
+def _patched(custom: client.CustomObjectsApi, namespace: str, name: str, annotations: dict[str, str]) -> bool:
+    try:
+        custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, name,
+                                              {"metadata": {"annotations": annotations}})
+    except client.exceptions.ApiException as e:
+        if e.status == 403:
+            return False
+        raise
+    return True
 
 
 @pytest.fixture

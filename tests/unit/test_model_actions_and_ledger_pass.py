@@ -125,6 +125,12 @@ OUTCOMES: list[tuple[str, ActionRequest, api.MLModelStatus, api.MLModelStatus, s
     ("promote released the step", req("promote"), PAUSED, PAUSED.model_copy(update={"current_step_index": 2}),
      "Succeeded"),
     ("promote not yet (canary not ready)", req("promote"), PAUSED, PAUSED, None),
+    ("promote released the last step: the canary is the stable", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": None, "current_step_index": None, "stable": V2}), "Succeeded"),
+    ("the canary was rolled back while the promote waited", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": None, "current_step_index": None}), "Rejected"),
+    ("a new revision replaced the canary while the promote waited", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": V1, "current_step_index": 0}), "Rejected"),
     ("rollback started for this request", req("rollback"), SERVING, SERVING.model_copy(update={
         "last_rollback": ROLLED_BACK.model_copy(update={"request": "uid-rollback"})}), "Succeeded"),
     ("rollback waits for the one in progress", req("rollback"), SERVING, SERVING, None),

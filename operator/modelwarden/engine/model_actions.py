@@ -272,9 +272,19 @@ def outcome(request: ActionRequest, old: MLModelStatus, new: MLModelStatus, reen
     or the canary is not yet at its manual pause; the request stays pending)."""
     match request.verb:
         case "promote":
-            if (new.current_step_index != old.current_step_index or new.canary is None
-                    or (old.canary is not None and new.canary.version != old.canary.version)):
+            canary = old.canary
+            if canary is None:
+                return None
+            promoted = new.canary is None and new.stable is not None and (new.stable.version, new.stable.sha256) == (
+                canary.version, canary.sha256)
+            same_canary = new.canary is not None and (new.canary.version, new.canary.sha256) == (
+                canary.version, canary.sha256)
+            if promoted or (same_canary and new.current_step_index != old.current_step_index):
                 return ActionOutcome.SUCCEEDED, ActionReason.APPLIED, f"released step {_step(old)}"
+            if not same_canary:
+                # Rolled back or replaced by a new revision while it waited: it never releases another canary.
+                return (ActionOutcome.REJECTED, ActionReason.NO_CANARY_WAITING,
+                        f"the canary {canary.version} it was filed for is gone (rolled back or replaced)")
             return None
         case "rollback":
             if new.last_rollback is not None and new.last_rollback.request == request.rollback_request:
