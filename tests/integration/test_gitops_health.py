@@ -31,7 +31,7 @@ from localenv.cluster import Cluster
 from localenv.prometheus import Prometheus
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
 from tests.integration.test_rollback_triggers import InProcessOperator, budget_series, promoted_v2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,9 +154,10 @@ def approve(api_clients: dict[str, client.ApiClient], namespace: str, model: str
         Models(api_clients[user], namespace).approve(approval(model, version, sha, role, user))
 
 
-def annotate(admin: Models, name: str, key: str, value: str) -> None:
-    admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, admin.namespace, api.MLMODEL_PLURAL, name,
-                                                {"metadata": {"annotations": {key: value}}})
+def act(cluster: Cluster, user: str, verb: str, name: str, namespace: str) -> None:
+    """A ModelAction filed with the CLI as ``user`` (the annotations that used to do this decide nothing)."""
+    done = cli(cluster, user, verb, name, "-n", namespace)
+    assert done.returncode == 0, done.stderr
 
 
 def ready(s: MLModelStatus) -> bool:
@@ -200,9 +201,10 @@ def test_each_phase_as_flux_and_argocd_see_it(
     op.now += dt.timedelta(seconds=3601)
     paused = until_phase(op, "life", Phase.PAUSED)
     captures.take("paused-awaiting-promote", "life")
-    annotate(admin, "life", api.ANNOTATION_PROMOTE, f"v2/{paused.current_step_index}")
+    assert paused.current_step_index is not None
+    act(modelwarden_installed, "finance-approver", "promote", "life", namespace)
     until_phase(op, "life", Phase.STABLE, lambda s: ready(s) and s.stable is not None and s.stable.version == "v2")
-    annotate(admin, "life", api.ANNOTATION_ROLLBACK, "req-1")
+    act(modelwarden_installed, "oncall", "rollback", "life", namespace)
     until_phase(op, "life", Phase.ROLLING_BACK)
     captures.take("rolling-back", "life")
     halted = until_phase(op, "life", Phase.HALTED)
@@ -226,7 +228,7 @@ def test_each_phase_as_flux_and_argocd_see_it(
     admin.create(mlmodel("orphan", "v1", uri["v1"], sha["v1"]))
     approve(api_clients, namespace, "orphan", "v1", sha["v1"])
     until_phase(op, "orphan", Phase.STABLE, ready)
-    annotate(admin, "orphan", api.ANNOTATION_ROLLBACK, "req-1")
+    act(modelwarden_installed, "oncall", "rollback", "orphan", namespace)
     until_phase(op, "orphan", Phase.HALTED)
     captures.take("halted-no-rollback-target", "orphan")
 

@@ -12,7 +12,7 @@ from localenv import modelwarden as modelwarden_env
 from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_canary_weight_is_carried_by_the_httproute(gateway_api: Cluster, operato
     services = {s.metadata.name for s in admin.core.list_namespaced_service(namespace).items}
     assert {"scorer", "scorer-stable", "scorer-canary"} <= services
 
-    admin.custom.patch_namespaced_custom_object("modelwarden.io", "v1alpha1", namespace, "mlmodels", "scorer",
-                                                {"metadata": {"annotations": {"modelwarden.io/promote": "v2/0"}}})
+    done = cli(gateway_api, "finance-approver", "promote", "scorer", "-n", namespace)
+    assert done.returncode == 0, done.stderr
     status = admin.wait_phase("scorer", Phase.STABLE, timeout=90, check=operator.check_alive)
     assert status.stable is not None and status.stable.version == "v2"
     assert route_weights(admin.custom, namespace) == {"scorer-stable": 100, "scorer-canary": 0}

@@ -29,6 +29,7 @@ from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
+from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
@@ -53,7 +54,8 @@ class InProcessOperator:
         self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
                                      events=KubeEventRecorder(self.kube),
                                      artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
-                                     clock=lambda: self.now, ledger=ledger)
+                                     clock=lambda: self.now, ledger=ledger,
+                                     action_status=KubeActionStatusWriter(self.kube))
 
     def passes(self, name: str, count: int = 1) -> MLModelStatus:
         async def run() -> None:

@@ -29,7 +29,7 @@ from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
 from modelwarden.artifacts import SIGNATURE_FILENAME, sha256_file
 from modelwarden.artifacts.signing import key_fingerprint, sign_directory
-from tests.integration.modelwarden_helpers import Models, approval, mlmodel
+from tests.integration.modelwarden_helpers import Models, approval, cli, mlmodel
 from tests.integration.test_rollback_triggers import InProcessOperator
 from tests.unit.test_artifacts_signing import write_key
 
@@ -163,8 +163,8 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
         meta = tmp_path / "v1" / "model_meta.json"
         meta.write_text(meta.read_text().replace("{", '{"edited": true, ', 1))
         altered = "model_meta.json changed"
-    admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m",
-                                                {"metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "req1"}}})
+    done = cli(modelwarden_installed, "oncall", "rollback", "m", "-n", namespace)
+    assert done.returncode == 0, done.stderr
     status = op.until("m", lambda s: s.phase == Phase.HALTED)
     assert status.stable is not None and status.stable.sha256 == sha_v2, "v2 keeps serving"
     assert status.last_rollback is not None

@@ -85,7 +85,8 @@ def test_a_manual_rollback_halts_and_is_stalled_until_a_new_revision() -> None:
     assert status.phase == Phase.HALTED and status.stable is not None and status.stable.sha256 == SHA["v1"]
     assert verdict(status) == ("Stalled", Reason.MANUAL_ROLLBACK)
     stalled = get_condition(status.conditions, "Stalled")
-    assert stalled is not None and f"modelwarden.io/resume={status.halt.id}" in stalled.message  # type: ignore[union-attr]
+    assert status.halt is not None and stalled is not None
+    assert f"`modelwarden resume MODEL` (a ModelAction) clears halt {status.halt.id}" in stalled.message
 
     world.generation = 2
     world.approvals += approvals("v3")

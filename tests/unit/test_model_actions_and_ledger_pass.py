@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -20,8 +20,18 @@ from modelwarden.adapters.kube import KubeError
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import Event
+from modelwarden.engine.approvals import Approval
 from modelwarden.engine.ledger import GENESIS, Entry, chain, decision_entries, head_of
-from modelwarden.engine.model_actions import ActionRequest, admit, handled, outcome, pending
+from modelwarden.engine.model_actions import (
+    ActionRequest,
+    admit,
+    handled,
+    outcome,
+    pending,
+    promoters,
+    prune_handled,
+    with_accountable,
+)
 from modelwarden.handlers.controller import Controller
 from tests.unit.engine_world import SHA, T0, make_spec
 from tests.unit.test_reconcile import KEY, NS, FakeArtifacts, FakeCluster, FakeRouter, approval, mlmodel
@@ -32,15 +42,16 @@ HALT = api.Halt(id="rb-1", reason="RolledBack", version="v2", sha256=SHA["v2"], 
 ROLLED_BACK = api.Rollback(id="rb-1", trigger="ManualRollback", message="m", from_version="v2",
                            from_sha256=SHA["v2"], to_version="v1", to_sha256=SHA["v1"],
                            started_at="2026-11-22T12:00:00Z", completed_at="2026-11-22T12:00:05Z")
+APPROVED = [api.ApprovalRecord(role="finance", approver="fay"), api.ApprovalRecord(role="regulatory", approver="rob")]
 HISTORY = [api.HistoryEntry(version="v1", sha256=SHA["v1"], uri=V1.uri, deployed_at="2026-11-20T00:00:00Z",
-                            outcome="Superseded"),
+                            outcome="Superseded", approvals=APPROVED),
            api.HistoryEntry(version="v2", sha256=SHA["v2"], uri=V2.uri, deployed_at="2026-11-21T00:00:00Z",
                             outcome="RolledBack",
                             approvals=[api.ApprovalRecord(role="finance", approver="fiona"),
                                        api.ApprovalRecord(role="regulatory", approver="rick")])]
 PAUSED = api.MLModelStatus(stable=V1, canary=V2, current_step_index=1, history=HISTORY[:1])
 TIMED = api.MLModelStatus(stable=V1, canary=V2, current_step_index=0, history=HISTORY[:1])
-SERVING = api.MLModelStatus(stable=V2, history=HISTORY)
+SERVING = api.MLModelStatus(stable=V2, history=[HISTORY[0], HISTORY[1].model_copy(update={"outcome": "Serving"})])
 HALTED = api.MLModelStatus(stable=V1, history=HISTORY, halt=HALT, last_rollback=ROLLED_BACK)
 STEPS = {"rollout": {"steps": [{"setWeight": 10, "pauseSeconds": 60}, {"setWeight": 50}]}}
 FOUR_EYES = {**STEPS, "rollback": {"resumeByAnotherPerson": True}}
@@ -58,6 +69,17 @@ ADMISSIONS: list[tuple[str, dict[str, Any], api.MLModelStatus, ActionRequest, st
     ("rollback to the previous version", STEPS, SERVING, req("rollback"), "rollback=uid-rollback"),
     ("rollback to a named version", STEPS, SERVING, req("rollback", to="v1"), "rollback=uid-rollback:v1"),
     ("rollback to a version never served", STEPS, SERVING, req("rollback", to="v9"), "NotInHistory"),
+    ("rollback to the version served now", STEPS, SERVING, req("rollback", to="v2"), "NotInHistory"),
+    ("rollback to an unapproved version", STEPS, SERVING.model_copy(update={"history": [
+        HISTORY[0].model_copy(update={"approvals": []}), SERVING.history[1]]}), req("rollback", to="v1"),
+     "TargetNotApproved"),
+    ("rollback to a version rolled back before (same sha256, older Superseded entry)", STEPS,
+     SERVING.model_copy(update={"history": [HISTORY[0], HISTORY[0].model_copy(update={"outcome": "RolledBack"}),
+                                           SERVING.history[1]]}), req("rollback", to="v1"), "TargetRolledBack"),
+    ("rollback to a version whose canary was aborted once", STEPS,
+     SERVING.model_copy(update={"incidents": [ROLLED_BACK.model_copy(update={"from_version": "v1",
+                                                                             "from_sha256": SHA["v1"]})]}),
+     req("rollback", to="v1"), "TargetRolledBack"),
     ("rollback with nothing served", STEPS, api.MLModelStatus(), req("rollback"), "NothingServed"),
     ("resume a halt", STEPS, HALTED, req("resume"), "resume=rb-1"),
     ("resume what is not halted", STEPS, SERVING, req("resume"), "NotHalted"),
@@ -79,16 +101,36 @@ def test_what_a_pass_does_with_a_request(case: str, overrides: dict[str, Any], s
     assert got == expected
 
 
-def test_a_promoter_of_the_rolled_back_version_may_not_resume_under_four_eyes() -> None:
-    promoted = handled(HALTED, req("promote", "pete"), (api.ActionOutcome.SUCCEEDED, api.ActionReason.APPLIED, ""),
+def test_everyone_behind_a_rolled_back_canary_is_recorded_with_the_rollback_and_may_not_resume_it() -> None:
+    # A canary abort: v2 never reached status.history; its approvers are read from the approvals themselves.
+    promoted = handled(PAUSED, req("promote", "pete"), (api.ActionOutcome.SUCCEEDED, api.ActionReason.APPLIED, ""),
                        T0, "v2")
-    assert admit(make_spec("v2", **FOUR_EYES), promoted, req("resume", "pete")).rejected is not None
+    canary_approvals = [Approval(name="a1", role="finance", approver="cara", version="v2", sha256=SHA["v2"]),
+                        Approval(name="a2", role="finance", approver="old", version="v2", sha256=SHA["v1"])]
+    aborted = PAUSED.model_copy(update={"canary": None, "current_step_index": None, "halt": HALT,
+                                        "last_rollback": ROLLED_BACK, "incidents": [ROLLED_BACK]})
+    recorded = with_accountable(PAUSED, aborted, canary_approvals, promoters([], promoted))
+    assert recorded.last_rollback is not None and recorded.last_rollback.accountable == ["cara", "pete"]
+    assert recorded.incidents[0].accountable == ["cara", "pete"]
+    later = recorded.model_copy(update={"handled_actions": []})  # the promote's commit entry is long gone
+    for who, expected in (("cara", api.ActionReason.SAME_PERSON), ("pete", api.ActionReason.SAME_PERSON),
+                          ("olga", None)):
+        got = admit(make_spec("v2", **FOUR_EYES), later, req("resume", who)).rejected
+        assert (got[0] if got else None) == expected, who
+    # recorded once, when the rollback starts: later passes keep the names whatever happens to the approvals
+    assert with_accountable(recorded, recorded, [], set()) == recorded
 
 
 OUTCOMES: list[tuple[str, ActionRequest, api.MLModelStatus, api.MLModelStatus, str | None]] = [
     ("promote released the step", req("promote"), PAUSED, PAUSED.model_copy(update={"current_step_index": 2}),
      "Succeeded"),
     ("promote not yet (canary not ready)", req("promote"), PAUSED, PAUSED, None),
+    ("promote released the last step: the canary is the stable", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": None, "current_step_index": None, "stable": V2}), "Succeeded"),
+    ("the canary was rolled back while the promote waited", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": None, "current_step_index": None}), "Rejected"),
+    ("a new revision replaced the canary while the promote waited", req("promote"), PAUSED,
+     PAUSED.model_copy(update={"canary": V1, "current_step_index": 0}), "Rejected"),
     ("rollback started for this request", req("rollback"), SERVING, SERVING.model_copy(update={
         "last_rollback": ROLLED_BACK.model_copy(update={"request": "uid-rollback"})}), "Succeeded"),
     ("rollback waits for the one in progress", req("rollback"), SERVING, SERVING, None),
@@ -104,16 +146,18 @@ def test_whether_the_pass_carried_a_request_out(case: str, request_: ActionReque
     assert (found[0] if found else None) == expected
 
 
-def test_handled_requests_are_not_pending_and_the_record_is_bounded() -> None:
-    status = SERVING
-    for i in range(60):
-        status = handled(status, ActionRequest(uid=f"u{i}", name=f"a{i}", verb="promote", requester="x"),
-                         (api.ActionOutcome.REJECTED, api.ActionReason.NO_CANARY_WAITING, ""), T0, "v2")
-    assert len(status.handled_actions) == 50 and status.handled_actions[-1].uid == "u59"
-    requests = [ActionRequest(uid="u59", name="a59", verb="promote", requester="x", created="2"),
+def test_committed_or_recorded_requests_are_not_pending_and_the_commit_list_empties_once_recorded() -> None:
+    status = handled(SERVING, ActionRequest(uid="u1", name="a1", verb="promote", requester="x"),
+                     (api.ActionOutcome.REJECTED, api.ActionReason.NO_CANARY_WAITING, ""), T0, "v2")
+    requests = [ActionRequest(uid="u1", name="a1", verb="promote", requester="x", created="2"),
                 ActionRequest(uid="new", name="b", verb="resume", requester="x", created="3"),
+                ActionRequest(uid="done", name="d", verb="rollback", requester="x", created="0",
+                              recorded_outcome="Succeeded"),
                 ActionRequest(uid="older", name="c", verb="resume", requester="x", created="1")]
     assert [r.uid for r in pending(requests, status)] == ["older", "new"]
+    assert prune_handled(status, requests).handled_actions == status.handled_actions  # not yet copied
+    copied = [replace(r, recorded_outcome="Rejected") if r.uid == "u1" else r for r in requests]
+    assert prune_handled(status, copied).handled_actions == []
 
 
 def test_a_rollbacks_records_say_they_follow_the_act_and_carry_the_trigger_values() -> None:
@@ -216,7 +260,7 @@ def test_an_action_is_recorded_once_under_its_requesters_name() -> None:
         ("user:finance-approver", "Rejected", "credit-promote-x")]
 
 
-def test_the_deprecated_resume_annotation_still_works_and_is_recorded_as_identity_unknown() -> None:
+def test_the_removed_resume_annotation_clears_no_halt_and_a_condition_names_the_command() -> None:
     cluster = FakeCluster()
     ledger = FakeLedger(cluster.calls)
     c = controller(cluster, ledger, FakeActionStatus())
@@ -226,6 +270,9 @@ def test_the_deprecated_resume_annotation_still_works_and_is_recorded_as_identit
                    annotations={api.ANNOTATION_RESUME: "rb-1"})
     c.caches.observe_model("MODIFIED", {**body, "status": halted.wire()})
     asyncio.run(c.reconcile(KEY))
-    assert api.MLModelStatus.model_validate(c.models[KEY]["status"]).halt is None
-    assert [(r.decision, r.actor) for r in ledger.records if "Resume" in r.decision] == [
-        ("Resumed", "operator"), ("ResumeRequested", "unknown:annotation")]
+    status = api.MLModelStatus.model_validate(c.models[KEY]["status"])
+    assert status.halt is not None and status.halt.id == "rb-1"
+    ignored = next(x for x in status.conditions if x.type == "AnnotationsIgnored")
+    assert "modelwarden resume MODEL" in ignored.message and api.ANNOTATION_RESUME in ignored.message
+    assert not [r for r in ledger.records if "Resume" in r.decision]
+    assert ("Warning", "AnnotationsIgnored") in cluster.events

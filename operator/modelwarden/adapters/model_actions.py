@@ -7,16 +7,21 @@ from typing import Any, Protocol
 
 from modelwarden.adapters.kube import KubeClient
 from modelwarden.api import v1alpha1 as api
-from modelwarden.engine.model_actions import ActionRequest
+from modelwarden.engine.model_actions import DEFAULT_TTL_SECONDS, ActionRequest
 
 
 def requests_of(bodies: Iterable[Mapping[str, Any]]) -> list[ActionRequest]:
     out = []
     for body in bodies:
         meta, spec = body["metadata"], body.get("spec") or {}
+        status = body.get("status") or {}
         out.append(ActionRequest(uid=meta.get("uid", ""), name=meta["name"], verb=spec.get("verb", ""),
                                  requester=spec.get("requester", ""), to=spec.get("to"),
-                                 reason=spec.get("reason", ""), created=meta.get("creationTimestamp") or ""))
+                                 reason=spec.get("reason", ""), created=meta.get("creationTimestamp") or "",
+                                 model_uid=spec.get("modelUid") or None,
+                                 ttl_seconds=int(spec.get("ttlSeconds") or DEFAULT_TTL_SECONDS),
+                                 recorded_outcome=status.get("outcome") or "",
+                                 recorded_version=status.get("version") or ""))
     return out
 
 

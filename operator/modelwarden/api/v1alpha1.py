@@ -39,12 +39,13 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # label "true"; the candidate's pods carry "false" during the stage (they answer only mirrored requests).
 LABEL_SERVING = f"{GROUP}/serving"
 ANNOTATION_SHA256 = f"{GROUP}/sha256"
-# `modelwarden promote` sets this to "<version>/<stepIndex>": it releases exactly that manual pause.
+# Removed (issue 27): these annotations decided promote/resume/rollback with nobody proven behind them. The operator
+# ignores them and says so (condition AnnotationsIgnored); each maps to the CLI command that replaces it.
 ANNOTATION_PROMOTE = f"{GROUP}/promote"
-# `modelwarden resume` sets this to the halt's id: it clears exactly that halt.
 ANNOTATION_RESUME = f"{GROUP}/resume"
-# `modelwarden rollback [--to VERSION]` sets this to "<request id>[:<version>]": one rollback per request id.
 ANNOTATION_ROLLBACK = f"{GROUP}/rollback"
+IGNORED_ANNOTATIONS = {ANNOTATION_PROMOTE: "modelwarden promote MODEL", ANNOTATION_RESUME: "modelwarden resume MODEL",
+                       ANNOTATION_ROLLBACK: "modelwarden rollback MODEL [--to VERSION]"}
 # On retraining Jobs: which window (RFC 3339, as a label-safe "20270608t0200z") a Job trains for.
 LABEL_RETRAINING_WINDOW = f"{GROUP}/retraining-window"
 
@@ -63,6 +64,8 @@ class ConditionType(StrEnum):
     # kstatus (Flux) and our Argo CD health check read these with Ready (engine/kstatus.py)
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
+    # issue 27: a removed annotation (modelwarden.io/promote|resume|rollback) is set and decides nothing
+    ANNOTATIONS_IGNORED = "AnnotationsIgnored"
 
 
 class Reason(StrEnum):
@@ -111,6 +114,8 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     NEW_REVISION = "NewRevision"
     MANUAL_ROLLBACK = "ManualRollback"
+    # AnnotationsIgnored (issue 27): modelwarden.io/promote|resume|rollback is set and decides nothing
+    REMOVED_ANNOTATION_SET = "RemovedAnnotationSet"
     # RetrainingEligible and retraining Events
     GATES_PASSED = "GatesPassed"
     GATES_FAILED = "GatesFailed"
@@ -580,7 +585,8 @@ class Rollback(_Model):
     trigger: str
     message: str
     values: dict[str, str] = Field(default_factory=dict)
-    request: str | None = Field(default=None, description="The rollback annotation that asked for it, if manual.")
+    request: str | None = Field(default=None,
+                                 description="The ModelAction (uid[:version]) that asked for it, if manual.")
     from_version: str
     from_sha256: str
     to_version: str | None = None
@@ -589,10 +595,13 @@ class Rollback(_Model):
     traffic_restored_at: str | None = None
     completed_at: str | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    accountable: list[str] = Field(
+        default_factory=list, description="Who approved or promoted the rolled-back version (canary or stable): "
+                                          "under resumeByAnotherPerson none of them may resume it.")
 
 
 class Halt(_Model):
-    id: str = Field(description="Set the modelwarden.io/resume annotation to this id to clear the halt.")
+    id: str = Field(description="The halt `modelwarden resume MODEL` (a ModelAction, verb resume) clears.")
     reason: str
     version: str
     sha256: str
@@ -637,10 +646,13 @@ class RetrainingStatus(_Model):
 class ActionOutcome(StrEnum):
     SUCCEEDED = "Succeeded"
     REJECTED = "Rejected"
+    # not carried out within spec.ttlSeconds (the reason says what it waited for)
+    EXPIRED = "Expired"
 
 
 class HandledAction(_Model):
-    """An action the operator acted on, written in the same status write as its effect: the exactly-once key."""
+    """An action the operator acted on, written in the same status write as its effect (the commit point). It stays
+    here only until the action's own status.outcome holds the result (which alone then says "done, forever")."""
 
     uid: str
     name: str
@@ -740,6 +752,13 @@ class ModelActionSpec(_Model):
         default=None, max_length=63, pattern=VERSION_PATTERN,
         description="rollback only: the version in history to go back to (default: the previous approved one).")]
     reason: Annotated[str, Field(max_length=4096, description="Why; goes into the decision ledger.")] = ""
+    model_uid: Annotated[str | None, Field(
+        default=None, max_length=64,
+        description="The uid of the MLModel the action is for (the CLI fills it in): a model re-created under the "
+                    "same name does not act on it. Unset: an action older than the model is not acted on.")]
+    ttl_seconds: Annotated[int, Field(
+        ge=10, le=7 * 24 * 3600,
+        description="Not carried out within this many seconds of its creation: it ends Expired.")] = 3600
 
 
 class ActionReason(StrEnum):
@@ -754,15 +773,23 @@ class ActionReason(StrEnum):
     SAME_PERSON = "SamePerson"
     SERVERS_UNREACHABLE = "ServersUnreachable"
     NOT_DISABLED_BY_GOVERNANCE = "NotDisabledByGovernance"
+    # issue 27
+    MODEL_RECREATED = "ModelRecreated"
+    TARGET_NOT_APPROVED = "TargetNotApproved"
+    TARGET_ROLLED_BACK = "TargetRolledBack"
+    TARGET_SHA256_MISMATCH = "TargetSha256Mismatch"
+    TIME_TO_LIVE_EXCEEDED = "TimeToLiveExceeded"
 
 
 class ModelActionStatus(_Model):
-    outcome: ActionOutcome | None = None
+    outcome: ActionOutcome | None = Field(default=None, description="Set once: an action with an outcome is never "
+                                                                   "acted on again.")
     reason: str = ""
     message: str = ""
     handled_at: str | None = None
     model_generation: int | None = Field(default=None, description="The MLModel generation the action was applied to.")
     ledger_seq: int | None = Field(default=None, description="The decision ledger record that holds the outcome.")
+    version: str = Field(default="", description="The version the action concerned (promote: the canary released).")
 
 
 # --- ModelLedger (issue 18) ---------------------------------------------------------------------------------
@@ -775,8 +802,8 @@ class LedgerRecord(_Model):
 
     seq: Annotated[int, Field(ge=0)]
     time: str
-    actor: Annotated[str, Field(description="'operator', 'user:<name>' (proven by the API server) or "
-                                            "'unknown:annotation' (the deprecated annotations).")]
+    actor: Annotated[str, Field(description="'operator' or 'user:<name>' (proven by the API server); "
+                                            "'unknown:annotation' in records from before the annotations' removal.")]
     model: str
     model_uid: str
     version: str = ""

@@ -95,13 +95,15 @@ def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
             "signer": signer or "none verified"}
 
 
-def request_action(args: argparse.Namespace, verb: api.ActionVerb, what: str, to: str | None = None) -> dict[str, Any]:
-    """File a ModelAction as yourself: the API server proves the requester (admission policy), the operator acts
-    on it once and records the outcome in its status and in the decision ledger."""
+def request_action(args: argparse.Namespace, model: dict[str, Any], verb: api.ActionVerb, what: str,
+                   to: str | None = None) -> dict[str, Any]:
+    """File a ModelAction as yourself, for this very model (its uid: a model re-created under the same name does not
+    act on it): the API server proves the requester (admission policy), the operator acts on it once and records
+    the outcome in its status and in the decision ledger."""
     api_client = _client(args.kubeconfig)
     requester = _whoami(api_client)
     spec = api.ModelActionSpec(model_ref=api.ModelRef(name=args.model), verb=verb, requester=requester, to=to,
-                               reason=getattr(args, "reason", "") or "")
+                               reason=getattr(args, "reason", "") or "", model_uid=model["metadata"]["uid"])
     body = {"apiVersion": api.API_VERSION, "kind": "ModelAction",
             "metadata": {"generateName": f"{args.model}-{verb}-", "namespace": args.namespace,
                          "labels": {api.LABEL_MODEL: args.model}},
@@ -120,7 +122,7 @@ def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
     status = api.MLModelStatus.model_validate(model.get("status") or {})
     if status.canary is None or status.current_step_index is None:
         raise CLIError(f"{args.model} has no canary waiting (phase {status.phase or 'unknown'}): nothing to promote")
-    return {**request_action(args, "promote", f"promoting {args.model}"), "canary": status.canary.version,
+    return {**request_action(args, model, "promote", f"promoting {args.model}"), "canary": status.canary.version,
             "step": status.current_step_index + 1}
 
 
@@ -132,7 +134,7 @@ def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
     if args.to and not any(h.version == args.to for h in status.history):
         known = ", ".join(sorted({h.version for h in status.history}))
         raise CLIError(f"{args.to} is not in {args.model}'s history (known: {known})")
-    return {**request_action(args, "rollback", f"rolling back {args.model}", to=args.to),
+    return {**request_action(args, model, "rollback", f"rolling back {args.model}", to=args.to),
             "from": status.stable.version, "to": args.to or "the previous approved version"}
 
 
@@ -141,13 +143,13 @@ def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     status = api.MLModelStatus.model_validate(model.get("status") or {})
     if status.halt is None:
         raise CLIError(f"{args.model} is not halted (phase {status.phase or 'unknown'})")
-    return {**request_action(args, "resume", f"resuming {args.model}"), "halt": status.halt.id,
+    return {**request_action(args, model, "resume", f"resuming {args.model}"), "halt": status.halt.id,
             "reason": status.halt.reason}
 
 
 def cmd_reenable(args: argparse.Namespace) -> dict[str, Any]:
-    _get_model(_client(args.kubeconfig), args.namespace, args.model)
-    return request_action(args, "enable", f"re-enabling {args.model}")
+    model = _get_model(_client(args.kubeconfig), args.namespace, args.model)
+    return request_action(args, model, "enable", f"re-enabling {args.model}")
 
 
 def _status_of(args: argparse.Namespace) -> tuple[dict[str, Any], api.MLModelStatus]:

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from modelwarden.api.v1alpha1 import (
-    ANNOTATION_RESUME,
     ConditionType,
     MLModelSpec,
     MLModelStatus,
@@ -100,7 +99,8 @@ def summarize(spec: MLModelSpec, status: MLModelStatus) -> Summary:
 
 def _halted(status: MLModelStatus) -> Summary:
     rb, halt = status.last_rollback, status.halt
-    how = (f"set annotation {ANNOTATION_RESUME}={halt.id} or apply a new revision" if halt is not None
+    how = (f"`modelwarden resume MODEL` (a ModelAction) clears halt {halt.id}, or apply a new revision"
+           if halt is not None
            else "apply a new revision")
     if rb is None:
         return Summary("Stalled", Reason.HALTED, f"rollouts halted; to move on: {how}")

@@ -31,7 +31,6 @@ from modelwarden.engine.timestamps import timestamp
 
 GENESIS = "0" * 64
 OPERATOR = "operator"
-UNKNOWN_ANNOTATION = "unknown:annotation"
 # Records per ModelLedger object: a segment stays far below etcd's object size limit (~1 KiB a record).
 SEGMENT_RECORDS = 64
 
@@ -195,6 +194,8 @@ def _inputs(reason: str, message: str, old: MLModelStatus, new: MLModelStatus) -
         inputs |= {"rollback": rb.id, "trigger": rb.trigger, "from": f"{rb.from_version}@{rb.from_sha256}",
                    "to": f"{rb.to_version or '-'}@{rb.to_sha256 or '-'}", "request": rb.request or ""}
         inputs |= {f"value.{k}": v for k, v in sorted(rb.values.items())}
+        if rb.accountable:
+            inputs["accountable"] = ",".join(rb.accountable)  # who may not resume it under four-eyes
         if rb.traffic_restored_at:
             inputs["trafficRestoredAt"] = rb.traffic_restored_at
     elif reason == Reason.QUORUM_MET:
@@ -241,10 +242,3 @@ def action_entry(handled: HandledAction, *, to: str | None, why: str, sha256: st
                  version=handled.version, sha256=sha256, outcome=str(handled.outcome), inputs=inputs,
                  recorded_after_acting=handled.verb == "enable")
 
-
-def annotation_entry(verb: str, value: str, *, version: str, sha256: str) -> Entry:
-    """The deprecated annotations: acted on, but nobody can say who set them."""
-    return Entry(decision=requested(verb), key=f"annotation/{verb}/{value}", actor=UNKNOWN_ANNOTATION,
-                 version=version, sha256=sha256, outcome="Succeeded",
-                 inputs={"annotation": f"modelwarden.io/{verb}={value}",
-                         "message": "deprecated annotation: identity unknown; use a ModelAction"})

@@ -7,6 +7,7 @@ resumes where it stopped. :func:`start_rollback` begins one (a trigger fired, or
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal
 
 from modelwarden.api.v1alpha1 import (
@@ -46,16 +47,27 @@ INCIDENT_LIMIT = 10
 
 
 
+def rolled_back_sha256s(status: MLModelStatus) -> set[str]:
+    """Every sha256 ever rolled back (as stable or as canary): never a rollback target again, whatever other
+    history entry (an older ``Superseded`` one) carries the same bytes."""
+    rolled = {h.sha256 for h in status.history if h.outcome == "RolledBack"}
+    rolled |= {i.from_sha256 for i in status.incidents}
+    if status.last_rollback is not None:
+        rolled.add(status.last_rollback.from_sha256)
+    return rolled
+
+
 def rollback_target(history: list[HistoryEntry], current: ArtifactVersion,
-                    version: str | None = None) -> HistoryEntry | None:
-    """The newest entry (of ``version``, if given) other than the current one that was approved and not
-    itself rolled back."""
+                    version: str | None = None, rolled_back: Collection[str] = ()) -> HistoryEntry | None:
+    """The newest entry (of ``version``, if given) other than the current one that was approved and whose
+    sha256 was never rolled back (``rolled_back``, and this history's own ``RolledBack`` entries)."""
+    never = {*rolled_back, *(h.sha256 for h in history if h.outcome == "RolledBack")}
     for entry in reversed(history):
         if (entry.version, entry.sha256) == (current.version, current.sha256):
             continue
         if version is not None and entry.version != version:
             continue
-        if entry.outcome != "RolledBack" and entry.approvals:
+        if entry.sha256 not in never and entry.approvals:
             return entry
     return None
 
@@ -93,7 +105,8 @@ def start_rollback(p: Pass, trigger: Assessment, *, canary_only: bool = False, r
         bad, restore = status.canary, history_entry_for(status, status.stable.version, status.stable.sha256)
     else:
         assert status.stable is not None
-        bad, restore = status.stable, rollback_target(status.history, status.stable, restore_version)
+        bad, restore = status.stable, rollback_target(status.history, status.stable, restore_version,
+                                                      rolled_back_sha256s(status))
     rb = Rollback(
         id=_rollback_id(p, bad.version), trigger=trigger.trigger, message=trigger.message, values=trigger.values,
         request=request,
@@ -109,7 +122,8 @@ def start_rollback(p: Pass, trigger: Assessment, *, canary_only: bool = False, r
                        since=timestamp(p.now)))
     p.condition(ConditionType.HEALTHY, False, trigger.trigger, trigger.message)
     p.condition(ConditionType.HALTED, True, trigger.trigger,
-                f"halted by {rb.id}: set annotation modelwarden.io/resume={rb.id} or apply a new revision")
+                f"halted by {rb.id}: `modelwarden resume MODEL` clears it (a ModelAction), or apply a new "
+                "revision")
     if trigger.trigger == CRITICAL_FEEDBACK:
         feedback = p.spec.rollback.critical_feedback
         p.actions.append(CollectFeedbackEvidence(rb, "canary" if canary_only else "stable", feedback.window_seconds,

@@ -84,7 +84,7 @@ def _already_verified(spec: MLModelSpec, status: MLModelStatus, target: Artifact
 
 
 def promote_token(version: str, step_index: int) -> str:
-    """The ``modelwarden.io/promote`` value that releases manual pause ``step_index`` of ``version``."""
+    """The token a promote ModelAction feeds the decision: it releases manual pause ``step_index`` of ``version``."""
     return f"{version}/{step_index}"
 
 
@@ -392,7 +392,7 @@ def _hold(p: Pass, target: ArtifactVersion, index: int, plan: TrafficPlan, analy
     if step.pause_seconds is None:
         token = promote_token(target.version, index)
         if p.obs.promote != token:
-            message = f"{where}: waiting for `modelwarden promote` (annotation {token})"
+            message = f"{where}: waiting for `modelwarden promote` ({token})"
             p.condition(ConditionType.PROGRESSING, True, Reason.AWAITING_PROMOTE, message)
             return Phase.PAUSED
     else:

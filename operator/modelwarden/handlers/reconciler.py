@@ -31,10 +31,21 @@ from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import Event
 from modelwarden.engine.decision import ArtifactCheck, Observation, SignatureVerdict
-from modelwarden.engine.ledger import Entry, action_entry, annotation_entry, decision_entries
-from modelwarden.engine.model_actions import ActionRequest, Admission, admit, handled, outcome, pending
+from modelwarden.engine.ledger import Entry, action_entry, decision_entries
+from modelwarden.engine.model_actions import (
+    Admission,
+    Plan,
+    handled,
+    ignoring_annotations,
+    outcome,
+    plan,
+    promoters,
+    prune_handled,
+    verified,
+    with_accountable,
+)
 from modelwarden.engine.retraining import Report, RetrainingObservation, decide_retraining, due_window
-from modelwarden.engine.rollout import artifact_to_check, decide, promote_token
+from modelwarden.engine.rollout import artifact_to_check, decide
 from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.caches import ModelState
@@ -81,23 +92,26 @@ class Reconciler:
         model = ModelObject(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
         spec = state.spec
         router = self.router_for(spec)
-        # ModelActions: the oldest pending one is admitted into this pass (one per pass: each is acted on alone).
-        request: ActionRequest | None = None
-        admission: Admission | None = None
-        if self.action_status is not None:
-            todo = pending(requests_of(state.actions), state.status)
-            if todo:
-                request = todo[0]
-                admission = admit(spec, state.status, request)
-        observation = await self._observe(model, state, router, reading, admission)
+        # ModelActions: every pending one is settled now or admitted; the most urgent admitted one is fed to this
+        # pass (each is acted on alone), the others wait on their own.
+        requests = requests_of(state.actions) if self.action_status is not None else []
+        actions = (plan(spec, state.status, requests, now, model_uid=model.uid,
+                        model_created=meta.get("creationTimestamp") or "")
+                   if self.action_status is not None else Plan())
+        observation = await self._observe(model, state, router, reading, actions.admission)
+        if actions.admission is not None and actions.admission.verify is not None:
+            actions = verified(actions, observation.artifact)  # refused before anything moves, if it must be
+            if actions.fed is None:
+                observation = replace(observation, rollback=None)
         decision = decide(spec, state.status, observation, now)
         # Retraining decides on what the rollout decided (the stable version, the conditions) and adds to it.
         retraining = decide_retraining(spec, decision.status,
                                        await self._observe_retraining(model, state, decision.status, reading, now),
                                        now, model=model.name, generation=observation.generation)
-        status = retraining.status
-        if request is not None and admission is not None:
-            status = await self._settle(model, spec, state.status, status, request, admission, now)
+        status = ignoring_annotations(retraining.status, meta.get("annotations") or {}, now, observation.generation)
+        status = with_accountable(state.status, status, state.approvals, promoters(requests, state.status))
+        status = prune_handled(status, requests)
+        status = await self._settle(model, spec, state.status, status, actions, now)
         # The decision ledger: recorded before acting, except a rollback's, which acts first (traffic back on the
         # prior SHA is what protects users) and is recorded right after, in the same pass and retry loop.
         entries = self._ledger_entries(state, observation, (*decision.events, *retraining.events), status)
@@ -112,11 +126,11 @@ class Reconciler:
             status = status.model_copy(update={"ledger": head})
             own_metrics.ledger_head(model.namespace, model.name, head.seq, head.hash)
         outcome_written, conflict = await self._write_status(state.body, state.status, status)
-        if self.fault is not None and request is not None and outcome_written is not None:
+        if self.fault is not None and actions.fed is not None and outcome_written is not None:
             self.fault("after-action-committed")
         if self.action_status is not None and not conflict:
             await self._record_actions(state, outcome_written, now)
-        for event in (*decision.events, *retraining.events):
+        for event in (*decision.events, *retraining.events, *_annotation_events(state.status, status)):
             if event.reason == api.Reason.ROLLBACK_STARTED and decision.status.last_rollback is not None:
                 own_metrics.rollback_started(model.namespace, model.name, decision.status.last_rollback.id)
             if event.reason in LOGGED_REASONS:
@@ -126,8 +140,10 @@ class Reconciler:
             except KubeError as e:
                 log.warning("could not record Event %s for %s/%s: %s", event.reason, model.namespace, model.name, e)
         waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
-        if request is not None:
-            waits.append(1.0)  # the next pending action, if any, in the next pass
+        if {h.uid for h in status.handled_actions} - {h.uid for h in state.status.handled_actions}:
+            waits.append(1.0)  # outcomes to copy to the actions, and what the next pass admits
+        elif actions.fed is not None:
+            waits.append(5.0)  # an admitted action waiting to be carried out (or to expire)
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
 
     def _ledger_entries(self, state: ModelState, observation: Observation, events: tuple[Event, ...],
@@ -144,31 +160,7 @@ class Reconciler:
                 r = requests.get(h.uid)
                 sha = next((x.sha256 for x in new.history if x.version == h.version), spec.artifact.sha256)
                 entries.insert(0, action_entry(h, to=r.to if r else None, why=r.reason if r else "", sha256=sha))
-        entries += self._annotation_entries(state, observation, new)
         return entries
-
-    @staticmethod
-    def _annotation_entries(state: ModelState, observation: Observation, new: api.MLModelStatus) -> list[Entry]:
-        """The deprecated annotations, when they (not a ModelAction) carried something out: identity unknown."""
-        annotations = state.body["metadata"].get("annotations") or {}
-        old, out = state.status, []
-        for verb, key in (("promote", api.ANNOTATION_PROMOTE), ("resume", api.ANNOTATION_RESUME),
-                          ("rollback", api.ANNOTATION_ROLLBACK)):
-            value = annotations.get(key)
-            if not value or getattr(observation, verb) != value:
-                continue  # absent, or a ModelAction took its place in this pass
-            synthetic = ActionRequest(uid=value, name="", verb=verb, requester="")
-            if verb == "promote" and (old.canary is None or old.current_step_index is None
-                                      or promote_token(old.canary.version, old.current_step_index) != value):
-                continue
-            if verb == "resume" and (old.halt is None or old.halt.id != value):
-                continue
-            if outcome(synthetic, old, new) is None:
-                continue
-            version = old.canary.version if verb == "promote" and old.canary else (
-                old.stable.version if old.stable else state.spec.version)
-            out.append(annotation_entry(verb, value, version=version, sha256=""))
-        return out
 
     async def _append(self, model: ModelObject, entries: list[Entry], generation: int,
                       now: dt.datetime) -> api.LedgerHead | None:
@@ -177,12 +169,11 @@ class Reconciler:
         return await self.ledger.append(model, entries, generation=generation, now=now)
 
     async def _settle(self, model: ModelObject, spec: api.MLModelSpec, old: api.MLModelStatus,
-                      new: api.MLModelStatus, request: ActionRequest, admission: Admission,
-                      now: dt.datetime) -> api.MLModelStatus:
-        """``new`` with the admitted request recorded as handled, when this pass carried it out or rejected it."""
-        if admission.rejected is not None:
-            result = (api.ActionOutcome.REJECTED, *admission.rejected)
-        else:
+                      new: api.MLModelStatus, actions: Plan, now: dt.datetime) -> api.MLModelStatus:
+        """``new`` with the outcome of every request this pass settled, and of the fed one if it was carried out."""
+        results = list(actions.settled)
+        request, admission = actions.fed, actions.admission
+        if request is not None and admission is not None:
             failure = None
             if admission.reenable:
                 # Every pod of each serving track (their calls' failures name the pod).
@@ -191,14 +182,15 @@ class Reconciler:
                             for track in ("stable", "canary") if getattr(new, track) is not None]
                 failure = "; ".join(p for p in problems if p) or None
             found = outcome(request, old, new, failure)
-            if found is None:
-                return new
-            result = found
-        version = (old.canary.version if request.verb == "promote" and old.canary is not None
-                   else old.stable.version if old.stable is not None else spec.version)
-        log.info("%s/%s: ModelAction %s (%s by %s): %s %s", model.namespace, model.name, request.name, request.verb,
-                 request.requester, result[0], result[2])
-        return handled(new, request, result, now, version)
+            if found is not None:
+                results.append((request, found))
+        for r, result in results:
+            version = (old.canary.version if r.verb == "promote" and old.canary is not None
+                       else old.stable.version if old.stable is not None else spec.version)
+            log.info("%s/%s: ModelAction %s (%s by %s): %s %s", model.namespace, model.name, r.name, r.verb,
+                     r.requester, result[0], result[2])
+            new = handled(new, r, result, now, version)
+        return new
 
     async def _record_actions(self, state: ModelState, written: dict[str, Any] | None, now: dt.datetime) -> None:
         """Copy each handled action's outcome to its status (after the model's status write: the commit point).
@@ -217,14 +209,16 @@ class Reconciler:
                 await self.action_status.record(meta["namespace"], meta["name"], api.ModelActionStatus(
                     outcome=h.outcome, reason=h.reason, message=h.message, handled_at=h.at,
                     model_generation=int(state.body["metadata"].get("generation", 0)),
-                    ledger_seq=status.ledger.seq if status.ledger is not None else None))
+                    ledger_seq=status.ledger.seq if status.ledger is not None else None, version=h.version))
             except KubeError as e:
                 log.warning("%s: %s", meta["name"], e)
 
     async def _observe(self, model: ModelObject, state: ModelState, router: TrafficRouter,
                        reading: FleetReading, admission: Admission | None = None) -> Observation:
         check = None
-        uri = artifact_to_check(state.spec, state.status)
+        # A rollback's target is read again before the action is admitted (engine.model_actions.verified).
+        uri = (admission.verify.uri if admission is not None and admission.verify is not None
+               else artifact_to_check(state.spec, state.status))
         if uri is not None:
             check = await self._verify(model, state.spec, uri)
         route_weight = None
@@ -233,7 +227,6 @@ class Reconciler:
         except KubeError as e:
             log.warning("%s/%s: %s", model.namespace, model.name, e)
         meta = state.body["metadata"]
-        annotations = meta.get("annotations") or {}
         return Observation(
             generation=int(meta.get("generation", 0)),
             approvals=state.approvals,
@@ -242,11 +235,10 @@ class Reconciler:
             services_present=self.applier.router_ready(model, state.spec),
             route_canary_weight=route_weight,
             artifact=check,
-            # A ModelAction admitted into this pass, else the deprecated annotations (identity unknown).
-            promote=admission.promote if admission and admission.promote else annotations.get(api.ANNOTATION_PROMOTE),
-            resume=admission.resume if admission and admission.resume else annotations.get(api.ANNOTATION_RESUME),
-            rollback=(admission.rollback if admission and admission.rollback
-                      else annotations.get(api.ANNOTATION_ROLLBACK)),
+            # Only a ModelAction admitted into this pass (a proven requester) decides these.
+            promote=admission.promote if admission else None,
+            resume=admission.resume if admission else None,
+            rollback=admission.rollback if admission else None,
             metrics=reading.view(model.namespace, model.name, state.spec),
             metrics_configured=reading.configured,
             metrics_error=reading.error,
@@ -323,3 +315,13 @@ class Reconciler:
             meta = body["metadata"]
             log.info("%s/%s changed while deciding; deciding again", meta["namespace"], meta["name"])
             return None, True
+
+
+def _annotation_events(old: api.MLModelStatus, new: api.MLModelStatus) -> list[Event]:
+    """A Warning when a removed annotation is first seen set (the condition says it as long as it stays)."""
+    def ignored(status: api.MLModelStatus) -> api.Condition | None:
+        return next((c for c in status.conditions if c.type == api.ConditionType.ANNOTATIONS_IGNORED), None)
+    was, now = ignored(old), ignored(new)
+    if now is None or (was is not None and was.message == now.message):
+        return []
+    return [Event("Warning", api.ConditionType.ANNOTATIONS_IGNORED, now.message)]
