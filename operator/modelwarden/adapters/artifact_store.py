@@ -23,8 +23,18 @@ CHUNK = 1 << 20
 REPORT_LIMIT = 4 << 20  # a report is small; refuse anything bigger rather than read it whole
 
 
-class ArtifactUnavailable(Exception):
-    """The artifact could not be read (missing, unreachable, unsupported scheme)."""
+class ArtifactError(Exception):
+    """The artifact was not verified: :class:`ArtifactUnavailable` or :class:`ArtifactInvalid`."""
+
+
+class ArtifactUnavailable(ArtifactError):
+    """The artifact could not be read (missing, unreachable, 503, a timeout, unsupported scheme): this proves
+    nothing about its content. A rollback waits and retries; it never rejects its target for this."""
+
+
+class ArtifactInvalid(ArtifactError):
+    """What was read proves the artifact is not one we may serve (a manifest that is not one, or lists files
+    outside its directory): as final as a sha256 mismatch."""
 
 
 class _NotFound(ArtifactUnavailable):
@@ -34,7 +44,8 @@ class _NotFound(ArtifactUnavailable):
 class ArtifactStore(Protocol):
     async def sha256(self, uri: str) -> str: ...
     async def verify_signature(self, uri: str, trusted_keys: list[bytes]) -> SignatureVerdict:
-        """Raises :class:`ArtifactUnavailable` when the directory cannot be read at all."""
+        """Raises :class:`ArtifactUnavailable` when the directory cannot be read at all, :class:`ArtifactInvalid`
+        when what it holds is not an artifact directory."""
 
 
 class ReportReader(Protocol):
@@ -107,11 +118,11 @@ class URIArtifactStore:
             try:
                 manifest = Manifest.model_validate_json((staging / MANIFEST_FILENAME).read_bytes())
             except ValueError as e:
-                raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} is not a manifest: {e}") from e
+                raise ArtifactInvalid(f"{base}{MANIFEST_FILENAME} is not a manifest: {e}") from e
             for entry in manifest.files:
                 relative = PurePosixPath(entry.path)
                 if relative.is_absolute() or ".." in relative.parts:
-                    raise ArtifactUnavailable(f"{base}{MANIFEST_FILENAME} lists {entry.path!r} outside its directory")
+                    raise ArtifactInvalid(f"{base}{MANIFEST_FILENAME} lists {entry.path!r} outside its directory")
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 # A listed file or the signature that is not there (404) is the verifier's verdict (a file
                 # removed, SignatureMissing), not an unreachable artifact.

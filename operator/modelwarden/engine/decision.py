@@ -87,6 +87,9 @@ class ArtifactCheck:
     actual: str | None = None
     error: str | None = None
     signature: SignatureVerdict | None = None
+    # ``error`` proves the artifact is not one we may serve (as a mismatch does); otherwise an error only says
+    # it could not be read now (a 503, a timeout), which proves nothing about its content.
+    invalid: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modelwarden.adapters.artifact_store import ArtifactStore, ArtifactUnavailable, ReportReader, sibling
+from modelwarden.adapters.artifact_store import (
+    ArtifactError,
+    ArtifactInvalid,
+    ArtifactStore,
+    ReportReader,
+    sibling,
+)
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.manifests import ModelObject
@@ -64,6 +70,9 @@ class Reconciler:
     ledger: LedgerWriter | None = None
     # tests only: called at named points so a test can kill the process exactly there (MODELWARDEN_FAULT)
     fault: Callable[[str], None] | None = None
+    # The rollback each model's latest pass decided to walk (the controller pages with it when passes keep failing
+    # before its status write: the same id, hence the same page, as the rollback's own).
+    rolling_back: dict[tuple[str, str], api.Rollback] = field(default_factory=dict)
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
         meta = state.body["metadata"]
@@ -80,6 +89,11 @@ class Reconciler:
                 admission = admit(spec, state.status, request)
         observation = await self._observe(model, state, router, reading, admission)
         decision = decide(spec, state.status, observation, now)
+        key = (model.namespace, model.name)
+        if decision.status.phase == api.Phase.ROLLING_BACK and decision.status.last_rollback is not None:
+            self.rolling_back[key] = decision.status.last_rollback  # if this pass fails, the rollback it acts on
+        else:
+            self.rolling_back.pop(key, None)
         # Retraining decides on what the rollout decided (the stable version, the conditions) and adds to it.
         retraining = decide_retraining(spec, decision.status,
                                        await self._observe_retraining(model, state, decision.status, reading, now),
@@ -217,14 +231,14 @@ class Reconciler:
         if uri is not None:
             try:
                 check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
-            except ArtifactUnavailable as e:
-                check = ArtifactCheck(uri=uri, error=str(e))
+            except ArtifactError as e:
+                check = ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
             signature = state.spec.artifact.signature
             if signature is not None and check.error is None:
                 try:
                     check = replace(check, signature=await self._verify_signature(model, uri, signature))
-                except ArtifactUnavailable as e:  # the directory the signature covers could not be fetched
-                    check = ArtifactCheck(uri=uri, error=str(e))
+                except ArtifactError as e:  # the directory the signature covers could not be fetched, or is not one
+                    check = ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
         route_weight = None
         try:
             route_weight = await router.canary_weight(model)
@@ -283,7 +297,7 @@ class Reconciler:
     async def _report(self, uri: str, field: str) -> Report:
         try:
             doc = await self.reports.read_json(uri)
-        except ArtifactUnavailable as e:
+        except ArtifactError as e:
             return Report(uri, error=str(e))
         if not isinstance(doc, dict):
             return Report(uri, error="not a JSON object")
