@@ -179,8 +179,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         controller.start()
 
     if not config.leader_election:
-        # kopf starts watching only after the startup handlers: the listing is never newer than its events.
-        await lead()
+        # In the background, so start-up ends and liveness is served at once, whatever is missing; watch events
+        # that arrive during the listing are replayed on top of it (Feed.prime), as for a new leader.
+        async def lead_once_listed() -> None:
+            await _prime_until_listed(feed, lambda: kube.list_all(list(config.namespaces)))
+            controller.start()
+
+        memo["lead"] = asyncio.create_task(lead_once_listed())
         metrics.LEADER.set(1)
         return
     elector = LeaderElector(
@@ -224,11 +229,38 @@ async def _publish_ledger_key(ledger: KubeLedger, namespace: str) -> None:
         return
 
 
+async def _prime_until_listed(feed: Feed, listing: Callable[[], Awaitable[Mapping[str, list[dict[str, Any]]]]],
+                              ) -> None:
+    """Fill the caches from a full listing, retrying until it succeeds; a missing CRD (or namespace, or a
+    permission) is said once, clearly, and as ``modelwarden_prerequisite_missing{prerequisite="listing"}``:
+    nothing is decided on a half-filled cache."""
+    delay, reported = PREREQUISITE_RETRY_MIN_SECONDS, False
+    while True:
+        try:
+            await feed.prime(listing())
+        except KubeError as e:
+            metrics.prerequisite("listing", True)
+            if not reported:
+                hint = " (are the CRDs installed? kubectl apply -f crds/, or the chart)" if e.status == 404 else ""
+                log.error("prerequisite missing: cannot list what the operator manages: %s%s; nothing is "
+                          "reconciled until it can; retrying every %gs at most", e, hint,
+                          PREREQUISITE_RETRY_MAX_SECONDS)
+                reported = True
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(PREREQUISITE_RETRY_MAX_SECONDS, delay * 2)
+            continue
+        metrics.prerequisite("listing", False)
+        if reported:
+            log.warning("prerequisite restored: listing works, reconciling")
+        return
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    publishing: asyncio.Task[None] | None = memo.get("ledger_key")
-    if publishing is not None:
-        publishing.cancel()
+    for name in ("ledger_key", "lead"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
