@@ -46,7 +46,7 @@ POD_READY_SECONDS = 1.0  # a changed Deployment's pods are Ready (and its watch 
 @dataclass(frozen=True)
 class Fault:
     name: str
-    breaks: frozenset[str] = frozenset()  # store, store-timeout, keys, api, ledger
+    breaks: frozenset[str] = frozenset()  # store, store-timeout, keys, api, ledger, die (the status write)
     seconds: float = 0.0  # how long after the rollback request the fault lasts
     restart_at: float | None = None  # the operator is killed (state in memory lost) this long after the request
     signed: bool = False  # the spec requires a signature (the trusted keys are on the path)
@@ -60,8 +60,9 @@ FAULTS = [
     Fault("trusted keys unreadable (API 503) for 20 s", frozenset({"keys"}), 20, signed=True),
     Fault("API server 429 for 30 s", frozenset({"api"}), 30),
     Fault("ledger writes fail for 30 s", frozenset({"ledger"}), 30),
-    Fault("operator killed right after the request", restart_at=0.5),
-    Fault("operator killed once traffic moved", restart_at=1.5),
+    Fault("operator killed after moving traffic, before status write", frozenset({"die"}), 0.1, restart_at=0.2),
+    Fault("operator killed after the rollback's first status write", restart_at=0.5),
+    Fault("operator killed while waiting for a 503ing store", frozenset({"store"}), 20, restart_at=10),
     Fault("API server 429 for 30 s, operator killed meanwhile", frozenset({"api"}), 30, restart_at=10),
     Fault("API server 429 for 10 min (pages once while failing)", frozenset({"api"}), 600),
 ]
@@ -103,6 +104,7 @@ class FaultyCluster(FakeCluster):
         self.deleted = []
 
     async def replace_status(self, body: dict[str, Any], status: api.MLModelStatus) -> dict[str, Any]:
+        self.switch.check("die", "the operator process was killed before its status write", 0)
         self.switch.check("api", "replace status: 429 Too Many Requests", 429)
         written = await super().replace_status(body, status)
         self.persisted = written

@@ -66,6 +66,10 @@ class ActionApplier:
     identities_ensured: set[str] = field(default_factory=set)
     # Models (namespace, name, uid) whose admin Secret this process has written.
     admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
+    # A rollback's notifications and annotations this process delivered, keyed by the rollback's id: a pass
+    # retried after a later failure (the ledger, the status write) does not send them again. Across a restart
+    # the notifier's dedup key (the rollback id) keeps it one incident.
+    delivered: set[tuple[str, str, str]] = field(default_factory=set)
 
     def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
         return ((model.namespace, model.name), router_shape(spec)) in self.routers_ensured
@@ -120,9 +124,17 @@ class ActionApplier:
                 failure = await _kube_failure(self.workloads.record_evidence(
                     model, rollback, "feedback.json", evidence)) or failure
             case AnnotateGrafana(rollback=rollback):
-                failure = await self.annotator.annotate(model.name, model.namespace, rollback)
+                done = ("annotate", rollback.id, "")
+                if done not in self.delivered:
+                    failure = await self.annotator.annotate(model.name, model.namespace, rollback)
+                    if failure is None:
+                        self.delivered.add(done)
             case Notify(severity=severity, summary=summary, rollback=rollback):
-                failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
+                done = ("notify", rollback.id if rollback else "", summary)
+                if rollback is None or done not in self.delivered:
+                    failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
+                    if failure is None:
+                        self.delivered.add(done)
             case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
                 problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
                 for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):

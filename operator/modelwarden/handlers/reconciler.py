@@ -89,6 +89,17 @@ class Reconciler:
                 admission = admit(spec, state.status, request)
         observation = await self._observe(model, state, router, reading, admission)
         decision = decide(spec, state.status, observation, now)
+        rollback_target = artifact_to_check(spec, decision.status)
+        if (decision.status.phase == api.Phase.ROLLING_BACK and decision.requeue_after == 0
+                and rollback_target is not None and rollback_target != artifact_to_check(spec, state.status)):
+            # A rollback just started and asks for its target's sha256: hash it now and walk the next step in
+            # this same pass, so traffic moves before the ledger and status writes; were those to fail (a ledger
+            # or API server outage), the retried pass starts the same rollback (same id) and acts the same again.
+            observation = replace(observation,
+                                  artifact=await self._check_artifact(model, state.spec, rollback_target))
+            step = decide(spec, decision.status, observation, now)
+            decision = replace(step, actions=(*decision.actions, *step.actions),
+                               events=(*decision.events, *step.events))
         key = (model.namespace, model.name)
         if decision.status.phase == api.Phase.ROLLING_BACK and decision.status.last_rollback is not None:
             self.rolling_back[key] = decision.status.last_rollback  # if this pass fails, the rollback it acts on
@@ -229,16 +240,7 @@ class Reconciler:
         check = None
         uri = artifact_to_check(state.spec, state.status)
         if uri is not None:
-            try:
-                check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
-            except ArtifactError as e:
-                check = ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
-            signature = state.spec.artifact.signature
-            if signature is not None and check.error is None:
-                try:
-                    check = replace(check, signature=await self._verify_signature(model, uri, signature))
-                except ArtifactError as e:  # the directory the signature covers could not be fetched, or is not one
-                    check = ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
+            check = await self._check_artifact(model, state.spec, uri)
         route_weight = None
         try:
             route_weight = await router.canary_weight(model)
@@ -263,6 +265,21 @@ class Reconciler:
             metrics_configured=reading.configured,
             metrics_error=reading.error,
         )
+
+    async def _check_artifact(self, model: ModelObject, spec: api.MLModelSpec, uri: str) -> ArtifactCheck:
+        """The artifact at ``uri``: its sha256 and, when the spec requires one, its directory's signature; an error
+        says whether it proves something (invalid) or only that it could not be read now."""
+        try:
+            check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
+        except ArtifactError as e:
+            return ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
+        signature = spec.artifact.signature
+        if signature is not None:
+            try:
+                check = replace(check, signature=await self._verify_signature(model, uri, signature))
+            except ArtifactError as e:  # the directory the signature covers could not be fetched, or is not one
+                return ArtifactCheck(uri=uri, error=str(e), invalid=isinstance(e, ArtifactInvalid))
+        return check
 
     async def _verify_signature(self, model: ModelObject, uri: str,
                                 signature: api.ArtifactSignature) -> SignatureVerdict:
