@@ -79,6 +79,9 @@ def test_a_503_from_the_store_waits_then_restores_the_prior_sha_with_one_inciden
         progressing = get_condition(d.status.conditions, "Progressing")
         assert progressing is not None and progressing.reason == Reason.WAITING_FOR_ARTIFACT_STORE
         assert "waiting for the artifact store" in progressing.message and "HTTP 503" in progressing.message
+        reconciling = get_condition(d.status.conditions, "Reconciling")
+        assert reconciling is not None and "waiting for the artifact store since" in reconciling.message, \
+            "what Flux, Argo CD and `kubectl wait` show says what the rollback waits for"
         assert d.requeue_after is not None and RETRY_MIN_SECONDS <= d.requeue_after <= RETRY_MAX_SECONDS
         pages += sum(isinstance(a, Notify) for a in d.actions)
         writes += d.status.wire() != previous.wire()
