@@ -46,7 +46,8 @@ POD_READY_SECONDS = 1.0  # a changed Deployment's pods are Ready (and its watch 
 @dataclass(frozen=True)
 class Fault:
     name: str
-    breaks: frozenset[str] = frozenset()  # store, store-timeout, keys, api, ledger, die (the status write)
+    # store, store-timeout, keys, api, ledger, notifier, grafana, die (the status write)
+    breaks: frozenset[str] = frozenset()
     seconds: float = 0.0  # how long after the rollback request the fault lasts
     restart_at: float | None = None  # the operator is killed (state in memory lost) this long after the request
     signed: bool = False  # the spec requires a signature (the trusted keys are on the path)
@@ -56,14 +57,16 @@ FAULTS = [
     Fault("none"),
     Fault("artifact store 503 for 20 s", frozenset({"store"}), 20),
     Fault("artifact store times out for 20 s", frozenset({"store-timeout"}), 20),
-    Fault("artifact store down for 10 min (pages once while waiting)", frozenset({"store"}), 600),
+    Fault("artifact store down 10 min (pages once while waiting)", frozenset({"store"}), 600),
     Fault("trusted keys unreadable (API 503) for 20 s", frozenset({"keys"}), 20, signed=True),
     Fault("API server 429 for 30 s", frozenset({"api"}), 30),
     Fault("ledger writes fail for 30 s", frozenset({"ledger"}), 30),
-    Fault("operator killed after moving traffic, before status write", frozenset({"die"}), 0.1, restart_at=0.2),
-    Fault("operator killed after the rollback's first status write", restart_at=0.5),
-    Fault("operator killed while waiting for a 503ing store", frozenset({"store"}), 20, restart_at=10),
-    Fault("API server 429 for 30 s, operator killed meanwhile", frozenset({"api"}), 30, restart_at=10),
+    Fault("pager answers 503 for 60 s", frozenset({"notifier"}), 60),
+    Fault("Grafana answers 502 for 60 s", frozenset({"grafana"}), 60),
+    Fault("kill -9 after moving traffic, before status write", frozenset({"die"}), 0.1, restart_at=0.2),
+    Fault("kill -9 after the rollback's first status write", restart_at=0.5),
+    Fault("kill -9 while waiting for a 503ing store", frozenset({"store"}), 20, restart_at=10),
+    Fault("API server 429 for 30 s, kill -9 meanwhile", frozenset({"api"}), 30, restart_at=10),
     Fault("API server 429 for 10 min (pages once while failing)", frozenset({"api"}), 600),
 ]
 
@@ -161,12 +164,20 @@ class Pager:
 
     sent: list[tuple[str, str | None]] = field(default_factory=list)
 
+    switch: Switch = field(default_factory=Switch)
+    annotated: list[str] = field(default_factory=list)
+
     async def notify(self, model: str, namespace: str, severity: str, summary: str,
                      rollback: api.Rollback | None) -> str | None:
+        if "notifier" in self.switch.on:
+            return "HTTP 503: pager unavailable"
         self.sent.append((severity, rollback.id if rollback else None))
         return None
 
     async def annotate(self, model: str, namespace: str, rollback: api.Rollback) -> str | None:
+        if "grafana" in self.switch.on:
+            return "HTTP 502: Grafana unavailable"
+        self.annotated.append(rollback.id)
         return None
 
     @property
@@ -190,7 +201,8 @@ class World:
         self.switch = Switch()
         self.cluster = FaultyCluster(ready=True)
         self.cluster.switch, self.cluster.deleted = self.switch, []
-        self.store, self.ledger, self.pager = FaultyStore(self.switch), FaultyLedger(self.switch), Pager()
+        self.store, self.ledger = FaultyStore(self.switch), FaultyLedger(self.switch)
+        self.pager = Pager(switch=self.switch)
         self.router = FakeRouter()
         self.now = T0
         self.annotations: dict[str, str] = {}
@@ -289,6 +301,8 @@ def run_row(fault: Fault) -> tuple[Row, World]:
     world.edit(annotations={api.ANNOTATION_ROLLBACK: "on-call-1"})
     asked, world.on_prior_at = world.now, None
     done = world.run_until(lambda: world.status().phase == api.Phase.HALTED, fault)
+    if fault.breaks & {"notifier", "grafana"}:  # the page and the annotation follow once they answer again
+        world.run_until(lambda: world.pager.annotated != [] and world.pager.pages == 1, fault, start=asked)
     assert world.on_prior_at is not None
     return Row(fault.name, (world.on_prior_at - asked).total_seconds(), done, len(world.cluster.incidents),
                world.pager.pages, len(world.pager.sent)), world
@@ -309,6 +323,7 @@ def test_rollback_under_fault(fault: Fault) -> None:
         "an unavailable dependency never rejects the target"
     assert (row.incidents, row.pages) == (1, 1), f"one incident, one page: {row}"
     assert list(world.cluster.incidents) == [status.last_rollback.id]
+    assert world.pager.annotated == [status.last_rollback.id], "one Grafana annotation"
     assert verify(world.ledger.records, lambda record: True, head=status.ledger).ok
     decisions = [r.decision for r in world.ledger.records]
     assert decisions.count(api.Reason.ROLLBACK_STARTED) == 1 and decisions.count(api.Reason.ROLLBACK_COMPLETE) == 1

@@ -40,6 +40,8 @@ from modelwarden.handlers.fleet import FleetReading
 
 log = logging.getLogger("modelwarden.reconciler")
 
+# A rollback's page or annotation that failed is tried again this often (the notifier retries briefly itself).
+UNDELIVERED_RETRY_SECONDS = 15.0
 # Worth a line in the operator's log: what an on-call engineer looks for first.
 LOGGED_REASONS = (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE)
 
@@ -120,6 +122,7 @@ class Reconciler:
         if not acts_first:
             head = await self._append(model, entries, observation.generation, now)
         await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
+        undelivered = await self.applier.deliver_pending(model)
         if acts_first:
             head = await self._append(model, entries, observation.generation, now)
         if head is not None:
@@ -142,6 +145,8 @@ class Reconciler:
         waits = [w for w in (decision.requeue_after, retraining.requeue_after) if w is not None]
         if request is not None:
             waits.append(1.0)  # the next pending action, if any, in the next pass
+        if undelivered:
+            waits.append(UNDELIVERED_RETRY_SECONDS)
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
 
     def _ledger_entries(self, state: ModelState, observation: Observation, events: tuple[Event, ...],
