@@ -211,11 +211,11 @@ async def _publish_ledger_key(ledger: KubeLedger, namespace: str) -> None:
     while True:
         try:
             await ledger.publish_key()
-        except KubeError as e:
+        except Exception as e:  # an unreachable API server too: said, retried, never a dead task
             metrics.prerequisite(name, True)
             if not reported:
                 why = (f"namespace {namespace} does not exist (create it, or set MODELWARDEN_LEDGER_KEY_NAMESPACE)"
-                       if e.status == 404 else str(e))
+                       if isinstance(e, KubeError) and e.status == 404 else f"{type(e).__name__}: {e}")
                 log.error("prerequisite missing: the decision ledger's public key cannot be published: %s; "
                           "records are still written and signed, verifiers cannot check them until it is; "
                           "retrying every %gs at most", why, PREREQUISITE_RETRY_MAX_SECONDS)
@@ -238,12 +238,13 @@ async def _prime_until_listed(feed: Feed, listing: Callable[[], Awaitable[Mappin
     while True:
         try:
             await feed.prime(listing())
-        except KubeError as e:
+        except Exception as e:  # an unreachable API server too: said, retried, never a dead task
             metrics.prerequisite("listing", True)
             if not reported:
-                hint = " (are the CRDs installed? kubectl apply -f crds/, or the chart)" if e.status == 404 else ""
-                log.error("prerequisite missing: cannot list what the operator manages: %s%s; nothing is "
-                          "reconciled until it can; retrying every %gs at most", e, hint,
+                hint = (" (are the CRDs installed? kubectl apply -f crds/, or the chart)"
+                        if isinstance(e, KubeError) and e.status == 404 else "")
+                log.error("prerequisite missing: cannot list what the operator manages: %s: %s%s; nothing is "
+                          "reconciled until it can; retrying every %gs at most", type(e).__name__, e, hint,
                           PREREQUISITE_RETRY_MAX_SECONDS)
                 reported = True
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
