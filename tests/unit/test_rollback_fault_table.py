@@ -32,7 +32,7 @@ from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.decision import SignatureVerdict
 from modelwarden.engine.ledger import Entry, chain, head_of, verify
-from modelwarden.handlers.controller import Controller
+from modelwarden.handlers.controller import RETRY_MAX_SECONDS, RETRY_MIN_SECONDS, Controller, retry_after_failures
 from tests.unit.engine_world import SHA, T0, make_spec
 from tests.unit.test_reconcile import KEY, FakeCluster, FakeRouter, approval, mlmodel
 
@@ -346,3 +346,11 @@ def test_zz_print_the_fault_table(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert all((r.incidents, r.pages) == (1, 1) for r in rows)
+
+
+@pytest.mark.parametrize("failures", [1, 2, 3, 5, 8, 50])
+def test_a_failed_pass_is_retried_with_a_bounded_jittered_backoff(failures: int) -> None:
+    delays = {retry_after_failures(failures) for _ in range(50)}
+    assert all(RETRY_MIN_SECONDS * 0.5 <= d <= RETRY_MAX_SECONDS for d in delays)
+    assert len(delays) > 10, "models failing together do not retry in lockstep"
+    assert max(delays) <= min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (failures - 1))
