@@ -61,6 +61,8 @@ class World:
     route: int | None = None
     services: bool = False
     real_sha: dict[str, str] = field(default_factory=dict)
+    # URIs the store cannot serve right now (a 503, a timeout): uri -> the error the handler reports
+    unreadable: dict[str, str] = field(default_factory=dict)
     approvals: tuple[Approval, ...] = ()
     promote: str | None = None
     resume: str | None = None
@@ -104,8 +106,10 @@ class World:
         check = None
         uri = artifact_to_check(spec, status)
         if uri is not None:
-            actual = self.real_sha.get(uri)
-            check = ArtifactCheck(uri=uri, actual=actual, error=None if actual else "no such file")
+            actual = None if uri in self.unreadable else self.real_sha.get(uri)
+            check = ArtifactCheck(uri=uri, actual=actual,
+                                  error=self.unreadable.get(uri) if uri in self.unreadable else
+                                  None if actual else "no such file")
         return Observation(
             generation=self.generation, approvals=self.approvals, stable=self.stable, canary=self.canary,
             services_present=self.services, route_canary_weight=self.route, artifact=check, promote=self.promote,

@@ -80,9 +80,18 @@ def test_an_expired_action_says_what_it_waited_for() -> None:
 CHECKS: list[tuple[str, ArtifactCheck | None, str | None]] = [
     ("the bytes match", ArtifactCheck(uri=V1.uri, actual=SHA["v1"]), None),
     ("the bytes changed", ArtifactCheck(uri=V1.uri, actual=SHA["v3"]), "TargetSha256Mismatch"),
-    ("the artifact is gone", ArtifactCheck(uri=V1.uri, error="404 not found"), "TargetSha256Mismatch"),
+    ("what the store holds is not an artifact", ArtifactCheck(uri=V1.uri, error="bad manifest", invalid=True),
+     "TargetSha256Mismatch"),
+    # An unavailable store (503, timeout, 404) proves nothing: the rollback starts and waits for the store.
+    ("the store answers 503", ArtifactCheck(uri=V1.uri, error="HTTP 503"), None),
     ("another URI was read", ArtifactCheck(uri=V2.uri, actual=SHA["v2"]), "TargetSha256Mismatch"),
 ]
+
+
+def test_a_rollback_whose_target_is_still_being_verified_waits_pending() -> None:
+    p = plan(make_spec("v2", **STEPS), SERVING, [action("rb", "rollback", to="v1")], NOW, model_uid=MODEL_UID)
+    after = verified(p, ArtifactCheck(uri=V1.uri, pending=True))
+    assert after.fed is None and after.settled == p.settled, "neither acted on nor refused: it waits for the verdict"
 
 
 @pytest.mark.parametrize(("case", "check", "refused"), CHECKS, ids=[c[0] for c in CHECKS])

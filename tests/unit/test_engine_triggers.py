@@ -14,6 +14,7 @@ from modelwarden.engine.triggers import (
     assess_critical_feedback,
     assess_error_budget,
     assess_fast_burn,
+    budget_in_words,
     counter_increase,
     counters_increase,
     merge_fragments,
@@ -237,3 +238,23 @@ def test_a_sustain_window_shorter_than_three_steps_is_not_judged() -> None:
     result = assess_error_budget(budget(30), now=NOW, floor=0.05, sustain_seconds=60, step_seconds=30)
     assert result.verdict == "NoData"
     assert "spec.rollback.sustainSeconds" in result.message and str(min_sustain_seconds(30)) in result.message
+
+
+@pytest.mark.parametrize(("remaining", "words"), [
+    (-360.259, "budget exhausted, spent 361 times over"),
+    (-100.543, "budget exhausted, spent 102 times over"),
+    (-0.5, "budget exhausted, spent 1.5 times over"),
+    (0.0, "budget exhausted, spent 1.0 times over"),
+    (0.03, "3% of budget left"),
+])
+def test_the_budget_is_said_in_words_a_person_reads_at_a_glance(remaining: float, words: str) -> None:
+    assert budget_in_words(remaining) == words
+
+
+def test_a_fired_budget_trigger_says_how_far_over_and_keeps_the_raw_numbers_in_its_values() -> None:
+    now = 10_000.0
+    samples = [(now - i * 30.0, -360.259) for i in range(40, -1, -1)]
+    verdict = assess_error_budget(samples, now=now, floor=0.05, sustain_seconds=300, step_seconds=30)
+    assert verdict.verdict == "Fired"
+    assert "spent 361 times over" in verdict.message and "%" not in verdict.message.split(":", 1)[1]
+    assert verdict.values["budgetRemaining"] == "-360.3"

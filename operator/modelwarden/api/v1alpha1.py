@@ -110,6 +110,10 @@ class Reason(StrEnum):
     ROLLBACK_COMPLETE = "RollbackComplete"
     NO_ROLLBACK_TARGET = "NoRollbackTarget"
     TARGET_SHA256_MISMATCH = "RollbackTargetSha256Mismatch"
+    # Progressing while a rollback waits for a dependency (never a rejection), and the one page a long wait sends
+    WAITING_FOR_ARTIFACT_STORE = "WaitingForArtifactStore"
+    WAITING_FOR_TRUSTED_KEYS = "WaitingForTrustedKeys"
+    ROLLBACK_WAIT_PAGED = "RollbackWaitPaged"
     HALTED = "Halted"
     RESUMED = "Resumed"
     NEW_REVISION = "NewRevision"

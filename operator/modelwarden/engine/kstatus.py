@@ -121,7 +121,13 @@ def _rolling_back_message(status: MLModelStatus) -> str:
     if rb is None:
         return "rolling back"
     to = f"{rb.to_version} (sha256 {(rb.to_sha256 or '')[:12]})" if rb.to_version else "the stable version"
-    return f"{rb.id}: rolling back {rb.from_version} → {to} after {rb.trigger}"
+    message = f"{rb.id}: rolling back {rb.from_version} → {to} after {rb.trigger}"
+    progressing = get_condition(status.conditions, ConditionType.PROGRESSING)
+    if progressing is not None and progressing.reason in (Reason.WAITING_FOR_ARTIFACT_STORE,
+                                                          Reason.WAITING_FOR_TRUSTED_KEYS):
+        waiting = progressing.message.partition(": ")[2] or progressing.message
+        message += f"; {waiting}"  # what it waits for, since when: what an on-call engineer asks first
+    return message
 
 
 def _progressing_message(status: MLModelStatus, fallback: str) -> str:

@@ -147,8 +147,15 @@ def verified(p: Plan, check: ArtifactCheck | None) -> Plan:
     if a is None or fed is None or a.verify is None:
         return p
     target = a.verify
-    if check is not None and check.uri == target.uri and check.error is None and check.actual == target.sha256:
-        return p
+    if check is not None and check.uri == target.uri:
+        if check.pending:  # the verdict wakes the model; the action stays pending until then
+            return replace(p, fed=None, admission=None)
+        if check.error is None and check.actual == target.sha256:
+            return p
+        if check.error is not None and not check.invalid:
+            # An unavailable store proves nothing about the bytes: the rollback starts, and waits for the store
+            # with a condition (engine.rollback.judge_target), rather than refusing on-call at 3 a.m.
+            return p
     found = ("not read" if check is None or check.uri != target.uri else check.error or f"sha256 {check.actual}")
     reason = (ActionReason.TARGET_SHA256_MISMATCH,
               f"rollback target {target.version} at {target.uri} no longer matches sha256 {target.sha256}: {found}; "

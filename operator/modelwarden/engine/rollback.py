@@ -7,7 +7,10 @@ resumes where it stopped. :func:`start_rollback` begins one (a trigger fired, or
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from modelwarden.api.v1alpha1 import (
@@ -15,6 +18,7 @@ from modelwarden.api.v1alpha1 import (
     ConditionType,
     Halt,
     HistoryEntry,
+    MLModelSpec,
     MLModelStatus,
     Phase,
     Reason,
@@ -31,6 +35,7 @@ from modelwarden.engine.actions import (
 from modelwarden.engine.conditions import get_condition
 from modelwarden.engine.decision import (
     HISTORY_LIMIT,
+    ArtifactCheck,
     Decision,
     Pass,
     fingerprint,
@@ -40,10 +45,17 @@ from modelwarden.engine.decision import (
     target_of,
     verified_target,
 )
-from modelwarden.engine.timestamps import timestamp
+from modelwarden.engine.timestamps import parse_timestamp, timestamp
 from modelwarden.engine.triggers import CRITICAL_FEEDBACK, Assessment
 
 INCIDENT_LIMIT = 10
+# A rollback that waits for a dependency (the artifact store, the trusted keys) retries with a backoff that grows
+# with the wait up to this, jittered per rollback so a fleet waiting on one store does not retry in lockstep ...
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+# ... and pages once when the wait has lasted this long (the same incident as the rollback: same id, same page).
+WAIT_PAGE_SECONDS = 300.0
+WAIT_PAGED = "WaitPaged"
 
 
 
@@ -73,8 +85,16 @@ def rollback_target(history: list[HistoryEntry], current: ArtifactVersion,
 
 
 
-def _rollback_id(p: Pass, version: str) -> str:
-    return f"rb-{p.now.strftime('%Y%m%dt%H%M%S')}-{version}".lower()
+def _rollback_id(p: Pass, bad: ArtifactVersion, trigger: str, request: str | None) -> str:
+    """The same for every retry of the pass that starts the rollback (derived from the status it decides on, not
+    the clock): a pass that acted and then failed before its status write (a ledger or API server error) starts
+    the same rollback again, with the same id, so its incident record, ledger records and page are one. Unique per
+    model: it chains on the previous rollback's id and the newest history entry."""
+    status = p.status
+    previous = status.last_rollback.id if status.last_rollback else ""
+    newest = status.history[-1].deployed_at if status.history else ""
+    seed = "|".join((previous, newest, bad.version, bad.sha256, trigger, request or "", str(p.obs.generation)))
+    return f"rb-{hashlib.sha256(seed.encode()).hexdigest()[:10]}-{bad.version}".lower()
 
 
 
@@ -108,8 +128,8 @@ def start_rollback(p: Pass, trigger: Assessment, *, canary_only: bool = False, r
         bad, restore = status.stable, rollback_target(status.history, status.stable, restore_version,
                                                       rolled_back_sha256s(status))
     rb = Rollback(
-        id=_rollback_id(p, bad.version), trigger=trigger.trigger, message=trigger.message, values=trigger.values,
-        request=request,
+        id=_rollback_id(p, bad, trigger.trigger, request), trigger=trigger.trigger, message=trigger.message,
+        values=trigger.values, request=request,
         from_version=bad.version, from_sha256=bad.sha256,
         to_version=restore.version if restore else None, to_sha256=restore.sha256 if restore else None,
         started_at=timestamp(p.now),
@@ -164,14 +184,11 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
                         f"verifying rollback target {restore.version} at {restore.uri}")
             p.update(last_rollback=rb)
             return p.finish(Phase.ROLLING_BACK)
-        refused = signature_refused(p.spec, check)
-        if check.error is not None or check.actual != restore.sha256 or refused is not None:
-            if check.error is not None or check.actual != restore.sha256:
-                found = check.error or f"sha256 {check.actual}"
-            else:
-                assert refused is not None
-                found = f"signature {refused.reason}: {refused.message}"
-            message = f"rollback target {restore.version} at {restore.uri} no longer matches: {found}"
+        verdict = judge_target(p.spec, check, restore)
+        if verdict.waiting_for is not None:
+            return _wait(p, rb, restore, verdict.waiting_for, verdict.found)
+        if verdict.rejected:
+            message = f"rollback target {restore.version} at {restore.uri} no longer matches: {verdict.found}"
             p.event("Warning", Reason.TARGET_SHA256_MISMATCH, message)
             rb = _timeline(rb, p, "TargetRejected", message).model_copy(update={"to_version": None,
                                                                                   "to_sha256": None})
@@ -202,6 +219,80 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
                             summary=f"{rb.message}; rolled back {rb.from_version} → {restore.version} "
                                     f"(sha256 {restore.sha256})")
 
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    """What the check of a rollback target proves: ``rejected`` (a sha256 mismatch, a refused signature, an
+    invalid artifact), or nothing yet (``waiting_for`` names the dependency that did not answer), or neither
+    (verified). ``found`` says what was seen."""
+
+    rejected: bool = False
+    waiting_for: Reason | None = None
+    found: str = ""
+
+
+def judge_target(spec: MLModelSpec, check: ArtifactCheck, restore: ArtifactVersion) -> TargetVerdict:
+    """Only proof rejects a target: a store that answers 503 or times out, or trusted keys that cannot be read,
+    say nothing about the bytes, and rejecting on them would leave the bad version serving."""
+    if check.error is not None:
+        if check.invalid:
+            return TargetVerdict(rejected=True, found=check.error)
+        return TargetVerdict(waiting_for=Reason.WAITING_FOR_ARTIFACT_STORE, found=check.error)
+    if check.actual != restore.sha256:
+        return TargetVerdict(rejected=True, found=f"sha256 {check.actual}")
+    refused = signature_refused(spec, check)
+    if refused is None:
+        return TargetVerdict()
+    if refused.reason == Reason.TRUSTED_KEYS_UNAVAILABLE:
+        return TargetVerdict(waiting_for=Reason.WAITING_FOR_TRUSTED_KEYS, found=refused.message)
+    return TargetVerdict(rejected=True, found=f"signature {refused.reason}: {refused.message}")
+
+
+def retry_delay(rollback_id: str, waited_seconds: float) -> float:
+    """Seconds until the next try of a waiting rollback: about a quarter of the wait so far, bounded to
+    [RETRY_MIN_SECONDS, RETRY_MAX_SECONDS], with a jitter in [50%, 100%] drawn from the rollback id and the wait
+    (deterministic, so a table can test it; different per rollback, so a fleet spreads out)."""
+    base = min(RETRY_MAX_SECONDS, max(RETRY_MIN_SECONDS, waited_seconds / 4))
+    draw = int.from_bytes(hashlib.sha256(f"{rollback_id}/{int(waited_seconds)}".encode()).digest()[:4], "big")
+    return max(RETRY_MIN_SECONDS, base * (0.5 + 0.5 * draw / 0xFFFFFFFF))
+
+
+def waiting_since(rb: Rollback, reason: str) -> datetime | None:
+    """When the current wait for ``reason`` began: the newest timeline entry, if it is that wait's."""
+    if rb.timeline and rb.timeline[-1].event in (reason, WAIT_PAGED):
+        for entry in reversed(rb.timeline):
+            if entry.event == reason:
+                return parse_timestamp(entry.at)
+            if entry.event != WAIT_PAGED:
+                return None
+    return None
+
+
+_WAITING_FOR = {Reason.WAITING_FOR_ARTIFACT_STORE: "the artifact store",
+                Reason.WAITING_FOR_TRUSTED_KEYS: "the trusted keys"}
+
+
+def _wait(p: Pass, rb: Rollback, restore: ArtifactVersion, reason: Reason, found: str) -> Decision:
+    """The target could not be checked: stay RollingBack, say what we wait for, retry, page once if it lasts."""
+    since = waiting_since(rb, reason)
+    if since is None:
+        since = p.now
+        rb = _timeline(rb, p, reason, f"{restore.uri}: {found}")
+    waited = max(0.0, (p.now - since).total_seconds())
+    what = _WAITING_FOR[reason]
+    message = (f"rolling back to {restore.version} (sha256 {restore.sha256[:12]}): waiting for {what} since "
+               f"{timestamp(since)} ({found}); retrying, a page after {WAIT_PAGE_SECONDS / 60:g}m")
+    if waited >= WAIT_PAGE_SECONDS and not any(e.event == WAIT_PAGED for e in rb.timeline):
+        summary = (f"{rb.message}; the rollback to {restore.version} has waited {waited / 60:.0f}m for {what} "
+                   f"({found}); {rb.from_version} still serves")
+        rb = _timeline(rb, p, WAIT_PAGED, summary)
+        p.actions.append(Notify("page", summary, rb))
+        p.event("Warning", Reason.ROLLBACK_WAIT_PAGED, summary)
+    p.update(last_rollback=rb)
+    p.condition(ConditionType.PROGRESSING, True, reason, message)
+    p.requeue(retry_delay(rb.id, waited))
+    return p.finish(Phase.ROLLING_BACK)
 
 
 def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None, canary_only: bool,

@@ -48,6 +48,16 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def budget_in_words(remaining: float) -> str:
+    """What a person reads at a glance: "budget exhausted, spent 361 times over", "3% of budget left". The raw
+    remaining fraction (-360.26 here, printed as -36025.9% before) stays in the assessment's values."""
+    if remaining > 0:
+        return f"{remaining:.0%} of budget left"
+    spent = 1 - remaining
+    return f"budget exhausted, spent {spent:.0f} times over" if spent >= 10 else \
+        f"budget exhausted, spent {spent:.1f} times over"
+
+
 def _window(samples: Samples, start: float, end: float) -> list[tuple[float, float]]:
     return [(t, v) for t, v in samples if start <= t <= end]
 
@@ -117,8 +127,8 @@ def assess_error_budget(samples: Samples | None, *, now: float, floor: float, su
     values["highestInWindow"] = _fmt(highest)
     if highest < floor:
         return Assessment(ERROR_BUDGET, "Fired",
-                          f"error budget below {floor_txt} for {window_txt} "
-                          f"(now {latest:.1%}, highest {highest:.1%})", values)
+                          f"error budget below {floor_txt} for {window_txt}: {budget_in_words(latest)} "
+                          f"(at best {budget_in_words(highest)} in that window)", values)
     return Assessment(ERROR_BUDGET, "Clear", f"error budget above {floor_txt}", values)
 
 

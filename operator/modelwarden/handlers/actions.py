@@ -3,8 +3,9 @@
 Traffic actions (tracks, route weights, the router's objects) raise on failure: the pass is retried. What
 follows a rollback's traffic move (flush/warm-up, Grafana, incident record, evidence, notification) is best
 effort: each failure — a missing configuration included — is logged and recorded as a Warning Event
-``<Action>Failed``, and blocks nothing. Adding an action = its dataclass in ``engine/actions.py`` and one
-``case`` here.
+``<Action>Failed``, and blocks nothing; a rollback's notification and Grafana annotation that failed are tried
+again on the model's later passes, and each is delivered once per rollback id. Adding an action = its dataclass
+in ``engine/actions.py`` and one ``case`` here.
 """
 
 from __future__ import annotations
@@ -66,12 +67,19 @@ class ActionApplier:
     identities_ensured: set[str] = field(default_factory=set)
     # Models (namespace, name, uid) whose admin Secret this process has written.
     admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
+    # A rollback's notifications and annotations this process delivered, keyed by the rollback's id: a pass
+    # retried after a later failure (the ledger, the status write) does not send them again. Across a restart
+    # the notifier's dedup key (the rollback id) keeps it one incident.
+    delivered: set[tuple[str, str, str]] = field(default_factory=set)
+    # What failed to be delivered, per model, retried on the model's later passes (in this process).
+    undelivered: dict[Key, list[AnnotateGrafana | Notify]] = field(default_factory=dict)
 
     def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
         return ((model.namespace, model.name), router_shape(spec)) in self.routers_ensured
 
     def forget(self, key: Key) -> None:
         self.routers_ensured = {r for r in self.routers_ensured if r[0] != key}
+        self.undelivered.pop(key, None)
 
     async def apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
                     actions: Iterable[Action], now: float) -> None:
@@ -119,10 +127,8 @@ class ActionApplier:
                                 "calls": [c.wire() for c in calls]}
                 failure = await _kube_failure(self.workloads.record_evidence(
                     model, rollback, "feedback.json", evidence)) or failure
-            case AnnotateGrafana(rollback=rollback):
-                failure = await self.annotator.annotate(model.name, model.namespace, rollback)
-            case Notify(severity=severity, summary=summary, rollback=rollback):
-                failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
+            case AnnotateGrafana() | Notify():
+                failure = await self._deliver(model, action)
             case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
                 problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
                 for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):
@@ -141,6 +147,42 @@ class ActionApplier:
             log.warning("%s/%s: %s failed: %s", model.namespace, model.name, what, failure)
             with contextlib.suppress(KubeError):
                 await self.events.record(model, "Warning", f"{what}Failed", failure)
+
+    async def _deliver(self, model: ModelObject, action: AnnotateGrafana | Notify) -> str | None:
+        """A rollback's notification or annotation, once per rollback id: skipped when this process delivered it,
+        kept for :meth:`deliver_pending` when it failed (the pager down at 3 a.m. must not mean no page)."""
+        rollback = action.rollback
+        if isinstance(action, AnnotateGrafana):
+            done = ("annotate", action.rollback.id, "")
+        else:
+            done = ("notify", rollback.id if rollback else "", action.summary)
+        if rollback is not None and done in self.delivered:
+            return None
+        if isinstance(action, AnnotateGrafana):
+            failure = await self.annotator.annotate(model.name, model.namespace, action.rollback)
+        else:
+            failure = await self.notifier.notify(model.name, model.namespace, action.severity, action.summary,
+                                                 rollback)
+        key = (model.namespace, model.name)
+        pending = [a for a in self.undelivered.get(key, []) if a != action]
+        if failure is None:
+            self.delivered.add(done)
+        elif rollback is not None:
+            pending.append(action)
+        if pending:
+            self.undelivered[key] = pending
+        else:
+            self.undelivered.pop(key, None)
+        return failure
+
+    async def deliver_pending(self, model: ModelObject) -> bool:
+        """Try again what failed to reach the pager or Grafana; whether anything is still undelivered."""
+        for action in list(self.undelivered.get((model.namespace, model.name), [])):
+            failure = await self._deliver(model, action)
+            if failure:
+                log.warning("%s/%s: %s still failing: %s", model.namespace, model.name, type(action).__name__,
+                            failure)
+        return bool(self.undelivered.get((model.namespace, model.name)))
 
     async def _ensure_admin_secret(self, model: ModelObject) -> None:
         """The model's admin Secret, written once per process (the token is derived, so rewriting is a no-op)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from modelwarden.adapters.artifact_store import ArtifactStore, ReportReader, URIArtifactStore
 from modelwarden.adapters.feedback_store import FeedbackEvidence
-from modelwarden.adapters.kube import EventRecorder, ModelStatusWriter, Workloads
+from modelwarden.adapters.kube import EventRecorder, KubeError, ModelStatusWriter, Workloads
 from modelwarden.adapters.ledger import LedgerWriter
 from modelwarden.adapters.model_actions import ActionStatusWriter
 from modelwarden.adapters.notify import Annotator, LogOnly, Notifier
@@ -27,6 +28,7 @@ from modelwarden.adapters.prometheus import FleetMetrics, MetricsProvider
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.adapters.server_admin import HTTPServerAdmin, ServerAdmin
 from modelwarden.api import v1alpha1 as api
+from modelwarden.engine.rollback import WAIT_PAGE_SECONDS
 from modelwarden.handlers import metrics as own_metrics
 from modelwarden.handlers.actions import ActionApplier
 from modelwarden.handlers.caches import Key, WatchCaches
@@ -38,8 +40,17 @@ from modelwarden.handlers.workqueue import WorkQueue
 log = logging.getLogger("modelwarden.controller")
 
 Clock = Callable[[], dt.datetime]
-# A pass that raised is retried this much later.
-RETRY_SECONDS = 5.0
+# A pass that raised (the API server answered 429 or 5xx, the ledger write failed) is retried with a bounded,
+# jittered exponential backoff per model: soon for a blip, never faster than this for an outage, and a fleet of
+# models never retries in step against a throttling API server. Every step of a pass is idempotent (a rollback's
+# id is derived from the status it decided on), so a retried pass repeats nothing a person would see twice.
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+def retry_after_failures(failures: int) -> float:
+    """Seconds before the next try after ``failures`` consecutive failed passes (full jitter in [50%, 100%])."""
+    return float(min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0))
 # A status write that lost a race is retried this soon (the newer object is usually there by then).
 CONFLICT_RETRY_SECONDS = 0.5
 
@@ -81,6 +92,11 @@ class Controller:
     _cycle_started: float = 0.0
     _cycle_pending: set[Key] = field(default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Consecutive failed passes per model (the backoff of the next retry), since when, and the rollbacks that
+    # paged because of them (once each).
+    _failures: dict[Key, int] = field(default_factory=dict)
+    _failing_since: dict[Key, dt.datetime] = field(default_factory=dict)
+    _paged: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.caches = WatchCaches(wake=self.queue.add, forget=self._forget)
@@ -108,6 +124,9 @@ class Controller:
     def _forget(self, key: Key) -> None:
         self.applier.forget(key)
         self.verification.forget(key)
+        self._failures.pop(key, None)
+        self._failing_since.pop(key, None)
+        self.reconciler.rolling_back.pop(key, None)
         self._decided(key)
 
     # --- the loop ---
@@ -161,18 +180,48 @@ class Controller:
         while True:
             key = await self.queue.get()
             try:
-                with own_metrics.RECONCILE_SECONDS.time():
-                    requeue = await self.reconcile(key)
-                own_metrics.RECONCILES.labels(result="success").inc()
-            except Exception:
-                own_metrics.RECONCILES.labels(result="error").inc()
-                log.exception("reconciling %s/%s failed; retrying", *key)
-                requeue = RETRY_SECONDS
+                requeue = await self.run_pass(key)
             finally:
                 self.queue.done(key)
                 self._decided(key)
             if requeue is not None and key in self.caches.models:
                 self.queue.add_after(key, requeue, sweep=requeue >= self.resync_seconds)
+
+    async def run_pass(self, key: Key) -> float | None:
+        """One pass as a worker runs it: a failed pass is retried after its backoff (and may page), never lost."""
+        try:
+            with own_metrics.RECONCILE_SECONDS.time():
+                requeue = await self.reconcile(key)
+            own_metrics.RECONCILES.labels(result="success").inc()
+        except Exception as e:
+            own_metrics.RECONCILES.labels(result="error").inc()
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            requeue = retry_after_failures(failures)
+            if isinstance(e, KubeError):  # the API server's (or the ledger's) answer, not a bug: no traceback
+                log.warning("reconciling %s/%s failed (%d in a row): %s; retrying in %.1fs", *key, failures, e,
+                            requeue)
+            else:
+                log.exception("reconciling %s/%s failed; retrying in %.1fs", *key, requeue)
+            await self.page_if_rollback_stuck(key, e)
+            return requeue
+        self._failures.pop(key, None)
+        self._failing_since.pop(key, None)
+        return requeue
+
+    async def page_if_rollback_stuck(self, key: Key, error: Exception) -> None:
+        """A rollback whose passes have failed for WAIT_PAGE_SECONDS (the API server throttles, the ledger cannot
+        be written) pages once, under the rollback's own id: the same incident, the same page (its dedup key)."""
+        now = self.clock()
+        since = self._failing_since.setdefault(key, now)
+        rb = self.reconciler.rolling_back.get(key)
+        if rb is None or rb.id in self._paged or (now - since).total_seconds() < WAIT_PAGE_SECONDS:
+            return
+        self._paged.add(rb.id)
+        summary = (f"{rb.message}; the rollback {rb.id} to {rb.to_version} has failed for "
+                   f"{(now - since).total_seconds() / 60:.0f}m: {error}; {rb.from_version} may still serve")
+        failure = await self.notifier.notify(key[1], key[0], "page", summary, rb)
+        if failure:
+            log.warning("%s/%s: the page for %s failed: %s", *key, rb.id, failure)
 
     async def reconcile(self, key: Key) -> float | None:
         """One pass for one model; returns seconds until it wants to run again."""

@@ -112,3 +112,13 @@ def track_ledger(writes: Callable[[], int], records: Callable[[], int]) -> None:
     """Read the ledger's write and record counts at scrape time (writes per record is what a decision costs)."""
     LEDGER_WRITES.set_function(lambda: float(writes()))
     LEDGER_RECORDS.set_function(lambda: float(records()))
+
+
+PREREQUISITE_MISSING = Gauge(
+    "modelwarden_prerequisite_missing",
+    "1 while something the operator needs but can run without is missing (e.g. the namespace that holds the "
+    "ledger's public keys); the log names it and says how to fix it.", ["prerequisite"], registry=REGISTRY)
+
+
+def prerequisite(name: str, missing: bool) -> None:
+    PREREQUISITE_MISSING.labels(prerequisite=name).set(1 if missing else 0)

@@ -12,8 +12,10 @@ that loses the lease exits at once; the Deployment restarts it as a candidate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +28,7 @@ from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
 from modelwarden.adapters.kube import (
     KubeClient,
+    KubeError,
     KubeEventRecorder,
     KubeServerTargets,
     KubeStatusWriter,
@@ -130,7 +133,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
                            "key (id %s), published like any other; mount a Secret for a stable key", signer.key_id)
         ledger = KubeLedger(kube, signer, key_namespace=config.ledger_key_namespace,
                             retention_days=config.ledger_retention_days)
-        await ledger.publish_key()
+        # In the background: records are signed (and chained) from the start; only verifiers need the public
+        # key, and start-up (liveness, reconciling) must not wait for a namespace someone has yet to create.
+        memo["ledger_key"] = asyncio.create_task(_publish_ledger_key(ledger, config.ledger_key_namespace))
         metrics.track_ledger(lambda: ledger.writes if ledger else 0, lambda: ledger.records if ledger else 0)
     else:
         logger.warning("MODELWARDEN_LEDGER=false: no decision ledger is written")
@@ -175,8 +180,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         controller.start()
 
     if not config.leader_election:
-        # kopf starts watching only after the startup handlers: the listing is never newer than its events.
-        await lead()
+        # In the background, so start-up ends and liveness is served at once, whatever is missing; watch events
+        # that arrive during the listing are replayed on top of it (Feed.prime), as for a new leader.
+        async def lead_once_listed() -> None:
+            await _prime_until_listed(feed, lambda: kube.list_all(list(config.namespaces)))
+            controller.start()
+
+        memo["lead"] = asyncio.create_task(lead_once_listed())
         metrics.LEADER.set(1)
         return
     elector = LeaderElector(
@@ -189,8 +199,70 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     elector.start()
 
 
+# Retries of a missing prerequisite: bounded, jittered (many replicas of many operators do not retry in step).
+PREREQUISITE_RETRY_MIN_SECONDS = 2.0
+PREREQUISITE_RETRY_MAX_SECONDS = 60.0
+
+
+async def _publish_ledger_key(ledger: KubeLedger, namespace: str) -> None:
+    """Publish the ledger's public key, retrying until it is done; a missing namespace is said once, clearly,
+    and as the metric ``modelwarden_prerequisite_missing{prerequisite="ledger-key-namespace/<ns>"}``."""
+    name = f"ledger-key-namespace/{namespace}"
+    delay, reported = PREREQUISITE_RETRY_MIN_SECONDS, False
+    while True:
+        try:
+            await ledger.publish_key()
+        except Exception as e:  # an unreachable API server too: said, retried, never a dead task
+            metrics.prerequisite(name, True)
+            if not reported:
+                why = (f"namespace {namespace} does not exist (create it, or set MODELWARDEN_LEDGER_KEY_NAMESPACE)"
+                       if isinstance(e, KubeError) and e.status == 404 else f"{type(e).__name__}: {e}")
+                log.error("prerequisite missing: the decision ledger's public key cannot be published: %s; "
+                          "records are still written and signed, verifiers cannot check them until it is; "
+                          "retrying every %gs at most", why, PREREQUISITE_RETRY_MAX_SECONDS)
+                reported = True
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(PREREQUISITE_RETRY_MAX_SECONDS, delay * 2)
+            continue
+        metrics.prerequisite(name, False)
+        if reported:
+            log.warning("prerequisite restored: the decision ledger's public key is published in %s", namespace)
+        return
+
+
+async def _prime_until_listed(feed: Feed, listing: Callable[[], Awaitable[Mapping[str, list[dict[str, Any]]]]],
+                              ) -> None:
+    """Fill the caches from a full listing, retrying until it succeeds; a missing CRD (or namespace, or a
+    permission) is said once, clearly, and as ``modelwarden_prerequisite_missing{prerequisite="listing"}``:
+    nothing is decided on a half-filled cache."""
+    delay, reported = PREREQUISITE_RETRY_MIN_SECONDS, False
+    while True:
+        try:
+            await feed.prime(listing())
+        except Exception as e:  # an unreachable API server too: said, retried, never a dead task
+            metrics.prerequisite("listing", True)
+            if not reported:
+                hint = (" (are the CRDs installed? kubectl apply -f crds/, or the chart)"
+                        if isinstance(e, KubeError) and e.status == 404 else "")
+                log.error("prerequisite missing: cannot list what the operator manages: %s: %s%s; nothing is "
+                          "reconciled until it can; retrying every %gs at most", type(e).__name__, e, hint,
+                          PREREQUISITE_RETRY_MAX_SECONDS)
+                reported = True
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(PREREQUISITE_RETRY_MAX_SECONDS, delay * 2)
+            continue
+        metrics.prerequisite("listing", False)
+        if reported:
+            log.warning("prerequisite restored: listing works, reconciling")
+        return
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    for name in ("ledger_key", "lead"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()

@@ -54,6 +54,8 @@ from modelwarden.handlers.verification import VerificationPool
 
 log = logging.getLogger("modelwarden.reconciler")
 
+# A rollback's page or annotation that failed is tried again this often (the notifier retries briefly itself).
+UNDELIVERED_RETRY_SECONDS = 15.0
 # Worth a line in the operator's log: what an on-call engineer looks for first.
 LOGGED_REASONS = (api.Reason.ROLLBACK_STARTED, api.Reason.TRAFFIC_RESTORED, api.Reason.ROLLBACK_COMPLETE)
 
@@ -86,6 +88,9 @@ class Reconciler:
     fault: Callable[[str], None] | None = None
     # issue 24: where artifacts are verified (never on the reconcile workers); the controller's wakes the model
     verification: VerificationPool = field(default_factory=lambda: VerificationPool(wake=lambda key: None))
+    # The rollback each model's latest pass decided to walk (the controller pages with it when passes keep failing
+    # before its status write: the same id, hence the same page, as the rollback's own).
+    rolling_back: dict[tuple[str, str], api.Rollback] = field(default_factory=dict)
 
     async def reconcile(self, state: ModelState, reading: FleetReading, now: dt.datetime) -> Outcome:
         meta = state.body["metadata"]
@@ -104,6 +109,22 @@ class Reconciler:
             if actions.fed is None:
                 observation = replace(observation, rollback=None)
         decision = decide(spec, state.status, observation, now)
+        rollback_target = artifact_to_check(spec, decision.status)
+        if (decision.status.phase == api.Phase.ROLLING_BACK and decision.requeue_after == 0
+                and rollback_target is not None and rollback_target != artifact_to_check(spec, state.status)):
+            # A rollback just started and asks for its target's sha256: hash it now and walk the next step in
+            # this same pass, so traffic moves before the ledger and status writes; were those to fail (a ledger
+            # or API server outage), the retried pass starts the same rollback (same id) and acts the same again.
+            observation = replace(observation,
+                                  artifact=await self._verify(model, state.spec, rollback_target))
+            step = decide(spec, decision.status, observation, now)
+            decision = replace(step, actions=(*decision.actions, *step.actions),
+                               events=(*decision.events, *step.events))
+        key = (model.namespace, model.name)
+        if decision.status.phase == api.Phase.ROLLING_BACK and decision.status.last_rollback is not None:
+            self.rolling_back[key] = decision.status.last_rollback  # if this pass fails, the rollback it acts on
+        else:
+            self.rolling_back.pop(key, None)
         # Retraining decides on what the rollout decided (the stable version, the conditions) and adds to it.
         retraining = decide_retraining(spec, decision.status,
                                        await self._observe_retraining(model, state, decision.status, reading, now),
@@ -120,6 +141,7 @@ class Reconciler:
         if not acts_first:
             head = await self._append(model, entries, observation.generation, now)
         await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
+        undelivered = await self.applier.deliver_pending(model)
         if acts_first:
             head = await self._append(model, entries, observation.generation, now)
         if head is not None:
@@ -144,6 +166,8 @@ class Reconciler:
             waits.append(1.0)  # outcomes to copy to the actions, and what the next pass admits
         elif actions.fed is not None:
             waits.append(5.0)  # an admitted action waiting to be carried out (or to expire)
+        if undelivered:
+            waits.append(UNDELIVERED_RETRY_SECONDS)
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
 
     def _ledger_entries(self, state: ModelState, observation: Observation, events: tuple[Event, ...],
