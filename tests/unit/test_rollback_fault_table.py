@@ -238,7 +238,8 @@ class World:
     def request_rollback(self) -> None:
         """On-call files a rollback ModelAction (the watch delivers it; outcomes come back the same way)."""
         self.action = {
-            "metadata": {"namespace": KEY[0], "name": "credit-rollback-1", "uid": "a-rollback-1", "resourceVersion": "1",
+            "metadata": {"namespace": KEY[0], "name": "credit-rollback-1", "uid": "a-rollback-1",
+                         "resourceVersion": "1",
                          "creationTimestamp": self.now.strftime("%Y-%m-%dT%H:%M:%SZ")},
             "spec": {"modelRef": {"name": KEY[1]}, "verb": "rollback", "requester": "oncall", "reason": "drill",
                      "modelUid": self.controller.models[KEY]["metadata"]["uid"]}}
