@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import operator
@@ -35,7 +36,7 @@ import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from model_server import oip
+from model_server import auth, oip
 from model_server.admin import Admin
 from model_server.batching import MicroBatcher, all_finite
 from model_server.config import Settings
@@ -132,7 +133,7 @@ def served_by_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
 class ModelServer:
     """One model version behind the HTTP API. ``ModelServer(settings)`` is the ASGI app."""
 
-    def __init__(self, settings: Settings, *, store_factory: Callable[[str], FeedbackStore] = open_store) -> None:
+    def __init__(self, settings: Settings, *, store_factory: Callable[[str], FeedbackStore] | None = None) -> None:
         self.settings = s = settings
         self.log = EventLog(s.model_name, s.model_version, s.model_track)
         self.metrics = ServerMetrics(s.model_name, s.model_version, s.model_track, s.artifact_sha256, (),
@@ -152,7 +153,8 @@ class ModelServer:
         self.shutting_down = False
         self.requests_served = 0
         self.records = RecordBuffer(on_drop=self._records_dropped)
-        self.store = StoreThread(store_factory)
+        # The store is scoped to the model's namespace (two same-named models never share evidence).
+        self.store = StoreThread(store_factory or functools.partial(open_store, namespace=s.mlmodel_namespace))
         self.feedback = FeedbackDesk(s, self.store, self.records, self.metrics, self.log)
         # The drift thread runs below the loop's priority, like the store thread.
         self._drift_executor = ThreadPoolExecutor(1, thread_name_prefix="drift", initializer=background_priority)
@@ -171,7 +173,7 @@ class ModelServer:
         self.shadow_metrics = ShadowMetrics(self.metrics.registry, s.model_name, s.model_version)
         self.mirror = Mirror(s.shadow_target_url, s.shadow_percent, s.shadow_queue_size, s.shadow_timeout_seconds,
                              s.model_name, s.model_version, self.shadow_metrics, self.log,
-                             threshold=s.shadow_decision_threshold) \
+                             token_file=s.shadow_token_file) \
             if s.shadow_target_url else None
         self.comparator = Comparator(s.shadow_decision_threshold, self.shadow_metrics, s.max_batch_rows,
                                      s.max_body_bytes, self._shadow_score)
@@ -179,8 +181,11 @@ class ModelServer:
         self._served_by = served_by_headers(s)
 
     def _routes(self) -> Router:
-        admin = Admin(self.settings.admin_token, self, self.governance, self.log, self.settings.max_body_bytes,
-                      token_file=self.settings.admin_token_file)
+        s = self.settings
+        admin = Admin(auth.configured(s.service_account_jwks, s.service_account_issuer, auth.ADMIN_AUDIENCE,
+                                      s.admin_subject), self, self.governance, self.log, s.max_body_bytes)
+        shadow_peer = auth.configured(s.service_account_jwks, s.service_account_issuer, auth.SHADOW_AUDIENCE,
+                                      s.shadow_subject)
         r = Router()
         r.add("/predict", "POST", self._predict)
         r.add("/feedback", "POST", self.feedback.post)
@@ -195,11 +200,12 @@ class ModelServer:
             r.add(prefix, "GET", self._model_metadata)
             r.add(f"{prefix}/ready", "GET", self._model_ready)
             r.add(f"{prefix}/infer", "POST", self._infer)
-        r.add(COMPARE_PATH, "POST", self.comparator.endpoint)
+        r.add(COMPARE_PATH, "POST", auth.require(shadow_peer, self.comparator.endpoint, what="SHADOW"))
         r.add("/admin/flush", "POST", admin.authenticated(admin.flush))
         r.add("/admin/warmup", "POST", admin.authenticated(admin.warmup))
         r.add("/admin/reenable", "POST", admin.authenticated(admin.reenable))
-        r.add("/admin/faults", "POST", admin.authenticated(admin.faults))
+        if s.fault_injection:
+            r.add("/admin/faults", "POST", admin.authenticated(admin.faults))
         r.add("/admin/feedback", "GET", admin.authenticated(self.feedback.recent))
         return r
 

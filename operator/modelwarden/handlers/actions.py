@@ -55,7 +55,7 @@ class ActionApplier:
     events: EventRecorder
     notifier: Notifier = field(default_factory=LogOnly)
     annotator: Annotator = field(default_factory=LogOnly)
-    # Without a token every admin call fails, and says why: missing configuration is reported, never skipped.
+    # Without an identity every admin call fails, and says why: missing configuration is reported, never skipped.
     server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
     # Where a CriticalFeedback rollback's evidence is read: the feedback store itself (complete whichever pods are
     # gone); unset, the servers' admin API of the rolled-back track (only what live pods reach).
@@ -64,8 +64,6 @@ class ActionApplier:
     # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
     routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
     identities_ensured: set[str] = field(default_factory=set)
-    # Models (namespace, name, uid) whose admin Secret this process has written.
-    admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
 
     def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
         return ((model.namespace, model.name), router_shape(spec)) in self.routers_ensured
@@ -92,8 +90,6 @@ class ActionApplier:
                 if model.namespace not in self.identities_ensured:
                     await self.workloads.ensure_server_identity(model.namespace)
                     self.identities_ensured.add(model.namespace)
-                # The pods mount the model's admin Secret: it exists before the first pod does.
-                await self._ensure_admin_secret(model)
                 await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint, mirror=mirror,
                                                  hidden=hidden)
             case DeleteTrack(track=track):
@@ -113,7 +109,6 @@ class ActionApplier:
                     evidence = {"source": "feedbackStore", "records": read.records, "truncated": read.truncated,
                                 "error": failure}
                 else:
-                    await _kube_failure(self._ensure_admin_secret(model))  # the call's failure says it, if it matters
                     records, calls, failure = await self.server_admin.feedback(model, track, now - since, who)
                     evidence = {"source": f"servers ({track} track)", "records": records, "error": failure,
                                 "calls": [c.wire() for c in calls]}
@@ -124,7 +119,7 @@ class ActionApplier:
             case Notify(severity=severity, summary=summary, rollback=rollback):
                 failure = await self.notifier.notify(model.name, model.namespace, severity, summary, rollback)
             case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
-                problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
+                problems: list[str | None] = []
                 for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):
                     if admin_track is None:
                         continue
@@ -141,13 +136,6 @@ class ActionApplier:
             log.warning("%s/%s: %s failed: %s", model.namespace, model.name, what, failure)
             with contextlib.suppress(KubeError):
                 await self.events.record(model, "Warning", f"{what}Failed", failure)
-
-    async def _ensure_admin_secret(self, model: ModelObject) -> None:
-        """The model's admin Secret, written once per process (the token is derived, so rewriting is a no-op)."""
-        token = self.server_admin.admin_token(model)
-        if token and (model.namespace, model.name, model.uid) not in self.admin_secrets_ensured:
-            await self.workloads.ensure_admin_secret(model, token)
-            self.admin_secrets_ensured.add((model.namespace, model.name, model.uid))
 
 
 async def _kube_failure(write: Any) -> str | None:
