@@ -18,7 +18,8 @@ by the public key, or with ``alg: none``, is refused.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -30,6 +31,7 @@ SHADOW_AUDIENCE = "modelwarden.io/shadow"
 # Clock skew tolerated between the API server that issued a token and this pod.
 LEEWAY_SECONDS = 30
 # What the API server signs service-account tokens with (RSA or ECDSA keys); never a symmetric algorithm.
+ACCEPTED_CACHE_SIZE = 256
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
 
 
@@ -55,6 +57,10 @@ class TokenVerifier:
     audience: str
     subject: str
     leeway: float = LEEWAY_SECONDS
+    # Tokens already verified -> their exp: the operator sends the same token for minutes, and an RSA verification
+    # costs far more than the call it guards. The exact same string carries the exact same signature; exp still
+    # holds on every call. Bounded (cleared when full).
+    _accepted: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_jwks(cls, jwks: str, issuer: str, audience: str, subject: str,
@@ -72,8 +78,20 @@ class TokenVerifier:
             raise ValueError("the JWKS holds no RSA or ECDSA signing key")
         return cls(keys, issuer, audience, subject, leeway)
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims, or :class:`Refused`."""
+    def verify(self, token: str) -> None:
+        """Returns for a token that proves :attr:`subject` for :attr:`audience`, else raises :class:`Refused`."""
+        expires = self._accepted.get(token)
+        if expires is not None:
+            if time.time() < expires + self.leeway:
+                return
+            del self._accepted[token]
+        claims = self.claims(token)
+        if len(self._accepted) >= ACCEPTED_CACHE_SIZE:
+            self._accepted.clear()
+        self._accepted[token] = float(claims["exp"])
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The verified token's claims, or :class:`Refused` (no cache)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

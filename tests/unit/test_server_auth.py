@@ -28,8 +28,18 @@ def _b64(doc: dict[str, object]) -> str:
 
 
 def test_the_operators_token_verifies() -> None:
-    claims = VERIFIER.verify(ISSUER.token())
+    claims = VERIFIER.claims(ISSUER.token())
     assert claims["sub"] == TokenIssuer.OPERATOR and claims["aud"] == [ADMIN_AUDIENCE]
+
+
+def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
+    verifier = TokenVerifier.from_jwks(ISSUER.jwks(), TokenIssuer.ISSUER, ADMIN_AUDIENCE, TokenIssuer.OPERATOR,
+                                       leeway=0)
+    token = ISSUER.token(lifetime=1)
+    verifier.verify(token)
+    verifier.verify(token)  # from the cache
+    time.sleep(1.2)
+    assert refused(token, verifier) == "EXPIRED", "a remembered token expires like any other"
 
 
 @pytest.mark.parametrize(("token", "reason"), [
