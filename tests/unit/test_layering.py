@@ -58,7 +58,8 @@ LAYERS = [
     Layer(ROOT / "model_server", ("model_server", "modelwarden.artifacts"),
           frozenset(sys.stdlib_module_names) | {
               "cryptography", "httpx", "joblib", "jwt", "kubernetes", "numpy", "onnxruntime", "orjson",
-              "prometheus_client", "psycopg", "pydantic", "scipy", "skl2onnx", "sklearn", "skops", "threadpoolctl", "uvicorn", "uvloop"}),
+              "prometheus_client", "psycopg", "pydantic", "scipy", "skl2onnx", "sklearn", "skops", "threadpoolctl",
+              "uvicorn", "uvloop"}),
 ]
 # Reading the clock is a side effect; the engine takes `now` as an argument.
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
