@@ -182,7 +182,7 @@ def into_shadow(stage: Stage, api_clients: dict[str, client.ApiClient], v1: Demo
     candidate = stage.serve("candidate", v2, "v2", "canary", **callers)
     mirror = {k: v for k, v in env.items() if k.startswith("SHADOW_")} | {
         "SHADOW_TARGET_URL": candidate, "SHADOW_TOKEN_FILE": str(token_file)}
-    return stage.serve("stable", v1, "v1", "stable", **callers, **mirror), candidate
+    return stage.serve("stable", v1, "v1", "stable", **(callers | mirror)), candidate
 
 
 def compared_query(namespace: str) -> str:
