@@ -253,8 +253,10 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         assert role["rules"] == shipped["modelwarden-operator"]
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"mlmodels/status", "mlmodels/finalizers"} <= resources
-        (binding,) = _get(objects, "ClusterRoleBinding")
+        (binding,) = _get(objects, "ClusterRoleBinding", "modelwarden-operator")
         assert binding["subjects"][0]["namespace"] == namespace
+        (keys,) = _get(objects, "ClusterRole", "modelwarden-issuer-keys")
+        assert keys["rules"] == [{"nonResourceURLs": ["/openid/v1/jwks"], "verbs": ["get"]}]
 
     if value_set == "minimal":
         assert not kinds & {"ValidatingAdmissionPolicy", "NetworkPolicy", "ServiceAccount", "PrometheusRule"}
