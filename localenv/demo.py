@@ -19,7 +19,6 @@ before any user got an answer from it; the stage's numbers and the answers' vers
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from kubernetes import client, config
 
 from localenv import cluster as cluster_env
@@ -52,6 +52,7 @@ from localenv import prometheus as prometheus_env
 from localenv._proc import REPO_ROOT, EnvironmentStartError, wait_until
 from localenv._proc import run as run_command
 from localenv.artifacts import ArtifactServer
+from localenv.modelwarden import service_account_token
 from modelwarden.api import v1alpha1 as api
 
 OPERATOR_SECRET = "modelwarden-demo"
@@ -136,11 +137,14 @@ class PodTargets:
         self._stop.set()
 
 
-def inject_faults(core: client.CoreV1Api, namespace: str, track: str) -> list[str]:
-    """Half of each ``track`` pod's requests fail, set through each pod's /admin/faults with the model's own admin
-    token (the Secret the operator wrote; the demo reads it as cluster admin)."""
-    secret: Any = core.read_namespaced_secret(f"{MODEL}-admin-token", namespace)
-    token = base64.b64decode(secret.data["token"]).decode()
+def inject_faults(cluster: cluster_env.Cluster, core: client.CoreV1Api, namespace: str, track: str) -> list[str]:
+    """Half of each ``track`` pod's requests fail, set through each pod's /admin/faults (served because the demo's
+    operator runs with MODELWARDEN_SERVER_FAULT_INJECTION) with a TokenRequest token of the operator's own
+    ServiceAccount, asked for as cluster-admin (trusted in the threat model)."""
+    operator_pod: Any = core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/name=modelwarden").items[0]
+    token = service_account_token(cluster, "modelwarden.io/admin", namespace=namespace,
+                                  name=str(operator_pod.spec.service_account_name))
     hit = []
     for pod in model_pods(core, namespace, track):
         resp = httpx.post(f"http://{pod.status.pod_ip}:8080/admin/faults",
@@ -246,15 +250,25 @@ def status_line(custom: client.CustomObjectsApi, namespace: str, load: LoadGener
     return f"phase {st.phase}: stable {st.stable.version if st.stable else '-'}{canary}{budget}{answered}"
 
 
+def with_fault_injection(rendered: str) -> str:
+    """The chart's output with MODELWARDEN_SERVER_FAULT_INJECTION=true on the operator container."""
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc.get("kind") == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                container.setdefault("env", []).append({"name": "MODELWARDEN_SERVER_FAULT_INJECTION", "value": "true"})
+    return yaml.safe_dump_all(docs)
+
+
 def install_operator(cluster: cluster_env.Cluster, core: client.CoreV1Api, namespace: str, work: Path,
                      prometheus_url: str, receiver_url: str, feedback_dsn: str) -> None:
     """The chart, as a user installs it (helm template + server-side apply), into the demo namespace: one
-    namespace watched, its Role, its Lease; settings from values, the webhook URL and admin key from a Secret."""
+    namespace watched, its Role, its Lease; settings from values, the webhook URL from a Secret. The rendered
+    operator Deployment gets MODELWARDEN_SERVER_FAULT_INJECTION (the demo injects faults; no chart value can)."""
     helm = Path(run_command(["bash", str(REPO_ROOT / "hack" / "build-helm.sh")], "building helm").splitlines()[-1])
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name=OPERATOR_SECRET),
-        string_data={"webhook-url": f"{receiver_url}/webhook", "admin-token": secrets.token_hex(32),
-                     "feedback-dsn": feedback_dsn}))
+        string_data={"webhook-url": f"{receiver_url}/webhook", "feedback-dsn": feedback_dsn}))
     values = {"rbac": {"scope": "namespace", "createSharedClusterRoles": False},
               # Nothing enforces NetworkPolicy on this node (a plain bridge), so the demo leaves it out.
               "networkPolicy": {"enabled": False},
@@ -266,7 +280,7 @@ def install_operator(cluster: cluster_env.Cluster, core: client.CoreV1Api, names
     (work / "values.json").write_text(json.dumps(values))
     rendered = run_command([helm, "template", "modelwarden", CHART, "--namespace", namespace,
                             "-f", work / "values.json"], "helm template")
-    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=rendered)
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=with_fault_injection(rendered))
 
     def ready() -> bool:
         pods: list[Any] = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=modelwarden").items
@@ -417,7 +431,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
             generator = load
             say(f"6/7 inject errors into {which} (half its requests fail, set on each of its pods) — and wait: "
                 "nobody is paged to act")
-            hit = inject_faults(core, namespace, track)
+            hit = inject_faults(cluster, core, namespace, track)
             say(f"    faults set on {', '.join(hit)}")
             took = wait_for("automatic rollback", lambda: model_status(custom, namespace).phase == api.Phase.HALTED,
                             240, line)

@@ -7,6 +7,7 @@ RBAC, not admin.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -29,6 +30,19 @@ from localenv._proc import (
 from localenv.cluster import Cluster
 
 BINDINGS = [
+    # The operator's own ServiceAccount: the local user asks TokenRequest for its tokens (the admin API's proof),
+    # exactly as the chart's pod does.
+    {"apiVersion": "v1", "kind": "ServiceAccount",
+     "metadata": {"name": "modelwarden-operator", "namespace": "modelwarden-system"}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+     "metadata": {"name": "modelwarden-operator-token-local-user", "namespace": "modelwarden-system"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelwarden-operator-token"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-operator-issuer-keys-local-user"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "modelwarden-operator-issuer-keys"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
      "metadata": {"name": "modelwarden-operator-local-user"},
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-operator"},
@@ -67,6 +81,35 @@ def install(cluster: Cluster) -> None:
                     "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io")
 
 
+OPERATOR_NAMESPACE = "modelwarden-system"
+OPERATOR_SERVICE_ACCOUNT = "modelwarden-operator"
+
+
+def service_account_token(cluster: Cluster, audience: str, *, namespace: str = OPERATOR_NAMESPACE,
+                          name: str = OPERATOR_SERVICE_ACCOUNT, user: str = "admin", seconds: int = 600) -> str:
+    """A TokenRequest token of ServiceAccount ``namespace/name`` for ``audience``, asked for as ``user`` (the
+    tests' and the demo's way to call a server's admin API: as cluster-admin, with the operator's identity)."""
+    out = cluster.kubectl("create", "token", name, "-n", namespace, f"--audience={audience}",
+                          f"--duration={seconds}s", user=user)
+    return str(out.stdout).strip()
+
+
+def server_auth_env(cluster: Cluster, *, fault_injection: bool = False, shadow_namespace: str = "default") -> dict[
+        str, str]:
+    """The environment a model server started as a local process needs to verify its callers, as the operator
+    would put it into the model's Deployment: the cluster's issuer keys and issuer, the operator's subject."""
+    jwks = str(cluster.kubectl("get", "--raw", "/openid/v1/jwks").stdout)
+    token = service_account_token(cluster, "modelwarden.io/admin")
+    payload = token.split(".")[1]
+    issuer = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["iss"]
+    env = {"SERVICE_ACCOUNT_JWKS": jwks, "SERVICE_ACCOUNT_ISSUER": issuer,
+           "ADMIN_SUBJECT": f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}",
+           "SHADOW_SUBJECT": f"system:serviceaccount:{shadow_namespace}:modelwarden-model-server"}
+    if fault_injection:
+        env["FAULT_INJECTION"] = "true"
+    return env
+
+
 GATEWAY_API_VERSION = "v1.3.0"
 
 
@@ -96,7 +139,9 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
-        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), **self.env}
+        # The local environment is where model servers may serve /admin/faults (tests call it as cluster-admin).
+        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), "MODELWARDEN_SERVER_FAULT_INJECTION": "true",
+               **self.env}
         self.process = start_process(
             [sys.executable, "-m", "modelwarden.handlers",
              f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",

@@ -1,17 +1,18 @@
-"""``/admin/*``: bearer-token authentication and the operator's levers on one server.
+"""``/admin/*``: the operator's levers on one server, for the operator only.
 
 The operator calls ``flush`` (drain the inference queue, write prediction records) and ``warmup`` during a
-rollback; a human calls ``reenable`` after ``DISABLED_BY_GOVERNANCE``; chaos drills set ``faults``. The server
+rollback, ``reenable`` to carry out a ModelAction ``enable`` after ``DISABLED_BY_GOVERNANCE``, and ``feedback``
+for a rollback's evidence. ``faults`` exists only on a server started with ``FAULT_INJECTION=true`` (tests, the
+demo). Every call needs the operator's ServiceAccount token (:mod:`model_server.auth`). The server
 side of each is behind :class:`AdminTarget`, so this module knows nothing of how the server is built.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-from pathlib import Path
 from typing import Any, Protocol
 
+from model_server.auth import Refused, TokenVerifier, require
 from model_server.feedback import ERROR_LOG_INTERVAL, validate
 from model_server.governance import Governance
 from model_server.http import Handler, HttpError, Params, Receive, Response, Scope, json_response, read_json
@@ -30,43 +31,26 @@ class AdminTarget(Protocol):
 
 
 class Admin:
-    def __init__(self, token: str | None, target: AdminTarget, governance: Governance, log: EventLog,
-                 max_body_bytes: int, token_file: Path | None = None) -> None:
-        self._token = token
-        self._token_file = token_file
+    """The admin endpoints; :meth:`authenticated` puts one behind the operator's ServiceAccount token (audience
+    ``modelwarden.io/admin``, subject ``ADMIN_SUBJECT``, verified offline: :mod:`model_server.auth`)."""
+
+    def __init__(self, verifier: TokenVerifier | None, target: AdminTarget, governance: Governance, log: EventLog,
+                 max_body_bytes: int) -> None:
+        self._verifier = verifier
         self._target = target
         self._governance = governance
         self._log = log
         self._max_body = max_body_bytes
 
-    def _current_token(self) -> str | None:
-        """The token file's content when one is configured (the kubelet replaces it when its Secret changes),
-        else ``ADMIN_TOKEN``. A file that cannot be read or is empty disables admin calls."""
-        if self._token_file is None:
-            return self._token
-        try:
-            return self._token_file.read_text(encoding="utf-8").strip() or None
-        except OSError:
-            return None
+    def _refused(self, scope: Scope, refused: Refused) -> None:
+        self._log.throttled("ADMIN_UNAUTHORIZED", ERROR_LOG_INTERVAL, "ADMIN", "UNAUTHORIZED",
+                            f"refused admin call {scope['path']}: {refused.reason}", path=scope["path"],
+                            reason=refused.reason)
 
     def authenticated(self, handler: Handler) -> Handler:
-        """``handler`` behind ``Authorization: Bearer <token>`` (403 while no token is configured)."""
-        async def check(scope: Scope, receive: Receive, params: Params) -> Response:
-            token = self._current_token()
-            if token is None:
-                raise HttpError(403, "ADMIN_DISABLED", "no admin token (ADMIN_TOKEN_FILE / ADMIN_TOKEN)")
-            offered = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    offered = value
-            scheme, _, credential = offered.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
-                self._log.throttled("ADMIN_UNAUTHORIZED", ERROR_LOG_INTERVAL, "ADMIN", "UNAUTHORIZED",
-                                    f"rejected admin call {scope['path']}", path=scope["path"])
-                raise HttpError(401, "UNAUTHORIZED", headers=[(b"www-authenticate", b"Bearer")])
-            return await handler(scope, receive, params)
-
-        return check
+        """``handler`` for the operator only: 401 without a token, 403 (with the reason) for any other token, 403
+        ``ADMIN_DISABLED`` while no verifier is configured."""
+        return require(self._verifier, handler, what="ADMIN", on_refused=self._refused)
 
     async def flush(self, scope: Scope, receive: Receive, params: Params) -> Response:
         flushed = await self._target.flush()

@@ -20,11 +20,13 @@ Served by uvicorn (httptools, uvloop), one process per pod. Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from model_server import auth
 from model_server.accounting import ErrorAccount
 from model_server.admin import Admin
 from model_server.batching import MicroBatcher
@@ -59,7 +61,7 @@ def served_by_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
 class ModelServer:
     """One model version behind the HTTP API. ``ModelServer(settings)`` is the ASGI app."""
 
-    def __init__(self, settings: Settings, *, store_factory: Callable[[str], FeedbackStore] = open_store) -> None:
+    def __init__(self, settings: Settings, *, store_factory: Callable[[str], FeedbackStore] | None = None) -> None:
         self.settings = s = settings
         self.log = EventLog(s.model_name, s.model_version, s.model_track)
         self.metrics = ServerMetrics(s.model_name, s.model_version, s.model_track, s.artifact_sha256, (),
@@ -71,13 +73,14 @@ class ModelServer:
         self.metrics.set_state(self.governance.state)
         self.errors = ErrorAccount(self.metrics, self.governance, self.log)
         self.records = RecordBuffer(s.record_buffer_max, on_drop=self._records_dropped)
-        self.store = StoreThread(store_factory)
+        # The store is scoped to the model's namespace (two same-named models never share evidence).
+        self.store = StoreThread(store_factory or functools.partial(open_store, namespace=s.mlmodel_namespace))
         self.feedback = FeedbackDesk(s, self.store, self.records, self.metrics, self.log)
         # The shadow stage: the stable mirrors (when SHADOW_TARGET_URL is set), any server can compare.
         self.shadow_metrics = ShadowMetrics(self.metrics.registry, s.model_name, s.model_version)
         self.mirror = Mirror(s.shadow_target_url, s.shadow_percent, s.shadow_queue_size, s.shadow_timeout_seconds,
                              s.model_name, s.model_version, self.shadow_metrics, self.log,
-                             threshold=s.shadow_decision_threshold) \
+                             token_file=s.shadow_token_file) \
             if s.shadow_target_url else None
         self.dataplane = DataPlane(s, self.governance, self.records, self.mirror)
         self.comparator = Comparator(s.shadow_decision_threshold, self.shadow_metrics, s.max_batch_rows,
@@ -95,8 +98,11 @@ class ModelServer:
         self._served_by = served_by_headers(s)
 
     def _routes(self) -> Router:
-        admin = Admin(self.settings.admin_token, self, self.governance, self.log, self.settings.max_body_bytes,
-                      token_file=self.settings.admin_token_file)
+        s = self.settings
+        admin = Admin(auth.configured(s.service_account_jwks, s.service_account_issuer, auth.ADMIN_AUDIENCE,
+                                      s.admin_subject), self, self.governance, self.log, s.max_body_bytes)
+        shadow_peer = auth.configured(s.service_account_jwks, s.service_account_issuer, auth.SHADOW_AUDIENCE,
+                                      s.shadow_subject)
         v1, v2, service = self.v1, self.v2, self.service
         r = Router()
         r.add("/predict", "POST", v1.predict)
@@ -112,11 +118,12 @@ class ModelServer:
             r.add(prefix, "GET", v2.model_metadata)
             r.add(f"{prefix}/ready", "GET", v2.model_ready)
             r.add(f"{prefix}/infer", "POST", v2.infer)
-        r.add(COMPARE_PATH, "POST", self.comparator.endpoint)
+        r.add(COMPARE_PATH, "POST", auth.require(shadow_peer, self.comparator.endpoint, what="SHADOW"))
         r.add("/admin/flush", "POST", admin.authenticated(admin.flush))
         r.add("/admin/warmup", "POST", admin.authenticated(admin.warmup))
         r.add("/admin/reenable", "POST", admin.authenticated(admin.reenable))
-        r.add("/admin/faults", "POST", admin.authenticated(admin.faults))
+        if s.fault_injection:
+            r.add("/admin/faults", "POST", admin.authenticated(admin.faults))
         r.add("/admin/feedback", "GET", admin.authenticated(self.feedback.recent))
         return r
 

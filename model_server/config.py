@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from model_server.auth import ADMIN_AUDIENCE, configured
 from modelwarden.artifacts import FeatureContract, is_sha256_hex
 
 Track = Literal["stable", "canary"]
@@ -52,10 +53,18 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "FEEDBACK_RETENTION_SECONDS": ("31536000", "feedback labels (and the predictions they label) are deleted this long "
                                                "after they were received (default 365 days; keep >= 6 months where "
                                                "a regulator requires it)"),
-    "ADMIN_TOKEN": ("", "bearer token for /admin/*; admin endpoints answer 403 while it is unset"),
-    "ADMIN_TOKEN_FILE": ("", "file holding the bearer token for /admin/* (the operator's per-model Secret, mounted "
-                             "into the pod); re-read on every admin call, so a replaced Secret takes effect; wins "
-                             "over ADMIN_TOKEN"),
+    # Who may call /admin/* and /shadow/compare (model_server/auth.py): ServiceAccount tokens, verified offline.
+    "SERVICE_ACCOUNT_JWKS": ("", "the cluster's service-account issuer keys (JWKS JSON, from /openid/v1/jwks; the "
+                                 "operator sets it); unset: /admin/* and /shadow/compare answer 403"),
+    "SERVICE_ACCOUNT_ISSUER": ("", "the issuer (iss) those tokens must carry"),
+    "ADMIN_SUBJECT": ("", "the only subject /admin/* accepts (audience modelwarden.io/admin): the operator's "
+                          "ServiceAccount, system:serviceaccount:<namespace>:<name>"),
+    "SHADOW_SUBJECT": ("", "the only subject /shadow/compare accepts (audience modelwarden.io/shadow): the model's "
+                           "own pod ServiceAccount in its namespace"),
+    "SHADOW_TOKEN_FILE": ("", "the stable's projected token (audience modelwarden.io/shadow), sent with every "
+                              "mirrored batch; re-read as the kubelet refreshes it"),
+    "FAULT_INJECTION": ("false", "true serves /admin/faults (tests and the demo only; the operator sets it only when "
+                                 "started with MODELWARDEN_SERVER_FAULT_INJECTION, which no chart value sets)"),
     "GOVERNANCE_MAX_MODEL_ERRORS": ("5", "model errors within the window that switch to DISABLED_BY_GOVERNANCE"),
     "GOVERNANCE_WINDOW_SECONDS": ("300", "sliding window for the count above"),
     "GOVERNANCE_ERROR_KINDS": (",".join(DEFAULT_GOVERNANCE_KINDS), "error kinds that count (comma-separated)"),
@@ -79,13 +88,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "GRACEFUL_SHUTDOWN_SECONDS": ("20", "how long in-flight requests may take to finish after SIGTERM"),
     "LOG_LEVEL": ("INFO", "DEBUG | INFO | WARNING | ERROR"),
     # The shadow stage (issue 20; model_server/shadow.py). The operator sets these on the stable's pods while a
-    # candidate runs in shadow (the stable sends its SHADOW_DECISION_THRESHOLD with every mirrored batch).
+    # candidate runs in shadow; SHADOW_DECISION_THRESHOLD on every pod of a model with a shadow stage (the
+    # candidate compares with its own, nothing in a request chooses it).
     "SHADOW_TARGET_URL": ("", "the candidate's base URL: mirror sampled, answered requests there (unset: no mirror)"),
     "SHADOW_PERCENT": ("10", "percent of answered requests mirrored (0-100)"),
     "SHADOW_QUEUE_SIZE": ("1000", "mirror queue bound, in requests; a copy that finds it full is dropped and counted"),
     "SHADOW_TIMEOUT_SECONDS": ("2", "timeout of one mirror POST"),
     "SHADOW_DECISION_THRESHOLD": ("0.5", "a score at or above it is a positive decision, for the agreement share "
-                                         "(the stable sends its own with every mirrored batch)"),
+                                         "(the candidate's own, from its MLModel's spec.rollout.shadow)"),
 }
 
 
@@ -114,8 +124,12 @@ class Settings:
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
     feedback_retention_seconds: float = 365 * 86400
-    admin_token: str | None = None
-    admin_token_file: Path | None = None
+    service_account_jwks: str | None = None
+    service_account_issuer: str | None = None
+    admin_subject: str | None = None
+    shadow_subject: str | None = None
+    shadow_token_file: Path | None = None
+    fault_injection: bool = False
     governance_max_model_errors: int = 5
     governance_window_seconds: float = 300.0
     governance_error_kinds: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_GOVERNANCE_KINDS))
@@ -180,8 +194,12 @@ class Settings:
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),
             feedback_retention_seconds=reader.number("FEEDBACK_RETENTION_SECONDS", minimum=1),
-            admin_token=reader.text("ADMIN_TOKEN") or None,
-            admin_token_file=Path(reader.text("ADMIN_TOKEN_FILE")) if reader.text("ADMIN_TOKEN_FILE") else None,
+            service_account_jwks=reader.text("SERVICE_ACCOUNT_JWKS") or None,
+            service_account_issuer=reader.text("SERVICE_ACCOUNT_ISSUER") or None,
+            admin_subject=reader.text("ADMIN_SUBJECT") or None,
+            shadow_subject=reader.text("SHADOW_SUBJECT") or None,
+            shadow_token_file=Path(reader.text("SHADOW_TOKEN_FILE")) if reader.text("SHADOW_TOKEN_FILE") else None,
+            fault_injection=reader.flag("FAULT_INJECTION"),
             governance_max_model_errors=reader.integer("GOVERNANCE_MAX_MODEL_ERRORS", minimum=1),
             governance_window_seconds=reader.number("GOVERNANCE_WINDOW_SECONDS", minimum=1),
             governance_error_kinds=kinds,
@@ -204,7 +222,17 @@ class Settings:
             graceful_shutdown_seconds=reader.number("GRACEFUL_SHUTDOWN_SECONDS", minimum=0),
             log_level=reader.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             **_shadow(reader),
-        )
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """The token verifiers can be built (a JWKS that is not one stops the server at start-up)."""
+        if self.service_account_jwks:
+            try:
+                configured(self.service_account_jwks, self.service_account_issuer or "-", ADMIN_AUDIENCE,
+                           self.admin_subject or "-")
+            except ValueError as e:
+                raise ConfigError(f"SERVICE_ACCOUNT_JWKS: {e}") from None
+        return self
 
     @property
     def mlmodel_name(self) -> str:

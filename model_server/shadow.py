@@ -4,14 +4,17 @@
 share (``SHADOW_PERCENT``) of its rows and the scores the user got are put on a bounded queue — O(1) on the
 request path; when the queue is full the copy is dropped and counted, never waited for. Sender tasks take
 what is queued (after :data:`LINGER_SECONDS`, up to :data:`MAX_ROWS_PER_POST` rows per POST) and send it to
-the candidate's ``POST /shadow/compare`` with a timeout. Nothing the candidate answers reaches a user: the
+the candidate's ``POST /shadow/compare`` with a timeout, with the pod's projected ServiceAccount token
+(``SHADOW_TOKEN_FILE``, audience ``modelwarden.io/shadow``). Nothing the candidate answers reaches a user: the
 user's answer was the stable's, computed before the copy existed.
 
 **Comparator** (the candidate's pods). ``POST /shadow/compare`` scores the rows on the ``shadow`` track —
 same feature contract, same model, but no prediction record (nothing can take feedback), no
 ``ml_inference_requests_total``, no latency sample, no drift observation and no governance error: a shadow
 answer counts toward no SLO or governance state of either version. It compares each score with the stable's
-and exports the comparison (the names are an API: DESIGN §4, docs/model-server.md):
+and exports the comparison (the names are an API: DESIGN §4, docs/model-server.md). It accepts only a token of
+audience ``modelwarden.io/shadow`` for the model's own pod ServiceAccount (``SHADOW_SUBJECT``; see
+:mod:`model_server.auth`), and decides agreement with its own ``SHADOW_DECISION_THRESHOLD``:
 
 * ``ml_shadow_compared_total{model,version,track="shadow"}`` — rows compared;
 * ``ml_shadow_agreements_total{…}`` — rows whose decision (score >= ``SHADOW_DECISION_THRESHOLD``) agrees;
@@ -33,6 +36,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -98,10 +102,11 @@ class Mirror:
     """The stable's side: sample, queue (bounded), send after the answer."""
 
     def __init__(self, target_url: str, percent: float, queue_size: int, timeout_seconds: float, model: str,
-                 version: str, metrics: ShadowMetrics, log: EventLog, *, threshold: float = 0.5,
+                 version: str, metrics: ShadowMetrics, log: EventLog, *, token_file: Path | None = None,
                  rng: random.Random | None = None) -> None:
         self.url = target_url.rstrip("/") + COMPARE_PATH
-        self.threshold = threshold
+        # The pod's projected ServiceAccount token (audience modelwarden.io/shadow): the candidate accepts only it.
+        self.token_file = token_file
         self.share = percent / 100
         self.timeout = timeout_seconds
         self.model, self.version = model, version
@@ -154,10 +159,14 @@ class Mirror:
 
     async def _send(self, rows: list[dict[str, Any]], scores: list[float]) -> None:
         assert self._client is not None
-        body = orjson.dumps({"model": self.model, "version": self.version, "rows": rows, "scores": scores,
-                             "threshold": self.threshold})
+        body = orjson.dumps({"model": self.model, "version": self.version, "rows": rows, "scores": scores})
+        headers = {"content-type": "application/json"}
+        if self.token_file is not None:
+            # Re-read per batch: the kubelet replaces the file before the token expires.
+            with contextlib.suppress(OSError):
+                headers["authorization"] = "Bearer " + self.token_file.read_text(encoding="utf-8").strip()
         try:
-            answer = await self._client.post(self.url, content=body, headers={"content-type": "application/json"})
+            answer = await self._client.post(self.url, content=body, headers=headers)
             ok = answer.status_code == 200
             detail = f"HTTP {answer.status_code}"
         except httpx.HTTPError as e:
@@ -199,9 +208,8 @@ class Comparator:
             # Counted on the shadow track only: never ml_model_errors_total, never governance.
             self.metrics.error[e.kind if e.kind in self.metrics.error else "INVALID_INPUT"].inc(len(rows))
             raise HttpError(e.status, e.code, e.message, outcome=e.outcome, **e.fields) from None
-        threshold = doc.get("threshold")
-        agreed = self.compare([float(s) for s in scores], list(candidate),
-                              float(threshold) if type(threshold) in (int, float) else self.threshold)
+        # The candidate's own threshold (its MLModel's spec): a "threshold" in the body is ignored.
+        agreed = self.compare([float(s) for s in scores], list(candidate), self.threshold)
         return Response(200, orjson.dumps({"compared": len(rows), "agreed": agreed}))
 
     def compare(self, stable: list[float], candidate: list[float], threshold: float) -> int:

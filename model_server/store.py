@@ -97,12 +97,16 @@ class FeedbackStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(dsn: str) -> FeedbackStore:
-    """``postgresql://...`` / ``postgres://...`` ⇒ PostgreSQL; ``sqlite:///path`` or a plain path ⇒ SQLite."""
+def open_store(dsn: str, namespace: str = "") -> FeedbackStore:
+    """``postgresql://...`` / ``postgres://...`` ⇒ PostgreSQL; ``sqlite:///path`` or a plain path ⇒ SQLite.
+
+    ``namespace`` is the model's Kubernetes namespace: every row this store writes carries it and every read,
+    purge and lookup is limited to it, so two models of the same name in two namespaces on one database never see,
+    purge or label each other's records."""
     if dsn.startswith(("postgresql://", "postgres://")):
-        return PostgresFeedbackStore(dsn)
+        return PostgresFeedbackStore(dsn, namespace=namespace)
     path = dsn.removeprefix("sqlite://") if dsn.startswith("sqlite://") else dsn
-    return SqliteFeedbackStore(Path(path))
+    return SqliteFeedbackStore(Path(path), namespace=namespace)
 
 
 _FEEDBACK_NAMESPACE = uuid.UUID("6d776664-0000-5000-8000-6d6f64656c77")
@@ -121,6 +125,11 @@ def iso(ts: float) -> str:
 _PREDICTION_COLUMNS = "prediction_id, model, version, track, state, inputs, output, created_at, sha256"
 _FEEDBACK_COLUMNS = ("feedback_id, prediction_id, model, version, label, severity, stakeholder, comment, author, "
                      "received_at, track, sha256")
+# Written with every row, never read back into a record: the store's own namespace scopes every query.
+_WRITE_PREDICTION_COLUMNS = _PREDICTION_COLUMNS + ", namespace"
+_WRITE_FEEDBACK_COLUMNS = _FEEDBACK_COLUMNS + ", namespace"
+_SQ = "namespace = ? AND model = ?"  # one model's rows (SQLite): parameters (self.namespace, model)
+_PQ = "namespace = %s AND model = %s"  # the same, PostgreSQL
 
 
 class Migration(NamedTuple):
@@ -171,6 +180,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE model_feedback ADD COLUMN IF NOT EXISTS sha256 text NOT NULL DEFAULT ''",
         "UPDATE model_feedback f SET track = p.track FROM model_predictions p WHERE p.prediction_id = f.prediction_id",
     )),
+    # Rows written before it carry namespace '' and are seen by no model: assign them with one UPDATE per
+    # namespace (docs/model-server.md) if they must stay evidence.
+    Migration(3, "the model's namespace on predictions and labels", (
+        "ALTER TABLE predictions ADD COLUMN namespace TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE feedback ADD COLUMN namespace TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS predictions_ns_model_created ON predictions (namespace, model, created_at)",
+        "CREATE INDEX IF NOT EXISTS feedback_ns_model_received ON feedback (namespace, model, received_at)",
+    ), (
+        "ALTER TABLE model_predictions ADD COLUMN IF NOT EXISTS namespace text NOT NULL DEFAULT ''",
+        "ALTER TABLE model_feedback ADD COLUMN IF NOT EXISTS namespace text NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS model_predictions_ns_model_created ON model_predictions "
+        "(namespace, model, created_at)",
+        "CREATE INDEX IF NOT EXISTS model_feedback_ns_model_received ON model_feedback (namespace, model, received_at)",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, what text NOT NULL, "
@@ -187,8 +210,9 @@ def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
 
 
 class SqliteFeedbackStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, namespace: str = "") -> None:
         self.path = path
+        self.namespace = namespace
         path.parent.mkdir(parents=True, exist_ok=True)
         # One connection, used by one worker thread at a time (the lock makes direct use from tests safe too).
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -241,68 +265,71 @@ class SqliteFeedbackStore:
     def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if records:
             self._tx(lambda c: c.executemany(
-                f"INSERT OR IGNORE INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                [_prediction_row(r) for r in records]))
+                f"INSERT OR IGNORE INTO predictions ({_WRITE_PREDICTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(*_prediction_row(r), self.namespace) for r in records]))
 
     def prediction(self, prediction_id: str) -> PredictionRecord | None:
-        rows = self._query(f"SELECT {_PREDICTION_COLUMNS} FROM predictions WHERE prediction_id = ?", (prediction_id,))
+        rows = self._query(f"SELECT {_PREDICTION_COLUMNS} FROM predictions WHERE prediction_id = ? "
+                           "AND namespace = ?", (prediction_id, self.namespace))
         return PredictionRecord(*rows[0]) if rows else None
 
     def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
         def add(c: sqlite3.Connection) -> tuple[FeedbackRecord, bool]:
-            inserted = c.execute(f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS}) "
-                                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _feedback_row(record)).rowcount == 1
-            row = c.execute(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE feedback_id = ?",
-                            (record.feedback_id,)).fetchone()
+            inserted = c.execute(f"INSERT OR IGNORE INTO feedback ({_WRITE_FEEDBACK_COLUMNS}) "
+                                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 (*_feedback_row(record), self.namespace)).rowcount == 1
+            row = c.execute(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE feedback_id = ? AND namespace = ?",
+                            (record.feedback_id, self.namespace)).fetchone()
             return FeedbackRecord(*row), inserted
 
         return self._tx(add)
 
     def feedback_for(self, prediction_id: str) -> PredictionFeedback:
         rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE prediction_id = ? "
-                           "ORDER BY received_at, feedback_id", (prediction_id,))
+                           "AND namespace = ? ORDER BY received_at, feedback_id", (prediction_id, self.namespace))
         return PredictionFeedback(self.prediction(prediction_id), [FeedbackRecord(*r) for r in rows])
 
     def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int:
         marks = ",".join("?" * len(stakeholders)) or "NULL"
-        rows = self._query(f"SELECT count(*) FROM feedback WHERE model = ? AND received_at >= ? AND severity = ? "
-                           f"AND stakeholder IN ({marks})", (model, since, severity, *stakeholders))
+        rows = self._query(f"SELECT count(*) FROM feedback WHERE {_SQ} AND received_at >= ? AND severity = ? "
+                           f"AND stakeholder IN ({marks})", (self.namespace, model, since, severity, *stakeholders))
         return int(rows[0][0])
 
     def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
                                   limit: int) -> list[str]:
         marks = ",".join("?" * len(stakeholders)) or "NULL"
-        rows = self._query(f"SELECT prediction_id FROM feedback WHERE model = ? AND received_at >= ? AND severity = ? "
+        rows = self._query(f"SELECT prediction_id FROM feedback WHERE {_SQ} AND received_at >= ? AND severity = ? "
                            f"AND stakeholder IN ({marks}) GROUP BY prediction_id ORDER BY min(received_at) LIMIT ?",
-                           (model, since, severity, *stakeholders, limit))
+                           (self.namespace, model, since, severity, *stakeholders, limit))
         return [str(r[0]) for r in rows]
 
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
         no_feedback = "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = predictions.prediction_id)"
 
         def purge(c: sqlite3.Connection) -> int:
-            deleted = c.execute(f"DELETE FROM predictions WHERE model = ? AND created_at < ? AND {no_feedback}",
-                                (model, older_than)).rowcount
-            (count,) = c.execute("SELECT count(*) FROM predictions WHERE model = ?", (model,)).fetchone()
+            deleted = c.execute(f"DELETE FROM predictions WHERE {_SQ} AND created_at < ? AND {no_feedback}",
+                                (self.namespace, model, older_than)).rowcount
+            (count,) = c.execute(f"SELECT count(*) FROM predictions WHERE {_SQ}", (self.namespace, model)).fetchone()
             if count > keep_at_most:
                 deleted += c.execute(
                     f"DELETE FROM predictions WHERE prediction_id IN (SELECT prediction_id FROM predictions "
-                    f"WHERE model = ? AND {no_feedback} ORDER BY created_at LIMIT ?)",
-                    (model, count - keep_at_most)).rowcount
+                    f"WHERE {_SQ} AND {no_feedback} ORDER BY created_at LIMIT ?)",
+                    (self.namespace, model, count - keep_at_most)).rowcount
             return int(deleted)
 
         return self._tx(purge)
 
     def purge_feedback(self, model: str, older_than: float) -> int:
-        return int(self._tx(lambda c: c.execute("DELETE FROM feedback WHERE model = ? AND received_at < ?",
-                                                (model, older_than)).rowcount))
+        return int(self._tx(lambda c: c.execute(f"DELETE FROM feedback WHERE {_SQ} AND received_at < ?",
+                                                (self.namespace, model, older_than)).rowcount))
 
     def feedback_page(self, model: str, since: float, until: float, after: tuple[float, str] | None,
                       limit: int) -> list[FeedbackRecord]:
         at, fid = after if after is not None else (since - 1.0, "")
-        rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE model = ? AND received_at >= ? "
+        rows = self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE {_SQ} AND received_at >= ? "
                            "AND received_at < ? AND (received_at > ? OR (received_at = ? AND feedback_id > ?)) "
-                           "ORDER BY received_at, feedback_id LIMIT ?", (model, since, until, at, at, fid, limit))
+                           "ORDER BY received_at, feedback_id LIMIT ?",
+                           (self.namespace, model, since, until, at, at, fid, limit))
         return [FeedbackRecord(*r) for r in rows]
 
     def schema_version(self) -> int:
@@ -323,9 +350,10 @@ class PostgresFeedbackStore:
     # each migration step: one transaction-scoped advisory lock serialises them; the second finds the steps done.
     _SCHEMA_LOCK = 0x6D77_6664  # "mwfd"
 
-    def __init__(self, dsn: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, connect_timeout: float = 5.0, *, namespace: str = "") -> None:
         import psycopg
 
+        self.namespace = namespace
         self._psycopg = psycopg
         self._dsn = dsn
         self._timeout = connect_timeout
@@ -381,26 +409,28 @@ class PostgresFeedbackStore:
     def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
             return
-        rows = [_prediction_row(r) for r in records]
+        rows = [(*_prediction_row(r), self.namespace) for r in records]
         self._run(lambda c: c.cursor().executemany(
-            f"INSERT INTO model_predictions ({_PREDICTION_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            f"INSERT INTO model_predictions ({_WRITE_PREDICTION_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (prediction_id) DO NOTHING", rows))
 
     def prediction(self, prediction_id: str) -> PredictionRecord | None:
         row = self._run(lambda c: c.execute(
             f"SELECT {_PREDICTION_SELECT} "
-            "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone())
+            "FROM model_predictions WHERE prediction_id = %s AND namespace = %s",
+            (prediction_id, self.namespace)).fetchone())
         return PredictionRecord(*row) if row else None
 
     def add_feedback(self, record: FeedbackRecord) -> tuple[FeedbackRecord, bool]:
         # synchronous_commit stays at its default (on): COMMIT returns after the WAL is flushed.
         def add(c: Any) -> tuple[FeedbackRecord, bool]:
             inserted = c.execute(
-                f"INSERT INTO model_feedback ({_FEEDBACK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                "ON CONFLICT (feedback_id) DO NOTHING", _feedback_row(record)).rowcount == 1
+                f"INSERT INTO model_feedback ({_WRITE_FEEDBACK_COLUMNS}) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (feedback_id) DO NOTHING", (*_feedback_row(record), self.namespace)).rowcount == 1
             row = c.execute(
-                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE feedback_id = %s",
-                (record.feedback_id,)).fetchone()
+                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE feedback_id = %s AND namespace = %s",
+                (record.feedback_id, self.namespace)).fetchone()
             return FeedbackRecord(*row), inserted
 
         return self._run(add)
@@ -408,56 +438,58 @@ class PostgresFeedbackStore:
     def feedback_for(self, prediction_id: str) -> PredictionFeedback:
         def read(c: Any) -> PredictionFeedback:
             p = c.execute(f"SELECT {_PREDICTION_SELECT} "
-                          "FROM model_predictions WHERE prediction_id = %s", (prediction_id,)).fetchone()
+                          "FROM model_predictions WHERE prediction_id = %s AND namespace = %s",
+                          (prediction_id, self.namespace)).fetchone()
             rows = c.execute(
-                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE prediction_id = %s "
+                f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE prediction_id = %s AND namespace = %s "
                 "ORDER BY received_at, feedback_id",
-                (prediction_id,)).fetchall()
+                (prediction_id, self.namespace)).fetchall()
             return PredictionFeedback(PredictionRecord(*p) if p else None, [FeedbackRecord(*r) for r in rows])
 
         return self._run(read)
 
     def count_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str) -> int:
         row = self._run(lambda c: c.execute(
-            "SELECT count(*) FROM model_feedback WHERE model = %s AND received_at >= %s AND severity = %s "
-            "AND stakeholder = ANY(%s)", (model, since, severity, list(stakeholders))).fetchone())
+            f"SELECT count(*) FROM model_feedback WHERE {_PQ} AND received_at >= %s AND severity = %s "
+            "AND stakeholder = ANY(%s)", (self.namespace, model, since, severity, list(stakeholders))).fetchone())
         return int(row[0])
 
     def predictions_with_feedback(self, model: str, since: float, stakeholders: Sequence[str], severity: str,
                                   limit: int) -> list[str]:
         rows = self._run(lambda c: c.execute(
-            "SELECT prediction_id FROM model_feedback WHERE model = %s AND received_at >= %s AND severity = %s "
+            f"SELECT prediction_id FROM model_feedback WHERE {_PQ} AND received_at >= %s AND severity = %s "
             "AND stakeholder = ANY(%s) GROUP BY prediction_id ORDER BY min(received_at) LIMIT %s",
-            (model, since, severity, list(stakeholders), limit)).fetchall())
+            (self.namespace, model, since, severity, list(stakeholders), limit)).fetchall())
         return [str(r[0]) for r in rows]
 
     def purge_predictions(self, model: str, older_than: float, keep_at_most: int) -> int:
         no_feedback = "NOT EXISTS (SELECT 1 FROM model_feedback f WHERE f.prediction_id = p.prediction_id)"
 
         def purge(c: Any) -> int:
-            deleted = c.execute(f"DELETE FROM model_predictions p WHERE model = %s AND created_at < %s "
-                                f"AND {no_feedback}", (model, older_than)).rowcount
-            (count,) = c.execute("SELECT count(*) FROM model_predictions WHERE model = %s", (model,)).fetchone()
+            deleted = c.execute(f"DELETE FROM model_predictions p WHERE {_PQ} AND created_at < %s "
+                                f"AND {no_feedback}", (self.namespace, model, older_than)).rowcount
+            (count,) = c.execute(f"SELECT count(*) FROM model_predictions WHERE {_PQ}",
+                                 (self.namespace, model)).fetchone()
             if count > keep_at_most:
                 deleted += c.execute(
                     f"DELETE FROM model_predictions WHERE prediction_id IN (SELECT prediction_id FROM "
-                    f"model_predictions p WHERE model = %s AND {no_feedback} ORDER BY created_at LIMIT %s)",
-                    (model, count - keep_at_most)).rowcount
+                    f"model_predictions p WHERE {_PQ} AND {no_feedback} ORDER BY created_at LIMIT %s)",
+                    (self.namespace, model, count - keep_at_most)).rowcount
             return int(deleted)
 
         return self._run(purge)
 
     def purge_feedback(self, model: str, older_than: float) -> int:
-        return int(self._run(lambda c: c.execute("DELETE FROM model_feedback WHERE model = %s AND received_at < %s",
-                                                 (model, older_than)).rowcount))
+        return int(self._run(lambda c: c.execute(f"DELETE FROM model_feedback WHERE {_PQ} AND received_at < %s",
+                                                 (self.namespace, model, older_than)).rowcount))
 
     def feedback_page(self, model: str, since: float, until: float, after: tuple[float, str] | None,
                       limit: int) -> list[FeedbackRecord]:
         at, fid = after if after is not None else (since - 1.0, "")
         rows = self._run(lambda c: c.execute(
-            f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE model = %s AND received_at >= %s "
+            f"SELECT {_FEEDBACK_SELECT} FROM model_feedback WHERE {_PQ} AND received_at >= %s "
             "AND received_at < %s AND (received_at, feedback_id) > (%s, %s) ORDER BY received_at, feedback_id "
-            "LIMIT %s", (model, since, until, at, fid, limit)).fetchall())
+            "LIMIT %s", (self.namespace, model, since, until, at, fid, limit)).fetchall())
         return [FeedbackRecord(*r) for r in rows]
 
     def schema_version(self) -> int:

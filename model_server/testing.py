@@ -102,3 +102,48 @@ def serve_subprocess(env: Mapping[str, str], *, log_path: Path, timeout: float =
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class TokenIssuer:
+    """A stand-in for the API server's service-account token issuer (unit tests and benchmarks only): an RSA key,
+    its JWKS, and tokens for any subject and audience, signed as the API server signs them."""
+
+    ISSUER = "https://kubernetes.default.svc.cluster.local"
+    OPERATOR = "system:serviceaccount:modelwarden-system:modelwarden-operator"
+
+    def __init__(self, kid: str = "test-key") -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(self) -> str:
+        import json
+
+        import jwt
+
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        return json.dumps({"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]})
+
+    def token(self, subject: str = OPERATOR, audience: str = "modelwarden.io/admin", *, lifetime: float = 600,
+              issued: float | None = None, issuer: str = ISSUER, **header: str) -> str:
+        import jwt
+
+        now = time.time() if issued is None else issued
+        claims = {"iss": issuer, "sub": subject, "aud": [audience], "iat": int(now), "nbf": int(now),
+                  "exp": int(now + lifetime)}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, **header})
+
+    def server_env(self, *, shadow_subject: str = "system:serviceaccount:default:modelwarden-model-server",
+                   fault_injection: bool = False) -> dict[str, str]:
+        env = {"SERVICE_ACCOUNT_JWKS": self.jwks(), "SERVICE_ACCOUNT_ISSUER": self.ISSUER,
+               "ADMIN_SUBJECT": self.OPERATOR, "SHADOW_SUBJECT": shadow_subject}
+        if fault_injection:
+            env["FAULT_INJECTION"] = "true"
+        return env
+
+    def settings(self, **extra: object) -> dict[str, object]:
+        """The same, as :class:`~model_server.config.Settings` fields."""
+        return {"service_account_jwks": self.jwks(), "service_account_issuer": self.ISSUER,
+                "admin_subject": self.OPERATOR,
+                "shadow_subject": "system:serviceaccount:default:modelwarden-model-server", **extra}

@@ -253,8 +253,10 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         assert role["rules"] == shipped["modelwarden-operator"]
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"mlmodels/status", "mlmodels/finalizers"} <= resources
-        (binding,) = _get(objects, "ClusterRoleBinding")
+        (binding,) = _get(objects, "ClusterRoleBinding", "modelwarden-operator")
         assert binding["subjects"][0]["namespace"] == namespace
+        (keys,) = _get(objects, "ClusterRole", "modelwarden-issuer-keys")
+        assert keys["rules"] == [{"nonResourceURLs": ["/openid/v1/jwks"], "verbs": ["get"]}]
 
     if value_set == "minimal":
         assert not kinds & {"ValidatingAdmissionPolicy", "NetworkPolicy", "ServiceAccount", "PrometheusRule"}
@@ -290,7 +292,13 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         titles = {json.loads(v)["title"] for cm in boards for v in cm["data"].values()}
         assert titles == {"ML Service Inference Overview", "Model Drift Deep Dive"}
         assert env["MODELWARDEN_PROMETHEUS_URL"]["value"] == MONITORING["config"]["prometheusUrl"]
-        assert env["MODELWARDEN_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "modelwarden-secrets"
+        assert env["MODELWARDEN_FEEDBACK_DSN"]["valueFrom"]["secretKeyRef"]["name"] == "modelwarden-secrets"
+    # No admin key: the operator calls the servers with TokenRequest tokens of its own ServiceAccount only.
+    assert "MODELWARDEN_ADMIN_TOKEN" not in env and "MODELWARDEN_SERVER_FAULT_INJECTION" not in env
+    assert env["MODELWARDEN_SERVICE_ACCOUNT"]["value"].endswith("/" + pod["serviceAccountName"])
+    (token_role,) = [o for o in _get(objects, "Role") if o["metadata"]["name"].endswith("-token")]
+    assert token_role["rules"] == [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                                    "resourceNames": [pod["serviceAccountName"]], "verbs": ["create"]}]
 
 
 def test_the_dry_run_refuses_what_is_wrong(helm: Path, cluster: Cluster, namespace: str, monitoring_crds: None,
@@ -314,7 +322,9 @@ def test_the_dry_run_refuses_what_is_wrong(helm: Path, cluster: Cluster, namespa
     ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "leaderElection/enabled"),
     ({"leaderElection": {"renewDeadlineSeconds": 15}}, "leaseDurationSeconds > renewDeadlineSeconds"),
     ({"leaderElection": {"retryPeriodSeconds": 9}}, "1.2 x retryPeriodSeconds"),
-], ids=["two-standalone-replicas", "renew-deadline-not-below-lease", "retry-period-too-long"])
+    ({"extraEnv": [{"name": "MODELWARDEN_SERVER_FAULT_INJECTION", "value": "true"}]}, "never turns on fault injection"),
+], ids=["two-standalone-replicas", "renew-deadline-not-below-lease", "retry-period-too-long",
+        "fault-injection-through-extra-env"])
 def test_chart_refuses_unsafe_replica_and_election_settings(helm: Path, tmp_path: Path, values: dict[str, Any],
                                                             refusal: str) -> None:
     """Two standalone kopf operators would both act on every model (the schema refuses it); election timings where a

@@ -29,6 +29,7 @@ from kubernetes import client
 from localenv import cluster as cluster_env
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
+from localenv.modelwarden import server_auth_env
 from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import Phase
@@ -95,7 +96,8 @@ def story(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClien
     features = json.loads((artifacts["v2"] / "model_meta.json").read_text())["features"]
 
     env = {"MODEL_NAME": "m", "MODEL_VERSION": "v2", "ARTIFACT_DIR": str(artifacts["v2"]),
-           "ARTIFACT_SHA256": shas["v2"], "MODEL_FORMAT": "onnx", "ADMIN_TOKEN": "t0ken", "WARMUP_ROUNDS": "1",
+           "ARTIFACT_SHA256": shas["v2"], "MODEL_FORMAT": "onnx", **server_auth_env(modelwarden_installed),
+           "WARMUP_ROUNDS": "1",
            "FEEDBACK_DSN": str(tmp_path / "fb.sqlite3")}
     with serve_subprocess(env, log_path=tmp_path / "server.log") as (url, _), http_client(url) as http:
         ids = []
@@ -124,7 +126,7 @@ def story(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClien
                                                              {"setWeight": 100, "pauseSeconds": 0}]}})
             op.until("m", lambda s, v=version: s.phase == Phase.STABLE and s.stable is not None
                      and s.stable.version == v)
-        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        op.controller.applier.server_admin = HTTPServerAdmin(op.identity.token, url_template=url)
         prom = prometheus_env.start(tmp_path / "prometheus", backfilled=[
             budget_series("v2", 0), feedback_series("finance", [50, 20]), feedback_series("regulator", [5])])
         try:

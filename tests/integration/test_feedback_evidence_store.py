@@ -34,7 +34,9 @@ def test_critical_feedback_incident_lists_every_label_with_every_server_gone(
     dsn = postgres.dsn.rsplit("/", 1)[0] + f"/fb_m_{suffix}"
 
     demo = build_demo_artifact(tmp_path / "served", fmt="onnx", trained=train("logistic", 3, 200, seed=5))
-    env = {**demo.env("m", "v2"), "FEEDBACK_DSN": dsn, "WARMUP_ROUNDS": "1", "LOG_LEVEL": "WARNING"}
+    # The servers write their model's namespace with every row; the operator reads only that namespace.
+    env = {**demo.env("m", "v2"), "FEEDBACK_DSN": dsn, "WARMUP_ROUNDS": "1", "LOG_LEVEL": "WARNING",
+           "MLMODEL_NAMESPACE": namespace}
     behind: dict[str, set[tuple[str, str]]] = {}  # predictionId -> {(stakeholder, severity)}
     with serve_subprocess(env, log_path=tmp_path / "a.log") as (url_a, proc_a), \
             serve_subprocess(env, log_path=tmp_path / "b.log") as (url_b, proc_b), \
@@ -65,7 +67,7 @@ def test_critical_feedback_incident_lists_every_label_with_every_server_gone(
         op.controller.applier.feedback_evidence = PostgresFeedbackEvidence(
             postgres.dsn.rsplit("/", 1)[0] + f"/fb_{{model}}_{suffix}")
         # The servers' admin API is where evidence came from before: nothing answers there now.
-        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url_a)
+        op.controller.applier.server_admin = HTTPServerAdmin(op.identity.token, url_template=url_a)
         prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),
                                               feedback_series("regulator", [5])])
         op.evaluate(prom.url)

@@ -16,7 +16,6 @@ through the Service is the neutral prediction, and no container restarted."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import subprocess
@@ -39,8 +38,6 @@ from localenv.artifacts import ArtifactServer
 from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
-from modelwarden.adapters.manifests import ModelObject
-from modelwarden.adapters.server_admin import derive_admin_token
 from modelwarden.api.v1alpha1 import Phase
 from tests.integration.modelwarden_helpers import Models, approval, cli, wait_for
 
@@ -158,11 +155,9 @@ def test_canary_share_rollback_and_kill_switch_counted_from_real_answers_through
                                         "labels": {"instance": p.metadata.name}}
                                        for p in _pods(core, namespace) if p.status.pod_ip]))
 
-    key = "integration-admin-key"
     operator = OperatorProcess(cluster, tmp_path / "operator.log", env={
         "MODELWARDEN_PROMETHEUS_URL": prom.url, "MODELWARDEN_EVALUATION_INTERVAL": str(EVALUATION_INTERVAL),
-        "MODELWARDEN_QUERY_STEP": str(EVALUATION_INTERVAL), "MODELWARDEN_RESYNC_SECONDS": "5",
-        "MODELWARDEN_ADMIN_TOKEN": key}).start()
+        "MODELWARDEN_QUERY_STEP": str(EVALUATION_INTERVAL), "MODELWARDEN_RESYNC_SECONDS": "5"}).start()
     try:
         with ArtifactServer(tmp_path) as artifacts, contextlib.ExitStack() as stack:
             uri = {v: artifacts.uri(a.directory / a.model_file) for v, a in built.items()}
@@ -174,13 +169,11 @@ def test_canary_share_rollback_and_kill_switch_counted_from_real_answers_through
             vip = core.read_namespaced_service(MODEL, namespace).spec.cluster_ip
             load = Load(f"http://{vip}:8080", list(built["v1"].features))
 
-            # The admin credential: a Secret owned by the model, the token derived from the operator's key.
-            secret = core.read_namespaced_secret(f"{MODEL}-admin-token", namespace)
-            model_uid = admin.get(MODEL)["metadata"]["uid"]
-            assert [(o.kind, o.uid) for o in secret.metadata.owner_references] == [("MLModel", model_uid)]
-            token = base64.b64decode(secret.data["token"]).decode()
-            assert token == derive_admin_token(key.encode(), ModelObject(namespace, MODEL, model_uid))
-            assert token not in operator.log(), "the token is never logged"
+            # No admin credential in the namespace: the servers verify the operator's TokenRequest tokens offline.
+            assert not [s for s in core.list_namespaced_secret(namespace).items if "admin" in s.metadata.name]
+            server_env = {e.name: e.value for e in _pods(core, namespace)[0].spec.containers[0].env}
+            assert server_env["ADMIN_SUBJECT"] == "system:serviceaccount:modelwarden-system:modelwarden-operator"
+            assert server_env["SERVICE_ACCOUNT_JWKS"] and server_env["SERVICE_ACCOUNT_ISSUER"]
 
             stack.enter_context(load.steady())
             # v2: approved, canary at 25% (1 of 4 pods), then 50% (2 of 4) after a promote.

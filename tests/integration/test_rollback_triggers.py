@@ -24,12 +24,14 @@ from kubernetes import client, config
 
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
+from localenv.modelwarden import server_auth_env
 from model_server.demo_artifact import build_demo_artifact, train
 from model_server.testing import http_client, serve_subprocess
 from modelwarden.adapters.artifact_store import URIArtifactStore
 from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusWriter, KubeWorkloads
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
+from modelwarden.adapters.operator_identity import OperatorIdentity
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
@@ -51,8 +53,10 @@ class InProcessOperator:
         # the decision ledger as the operator writes it (issue 18), its key published like the operator's
         ledger = KubeLedger(self.kube, LedgerSigner.generate(), key_namespace="modelwarden-system")
         asyncio.run(ledger.publish_key())
-        self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
-                                     events=KubeEventRecorder(self.kube),
+        # The operator's own proof for admin calls: TokenRequest tokens of its ServiceAccount, as the operator user.
+        self.identity = OperatorIdentity(self.kube, "modelwarden-system", "modelwarden-operator")
+        self.controller = Controller(workloads=KubeWorkloads(self.kube, server_auth=self.identity.server_auth),
+                                     status_writer=KubeStatusWriter(self.kube), events=KubeEventRecorder(self.kube),
                                      artifacts=URIArtifactStore(), router_for=lambda spec: router_for(spec, self.kube),
                                      clock=lambda: self.now, ledger=ledger,
                                      action_status=KubeActionStatusWriter(self.kube))
@@ -336,7 +340,7 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
     """The incident holds what `GET /feedback/{predictionId}` returns for each labelled prediction, collected
     from the serving version's server before traffic moves (a pod's SQLite store goes with the pod)."""
     demo = build_demo_artifact(tmp_path / "served", fmt="onnx", trained=train("logistic", 3, 200, seed=5))
-    env = {**demo.env("m", "v2"), "ADMIN_TOKEN": "t0ken", "WARMUP_ROUNDS": "1",
+    env = {**demo.env("m", "v2"), **server_auth_env(modelwarden_installed), "WARMUP_ROUNDS": "1",
            "FEEDBACK_DSN": str(tmp_path / "fb.sqlite3")}
     with serve_subprocess(env, log_path=tmp_path / "server.log") as (url, _), http_client(url) as http:
         ids = []
@@ -349,7 +353,7 @@ def test_critical_feedback_incident_keeps_the_feedback_records_behind_it(
 
         op = InProcessOperator(modelwarden_installed, namespace)
         admin, _ = promoted_v2(op, api_clients, namespace, tmp_path)
-        op.controller.applier.server_admin = HTTPServerAdmin("t0ken", url_template=url)
+        op.controller.applier.server_admin = HTTPServerAdmin(op.identity.token, url_template=url)
         prom = prometheus_factory(backfilled=[budget_series("v2", 0), feedback_series("finance", [50, 20]),
                                               feedback_series("regulator", [5])])
         op.evaluate(prom.url)

@@ -253,6 +253,61 @@ OLD_SCHEMA = {  # what servers created before the schema was versioned (issue 16
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_same_named_models_in_two_namespaces_never_mix(backend: str, tmp_path: Path, model: str,
+                                                           request: pytest.FixtureRequest) -> None:
+    """Issue 27 item 9: one database, model ``model`` in team-a and in team-b. Neither sees the other's evidence,
+    purges the other's labels or predictions, nor accepts the other's prediction ids."""
+    dsn = request.getfixturevalue("postgres").dsn if backend == "postgresql" else str(tmp_path / "shared.sqlite3")
+    a, b = open_store(dsn, namespace="team-a"), open_store(dsn, namespace="team-b")
+    try:
+        now = time.time()
+        pa, pb = _prediction(model, now - 10), _prediction(model, now - 10)
+        a.record_predictions([pa])
+        b.record_predictions([pb])
+        a.add_feedback(_feedback(pa))
+        assert b.prediction(pa.prediction_id) is None, "team-b cannot label team-a's prediction"
+        assert b.feedback_for(pa.prediction_id).prediction is None and b.feedback_for(pa.prediction_id).feedback == []
+        assert a.count_feedback(model, 0, ["finance"], "critical") == 1
+        assert b.count_feedback(model, 0, ["finance"], "critical") == 0, "no evidence from the other namespace"
+        assert b.predictions_with_feedback(model, 0, ["finance"], "critical", 10) == []
+        assert b.feedback_page(model, 0, now + 1, None, 10) == []
+        # team-b's retention purges everything of its own; team-a keeps its prediction and its label.
+        assert b.purge_feedback(model, now + 1) == 0
+        assert b.purge_predictions(model, now + 1, 1000) == 1
+        assert a.prediction(pa.prediction_id) is not None and b.prediction(pb.prediction_id) is None
+        assert a.purge_predictions(model, now + 1, 0) == 0, "a labelled prediction is kept"
+        assert [f.prediction_id for f in a.feedback_for(pa.prediction_id).feedback] == [pa.prediction_id]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_operators_evidence_query_is_limited_to_the_models_namespace(postgres: postgres_env.Postgres,
+                                                                          model: str) -> None:
+    """The operator's read of a rollback's evidence (adapters/feedback_store.py) on the same shared database."""
+    import asyncio
+
+    from modelwarden.adapters.feedback_store import PostgresFeedbackEvidence
+    from modelwarden.adapters.manifests import ModelObject
+
+    a, b = open_store(postgres.dsn, namespace="team-a"), open_store(postgres.dsn, namespace="team-b")
+    try:
+        pa, pb = _prediction(model, time.time()), _prediction(model, time.time())
+        a.record_predictions([pa])
+        b.record_predictions([pb])
+        a.add_feedback(_feedback(pa))
+        b.add_feedback(_feedback(pb))
+        reader = PostgresFeedbackEvidence(postgres.dsn)
+        for namespace, own in (("team-a", pa), ("team-b", pb)):
+            evidence = asyncio.run(reader.critical_feedback(ModelObject(namespace, model, "u"), 0, ("finance",)))
+            assert evidence.error is None
+            assert [r["predictionId"] for r in evidence.records] == [own.prediction_id]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_store_from_before_schema_versions_is_migrated_keeping_its_labels(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if backend == "postgresql":
@@ -270,7 +325,7 @@ def test_a_store_from_before_schema_versions_is_migrated_keeping_its_labels(
         conn.close()
     store = open_store(dsn)
     try:
-        assert store.migrate() in ([1, 2], [])  # PostgreSQL migrates on its first connection
+        assert store.migrate() in ([1, 2, 3], [])  # PostgreSQL migrates on its first connection
         assert store.schema_version() == SCHEMA_VERSION
         found = store.feedback_for("p-old")
         assert found.prediction is not None and found.prediction.sha256 == "", "unknown for old records, not made up"

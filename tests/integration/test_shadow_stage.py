@@ -28,8 +28,10 @@ from kubernetes import client
 from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
+from localenv.modelwarden import service_account_token
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
 from model_server.testing import LOOPBACK, http_client, serve_subprocess
+from modelwarden.adapters.manifests import SERVER_SERVICE_ACCOUNT
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase, Reason
 from tests.integration.modelwarden_helpers import Models, approval, mlmodel
@@ -68,6 +70,7 @@ class Stage:
         self.prom, self.targets = prom, targets
         self.stack = contextlib.ExitStack()
         self.urls: dict[str, str] = {}
+        self.cluster: Cluster | None = None
 
     def passes(self, count: int = 2) -> MLModelStatus:
         self.op.now = dt.datetime.now(dt.UTC)
@@ -131,6 +134,7 @@ def stage(gateway_api: Cluster, api_clients: dict[str, client.ApiClient], namesp
     targets.write_text("[]")
     s = Stage(InProcessOperator(gateway_api, namespace), admin, namespace, tmp_path,
               prometheus_factory(file_sd=targets), targets)
+    s.cluster = gateway_api
     with s.stack:
         yield s
 
@@ -164,11 +168,21 @@ def into_shadow(stage: Stage, api_clients: dict[str, client.ApiClient], v1: Demo
     cluster_ip = stage.admin.core.read_namespaced_service("m-canary", stage.namespace).spec.cluster_ip
     assert env["SHADOW_TARGET_URL"] == f"http://{cluster_ip}:8080", "the candidate's Service by its ClusterIP"
     assert env["SHADOW_PERCENT"] == str(mirror_percent) and env["SHADOW_DECISION_THRESHOLD"] == "0.5"
-    assert "SHADOW_TARGET_URL" not in stage.deployment_env("canary")
+    candidate_env = stage.deployment_env("canary")
+    assert "SHADOW_TARGET_URL" not in candidate_env and candidate_env["SHADOW_DECISION_THRESHOLD"] == "0.5"
+    # Each server checks its callers as the operator configured its pods: the issuer keys, the model's pod account.
+    callers = {k: candidate_env[k] for k in ("SERVICE_ACCOUNT_JWKS", "SERVICE_ACCOUNT_ISSUER", "ADMIN_SUBJECT",
+                                             "SHADOW_SUBJECT", "SHADOW_DECISION_THRESHOLD")}
+    # What the kubelet would project into the stable's pods: a real TokenRequest token of the pods' account.
+    token_file = stage.tmp / "shadow-token"
+    assert stage.cluster is not None
+    token_file.write_text(service_account_token(stage.cluster, "modelwarden.io/shadow", namespace=stage.namespace,
+                                                name=SERVER_SERVICE_ACCOUNT))
     # No cluster DNS here: the stand-in for the candidate's Service is its process's loopback URL.
-    candidate = stage.serve("candidate", v2, "v2", "canary")
-    mirror = {k: v for k, v in env.items() if k.startswith("SHADOW_")} | {"SHADOW_TARGET_URL": candidate}
-    return stage.serve("stable", v1, "v1", "stable", **mirror), candidate
+    candidate = stage.serve("candidate", v2, "v2", "canary", **callers)
+    mirror = {k: v for k, v in env.items() if k.startswith("SHADOW_")} | {
+        "SHADOW_TARGET_URL": candidate, "SHADOW_TOKEN_FILE": str(token_file)}
+    return stage.serve("stable", v1, "v1", "stable", **(callers | mirror)), candidate
 
 
 def compared_query(namespace: str) -> str:

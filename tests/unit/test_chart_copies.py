@@ -24,6 +24,7 @@ COPIES: list[tuple[str, str]] = [
     ("manifests/admission/modelapproval-policy.yaml", "charts/modelwarden/files/admission/modelapproval-policy.yaml"),
     ("manifests/admission/modelapproval-policy.yaml", "manifests/base/admission/modelapproval-policy.yaml"),
     ("manifests/rbac/ledger-public-keys.yaml", "manifests/base/rbac/ledger-public-keys.yaml"),
+    ("manifests/rbac/operator-token.yaml", "manifests/base/rbac/operator-token.yaml"),
     ("manifests/admission/modelwarden-action-policy.yaml",
      "charts/modelwarden/files/admission/modelwarden-action-policy.yaml"),
     ("manifests/admission/modelwarden-action-policy.yaml", "manifests/base/admission/modelwarden-action-policy.yaml"),

@@ -104,7 +104,8 @@ def test_server_image_installs_exactly_what_the_server_imports() -> None:
 
     # cryptography comes with model-signing, which the artifacts' signature check uses.
     dist_of = {"sklearn": "scikit-learn", "prometheus_client": "prometheus-client", "yaml": "kubernetes",
-               "model_signing": "model-signing", "cryptography": "model-signing", "OpenSSL": "pyopenssl"}
+               "model_signing": "model-signing", "cryptography": "model-signing", "OpenSSL": "pyopenssl",
+               "jwt": "pyjwt"}
     imported: set[str] = set()
     # The server may import modelwarden.artifacts (DESIGN §1): its imports are the image's too.
     server_modules = [*(ROOT / "model_server").glob("*.py"), *(ROOT / "operator/modelwarden/artifacts").glob("*.py")]

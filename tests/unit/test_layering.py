@@ -57,8 +57,9 @@ LAYERS = [
     # Its own third-party stack; kopf and the operator's other layers are not in it.
     Layer(ROOT / "model_server", ("model_server", "modelwarden.artifacts"),
           frozenset(sys.stdlib_module_names) | {
-              "httpx", "joblib", "kubernetes", "numpy", "onnxruntime", "orjson", "prometheus_client", "psycopg",
-              "pydantic", "scipy", "skl2onnx", "sklearn", "skops", "threadpoolctl", "uvicorn", "uvloop"}),
+              "cryptography", "httpx", "joblib", "jwt", "kubernetes", "numpy", "onnxruntime", "orjson",
+              "prometheus_client", "psycopg", "pydantic", "scipy", "skl2onnx", "sklearn", "skops", "threadpoolctl",
+              "uvicorn", "uvloop"}),
 ]
 # Reading the clock is a side effect; the engine takes `now` as an argument.
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}

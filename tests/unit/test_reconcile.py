@@ -47,7 +47,6 @@ class FakeCluster:
     events: list[tuple[str, str]] = field(default_factory=list)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    admin_tokens: dict[str, str] = field(default_factory=dict)
     resource_version: int = 1
     conflicts: int = 0
     status_writes: int = 0
@@ -55,10 +54,6 @@ class FakeCluster:
     # Workloads
     async def ensure_server_identity(self, namespace: str) -> None:
         self.calls.append(("identity", namespace))
-
-    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None:
-        self.calls.append(("admin-secret", model.name))
-        self.admin_tokens[model.uid] = token
 
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
@@ -232,7 +227,7 @@ def test_a_model_that_does_not_parse_is_left_alone() -> None:
 
 
 def test_missing_configuration_is_reported_like_any_failed_side_effect() -> None:
-    """No admin token: the flush/warm-up and the feedback evidence fail the same way — a Warning Event each,
+    """No operator identity: the flush/warm-up and the feedback evidence fail the same way — a Warning Event each,
     and the evidence file says why it holds no records."""
     cluster = FakeCluster()
     applier = ActionApplier(cluster, cluster, server_admin=HTTPServerAdmin(None))
@@ -244,28 +239,26 @@ def test_missing_configuration_is_reported_like_any_failed_side_effect() -> None
     asyncio.run(applier.apply(model, make_spec(), FakeRouter(), actions, T0.timestamp()))
     assert cluster.events == [("Warning", "FlushAndWarmFailed"), ("Warning", "CollectFeedbackEvidenceFailed")]
     evidence = cluster.incidents["rb-1"]["feedback.json"]
-    assert evidence["records"] == [] and "MODELWARDEN_ADMIN_TOKEN" in evidence["error"]
+    assert evidence["records"] == [] and "no operator identity" in evidence["error"]
 
 
-def test_each_model_gets_its_own_admin_secret_before_its_first_pod_and_its_pods_mount_it() -> None:
-    """The token is derived from the operator's key and the model's uid: written once per process, before the
-    Deployment whose pods mount it; another model (or the same name re-created) gets another token."""
+def test_no_admin_secret_exists_and_a_refused_token_request_is_reported() -> None:
+    """The operator proves itself with TokenRequest tokens of its own ServiceAccount: nothing is written into the
+    model's namespace for it, and when the API server refuses the TokenRequest the admin call fails, says why,
+    and carries no credential."""
+    async def refused() -> str:
+        raise KubeError("TokenRequest for ServiceAccount modelwarden-system/modelwarden-operator: 403 Forbidden", 403)
+
     cluster = FakeCluster()
-    applier = ActionApplier(cluster, cluster, server_admin=HTTPServerAdmin(key=b"k" * 32))
+    applier = ActionApplier(cluster, cluster, server_admin=HTTPServerAdmin(refused))
     spec, v1 = make_spec(), api.ArtifactVersion(version="v1", uri="http://a/m", sha256=SHA["v1"], format="skops")
-    for uid in ("u1", "u1", "u2"):
-        asyncio.run(applier.apply(ModelObject(NS, NAME, uid), spec, FakeRouter(),
-                                  [ApplyTrack("stable", v1, 1, "f")], T0.timestamp()))
-    assert [c[0] for c in cluster.calls] == ["identity", "admin-secret", "apply", "apply", "admin-secret", "apply"]
-    assert len(set(cluster.admin_tokens.values())) == 2 and all(len(t) == 64 for t in cluster.admin_tokens.values())
+    asyncio.run(applier.apply(ModelObject(NS, NAME, "u1"), spec, FakeRouter(),
+                              [ApplyTrack("stable", v1, 1, "f"), FlushAndWarm(flush_track=None, warm_track="stable")],
+                              T0.timestamp()))
+    assert [c[0] for c in cluster.calls] == ["identity", "apply"]
+    assert cluster.events == [("Warning", "FlushAndWarmFailed")]
     pod = cluster.deployments["stable"]["spec"]["template"]["spec"]
-    server, fetch = pod["containers"][0], pod["initContainers"][0]
-    secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
-    assert secret["secretName"] == f"{NAME}-admin-token"
-    mount = next(m["mountPath"] for m in server["volumeMounts"] if m["name"] == "admin-token")
-    assert {"name": "ADMIN_TOKEN_FILE", "value": f"{mount}/token"} in server["env"]
-    assert all(m["name"] != "admin-token" for m in fetch["volumeMounts"]), "only the server holds the token"
-    assert all(e["name"] != "ADMIN_TOKEN_FILE" for e in fetch["env"])
+    assert not any("secret" in v for v in pod["volumes"])
 
 
 def test_the_servers_identity_comes_first_once_per_namespace_and_the_router_objects_last() -> None:
@@ -334,4 +327,4 @@ def test_an_unreachable_feedback_store_is_reported_and_the_evidence_says_where_i
     assert cluster.events == [("Warning", "CollectFeedbackEvidenceFailed")]
     evidence = cluster.incidents["rb-2"]["feedback.json"]
     assert evidence["source"] == "feedbackStore" and evidence["records"] == []
-    assert evidence["error"].startswith("feedback store: ") and "MODELWARDEN_ADMIN_TOKEN" not in evidence["error"]
+    assert evidence["error"].startswith("feedback store: ") and "operator identity" not in evidence["error"]

@@ -75,7 +75,7 @@ def test_settings_defaults() -> None:
 
 def test_settings_parse_everything() -> None:
     s = Settings.from_env(_env(MODEL_TRACK="canary", NEUTRAL_PREDICTION="-1.5", MODEL_ENABLED="false",
-                               FEATURE_CONTRACT='{"name": "c", "features": ["x", "y"]}', ADMIN_TOKEN="t",
+                               FEATURE_CONTRACT='{"name": "c", "features": ["x", "y"]}', ADMIN_SUBJECT="t",
                                GOVERNANCE_ERROR_KINDS="PREDICT_ERROR, FEATURE_MISMATCH"))
     assert s.model_track == "canary"
     assert s.neutral_prediction == -1.5

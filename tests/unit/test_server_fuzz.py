@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from model_server.app import ModelServer
 from model_server.config import Settings
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
-from model_server.testing import http_client, serve_in_thread
+from model_server.testing import TokenIssuer, http_client, serve_in_thread
 
-TOKEN = "fuzz-token"
+ISSUER = TokenIssuer()
+TOKEN = ISSUER.token(lifetime=3600)
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -35,7 +36,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> DemoArtifact:
 @pytest.fixture(scope="module")
 def client(artifact: DemoArtifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     s = Settings(model_name="fuzz", model_version="1", artifact_dir=artifact.directory,
-                 artifact_sha256=artifact.sha256, model_format="skops", admin_token=TOKEN, warmup_rounds=1,
+                 artifact_sha256=artifact.sha256, model_format="skops", **ISSUER.settings(), warmup_rounds=1,
                  feedback_dsn=str(tmp_path_factory.mktemp("store") / "fb.sqlite3"), max_batch_rows=50,
                  feedback_join_wait_seconds=0)  # one replica: no other's flush to wait for
     s = replace(s, max_body_bytes=64 * 1024)

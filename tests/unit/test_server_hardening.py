@@ -21,9 +21,10 @@ from model_server.app import ModelServer
 from model_server.batching import MicroBatcher
 from model_server.config import Settings
 from model_server.demo_artifact import DemoArtifact, ModelFormat, build_demo_artifact, train
-from model_server.testing import LOOPBACK, http_client, serve_in_thread
+from model_server.testing import LOOPBACK, TokenIssuer, http_client, serve_in_thread
 
-TOKEN = "hardening-token"
+ISSUER = TokenIssuer()
+TOKEN = ISSUER.token(lifetime=3600)
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 N_FEATURES = 28
 MAX_ROWS = 10_000
@@ -34,7 +35,7 @@ TRAINED = train("logistic", N_FEATURES, 2000, seed=7)
 
 def settings_for(artifact: DemoArtifact, tmp: Path, fmt: ModelFormat = "skops", **overrides: Any) -> Settings:
     s = Settings(model_name="credit", model_version="4.0.0", artifact_dir=artifact.directory,
-                 artifact_sha256=artifact.sha256, model_format=fmt, admin_token=TOKEN,
+                 artifact_sha256=artifact.sha256, model_format=fmt, **ISSUER.settings(),
                  feedback_dsn=str(tmp / "feedback.sqlite3"), warmup_rounds=1, drift_min_samples=1_000_000,
                  governance_max_model_errors=3, max_batch_rows=MAX_ROWS, feedback_join_wait_seconds=0)
     return replace(s, **overrides)

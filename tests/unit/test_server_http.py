@@ -19,9 +19,10 @@ from model_server.batching import MicroBatcher
 from model_server.config import Settings
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
 from model_server.metrics import ERROR_KINDS, OUTCOMES, SEVERITIES, STAKEHOLDERS
-from model_server.testing import http_client, serve_in_thread, wait_until
+from model_server.testing import TokenIssuer, http_client, serve_in_thread, wait_until
 
-TOKEN = "test-admin-token"
+ISSUER = TokenIssuer()
+TOKEN = ISSUER.token(lifetime=3600)
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -33,8 +34,9 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> DemoArtifact:
 
 def settings_for(artifact: DemoArtifact, tmp: Path, **overrides: Any) -> Settings:
     s = Settings(model_name="fraud", model_version="2.1.0", model_track="canary", artifact_dir=artifact.directory,
-                 artifact_sha256=artifact.sha256, model_format="skops", admin_token=TOKEN,
-                 feedback_dsn=str(tmp / "feedback.sqlite3"), warmup_rounds=2, drift_interval_seconds=0.2,
+                 artifact_sha256=artifact.sha256, model_format="skops",
+                 **ISSUER.settings(fault_injection=True), feedback_dsn=str(tmp / "feedback.sqlite3"), warmup_rounds=2,
+                 drift_interval_seconds=0.2,
                  drift_min_samples=1_000_000,  # repeated test rows would read as drift (tested on its own)
                  governance_max_model_errors=3)
     return replace(s, **overrides)
@@ -286,10 +288,16 @@ def test_invalid_feedback_is_422_with_the_fields(client: httpx.Client, body: dic
 
 # ---------------------------------------------------------------- admin
 
-def test_admin_requires_the_bearer_token(client: httpx.Client) -> None:
+def test_admin_requires_the_operators_token(client: httpx.Client) -> None:
     assert client.post("/admin/flush").status_code == 401
-    assert client.post("/admin/flush", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.post("/admin/flush", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    wrong = client.post("/admin/flush", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 403 and wrong.json()["reason"] == "MALFORMED_TOKEN"
+    model_pod = ISSUER.token("system:serviceaccount:default:modelwarden-model-server")
+    other = client.post("/admin/flush", headers={"Authorization": f"Bearer {model_pod}"})
+    assert other.status_code == 403 and other.json() == {
+        "error": "FORBIDDEN", "message": "the token does not prove the caller this endpoint accepts",
+        "reason": "WRONG_SUBJECT", "audience": "modelwarden.io/admin"}
     flushed = client.post("/admin/flush", headers=ADMIN)
     assert flushed.status_code == 200
     assert flushed.json()["flushed"]["unsaved_records"] == 0
@@ -298,8 +306,8 @@ def test_admin_requires_the_bearer_token(client: httpx.Client) -> None:
     assert client.post("/admin/reenable", headers=ADMIN, json={"actor": "a", "reason": "r"}).status_code == 409
 
 
-def test_admin_is_refused_without_a_configured_token(artifact: DemoArtifact, tmp_path: Path) -> None:
-    app = ModelServer(settings_for(artifact, tmp_path, admin_token=None))
+def test_admin_is_refused_without_a_configured_verifier(artifact: DemoArtifact, tmp_path: Path) -> None:
+    app = ModelServer(settings_for(artifact, tmp_path, service_account_jwks=None))
     with serve_in_thread(app) as url:
         assert httpx.post(f"{url}/admin/flush", headers=ADMIN).json()["error"] == "ADMIN_DISABLED"
 
@@ -474,6 +482,15 @@ def test_injected_faults_are_errors_for_the_sli_but_not_model_errors(client: htt
     assert sum(metric(client, "ml_model_errors_total", **labels, kind=k)
                for k in ("PREDICT_ERROR", "NON_FINITE_OUTPUT")) == model_errors_before
     assert client.post("/admin/faults", json={**body, "errorRatio": 2}, headers=ADMIN).status_code == 422
+
+
+def test_fault_injection_does_not_exist_unless_the_server_was_started_with_it(artifact: DemoArtifact,
+                                                                              tmp_path: Path) -> None:
+    app = ModelServer(settings_for(artifact, tmp_path, fault_injection=False))
+    with serve_in_thread(app) as url:
+        body = {"errorRatio": 1.0, "actor": "chaos", "reason": "drill"}
+        assert httpx.post(f"{url}/admin/faults", json=body, headers=ADMIN).status_code == 404
+        assert httpx.post(f"{url}/admin/flush", headers=ADMIN).status_code == 200
 
 
 def test_admin_feedback_lists_the_predictions_behind_critical_labels(client: httpx.Client,

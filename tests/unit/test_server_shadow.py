@@ -18,7 +18,10 @@ from model_server.app import ModelServer
 from model_server.config import Settings
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
 from model_server.shadow import score_psi
-from model_server.testing import LOOPBACK, http_client, serve_in_thread, wait_until
+from model_server.testing import LOOPBACK, TokenIssuer, http_client, serve_in_thread, wait_until
+
+ISSUER = TokenIssuer()
+POD_ACCOUNT = "system:serviceaccount:default:modelwarden-model-server"  # the model's pods, in its namespace
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -45,17 +48,22 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DemoArtifac
 
 def settings(art: DemoArtifact, version: str, track: str, tmp: Path, **extra: str) -> Settings:
     env = {**art.env("m", version), "MODEL_TRACK": track, "WARMUP_ROUNDS": "1", "DRIFT_INTERVAL_SECONDS": "0.2",
-           "FEEDBACK_DSN": str(tmp / f"{version}-{track}.sqlite3"), **extra}
+           "FEEDBACK_DSN": str(tmp / f"{version}-{track}.sqlite3"), **ISSUER.server_env(shadow_subject=POD_ACCOUNT),
+           **extra}
     return Settings.from_env(env)
 
 
 @contextmanager
 def pair(artifacts: dict[str, DemoArtifact], candidate: str, tmp: Path, **stable_env: str) -> Iterator[
         tuple[str, str]]:
+    # What the kubelet projects into the stable's pods (audience modelwarden.io/shadow).
+    token_file = tmp / "shadow-token"
+    token_file.write_text(ISSUER.token(POD_ACCOUNT, "modelwarden.io/shadow"))
     with ExitStack() as stack:
         cand = stack.enter_context(serve_in_thread(ModelServer(settings(artifacts[candidate], "v2", "canary", tmp))))
         stable = stack.enter_context(serve_in_thread(ModelServer(settings(
-            artifacts["v1"], "v1", "stable", tmp, SHADOW_TARGET_URL=cand, **stable_env))))
+            artifacts["v1"], "v1", "stable", tmp, SHADOW_TARGET_URL=cand, SHADOW_TOKEN_FILE=str(token_file),
+            **stable_env))))
         yield stable, cand
 
 
@@ -140,6 +148,33 @@ def test_a_full_mirror_queue_drops_counted_copies_and_the_stable_answers_all(
             assert metric(stable, "ml_shadow_mirrored_total", result="sent") == 0
     finally:
         silent.close()
+
+
+def test_only_the_models_own_pods_may_compare_and_the_threshold_is_the_candidates(
+        artifacts: dict[str, DemoArtifact], tmp_path: Path) -> None:
+    art = artifacts["v1"]
+    with serve_in_thread(ModelServer(settings(art, "v2", "canary", tmp_path, SHADOW_DECISION_THRESHOLD="0.5"))) as cand:
+        rows = [dict(zip(art.features, [0.0] * len(art.features), strict=True))]
+        with http_client(cand) as c:
+            candidate_score = c.post("/predict", json={"features": rows[0]}).json()["prediction"]
+        # A stable score on the other side of 0.5 from the candidate's: a disagreement at the candidate's threshold.
+        stable_score = 0.99 if candidate_score < 0.5 else 0.01
+        forged = {"rows": rows, "scores": [stable_score], "threshold": 1.5}
+
+        def post(token: str | None, body: dict[str, object] = forged) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.post(f"{cand}/shadow/compare", json=body, headers=headers)
+
+        assert post(None).status_code == 401
+        other_namespace = post(ISSUER.token("system:serviceaccount:team-b:modelwarden-model-server",
+                                            "modelwarden.io/shadow"))
+        assert other_namespace.status_code == 403 and other_namespace.json()["reason"] == "WRONG_SUBJECT"
+        assert post(ISSUER.token(POD_ACCOUNT, "modelwarden.io/admin")).json()["reason"] == "WRONG_AUDIENCE"
+        assert post(ISSUER.token()).json()["reason"] == "WRONG_AUDIENCE", "not even the operator's admin token"
+        assert metric(cand, "ml_shadow_compared_total") == 0, "nothing refused was compared"
+        # With threshold 1.5 both scores would be "negative" and agree; the candidate's own 0.5 says they disagree.
+        answer = post(ISSUER.token(POD_ACCOUNT, "modelwarden.io/shadow"))
+        assert answer.status_code == 200 and answer.json() == {"compared": 1, "agreed": 0}
 
 
 def test_score_psi_is_zero_for_the_same_scores_and_large_for_shifted_ones() -> None:

@@ -5,8 +5,10 @@ version is already gone (the store outlives them: issue 16). The operator reads 
 DSN (``MODELWARDEN_FEEDBACK_DSN``; a role that may SELECT the two tables is enough; ``{namespace}`` and
 ``{model}`` in it are replaced by the model's, for a database per model or per namespace), bounded: at most
 :data:`MAX_EVIDENCE_PREDICTIONS` predictions and :data:`MAX_LABELS_PER_PREDICTION` labels each, and says when
-it stopped short. The rows are shaped as the server's ``GET /feedback/{predictionId}`` answers them, the tables
-as ``model_server/store.py`` creates them (read only here; the server owns the schema and its migrations).
+it stopped short. Every query is limited to the model's namespace and name (the servers write the namespace
+with every row): a same-named model in another namespace on the same database contributes nothing. The rows are
+shaped as the server's ``GET /feedback/{predictionId}`` answers them, the tables as ``model_server/store.py``
+creates them (read only here; the server owns the schema and its migrations).
 Best effort, like the rest of a rollback's evidence: a failure is returned, never raised.
 """
 
@@ -48,32 +50,32 @@ class PostgresFeedbackEvidence:
     async def critical_feedback(self, model: ModelObject, since: float, stakeholders: tuple[str, ...]) -> Evidence:
         try:
             dsn = self._dsn.replace("{namespace}", model.namespace).replace("{model}", model.name)
-            return await asyncio.to_thread(self._read, dsn, model.name, since, stakeholders)
+            return await asyncio.to_thread(self._read, dsn, model.namespace, model.name, since, stakeholders)
         except Exception as e:  # psycopg.Error and anything the driver raises: evidence is best effort
             return Evidence(error=f"feedback store: {type(e).__name__}: {e}"[:500])
 
-    def _read(self, dsn: str, model: str, since: float, stakeholders: tuple[str, ...]) -> Evidence:
+    def _read(self, dsn: str, namespace: str, model: str, since: float, stakeholders: tuple[str, ...]) -> Evidence:
         import psycopg
 
         with psycopg.connect(dsn, connect_timeout=self._timeout, autocommit=True,
                              options=f"-c statement_timeout={self._timeout * 1000}") as conn:
             ids = [str(r[0]) for r in conn.execute(
-                "SELECT prediction_id FROM model_feedback WHERE model = %s AND received_at >= %s "
+                "SELECT prediction_id FROM model_feedback WHERE namespace = %s AND model = %s AND received_at >= %s "
                 "AND severity = 'critical' AND stakeholder = ANY(%s) GROUP BY prediction_id "
                 "ORDER BY min(received_at), prediction_id LIMIT %s",
-                (model, since, list(stakeholders), self._limit + 1)).fetchall()]
+                (namespace, model, since, list(stakeholders), self._limit + 1)).fetchall()]
             truncated = len(ids) > self._limit
             ids = ids[:self._limit]
             predictions = {r[0]: r for r in conn.execute(
                 "SELECT prediction_id, model, version, track, state, inputs::text, output, created_at, sha256 "
-                "FROM model_predictions WHERE prediction_id = ANY(%s)", (ids,)).fetchall()}
+                "FROM model_predictions WHERE namespace = %s AND prediction_id = ANY(%s)", (namespace, ids)).fetchall()}
             labels: dict[str, list[tuple[Any, ...]]] = {i: [] for i in ids}
             for row in conn.execute(
                     "SELECT prediction_id, feedback_id, label::text, severity, stakeholder, comment, author, version, "
                     "track, sha256, received_at FROM (SELECT *, row_number() OVER (PARTITION BY prediction_id "
-                    "ORDER BY received_at, feedback_id) AS n FROM model_feedback WHERE prediction_id = ANY(%s)) f "
-                    "WHERE n <= %s ORDER BY received_at, feedback_id",
-                    (ids, MAX_LABELS_PER_PREDICTION + 1)).fetchall():
+                    "ORDER BY received_at, feedback_id) AS n FROM model_feedback WHERE namespace = %s "
+                    "AND prediction_id = ANY(%s)) f WHERE n <= %s ORDER BY received_at, feedback_id",
+                    (namespace, ids, MAX_LABELS_PER_PREDICTION + 1)).fetchall():
                 labels[row[0]].append(row)
         records = []
         for pid in ids:

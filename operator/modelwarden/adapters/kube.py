@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import functools
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from modelwarden.adapters.manifests import (
     FIELD_MANAGER,
     SERVER_PORT,
     ModelObject,
-    admin_secret_manifest,
+    ServerAuth,
     deployment_manifest,
     incident_configmap,
     labels,
@@ -51,7 +52,6 @@ class Conflict(KubeError):
 
 class Workloads(Protocol):
     async def ensure_server_identity(self, namespace: str) -> None: ...
-    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None: ...
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
                           mirror: MirrorTo | None = None, hidden: bool = False) -> None: ...
@@ -157,8 +157,14 @@ class KubeWorkloads:
     """What serves a model and what it leaves behind: the servers' identity, a Deployment per track, retraining
     Jobs, incident records; and the trusted public keys a model's artifact signature is checked against."""
 
-    def __init__(self, kube: KubeClient, *, server_image: str | None = None) -> None:
+    def __init__(self, kube: KubeClient, *, server_image: str | None = None,
+                 server_auth: Callable[[], Awaitable[ServerAuth]] | None = None,
+                 fault_injection: bool = False) -> None:
         self._kube = kube
+        # What the servers verify their callers with (the operator's identity); None: admin calls are refused.
+        self._server_auth = server_auth
+        # Tests and the demo only (MODELWARDEN_SERVER_FAULT_INJECTION): the servers serve /admin/faults.
+        self._fault_injection = fault_injection
         # A model's spec.serving.image wins; else this, else the operator's MODELWARDEN_SERVER_IMAGE (the chart's
         # `serverImage`), else the image model_server/Dockerfile documents.
         self._server_image = server_image or os.environ.get("MODELWARDEN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE
@@ -169,16 +175,14 @@ class KubeWorkloads:
         await asyncio.gather(self._kube.apply(self._kube.core.patch_namespaced_service_account, account),
                              self._kube.apply(self._kube.rbac.patch_namespaced_role_binding, binding))
 
-    async def ensure_admin_secret(self, model: ModelObject, token: str) -> None:
-        """The model's admin credential, owned by the MLModel (server-side apply: the same token is a no-op)."""
-        await self._kube.apply(self._kube.core.patch_namespaced_secret, admin_secret_manifest(model, token))
-
     async def apply_track(self, model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                           artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
                           mirror: MirrorTo | None = None, hidden: bool = False) -> None:
         host = await self._mirror_host(model) if mirror is not None else ""
+        auth = await self._server_auth() if self._server_auth is not None else None
         body = deployment_manifest(model, spec, track, artifact, replicas, fingerprint, self._server_image,
-                                   mirror=mirror, mirror_host=host, hidden=hidden)
+                                   mirror=mirror, mirror_host=host, hidden=hidden, auth=auth,
+                                   fault_injection=self._fault_injection)
         await self._kube.apply(self._kube.apps.patch_namespaced_deployment, body)
 
     async def _mirror_host(self, model: ModelObject) -> str:

@@ -5,7 +5,6 @@ tested as a table. :mod:`modelwarden.adapters.kube` writes what these build.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +25,11 @@ SERVER_CLUSTER_ROLE = "modelwarden-model-server"
 ANNOTATION_FINGERPRINT = f"{api.GROUP}/fingerprint"
 ARTIFACT_MOUNT = "/var/lib/modelwarden"
 TRUSTED_KEYS_MOUNT = "/etc/modelwarden/trusted-keys"
-# The model's admin credential (a Secret it owns, written by the operator), mounted read-only into its servers.
-ADMIN_TOKEN_MOUNT = "/etc/modelwarden/admin"
-ADMIN_TOKEN_KEY = "token"
+# The stable's proof for the shadow comparison: a token of the pods' own ServiceAccount for this audience,
+# projected (and refreshed) by the kubelet into the server container only.
+SHADOW_AUDIENCE = "modelwarden.io/shadow"
+SHADOW_TOKEN_MOUNT = "/var/run/secrets/modelwarden.io/shadow"
+SHADOW_TOKEN_SECONDS = 600
 # The image model_server/Dockerfile documents and the local environment builds; the operator's
 # MODELWARDEN_SERVER_IMAGE (the chart's `serverImage`) replaces it, a model's spec.serving.image overrides both.
 DEFAULT_SERVER_IMAGE = "ghcr.io/modelwarden/model-server:0.1.0"
@@ -57,8 +58,31 @@ class ModelObject:
     def deployment_name(self, track: api.Track) -> str:
         return f"{self.name}-{track}"
 
-    def admin_secret_name(self) -> str:
-        return f"{self.name}-admin-token"
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """What a model server needs to verify its callers offline (``model_server/auth.py``): the cluster's
+    service-account issuer keys (JWKS JSON), the issuer, and the operator's ServiceAccount (the only admin caller).
+    Read by :class:`modelwarden.adapters.operator_identity.OperatorIdentity`."""
+
+    jwks: str
+    issuer: str
+    admin_subject: str
+
+
+def auth_env(model: ModelObject, auth: ServerAuth | None, fault_injection: bool) -> list[dict[str, Any]]:
+    """The server's caller checks: the operator for /admin/*, the model's own pods for /shadow/compare."""
+    env: list[dict[str, Any]] = []
+    if auth is not None:
+        env += [{"name": "SERVICE_ACCOUNT_JWKS", "value": auth.jwks},
+                {"name": "SERVICE_ACCOUNT_ISSUER", "value": auth.issuer},
+                {"name": "ADMIN_SUBJECT", "value": auth.admin_subject}]
+    env += [{"name": "SHADOW_SUBJECT", "value": f"system:serviceaccount:{model.namespace}:{SERVER_SERVICE_ACCOUNT}"},
+            {"name": "SHADOW_TOKEN_FILE", "value": f"{SHADOW_TOKEN_MOUNT}/token"}]
+    if fault_injection:
+        env.append({"name": "FAULT_INJECTION", "value": "true"})
+    return env
 
 
 def labels(model: ModelObject, track: api.Track | None = None) -> dict[str, str]:
@@ -135,14 +159,14 @@ def shadow_env(mirror: MirrorTo, target_host: str) -> list[dict[str, Any]]:
     (the MLModel owns it)."""
     target = f"http://{target_host}:{SERVER_PORT}"
     return [{"name": "SHADOW_TARGET_URL", "value": target},
-            {"name": "SHADOW_PERCENT", "value": str(mirror.percent)},
-            {"name": "SHADOW_DECISION_THRESHOLD", "value": mirror.decision_threshold}]
+            {"name": "SHADOW_PERCENT", "value": str(mirror.percent)}]
 
 
 def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Track,
                         artifact: api.ArtifactVersion, replicas: int, fingerprint: str,
                         server_image: str = DEFAULT_SERVER_IMAGE, *, mirror: MirrorTo | None = None,
-                        mirror_host: str = "", hidden: bool = False) -> dict[str, Any]:
+                        mirror_host: str = "", hidden: bool = False, auth: ServerAuth | None = None,
+                        fault_injection: bool = False) -> dict[str, Any]:
     image = spec.serving.image or server_image
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
@@ -169,9 +193,12 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         {"name": "MLMODEL_WATCH", "value": "true"},
         {"name": "MLMODEL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HOST", "value": "0.0.0.0"},
-        {"name": "ADMIN_TOKEN_FILE", "value": f"{ADMIN_TOKEN_MOUNT}/{ADMIN_TOKEN_KEY}"},
         {"name": "PORT", "value": str(SERVER_PORT)},
     ]
+    if spec.rollout.shadow is not None:
+        # The candidate compares with its own spec's threshold; nothing in a mirrored request chooses it.
+        env.append({"name": "SHADOW_DECISION_THRESHOLD", "value": spec.rollout.shadow.decision_threshold})
+    caller_env = auth_env(model, auth, fault_injection)
     if mirror is not None:
         env += shadow_env(mirror, mirror_host or f"{model.deployment_name('canary')}.{model.namespace}.svc")
     if spec.serving.feedback_store.dsn_secret_ref is not None:
@@ -184,13 +211,13 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     volume_mounts = [{"name": "artifact", "mountPath": ARTIFACT_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "artifact", "emptyDir": {"sizeLimit": ARTIFACT_VOLUME_LIMIT}},
                                      {"name": "tmp", "emptyDir": {"sizeLimit": TMP_VOLUME_LIMIT}}]
-    fetch_env: list[dict[str, Any]] = [e for e in env if e["name"] != "ADMIN_TOKEN_FILE"]
+    fetch_env: list[dict[str, Any]] = list(env)
+    env = [*env, *caller_env]
     fetch_mounts: list[dict[str, Any]] = list(volume_mounts)
-    # Only the server container sees the admin credential; the kubelet refreshes the file if the Secret changes.
-    volumes.append({"name": "admin-token", "secret": {"secretName": model.admin_secret_name(),
-                                                      "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
-                                                      "defaultMode": 0o444}})
-    server_mounts = [*volume_mounts, {"name": "admin-token", "mountPath": ADMIN_TOKEN_MOUNT, "readOnly": True}]
+    # Only the server container holds the shadow token (the kubelet refreshes it before it expires).
+    volumes.append({"name": "shadow-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": SHADOW_AUDIENCE, "expirationSeconds": SHADOW_TOKEN_SECONDS, "path": "token"}}]}})
+    server_mounts = [*volume_mounts, {"name": "shadow-token", "mountPath": SHADOW_TOKEN_MOUNT, "readOnly": True}]
     if spec.artifact.signature is not None:
         # The fetch step verifies the directory's signature with the trusted keys before anything is loaded.
         volumes.append({"name": "trusted-keys", "configMap": {"name": spec.artifact.signature.config_map_name}})
@@ -252,16 +279,6 @@ def service_manifest(model: ModelObject, name: str, selector: dict[str, str]) ->
                      "ownerReferences": [model.owner_reference()]},
         "spec": {"selector": selector,
                  "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
-    }
-
-
-def admin_secret_manifest(model: ModelObject, token: str) -> dict[str, Any]:
-    """The model's admin credential: a Secret owned by the MLModel (deleted with it), mounted into its servers."""
-    return {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": model.admin_secret_name(), "namespace": model.namespace, "labels": labels(model),
-                     "ownerReferences": [model.owner_reference()]},
-        "data": {ADMIN_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }
 
 

@@ -1,23 +1,20 @@
 """Admin calls to a model's inference servers: flush a queue, warm caches, read feedback evidence.
 
-Each MLModel has its own admin credential: a token derived from the operator's admin key and the model's
-identity (namespace, name, uid), written by the operator into a Secret the model owns and mounted into its pods
-(``manifests.admin_secret_manifest``). The operator never reads Secrets back: it derives the token again. One
-model's pods therefore hold only their own token, and a new model (a new uid) gets a new one.
+The operator proves itself with a short-lived token of its own ServiceAccount for audience
+``modelwarden.io/admin`` (the TokenRequest API: :mod:`modelwarden.adapters.operator_identity`); the servers check
+it offline. No shared secret exists: nothing in a model's namespace lets anyone else call these endpoints.
 
 A call goes to **every pod of a track**, not to one replica behind a Service: :class:`ServerTargets` says which
 servers a track has (:class:`modelwarden.adapters.kube.KubeServerTargets` lists the track's pods; a fixed URL
 template serves servers running as local processes). Each pod's answer is kept as a :class:`PodCall` so the
 incident can say which replica was flushed or warmed and which was not. Best effort: a failure is returned,
-never raised. Tokens are never logged or written anywhere but the model's Secret.
+never raised. Tokens are never logged or written anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,11 +24,6 @@ from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api.v1alpha1 import Track
 
 DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:8080"
-
-
-def derive_admin_token(key: bytes, model: ModelObject) -> str:
-    """The admin token of one model: HMAC-SHA256 of its identity under the operator's key (hex)."""
-    return hmac.new(key, f"{model.namespace}/{model.name}/{model.uid}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,9 +68,6 @@ class TemplateTargets:
 
 
 class ServerAdmin(Protocol):
-    def admin_token(self, model: ModelObject) -> str | None:
-        """The token the operator writes into the model's admin Secret (None: no admin key configured)."""
-
     async def call(self, model: ModelObject, track: Track, action: str) -> tuple[list[PodCall], str | None]:
         """``POST /admin/<action>`` on every server of the track: each one's outcome, and what went wrong."""
 
@@ -92,33 +81,28 @@ class ServerAdmin(Protocol):
         merged; each server's outcome; or what went wrong."""
 
 
+TokenSource = Callable[[], Awaitable[str]]
+
+
 class HTTPServerAdmin:
-    """Admin calls over HTTP with the model's derived token.
+    """Admin calls over HTTP with the operator's ServiceAccount token (``token_source``: a fresh one per call,
+    cached by the source until it nears expiry). Without a source every call fails and says why."""
 
-    ``key`` is the operator's admin key (``MODELWARDEN_ADMIN_TOKEN``). ``static_token`` instead sends one token to
-    every server (servers started by hand with ``ADMIN_TOKEN``); with neither, every call fails and says why."""
-
-    def __init__(self, static_token: str | None = None, url_template: str = DEFAULT_URL_TEMPLATE,
-                 timeout: float = 5.0, *, key: bytes | None = None, targets: ServerTargets | None = None) -> None:
-        self._static, self._key, self._timeout = static_token, key, timeout
+    def __init__(self, token_source: TokenSource | None = None, url_template: str = DEFAULT_URL_TEMPLATE,
+                 timeout: float = 5.0, *, targets: ServerTargets | None = None) -> None:
+        self._token_source, self._timeout = token_source, timeout
         self._targets = targets or TemplateTargets(url_template)
-
-    @staticmethod
-    def random_key() -> bytes:
-        return secrets.token_bytes(32)
-
-    def admin_token(self, model: ModelObject) -> str | None:
-        if self._key is not None:
-            return derive_admin_token(self._key, model)
-        return self._static
 
     async def _each(self, model: ModelObject, track: Track, action: str, method: str, path: str,
                     params: dict[str, Any] | None = None, *, json: dict[str, Any] | None = None,
                     accepted: tuple[int, ...] = ()) -> tuple[list[tuple[Server, Any]], list[PodCall],
                                                                    str | None]:
-        token = self.admin_token(model)
-        if not token:
-            return [], [], "no admin token configured (MODELWARDEN_ADMIN_TOKEN)"
+        if self._token_source is None:
+            return [], [], "no operator identity to call the servers with"
+        try:
+            token = await self._token_source()
+        except Exception as e:  # a TokenRequest the API server refused or did not answer: reported
+            return [], [], f"the operator's admin token: {type(e).__name__}: {e}"
         try:
             servers = await self._targets.servers(model, track)
         except Exception as e:  # an API failure listing the pods: best effort, reported

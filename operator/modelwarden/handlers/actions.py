@@ -56,7 +56,7 @@ class ActionApplier:
     events: EventRecorder
     notifier: Notifier = field(default_factory=LogOnly)
     annotator: Annotator = field(default_factory=LogOnly)
-    # Without a token every admin call fails, and says why: missing configuration is reported, never skipped.
+    # Without an identity every admin call fails, and says why: missing configuration is reported, never skipped.
     server_admin: ServerAdmin = field(default_factory=lambda: HTTPServerAdmin(None))
     # Where a CriticalFeedback rollback's evidence is read: the feedback store itself (complete whichever pods are
     # gone); unset, the servers' admin API of the rolled-back track (only what live pods reach).
@@ -65,8 +65,6 @@ class ActionApplier:
     # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
     routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
     identities_ensured: set[str] = field(default_factory=set)
-    # Models (namespace, name, uid) whose admin Secret this process has written.
-    admin_secrets_ensured: set[tuple[str, str, str]] = field(default_factory=set)
     # A rollback's notifications and annotations this process delivered, keyed by the rollback's id: a pass
     # retried after a later failure (the ledger, the status write) does not send them again. Across a restart
     # the notifier's dedup key (the rollback id) keeps it one incident.
@@ -100,8 +98,6 @@ class ActionApplier:
                 if model.namespace not in self.identities_ensured:
                     await self.workloads.ensure_server_identity(model.namespace)
                     self.identities_ensured.add(model.namespace)
-                # The pods mount the model's admin Secret: it exists before the first pod does.
-                await self._ensure_admin_secret(model)
                 await self.workloads.apply_track(model, spec, track, artifact, replicas, fingerprint, mirror=mirror,
                                                  hidden=hidden)
             case DeleteTrack(track=track):
@@ -121,7 +117,6 @@ class ActionApplier:
                     evidence = {"source": "feedbackStore", "records": read.records, "truncated": read.truncated,
                                 "error": failure}
                 else:
-                    await _kube_failure(self._ensure_admin_secret(model))  # the call's failure says it, if it matters
                     records, calls, failure = await self.server_admin.feedback(model, track, now - since, who)
                     evidence = {"source": f"servers ({track} track)", "records": records, "error": failure,
                                 "calls": [c.wire() for c in calls]}
@@ -130,7 +125,7 @@ class ActionApplier:
             case AnnotateGrafana() | Notify():
                 failure = await self._deliver(model, action)
             case FlushAndWarm(flush_track=flush_track, warm_track=warm_track, rollback=rollback):
-                problems: list[str | None] = [await _kube_failure(self._ensure_admin_secret(model))]
+                problems: list[str | None] = []
                 for admin_track, what in ((flush_track, "flush"), (warm_track, "warmup")):
                     if admin_track is None:
                         continue
@@ -183,13 +178,6 @@ class ActionApplier:
                 log.warning("%s/%s: %s still failing: %s", model.namespace, model.name, type(action).__name__,
                             failure)
         return bool(self.undelivered.get((model.namespace, model.name)))
-
-    async def _ensure_admin_secret(self, model: ModelObject) -> None:
-        """The model's admin Secret, written once per process (the token is derived, so rewriting is a no-op)."""
-        token = self.server_admin.admin_token(model)
-        if token and (model.namespace, model.name, model.uid) not in self.admin_secrets_ensured:
-            await self.workloads.ensure_admin_secret(model, token)
-            self.admin_secrets_ensured.add((model.namespace, model.name, model.uid))
 
 
 async def _kube_failure(write: Any) -> str | None:

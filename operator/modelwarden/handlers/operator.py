@@ -38,6 +38,7 @@ from modelwarden.adapters.leases import KubeLeases
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
+from modelwarden.adapters.operator_identity import OperatorIdentity
 from modelwarden.adapters.prometheus import PrometheusMetrics
 from modelwarden.adapters.routers import TrafficRouter, router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin, TemplateTargets
@@ -140,11 +141,17 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     else:
         logger.warning("MODELWARDEN_LEDGER=false: no decision ledger is written")
 
+    # The operator's proof for its admin calls (TokenRequest for its own ServiceAccount) and what the servers
+    # verify it with (the issuer keys, handed to them in each Deployment).
+    identity = OperatorIdentity(kube, config.service_account_namespace, config.service_account_name)
+
     def router_of(spec: api.MLModelSpec) -> TrafficRouter:
         return router_for(spec, kube)
 
     controller = Controller(
-        workloads=KubeWorkloads(kube), status_writer=KubeStatusWriter(kube), events=KubeEventRecorder(kube),
+        workloads=KubeWorkloads(kube, server_auth=identity.server_auth,
+                                fault_injection=config.server_fault_injection),
+        status_writer=KubeStatusWriter(kube), events=KubeEventRecorder(kube),
         artifacts=URIArtifactStore(), router_for=router_of,
         resync_seconds=config.resync_seconds,
         workers=config.workers,
@@ -157,7 +164,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
                   if config.webhook_url else LogOnly()),
         annotator=GrafanaAnnotator(config.grafana_url, config.grafana_token) if config.grafana_url else LogOnly(),
         server_admin=HTTPServerAdmin(
-            key=config.admin_token.encode() if config.admin_token else HTTPServerAdmin.random_key(),
+            identity.token,
             targets=(TemplateTargets(config.server_url_template) if config.server_url_template
                      else KubeServerTargets(kube))),
         feedback_evidence=PostgresFeedbackEvidence(config.feedback_dsn) if config.feedback_dsn else None,
@@ -167,10 +174,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     )
     if controller.metrics is None:
         logger.warning("MODELWARDEN_PROMETHEUS_URL is not set: no canary analysis and no automatic rollback")
-    if not config.admin_token:
-        logger.warning("MODELWARDEN_ADMIN_TOKEN is not set: each model's admin token is derived from a random key "
-                       "of this process, so after a restart the pods' tokens are replaced (the kubelet refreshes "
-                       "the mounted Secret within about a minute; admin calls in between answer 401)")
     feed = Feed(controller.caches)
     metrics.track_sizes(lambda: len(controller.models), lambda: len(controller.queue))
     memo["controller"], memo["feed"] = controller, feed

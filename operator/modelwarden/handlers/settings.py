@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,10 @@ ENV = {
     "MODELWARDEN_PAGERDUTY_ROUTING_KEY": "routing key for the pagerduty flavor",
     "MODELWARDEN_GRAFANA_URL": "Grafana base URL for rollback annotations; unset: none",
     "MODELWARDEN_GRAFANA_TOKEN": "Grafana service-account token",
-    "MODELWARDEN_ADMIN_TOKEN": "key each model's admin token is derived from (written into a Secret the model "
-                               "owns, mounted into its pods); unset: a random key per operator process",
+    "MODELWARDEN_SERVICE_ACCOUNT": ("the operator's own ServiceAccount <namespace>/<name>: admin calls carry its "
+                                    "TokenRequest tokens (default: the pod's, else "
+                                    "modelwarden-system/modelwarden-operator)"),
+    "MODELWARDEN_SERVER_FAULT_INJECTION": "tests and the demo only: model servers serve /admin/faults",
     "MODELWARDEN_SERVER_IMAGE": "model server image for MLModels without spec.serving.image "
                                 "(default ghcr.io/modelwarden/model-server:0.1.0)",
     "MODELWARDEN_FEEDBACK_DSN": ("PostgreSQL DSN of the models' feedback store (SELECT on its tables is enough): "
@@ -60,6 +64,23 @@ def _default_lease_namespace() -> str:
         return "modelwarden-system"
 
 
+def _service_account(value: str | None) -> dict[str, str]:
+    """``<namespace>/<name>``; unset: the pod's own account (the ``sub`` of its mounted token), else the default."""
+    if value:
+        namespace, _, name = value.partition("/")
+        if not namespace or not name:
+            raise ValueError(f"MODELWARDEN_SERVICE_ACCOUNT={value!r}: use <namespace>/<name>")
+        return {"service_account_namespace": namespace, "service_account_name": name}
+    try:
+        token = (SERVICE_ACCOUNT_NAMESPACE.parent / "token").read_text().strip()
+        payload = token.split(".")[1]
+        sub = str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+        _, _, namespace, name = sub.split(":", 3)
+        return {"service_account_namespace": namespace, "service_account_name": name}
+    except (OSError, IndexError, KeyError, ValueError):
+        return {}
+
+
 def _flag(name: str, value: str | None) -> bool:
     text = (value or "false").strip().lower()
     if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -82,7 +103,9 @@ class Settings:
     pagerduty_routing_key: str | None = None
     grafana_url: str | None = None
     grafana_token: str | None = None
-    admin_token: str | None = None
+    service_account_namespace: str = "modelwarden-system"
+    service_account_name: str = "modelwarden-operator"
+    server_fault_injection: bool = False
     server_url_template: str | None = None
     feedback_dsn: str | None = None
     leader_election: bool = False
@@ -122,7 +145,9 @@ class Settings:
             pagerduty_routing_key=get("MODELWARDEN_PAGERDUTY_ROUTING_KEY"),
             grafana_url=get("MODELWARDEN_GRAFANA_URL"),
             grafana_token=get("MODELWARDEN_GRAFANA_TOKEN"),
-            admin_token=get("MODELWARDEN_ADMIN_TOKEN"),
+            **_service_account(get("MODELWARDEN_SERVICE_ACCOUNT")),
+            server_fault_injection=_flag("MODELWARDEN_SERVER_FAULT_INJECTION",
+                                         get("MODELWARDEN_SERVER_FAULT_INJECTION") or "false"),
             server_url_template=get("MODELWARDEN_SERVER_URL_TEMPLATE") or None,
             feedback_dsn=get("MODELWARDEN_FEEDBACK_DSN"),
             leader_election=_flag("MODELWARDEN_LEADER_ELECTION", get("MODELWARDEN_LEADER_ELECTION")),
