@@ -64,7 +64,8 @@ def install(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io",
-                    "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io")
+                    "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io",
+                    "crd/modelledgercheckpoints.modelwarden.io", "crd/trustpolicies.modelwarden.io")
 
 
 GATEWAY_API_VERSION = "v1.3.0"
