@@ -32,7 +32,7 @@ from modelwarden.adapters.kube import (
     KubeWorkloads,
 )
 from modelwarden.adapters.leases import KubeLeases
-from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
+from modelwarden.adapters.ledger import KubeLedger, LedgerSigner, trusted_ledger_key
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.prometheus import PrometheusMetrics
@@ -128,8 +128,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
             signer = LedgerSigner.generate()
             logger.warning("MODELWARDEN_LEDGER_KEY_FILE is not set: the decision ledger is signed with an ephemeral "
                            "key (id %s), published like any other; mount a Secret for a stable key", signer.key_id)
+        own_key = await trusted_ledger_key(kube, signer.key_id)
+        if own_key is None:
+            logger.warning("the ledger key %s is not in the cluster's TrustPolicy (%s): `modelwarden ledger verify` "
+                           "will not accept its records until a cluster administrator adds it (an ephemeral key "
+                           "never is by default)", signer.key_id, api.TRUST_POLICY_NAME)
         ledger = KubeLedger(kube, signer, key_namespace=config.ledger_key_namespace,
-                            retention_days=config.ledger_retention_days)
+                            retention_days=config.ledger_retention_days, own_key=own_key)
         await ledger.publish_key()
         metrics.track_ledger(lambda: ledger.writes if ledger else 0, lambda: ledger.records if ledger else 0)
     else:
