@@ -27,6 +27,7 @@ from localenv._proc import (
     wait_until,
 )
 from localenv.cluster import Cluster
+from modelwarden.artifacts.ledger_keys import LedgerSigner
 
 BINDINGS = [
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -66,6 +67,27 @@ def install(cluster: Cluster) -> None:
                     "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io",
                     "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io",
                     "crd/modelledgercheckpoints.modelwarden.io", "crd/trustpolicies.modelwarden.io")
+    trusted_ledger_key(cluster)
+
+
+LEDGER_KEY_FILE = "ledger-key.pem"
+TRUST_POLICY = "cluster"
+
+
+def trusted_ledger_key(cluster: Cluster) -> Path:
+    """The local cluster's ledger signing key (made once, kept in its state directory, like a mounted Secret), and
+    the cluster's TrustPolicy listing its public key: what a cluster administrator does when installing. Applied
+    as admin (server-side apply: idempotent); tests that need another policy apply their own."""
+    path = cluster.state_dir / LEDGER_KEY_FILE
+    if not path.exists():
+        path.write_bytes(LedgerSigner.generate().private_pem())
+        path.chmod(0o600)
+    signer = LedgerSigner.from_pem(path.read_bytes())
+    policy = {"apiVersion": "modelwarden.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": TRUST_POLICY},
+              "spec": {"ledgerKeys": [{"keyId": signer.key_id, "publicKey": signer.public_pem(),
+                                       "notBefore": "2020-01-01T00:00:00Z"}]}}
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(policy))
+    return path
 
 
 GATEWAY_API_VERSION = "v1.3.0"
@@ -97,7 +119,8 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
-        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), **self.env}
+        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]),
+               "MODELWARDEN_LEDGER_KEY_FILE": str(self.cluster.state_dir / LEDGER_KEY_FILE), **self.env}
         self.process = start_process(
             [sys.executable, "-m", "modelwarden.handlers",
              f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
