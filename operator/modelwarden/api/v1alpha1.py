@@ -781,9 +781,9 @@ class LedgerRecord(_Model):
 class LedgerCheckpoint(_Model):
     """The head of one model's ledger as the operator last wrote it (issue 27), kept **outside the model's
     namespace**: a cluster-scoped ModelLedgerCheckpoint named by the model's uid, which only the operator may write
-    (cluster-admin aside), so whoever may delete or rewrite the model's ModelLedger segments cannot also move it. ``expiredThrough``: the newest record
-    the operator deleted by retention (its time in ``expiredNewest``), so a missing oldest segment is "expired"
-    only when the operator says so and the dates agree."""
+    (cluster-admin aside), so whoever may delete or rewrite the model's ModelLedger segments cannot also move it.
+    ``expiredThrough``: the newest record the operator deleted by retention (its time in ``expiredNewest``), so a
+    missing oldest segment is "expired" only when the operator says so and the dates agree."""
 
     namespace: str
     model: str
