@@ -297,7 +297,9 @@ class Reconciler:
                                     f"trusted keys (ConfigMap {signature.config_map_name}): {e}")
         if not keys:
             return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
-                                    f"ConfigMap {signature.config_map_name} holds no public key")
+                                    f"no public key in ConfigMap {signature.config_map_name} is trusted by the "
+                                    f"cluster's TrustPolicy {api.TRUST_POLICY_NAME} (a namespace may only narrow "
+                                    "it)")
         return await self.artifacts.verify_signature(uri, keys)
 
     async def _observe_retraining(self, model: ModelObject, state: ModelState, status: api.MLModelStatus,
