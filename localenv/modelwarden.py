@@ -39,6 +39,10 @@ BINDINGS = [
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                  "name": "modelwarden-operator-leader-election"},
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-operator-ledger-local-user"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-operator-ledger"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
     # Everyone may file approvals and actions and read models; the admission policies decide which stand.
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
      "metadata": {"name": "modelwarden-approval-editors-local"},
