@@ -4,7 +4,9 @@ The MLModel names a ConfigMap of trusted public keys (`spec.artifact.signature.c
 is verified and deployed with its signer in status; then versions whose directory has one byte changed, a
 file added or removed, a signature by an untrusted key, or no signature are each refused before approvals
 count — `ArtifactVerified=False` with the reason — while v1 keeps serving. A rollback target whose directory
-no longer verifies is refused too.
+no longer verifies is refused too. A key only the namespace's ConfigMap lists (not the cluster's TrustPolicy) is not
+trusted, and approvals given under a signature requirement stop counting when `spec.artifact.signature` is dropped
+(issue 27).
 """
 
 from __future__ import annotations
@@ -123,9 +125,9 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     op = InProcessOperator(modelwarden_installed, namespace)
     admin = Models(api_clients["admin"], namespace)
 
-    def approve(version: str, sha: str) -> None:
+    def approve(version: str, sha: str, signer: str | None = key_fingerprint(release_pub)) -> None:
         for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
-            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
+            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user, signer=signer))
 
     uri, sha_v1 = version_dir("v1", release)
     approve("v1", sha_v1)
@@ -192,6 +194,17 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     deployment = admin.deployment("m-stable")
     assert deployment is not None
     assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == sha_v2
+
+    # Issue 27: approvals bind the signature requirement. v3, signed and approved with its signer, then set in spec
+    # with the requirement dropped: the approvals do not count, nothing moves until people approve again.
+    uri, sha_v3 = version_dir("v3", release)
+    approve("v3", sha_v3)
+    admin.patch_spec("m", {"version": "v3", "artifact": {"uri": uri, "sha256": sha_v3, "signature": None}})
+    status = op.passes("m", 3)
+    approved = condition(status, "Approved")
+    assert approved.status == "False", approved
+    assert "another signature requirement (now: no signature)" in approved.message, approved.message
+    assert status.stable is not None and status.stable.sha256 == sha_v2 and status.canary is None
 
 
 def test_the_crd_requires_a_config_map_name(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],

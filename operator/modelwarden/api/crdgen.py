@@ -177,7 +177,7 @@ def crds() -> dict[str, dict[str, Any]]:
             description="The cluster's trust roots (issue 27): the operator keys the decision ledger is verified "
                         "with, and the keys model artifacts must be signed by. Cluster-scoped: model namespaces "
                         "cannot edit it; they may only narrow it.",
-            columns=[_column("RequireSignature", ".spec.requireArtifactSignature", "boolean"), age],
+            columns=[age],
         ),
     }
 

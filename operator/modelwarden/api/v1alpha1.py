@@ -691,6 +691,12 @@ class ModelApprovalSpec(_Model):
     role: Annotated[str, Field(pattern=ROLE_PATTERN)]
     approver: Annotated[str, Field(min_length=1, max_length=253, description="Must be the creating user's name.")]
     comment: Annotated[str, Field(max_length=4096)] = ""
+    signer: Annotated[str | None, Field(
+        default=None, pattern=SHA256_PATTERN,
+        description="The artifact signature's signer (key fingerprint) this approval signs off, when the model "
+                    "requires a signature (`modelwarden approve` fills it in). An approval counts only under the "
+                    "signature requirement it was given for: with a signer, only while the model requires a "
+                    "signature and it verified by that signer; without one, only while none is required.")]
 
 
 # --- ModelAction (issue 18) ---------------------------------------------------------------------------------
@@ -833,5 +839,3 @@ class TrustPolicySpec(_Model):
     ledger_keys: list[LedgerKey] = Field(default_factory=list, description="Keys `ledger verify` trusts.")
     artifact_keys: list[ArtifactKey] = Field(
         default_factory=list, description="Keys trusted to sign model artifacts, for every namespace.")
-    require_artifact_signature: bool = Field(
-        default=False, description="Every model's artifact must carry a signature by an artifactKeys key.")
