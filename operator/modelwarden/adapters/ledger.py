@@ -78,6 +78,10 @@ async def trusted_ledger_key(kube: KubeClient, key_id: str) -> TrustedKey | None
         policy = await kube.call("read the cluster's TrustPolicy", kube.custom.get_cluster_custom_object, api.GROUP,
                                  api.VERSION, api.TRUST_PLURAL, api.TRUST_POLICY_NAME)
     except KubeError as e:
+        if e.status == 403:  # installed without the modelwarden-operator-ledger ClusterRole
+            log.warning("cannot read the cluster's TrustPolicy (%s): is the modelwarden-operator-ledger ClusterRole "
+                        "bound? Key windows are not checked", e)
+            return None
         if e.status == 404:
             return None
         raise
