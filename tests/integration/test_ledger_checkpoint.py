@@ -93,14 +93,14 @@ def test_a_shortened_or_resigned_ledger_is_named_by_verify_and_the_operator_stop
     assert len(stored) == 1
     records = stored[0]["spec"]["records"]
     n = len(records)
-    assert n >= 3, records
+    assert n >= 2, records  # QuorumMet, Deployed
 
     if attack == "tail-deleted":
         body = copy.deepcopy(stored[0])
-        body["spec"]["records"] = records[:-2]
+        body["spec"]["records"] = records[:-1]
         custom.replace_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.LEDGER_PLURAL,
                                                 body["metadata"]["name"], body)
-        expected = ("removed", n - 2, "after the last stored record", "the chain ends before the published head")
+        expected = ("removed", n - 1, "after the last stored record", "the chain ends before the published head")
         reason = api.Reason.LEDGER_TAIL_MISSING
     elif attack == "whole-ledger-deleted":
         custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.LEDGER_PLURAL,
@@ -181,7 +181,8 @@ def test_only_a_cluster_administrator_can_add_a_trusted_key_or_move_a_checkpoint
             custom.patch_cluster_custom_object(api.GROUP, api.VERSION, api.TRUST_PLURAL, api.TRUST_POLICY_NAME,
                                                {"spec": _trust_policy(key)["spec"]})
         assert patched.value.status == 403, (user, patched.value.body)
-        assert 'cannot patch resource "trustpolicies"' in str(patched.value.body)
+        message = json.loads(patched.value.body or "{}")["message"]
+        assert f'User "{user}" cannot patch resource "trustpolicies"' in message, message
     # every user may read it (verify needs it), and the operator's key is the only ledger key trusted
     policy: Any = client.CustomObjectsApi(api_clients["developer"]).get_cluster_custom_object(
         api.GROUP, api.VERSION, api.TRUST_PLURAL, api.TRUST_POLICY_NAME)
