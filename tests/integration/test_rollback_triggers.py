@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
 from model_server.demo_artifact import build_demo_artifact, train
@@ -47,8 +48,10 @@ class InProcessOperator:
         self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
-        # the decision ledger as the operator writes it (issue 18), its key published like the operator's
-        ledger = KubeLedger(self.kube, LedgerSigner.generate(), key_namespace="modelwarden-system")
+        # the decision ledger as the operator writes it (issue 18), its key published like the operator's and the
+        # one the cluster's TrustPolicy trusts (issue 27)
+        signer = LedgerSigner.from_pem(modelwarden_env.trusted_ledger_key(cluster).read_bytes())
+        ledger = KubeLedger(self.kube, signer, key_namespace="modelwarden-system")
         asyncio.run(ledger.publish_key())
         self.controller = Controller(workloads=KubeWorkloads(self.kube), status_writer=KubeStatusWriter(self.kube),
                                      events=KubeEventRecorder(self.kube),
