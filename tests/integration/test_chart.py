@@ -338,14 +338,17 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
         helm: Path, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
         tmp_path: Path) -> None:
     """The rendered Deployment's command, args and env, run as the rendered ServiceAccount holding nothing but the
-    rendered single-namespace Role, take a model through dual sign-off to Stable."""
+    rendered single-namespace Role (and the cluster-scoped ledger rights), take a model through dual sign-off to
+    Stable."""
     cluster = modelwarden_installed
     values = {"rbac": {"scope": "namespace", "createSharedClusterRoles": False}, "networkPolicy": {"enabled": False},
               "admission": {"enabled": False, "approverGroups": {"finance": "unused"}}}
     (tmp_path / "values.json").write_text(json.dumps(values))
     objects = _docs(_helm(helm, "template", "mwtest", str(CHART), "--namespace", namespace,
                           "-f", str(tmp_path / "values.json")))
-    assert {o["kind"] for o in objects} == {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    # issue 27: plus the cluster-scoped ledger rights (checkpoints, TrustPolicy) a Role cannot grant
+    assert {o["kind"] for o in objects} == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                                            "ClusterRoleBinding", "Deployment"}
     namespaced = [o for o in objects if o["kind"] != "Deployment"]
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(o) for o in namespaced))
 
