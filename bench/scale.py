@@ -16,6 +16,9 @@ created, one replica each. Measured:
 - **operator RSS** (steady and peak) and **CPU** (share of one core over a steady window of two cycles);
 - **apply → Deployment** p50/p95 for 20 more models created one at a time while the fleet is governed, with
   the same process creating Deployments itself as the baseline;
+- **the decision ledger's API writes** (issue 27): ModelLedger segment writes and ModelLedgerCheckpoint writes and
+  reads from create to all Stable and per steady cycle, and the API server's mean time per checkpoint write (its
+  own ``apiserver_request_duration_seconds``): what the checkpoint, written with every append, costs;
 - **rollback**: ``--rollbacks`` models are promoted to v2 through a canary, then one at a time v2's burn rate
   jumps past 14.4x; from the exporter flip (trigger true at the next scrape) and from the evaluation cycle that
   saw it to the stable Deployment Ready on v1's sha256 with no canary.
@@ -78,6 +81,12 @@ class Level:
     query_seconds: float = math.nan
     cycle_seconds: float = math.nan
     status_writes_per_cycle: float = math.nan
+    ledger_writes_to_stable: float = math.nan
+    checkpoint_writes_to_stable: float = math.nan
+    checkpoint_reads_to_stable: float = math.nan
+    checkpoint_writes_per_cycle: float = math.nan
+    checkpoint_write_ms: float = math.nan
+    segment_write_ms: float = math.nan
     rss_mib: float = math.nan
     peak_rss_mib: float = math.nan
     cpu_share: float = math.nan
@@ -108,6 +117,24 @@ def status_writes(cluster: cluster_env.Cluster) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("apiserver_request_total{") and 'resource="mlmodels"' in line
                and 'subresource="status"' in line and any(f'verb="{v}"' in line for v in ("PATCH", "PUT", "APPLY")))
+
+
+WRITES = ("POST", "PUT", "PATCH", "APPLY")
+
+
+def requests(cluster: cluster_env.Cluster, resource: str, verbs: tuple[str, ...]) -> tuple[float, float]:
+    """(requests answered, seconds spent on them) for ``resource`` and ``verbs``, from the API server's own
+    counters (apiserver_request_total, apiserver_request_duration_seconds_sum)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    count = seconds = 0.0
+    for line in text.splitlines():
+        if f'resource="{resource}"' not in line or not any(f'verb="{v}"' in line for v in verbs):
+            continue
+        if line.startswith("apiserver_request_total{"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("apiserver_request_duration_seconds_sum{"):
+            seconds += float(line.rsplit(" ", 1)[1])
+    return count, seconds
 
 
 def wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
@@ -213,6 +240,9 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         say(f"{n} models: approving v1 (finance + regulatory) in {level.namespaces} namespaces")
         in_parallel(lambda k: fleet.approve(k, "v1"), models)
         cpu_before = proc_cpu_seconds(pid)
+        segment0 = requests(cluster, api.LEDGER_PLURAL, WRITES)
+        checkpoint0 = requests(cluster, api.CHECKPOINT_PLURAL, WRITES)
+        reads0 = requests(cluster, api.CHECKPOINT_PLURAL, ("GET",))
         phases = PhaseWatch(fleet.custom)
         say(f"{n} models: creating the MLModels")
         started = time.monotonic()
@@ -231,10 +261,23 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         wait(all_stable, 60 + n * 1.5, f"{n} models Stable", every=0.2)
         level.to_stable_seconds = time.monotonic() - started
         level.cpu_seconds_to_stable = proc_cpu_seconds(pid) - cpu_before
+        segment1 = requests(cluster, api.LEDGER_PLURAL, WRITES)
+        checkpoint1 = requests(cluster, api.CHECKPOINT_PLURAL, WRITES)
+        level.ledger_writes_to_stable = segment1[0] - segment0[0]
+        level.checkpoint_writes_to_stable = checkpoint1[0] - checkpoint0[0]
+        level.checkpoint_reads_to_stable = requests(cluster, api.CHECKPOINT_PLURAL, ("GET",))[0] - reads0[0]
+        if level.checkpoint_writes_to_stable:
+            level.checkpoint_write_ms = 1000 * (checkpoint1[1] - checkpoint0[1]) / level.checkpoint_writes_to_stable
+        if level.ledger_writes_to_stable:
+            level.segment_write_ms = 1000 * (segment1[1] - segment0[1]) / level.ledger_writes_to_stable
+        say(f"{n} models: ledger {level.ledger_writes_to_stable:.0f} segment writes, "
+            f"{level.checkpoint_writes_to_stable:.0f} checkpoint writes ({level.checkpoint_write_ms:.1f} ms each), "
+            f"{level.checkpoint_reads_to_stable:.0f} checkpoint reads to Stable")
         say(f"{n} models: all Stable in {level.to_stable_seconds:.1f}s; measuring two steady evaluation cycles")
 
         steady_from = time.time()
         cpu0, t0, writes0 = proc_cpu_seconds(pid), time.monotonic(), status_writes(cluster)
+        checkpoints0 = requests(cluster, api.CHECKPOINT_PLURAL, WRITES)[0]
         phases.recording = True
         time.sleep(2 * args.interval + 5)
         phases.recording = False
@@ -246,6 +289,8 @@ def run_level(n: int, args: argparse.Namespace, work: Path) -> Level:
         level.query_seconds = statistics.median(query_seconds) if query_seconds else math.nan
         level.cycle_seconds = statistics.median(cycle_seconds) if cycle_seconds else math.nan
         level.status_writes_per_cycle = steady_writes / len(query_seconds) if query_seconds else math.nan
+        steady_checkpoints = requests(cluster, api.CHECKPOINT_PLURAL, WRITES)[0] - checkpoints0
+        level.checkpoint_writes_per_cycle = steady_checkpoints / len(query_seconds) if query_seconds else math.nan
         say(f"{n} models: {steady_writes:.0f} status writes in the steady cycles; what they changed: "
             f"{dict(phases.changed.most_common(8)) or 'nothing'}")
 
@@ -322,6 +367,16 @@ def table(levels: list[Level], interval: int) -> str:
         ("evaluation cycle: queries", lambda lv: lv.query_seconds, ms),
         ("evaluation cycle: start → every model decided", lambda lv: lv.cycle_seconds, lambda v: f"{v:.2f} s"),
         ("MLModel status writes per steady cycle (API server's count)", lambda lv: lv.status_writes_per_cycle,
+         lambda v: f"{v:.1f}"),
+        ("ledger segment writes, create → all Stable", lambda lv: lv.ledger_writes_to_stable, lambda v: f"{v:.0f}"),
+        ("ledger checkpoint writes, create → all Stable", lambda lv: lv.checkpoint_writes_to_stable,
+         lambda v: f"{v:.0f}"),
+        ("ledger checkpoint reads, create → all Stable", lambda lv: lv.checkpoint_reads_to_stable,
+         lambda v: f"{v:.0f}"),
+        ("API server time per checkpoint write (mean)",
+         lambda lv: lv.checkpoint_write_ms, lambda v: f"{v:.1f} ms"),
+        ("  per segment write (mean)", lambda lv: lv.segment_write_ms, lambda v: f"{v:.1f} ms"),
+        ("ledger checkpoint writes per steady cycle", lambda lv: lv.checkpoint_writes_per_cycle,
          lambda v: f"{v:.1f}"),
         ("operator RSS, steady", lambda lv: lv.rss_mib, lambda v: f"{v:.0f} MiB"),
         ("operator RSS, peak", lambda lv: lv.peak_rss_mib, lambda v: f"{v:.0f} MiB"),

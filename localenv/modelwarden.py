@@ -28,6 +28,7 @@ from localenv._proc import (
     wait_until,
 )
 from localenv.cluster import Cluster
+from modelwarden.artifacts.ledger_keys import LedgerSigner
 
 BINDINGS = [
     # The operator's own ServiceAccount: the local user asks TokenRequest for its tokens (the admin API's proof),
@@ -51,6 +52,10 @@ BINDINGS = [
      "metadata": {"name": "modelwarden-operator-leader-election-local-user", "namespace": "modelwarden-system"},
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                  "name": "modelwarden-operator-leader-election"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "modelwarden-operator-ledger-local-user"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelwarden-operator-ledger"},
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "modelwarden-operator"}]},
     # Everyone may file approvals and actions and read models; the admission policies decide which stand.
     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -78,7 +83,29 @@ def install(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(b) for b in BINDINGS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/mlmodels.modelwarden.io", "crd/modelapprovals.modelwarden.io",
-                    "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io")
+                    "crd/modelactions.modelwarden.io", "crd/modelledgers.modelwarden.io",
+                    "crd/modelledgercheckpoints.modelwarden.io", "crd/trustpolicies.modelwarden.io")
+    trusted_ledger_key(cluster)
+
+
+LEDGER_KEY_FILE = "ledger-key.pem"
+TRUST_POLICY = "cluster"
+
+
+def trusted_ledger_key(cluster: Cluster) -> Path:
+    """The local cluster's ledger signing key (made once, kept in its state directory, like a mounted Secret), and
+    the cluster's TrustPolicy listing its public key: what a cluster administrator does when installing. Applied
+    as admin (server-side apply: idempotent); tests that need another policy apply their own."""
+    path = cluster.state_dir / LEDGER_KEY_FILE
+    if not path.exists():
+        path.write_bytes(LedgerSigner.generate().private_pem())
+        path.chmod(0o600)
+    signer = LedgerSigner.from_pem(path.read_bytes())
+    policy = {"apiVersion": "modelwarden.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": TRUST_POLICY},
+              "spec": {"ledgerKeys": [{"keyId": signer.key_id, "publicKey": signer.public_pem(),
+                                       "notBefore": "2020-01-01T00:00:00Z"}]}}
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(policy))
+    return path
 
 
 OPERATOR_NAMESPACE = "modelwarden-system"
@@ -141,7 +168,7 @@ class OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
         # The local environment is where model servers may serve /admin/faults (tests call it as cluster-admin).
         env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), "MODELWARDEN_SERVER_FAULT_INJECTION": "true",
-               **self.env}
+               "MODELWARDEN_LEDGER_KEY_FILE": str(self.cluster.state_dir / LEDGER_KEY_FILE), **self.env}
         self.process = start_process(
             [sys.executable, "-m", "modelwarden.handlers",
              f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",

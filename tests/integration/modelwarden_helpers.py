@@ -60,13 +60,14 @@ def mlmodel(name: str, version: str, uri: str, sha256: str, *, steps: list[dict[
 
 
 def approval(model: str, version: str, sha256: str, role: str, approver: str, name: str | None = None,
-             ) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_VERSION, "kind": "ModelApproval",
-        "metadata": {"name": name or f"{model}-{version}-{role}-{approver}"},
-        "spec": {"modelRef": {"name": model}, "version": version, "sha256": sha256, "role": role,
-                 "approver": approver},
-    }
+             signer: str | None = None) -> dict[str, Any]:
+    """``signer``: the artifact signer signed off, for a model that requires a signature (issue 27)."""
+    spec: dict[str, Any] = {"modelRef": {"name": model}, "version": version, "sha256": sha256, "role": role,
+                            "approver": approver}
+    if signer is not None:
+        spec["signer"] = signer
+    return {"apiVersion": api.API_VERSION, "kind": "ModelApproval",
+            "metadata": {"name": name or f"{model}-{version}-{role}-{approver}"}, "spec": spec}
 
 
 class Models:

@@ -242,7 +242,9 @@ def test_chart_lints_renders_and_every_object_is_accepted(
     if value_set == "single-namespace":
         assert f"--namespace={namespace}" in container["args"]
         assert not [o for o in _get(objects, "ClusterRole") if o["metadata"]["name"].endswith("-operator")]
-        assert not _get(objects, "ClusterRoleBinding")
+        # issue 27: only the cluster-scoped ledger rights (checkpoints, TrustPolicy) are bound cluster-wide
+        assert {o["metadata"]["name"].rsplit("-", 2)[-2] + "-" + o["metadata"]["name"].rsplit("-", 2)[-1]
+                for o in _get(objects, "ClusterRoleBinding")} == {"operator-ledger", "policy-reader"}
         (role,) = _get(objects, "Role", "modelwarden-operator")
         assert role["metadata"]["namespace"] == namespace and role["rules"] == shipped["modelwarden-operator"]
         (binding,) = _get(objects, "RoleBinding", "modelwarden-operator")
@@ -253,10 +255,16 @@ def test_chart_lints_renders_and_every_object_is_accepted(
         assert role["rules"] == shipped["modelwarden-operator"]
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"mlmodels/status", "mlmodels/finalizers"} <= resources
-        (binding,) = _get(objects, "ClusterRoleBinding", "modelwarden-operator")
+        (binding,) = [b for b in _get(objects, "ClusterRoleBinding")
+                      if b["roleRef"]["name"] == role["metadata"]["name"]]
         assert binding["subjects"][0]["namespace"] == namespace
         (keys,) = _get(objects, "ClusterRole", "modelwarden-issuer-keys")
         assert keys["rules"] == [{"nonResourceURLs": ["/openid/v1/jwks"], "verbs": ["get"]}]
+    (ledger_role,) = [o for o in _get(objects, "ClusterRole") if o["metadata"]["name"].endswith("-operator-ledger")]
+    assert ledger_role["rules"] == shipped["modelwarden-operator-ledger"]
+    (ledger_binding,) = [b for b in _get(objects, "ClusterRoleBinding")
+                         if b["roleRef"]["name"] == ledger_role["metadata"]["name"]]
+    assert ledger_binding["subjects"][0]["namespace"] == namespace
 
     if value_set == "minimal":
         assert not kinds & {"ValidatingAdmissionPolicy", "NetworkPolicy", "ServiceAccount", "PrometheusRule"}
@@ -340,14 +348,17 @@ def test_the_operator_runs_as_the_chart_says_with_only_the_single_namespace_role
         helm: Path, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
         tmp_path: Path) -> None:
     """The rendered Deployment's command, args and env, run as the rendered ServiceAccount holding nothing but the
-    rendered single-namespace Role, take a model through dual sign-off to Stable."""
+    rendered single-namespace Role (and the cluster-scoped ledger rights), take a model through dual sign-off to
+    Stable."""
     cluster = modelwarden_installed
     values = {"rbac": {"scope": "namespace", "createSharedClusterRoles": False}, "networkPolicy": {"enabled": False},
               "admission": {"enabled": False, "approverGroups": {"finance": "unused"}}}
     (tmp_path / "values.json").write_text(json.dumps(values))
     objects = _docs(_helm(helm, "template", "mwtest", str(CHART), "--namespace", namespace,
                           "-f", str(tmp_path / "values.json")))
-    assert {o["kind"] for o in objects} == {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    # issue 27: plus the cluster-scoped ledger rights (checkpoints, TrustPolicy) a Role cannot grant
+    assert {o["kind"] for o in objects} == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                                            "ClusterRoleBinding", "Deployment"}
     namespaced = [o for o in objects if o["kind"] != "Deployment"]
     cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(o) for o in namespaced))
 
@@ -505,7 +516,10 @@ def test_kustomize_builds_and_every_object_is_accepted(directory: str, cluster: 
     shipped = _shipped_rbac()
     if directory.endswith("single-namespace"):
         assert "--namespace=ml-models" in args
-        assert not _get(objects, "ClusterRole", "modelwarden-operator") and not _get(objects, "ClusterRoleBinding")
+        assert not _get(objects, "ClusterRole", "modelwarden-operator")
+        # issue 27: only the cluster-scoped ledger rights (checkpoints, TrustPolicy) are bound cluster-wide
+        assert {b["metadata"]["name"] for b in _get(objects, "ClusterRoleBinding")} == {
+            "modelwarden-operator-ledger", "modelwarden-trust-policy-reader"}
         (role,) = _get(objects, "Role", "modelwarden-operator")
         assert role["rules"] == shipped["modelwarden-operator"]
     else:

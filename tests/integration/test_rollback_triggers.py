@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from localenv import modelwarden as modelwarden_env
 from localenv import prometheus as prometheus_env
 from localenv.cluster import Cluster
 from localenv.modelwarden import server_auth_env
@@ -50,8 +51,10 @@ class InProcessOperator:
         self.kube = KubeClient(api_client)
         self.namespace = namespace
         self.now = dt.datetime.fromtimestamp(END - 3600, dt.UTC)
-        # the decision ledger as the operator writes it (issue 18), its key published like the operator's
-        ledger = KubeLedger(self.kube, LedgerSigner.generate(), key_namespace="modelwarden-system")
+        # the decision ledger as the operator writes it (issue 18), its key published like the operator's and the
+        # one the cluster's TrustPolicy trusts (issue 27)
+        signer = LedgerSigner.from_pem(modelwarden_env.trusted_ledger_key(cluster).read_bytes())
+        ledger = KubeLedger(self.kube, signer, key_namespace="modelwarden-system")
         asyncio.run(ledger.publish_key())
         # The operator's own proof for admin calls: TokenRequest tokens of its ServiceAccount, as the operator user.
         self.identity = OperatorIdentity(self.kube, "modelwarden-system", "modelwarden-operator")

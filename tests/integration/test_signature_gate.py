@@ -4,7 +4,9 @@ The MLModel names a ConfigMap of trusted public keys (`spec.artifact.signature.c
 is verified and deployed with its signer in status; then versions whose directory has one byte changed, a
 file added or removed, a signature by an untrusted key, or no signature are each refused before approvals
 count — `ArtifactVerified=False` with the reason — while v1 keeps serving. A rollback target whose directory
-no longer verifies is refused too.
+no longer verifies is refused too. A key only the namespace's ConfigMap lists (not the cluster's TrustPolicy) is not
+trusted, and approvals given under a signature requirement stop counting when `spec.artifact.signature` is dropped
+(issue 27).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -60,8 +63,19 @@ CASES: list[tuple[str, Callable[[Path], None], str, str]] = [
     ("a file added", add_file, "ContentChanged", "extra.bin added"),
     ("a file removed", remove_file, "ContentChanged", "model_meta.json removed"),
     ("signed by an untrusted key", lambda d: None, "SignerUntrusted", "not among the trusted keys"),
+    # issue 27: the namespace's ConfigMap lists this key, the cluster's TrustPolicy does not: it counts for nothing
+    ("signed by a key only the namespace trusts", lambda d: None, "SignerUntrusted", "not among the trusted keys"),
     ("no signature", lambda d: (d / SIGNATURE_FILENAME).unlink(), "SignatureMissing", "model.sig is missing"),
 ]
+
+
+def trust_artifact_keys(cluster: Cluster, keys: dict[str, str]) -> None:
+    """As the cluster administrator: the cluster's TrustPolicy trusts these artifact keys (its own field manager,
+    so the ledger key the local environment put there stays)."""
+    policy = {"apiVersion": api.API_VERSION, "kind": "TrustPolicy", "metadata": {"name": api.TRUST_POLICY_NAME},
+              "spec": {"artifactKeys": [{"name": name, "publicKey": pem} for name, pem in keys.items()]}}
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=signature-gate-test", "-f", "-",
+                    input=json.dumps(policy))
 
 
 @contextlib.contextmanager
@@ -90,8 +104,13 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
                           api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path) -> None:
     release, release_pub = write_key(tmp_path, "release")
     other, _ = write_key(tmp_path, "other")
+    tenant, tenant_pub = write_key(tmp_path, "tenant")
+    # The cluster administrator trusts the release key cluster-wide (issue 27); the namespace lists it and, to try
+    # widening the cluster's trust, a key of its own.
+    trust_artifact_keys(modelwarden_installed, {"release": release_pub.decode()})
     client.CoreV1Api(api_clients["admin"]).create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="trusted-keys"), data={"release.pub": release_pub.decode()}))
+        metadata=client.V1ObjectMeta(name="trusted-keys"),
+        data={"release.pub": release_pub.decode(), "tenant.pub": tenant_pub.decode()}))
     trained = train("logistic", 3, 200, seed=2)
     source = build_demo_artifact(tmp_path / "source", fmt="skops", trained=trained).directory
 
@@ -106,9 +125,9 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     op = InProcessOperator(modelwarden_installed, namespace)
     admin = Models(api_clients["admin"], namespace)
 
-    def approve(version: str, sha: str) -> None:
+    def approve(version: str, sha: str, signer: str | None = key_fingerprint(release_pub)) -> None:
         for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
-            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
+            Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user, signer=signer))
 
     uri, sha_v1 = version_dir("v1", release)
     approve("v1", sha_v1)
@@ -130,7 +149,9 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     cases = CASES if scheme == "file" else [c for c in CASES if c[0] != "a file added"]
     for i, (case, damage, reason, says) in enumerate(cases):
         version = f"v2-{i}"
-        uri, sha = version_dir(version, other if reason == "SignerUntrusted" else release, damage)
+        key = {"signed by an untrusted key": other, "signed by a key only the namespace trusts": tenant}.get(case,
+                                                                                                         release)
+        uri, sha = version_dir(version, key, damage)
         approve(version, sha)  # approvals exist, yet they must not count
         admin.patch_spec("m", {"version": version, "artifact": {"uri": uri, "sha256": sha}})
         status = op.passes("m", 3)
@@ -173,6 +194,17 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     deployment = admin.deployment("m-stable")
     assert deployment is not None
     assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == sha_v2
+
+    # Issue 27: approvals bind the signature requirement. v3, signed and approved with its signer, then set in spec
+    # with the requirement dropped: the approvals do not count, nothing moves until people approve again.
+    uri, sha_v3 = version_dir("v3", release)
+    approve("v3", sha_v3)
+    admin.patch_spec("m", {"version": "v3", "artifact": {"uri": uri, "sha256": sha_v3, "signature": None}})
+    status = op.passes("m", 3)
+    approved = condition(status, "Approved")
+    assert approved.status == "False", approved
+    assert "another signature requirement (now: no signature)" in approved.message, approved.message
+    assert status.stable is not None and status.stable.sha256 == sha_v2 and status.canary is None
 
 
 def test_the_crd_requires_a_config_map_name(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],

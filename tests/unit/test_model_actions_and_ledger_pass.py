@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from modelwarden.adapters.kube import KubeError
+from modelwarden.adapters.ledger import LedgerBroken
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import Event
@@ -204,11 +205,13 @@ class FakeActionStatus:
         self.recorded.append((name, status))
 
 
-def controller(cluster: FakeCluster, ledger: FakeLedger, actions: FakeActionStatus) -> Controller:
+def controller(cluster: FakeCluster, ledger: FakeLedger | BrokenLedger, actions: FakeActionStatus,
+               notifier: FakePager | None = None) -> Controller:
     spec = make_spec("v1", serving={"replicas": 2})
     router, artifacts = FakeRouter(), FakeArtifacts({spec.artifact.uri: SHA["v1"]})
     c = Controller(workloads=cluster, status_writer=cluster, events=cluster, artifacts=artifacts, reports=artifacts,
-                   router_for=lambda spec: router, clock=lambda: T0, ledger=ledger, action_status=actions)
+                   router_for=lambda spec: router, clock=lambda: T0, ledger=ledger, action_status=actions,
+                   **({"notifier": notifier} if notifier is not None else {}))
     c.caches.observe_model("ADDED", mlmodel(spec))
     c.caches.observe_approval("ADDED", approval("finance", "fiona"))
     c.caches.observe_approval("ADDED", approval("regulatory", "rick"))
@@ -276,3 +279,39 @@ def test_the_removed_resume_annotation_clears_no_halt_and_a_condition_names_the_
     assert "modelwarden resume MODEL" in ignored.message and api.ANNOTATION_RESUME in ignored.message
     assert not [r for r in ledger.records if "Resume" in r.decision]
     assert ("Warning", "AnnotationsIgnored") in cluster.events
+
+
+
+# --- issue 27: a ledger that does not end at the operator's checkpoint ---
+
+
+@dataclass
+class BrokenLedger:
+    """What KubeLedger raises when the stored tail is not the checkpoint's head."""
+
+    async def append(self, model: ModelObject, entries: Sequence[Entry], *, generation: int,
+                     now: dt.datetime) -> api.LedgerHead | None:
+        raise LedgerBroken(api.Reason.LEDGER_TAIL_MISSING, "records 5-9 were deleted")
+
+
+@dataclass
+class FakePager:
+    pages: list[tuple[str, str]] = field(default_factory=list)
+
+    async def notify(self, model: str, namespace: str, severity: str, summary: str,
+                     rollback: api.Rollback | None) -> str | None:
+        self.pages.append((severity, summary))
+        return None
+
+
+def test_a_broken_ledger_is_not_appended_to_nothing_is_acted_on_and_one_page_goes_out() -> None:
+    cluster, pager = FakeCluster(), FakePager()
+    c = controller(cluster, BrokenLedger(), FakeActionStatus(), pager)
+    asyncio.run(c.reconcile(KEY))
+    asyncio.run(c.reconcile(KEY))  # still broken: the condition stays, no second page
+    assert not [call for call in cluster.calls if call[0] == "apply"], "a decision recorded first was carried out"
+    status = api.MLModelStatus.model_validate(c.models[KEY]["status"])
+    broken = next(x for x in status.conditions if x.type == api.ConditionType.LEDGER_BROKEN)
+    assert (broken.status, broken.reason) == ("True", "LedgerTailMissing") and "records 5-9" in broken.message
+    assert status.stable is None and status.ledger is None
+    assert [severity for severity, _ in pager.pages] == ["page"] and "LedgerTailMissing" in pager.pages[0][1]

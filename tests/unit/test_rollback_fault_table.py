@@ -217,12 +217,20 @@ class World:
         self.now = T0
         self.annotations: dict[str, str] = {}
         self.on_prior_at: dt.datetime | None = None  # when every answer first carried v1's SHA256 again
+        self.signed = signed
         self.spec = self._spec("v1", signed)
         self.controller = self._operator()
         self.controller.caches.observe_model("ADDED", mlmodel(self.spec))
         for version in ("v1", "v2"):
-            self.controller.caches.observe_approval("ADDED", approval("finance", "fiona", version))
-            self.controller.caches.observe_approval("ADDED", approval("regulatory", "rick", version))
+            self.controller.caches.observe_approval("ADDED", self._approval("finance", "fiona", version))
+            self.controller.caches.observe_approval("ADDED", self._approval("regulatory", "rick", version))
+
+    def _approval(self, role: str, who: str, version: str) -> dict[str, Any]:
+        """An approval given under the model's signature requirement (the signer's fingerprint when signed)."""
+        body = approval(role, who, version)
+        if self.signed:
+            body["spec"]["signer"] = "fp"
+        return body
 
     @staticmethod
     def _spec(version: str, signed: bool) -> api.MLModelSpec:
@@ -258,8 +266,8 @@ class World:
         meta = {**persisted["metadata"], "annotations": dict(self.annotations)}
         self.controller.caches.observe_model("ADDED", {**persisted, "metadata": meta, "spec": self.spec.wire()})
         for version in ("v1", "v2"):
-            self.controller.caches.observe_approval("ADDED", approval("finance", "fiona", version))
-            self.controller.caches.observe_approval("ADDED", approval("regulatory", "rick", version))
+            self.controller.caches.observe_approval("ADDED", self._approval("finance", "fiona", version))
+            self.controller.caches.observe_approval("ADDED", self._approval("regulatory", "rick", version))
         self.cluster.watch(self.controller)
         if self.action is not None:
             self.controller.caches.observe_action("ADDED", self.action)

@@ -10,6 +10,7 @@ client is synchronous; calls run in a thread so the kopf event loop never blocks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -35,6 +36,7 @@ from modelwarden.adapters.manifests import (
 )
 from modelwarden.adapters.server_admin import Server
 from modelwarden.api import v1alpha1 as api
+from modelwarden.artifacts.signing import SigningError, key_fingerprint
 from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 
 
@@ -229,10 +231,29 @@ class KubeWorkloads:
                                field_manager=f"{FIELD_MANAGER}-evidence-{name.rsplit('.', 1)[0]}"[:128])
 
     async def read_trusted_keys(self, namespace: str, config_map: str) -> list[bytes]:
-        """The PEM public keys an artifact signature may be made with: every data entry of the ConfigMap."""
+        """The PEM public keys an artifact signature may be made with: the entries of the namespace's ConfigMap
+        that the cluster's TrustPolicy also trusts (issue 27: a namespace may only narrow the cluster's trust, so
+        a key its editor adds there counts for nothing)."""
         cm = await self._kube.call(f"read trusted keys {namespace}/{config_map}",
                                    self._kube.core.read_namespaced_config_map, config_map, namespace)
-        return [value.encode() for _, value in sorted((cm.data or {}).items())]
+        try:
+            policy = await self._kube.call("read the cluster's TrustPolicy",
+                                           self._kube.custom.get_cluster_custom_object, api.GROUP, api.VERSION,
+                                           api.TRUST_PLURAL, api.TRUST_POLICY_NAME)
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            policy = {}
+        cluster = set()
+        for key in api.TrustPolicySpec.model_validate(policy.get("spec") or {}).artifact_keys:
+            with contextlib.suppress(SigningError):
+                cluster.add(key_fingerprint(key.public_key.encode()))
+        out = []
+        for _, value in sorted((cm.data or {}).items()):
+            with contextlib.suppress(SigningError):
+                if key_fingerprint(value.encode()) in cluster:
+                    out.append(value.encode())
+        return out
 
 
 class KubeServerTargets:

@@ -7,6 +7,14 @@ owner reference**: deleting the MLModel leaves its ledger; segments whose newest
 retention (``MODELWARDEN_LEDGER_RETENTION_DAYS``, default 400 days, above the EU AI Act's six months) are deleted,
 oldest first, never the open one.
 
+Issue 27: after every append the operator writes the model's **checkpoint** (a cluster-scoped
+ModelLedgerCheckpoint named by the model's uid, which no one in the model's namespace can write) with the new head;
+before appending to a chain it read, it checks that the stored tail is that head (:func:`tail_problem`). A chain
+that does not match — tail or whole ledger deleted, tail rewritten — raises :class:`LedgerBroken`: nothing is
+appended, re-chained or re-signed; the pass reports it (condition ``LedgerBroken``) and pages. A model without a
+checkpoint (an upgrade, or a cluster administrator who deleted it to accept the chain as stored) adopts its stored
+chain and records that it did. An operator whose key the TrustPolicy retired signs nothing.
+
 A write that fails is retried (:data:`ATTEMPTS`, with backoff), then raised: the pass fails and is retried, so a
 record is never skipped. The same decision retried is recorded once (records carry an idempotency ``key``).
 """
@@ -23,10 +31,30 @@ from typing import Any, Protocol
 from modelwarden.adapters.kube import Conflict, KubeClient, KubeError
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.api import v1alpha1 as api
-from modelwarden.artifacts.ledger_keys import PUBLIC_KEYS_CONFIGMAP, LedgerSigner
-from modelwarden.engine.ledger import SEGMENT_RECORDS, Entry, chain, head_of
+from modelwarden.artifacts.ledger_keys import PUBLIC_KEYS_CONFIGMAP, LedgerSigner, checker
+from modelwarden.engine.ledger import (
+    SEGMENT_RECORDS,
+    Entry,
+    TrustedKey,
+    chain,
+    head_of,
+    retired,
+    tail_problem,
+)
+from modelwarden.engine.timestamps import timestamp
 
-__all__ = ["KubeLedger", "LedgerSigner", "LedgerWriter", "segment_name"]
+__all__ = ["KubeLedger", "LedgerBroken", "LedgerSigner", "LedgerWriter", "segment_name", "trusted_ledger_key",
+           "trusted_ledger_keys"]
+
+CHECKPOINT_ADOPTED = "LedgerCheckpointAdopted"
+
+
+class LedgerBroken(Exception):
+    """The stored chain does not end at the operator's checkpoint (or its key is retired): nothing was appended."""
+
+    def __init__(self, reason: api.Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 log = logging.getLogger("modelwarden.ledger")
 
@@ -36,6 +64,28 @@ RETRY_BASE_SECONDS = 0.2
 DEFAULT_RETENTION_DAYS = 400
 # how many recent keys are remembered per model, to record a retried decision once
 RECENT_KEYS = 2 * SEGMENT_RECORDS
+
+
+def trusted_ledger_keys(policy: dict[str, Any] | None) -> dict[str, TrustedKey]:
+    """The ledger keys a TrustPolicy object trusts, by key id (with their PEMs: :func:`trusted_ledger_pems`)."""
+    spec = api.TrustPolicySpec.model_validate((policy or {}).get("spec") or {})
+    return {k.key_id: TrustedKey(k.key_id, k.not_before, k.not_after) for k in spec.ledger_keys}
+
+
+async def trusted_ledger_key(kube: KubeClient, key_id: str) -> TrustedKey | None:
+    """This operator's key as the cluster's TrustPolicy lists it; None when it is not there (or no policy)."""
+    try:
+        policy = await kube.call("read the cluster's TrustPolicy", kube.custom.get_cluster_custom_object, api.GROUP,
+                                 api.VERSION, api.TRUST_PLURAL, api.TRUST_POLICY_NAME)
+    except KubeError as e:
+        if e.status == 403:  # installed without the modelwarden-operator-ledger ClusterRole
+            log.warning("cannot read the cluster's TrustPolicy (%s): is the modelwarden-operator-ledger ClusterRole "
+                        "bound? Key windows are not checked", e)
+            return None
+        if e.status == 404:
+            return None
+        raise
+    return trusted_ledger_keys(policy).get(key_id)
 
 
 def segment_name(model: ModelObject, segment: int) -> str:
@@ -54,15 +104,25 @@ class _Tail:
     records: list[api.LedgerRecord]
     last: api.LedgerRecord | None
     keys: list[str] = field(default_factory=list)
+    # the checkpoint's resourceVersion (None: none exists yet) and what it records of expiry
+    checkpoint_version: str | None = None
+    expired: tuple[int, str] | None = None
+    checkpoint_seq: int | None = None
 
 
 class KubeLedger:
     def __init__(self, kube: KubeClient, signer: LedgerSigner, *, key_namespace: str,
-                 retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+                 retention_days: int = DEFAULT_RETENTION_DAYS, own_key: TrustedKey | None = None) -> None:
+        """``own_key``: this operator's key as the cluster's TrustPolicy lists it (None: not trusted there, e.g.
+        an ephemeral key; its records will not verify until a cluster administrator adds it)."""
         self._kube, self._signer, self._key_namespace = kube, signer, key_namespace
+        self._retention_days = retention_days
         self._retention = dt.timedelta(days=retention_days)
+        self._own_key = own_key
+        self._own_signature = checker({signer.key_id: signer.public_pem()})
         self._tails: dict[str, _Tail] = {}
-        self.writes = 0  # API writes made
+        self.writes = 0  # API writes made to segments
+        self.checkpoint_writes = 0  # API writes made to checkpoints (issue 27: one per append)
         self.records = 0  # records appended (writes / records: what a decision costs)
 
     async def publish_key(self) -> None:
@@ -85,19 +145,56 @@ class KubeLedger:
             f"list the ledger of {model.namespace}/{model.name}", self._kube.custom.list_namespaced_custom_object,
             api.GROUP, api.VERSION, model.namespace, api.LEDGER_PLURAL, label_selector=f"{LABEL_MODEL_UID}={model.uid}")
         items = sorted(listed.get("items", []), key=lambda o: int((o.get("spec") or {}).get("segment", 0)))
+        checkpoint, checkpoint_version = await self._read_checkpoint(model)
+        expired = None
+        if checkpoint is not None and checkpoint.expired_through is not None and checkpoint.expired_newest:
+            expired = (checkpoint.expired_through, checkpoint.expired_newest)
+        tail = [api.LedgerRecord.model_validate(r) for obj in items[-2:] for r in (obj.get("spec") or {}).get(
+            "records", [])]
+        problem = tail_problem(checkpoint, tail, lambda r: self._own_signature(r.key_id, r.hash, r.signature))
+        if problem is not None:
+            raise LedgerBroken(*problem)
+        seq = checkpoint.seq if checkpoint is not None else None
         if not items:
-            return _Tail(segment=0, resource_version=None, records=[], last=None)
-        keys: list[str] = []
-        for obj in items[-2:]:
-            keys += [r.get("key", "") for r in (obj.get("spec") or {}).get("records", [])]
+            return _Tail(segment=0, resource_version=None, records=[], last=None,
+                         checkpoint_version=checkpoint_version, expired=expired, checkpoint_seq=seq)
         newest = items[-1]
         records = [api.LedgerRecord.model_validate(r) for r in newest["spec"].get("records", [])]
-        last = records[-1] if records else None
-        if last is None and len(items) > 1:
-            prev = items[-2]["spec"].get("records", [])
-            last = api.LedgerRecord.model_validate(prev[-1]) if prev else None
         return _Tail(segment=int(newest["spec"]["segment"]), resource_version=newest["metadata"]["resourceVersion"],
-                     records=records, last=last, keys=keys[-RECENT_KEYS:])
+                     records=records, last=tail[-1] if tail else None, keys=[r.key for r in tail][-RECENT_KEYS:],
+                     checkpoint_version=checkpoint_version, expired=expired, checkpoint_seq=seq)
+
+    async def _read_checkpoint(self, model: ModelObject) -> tuple[api.LedgerCheckpoint | None, str | None]:
+        try:
+            obj = await self._kube.call(f"read the ledger checkpoint of {model.namespace}/{model.name}",
+                                        self._kube.custom.get_cluster_custom_object, api.GROUP, api.VERSION,
+                                        api.CHECKPOINT_PLURAL, model.uid)
+        except KubeError as e:
+            if e.status == 404:
+                return None, None
+            raise
+        return api.LedgerCheckpoint.model_validate(obj["spec"]), str(obj["metadata"]["resourceVersion"])
+
+    async def _write_checkpoint(self, model: ModelObject, last: api.LedgerRecord, tail: _Tail) -> str:
+        spec = api.LedgerCheckpoint(
+            namespace=model.namespace, model=model.name, model_uid=model.uid, seq=last.seq, hash=last.hash,
+            at=last.time, key_id=last.key_id, retention_days=self._retention_days,
+            expired_through=tail.expired[0] if tail.expired else None,
+            expired_newest=tail.expired[1] if tail.expired else None)
+        meta: dict[str, Any] = {"name": model.uid, "labels": {api.LABEL_MODEL: model.name,
+                                                              api.LABEL_MANAGED_BY: "modelwarden"}}
+        body = {"apiVersion": api.API_VERSION, "kind": "ModelLedgerCheckpoint", "metadata": meta,
+                "spec": spec.wire()}
+        what = f"checkpoint the ledger of {model.namespace}/{model.name} at record {last.seq}"
+        self.checkpoint_writes += 1
+        if tail.checkpoint_version is None:
+            out = await self._kube.call(what, self._kube.custom.create_cluster_custom_object, api.GROUP, api.VERSION,
+                                        api.CHECKPOINT_PLURAL, body)
+        else:
+            meta["resourceVersion"] = tail.checkpoint_version
+            out = await self._kube.call(what, self._kube.custom.replace_cluster_custom_object, api.GROUP,
+                                        api.VERSION, api.CHECKPOINT_PLURAL, model.uid, body)
+        return str(out["metadata"]["resourceVersion"])
 
     async def append(self, model: ModelObject, entries: Sequence[Entry], *, generation: int,
                      now: dt.datetime) -> api.LedgerHead | None:
@@ -122,11 +219,27 @@ class KubeLedger:
 
     async def _append_once(self, model: ModelObject, entries: Sequence[Entry], generation: int,
                            now: dt.datetime) -> api.LedgerHead | None:
+        if retired(self._own_key, now):
+            assert self._own_key is not None
+            raise LedgerBroken(api.Reason.LEDGER_KEY_RETIRED, (
+                f"this operator's ledger key {self._signer.key_id} was retired at {self._own_key.not_after} "
+                "(TrustPolicy): it signs nothing new; mount the successor key"))
         tail = self._tails.get(model.uid) or await self._load_tail(model)
         new = [e for e in entries if e.key not in tail.keys]
         if not new:
+            if tail.last is not None and tail.checkpoint_version is not None and tail.checkpoint_seq != tail.last.seq:
+                # a retry after the segment was written and its checkpoint was not
+                tail.checkpoint_version = await self._write_checkpoint(model, tail.last, tail)
+                tail.checkpoint_seq = tail.last.seq
             self._tails[model.uid] = tail
             return head_of(tail.last) if tail.last is not None else None
+        if tail.checkpoint_version is None and tail.last is not None:
+            # no checkpoint, yet a stored chain: an upgrade, or a cluster administrator accepted the chain as stored
+            log.warning("%s/%s: no ledger checkpoint; adopting the stored chain at record %d", model.namespace,
+                        model.name, tail.last.seq)
+            new = [Entry(decision=CHECKPOINT_ADOPTED, key=f"checkpoint/{tail.last.seq}/{tail.last.hash[:16]}",
+                         inputs={"message": f"no checkpoint found: the chain as stored (head {tail.last.seq}) was "
+                                            "adopted (an upgrade, or a cluster administrator's repair)"}), *new]
         last = tail.last
         fresh: list[api.LedgerRecord] = []
         for entry in new:
@@ -146,10 +259,14 @@ class KubeLedger:
             records = [*records, *batch]
         assert last is not None
         self.records += len(new)
-        self._tails[model.uid] = _Tail(segment=segment, resource_version=version, records=records, last=last,
-                                       keys=[*tail.keys, *(e.key for e in new)][-RECENT_KEYS:])
+        self._tails.pop(model.uid, None)  # until the checkpoint is written: a failure below reads everything again
         if tail.resource_version is None or segment != tail.segment:
-            await self._prune(model, now)
+            tail.expired = await self._prune(model, now) or tail.expired
+        checkpoint_version = await self._write_checkpoint(model, last, tail)
+        self._tails[model.uid] = _Tail(segment=segment, resource_version=version, records=records, last=last,
+                                       keys=[*tail.keys, *(e.key for e in new)][-RECENT_KEYS:],
+                                       checkpoint_version=checkpoint_version, expired=tail.expired,
+                                       checkpoint_seq=last.seq)
         return head_of(last)
 
     async def _write(self, model: ModelObject, segment: int, records: list[api.LedgerRecord],
@@ -171,19 +288,24 @@ class KubeLedger:
                                         api.VERSION, model.namespace, api.LEDGER_PLURAL, meta["name"], body)
         return str(out["metadata"]["resourceVersion"])
 
-    async def _prune(self, model: ModelObject, now: dt.datetime) -> None:
-        """Delete whole segments past retention, oldest first; the open segment always stays."""
+    async def _prune(self, model: ModelObject, now: dt.datetime) -> tuple[int, str] | None:
+        """Delete whole segments past retention, oldest first; the open segment always stays. Returns the newest
+        record deleted (seq, time) for the checkpoint, None if nothing was."""
         listed = await self._kube.call(
             "list ledger segments", self._kube.custom.list_namespaced_custom_object, api.GROUP, api.VERSION,
             model.namespace, api.LEDGER_PLURAL, label_selector=f"{LABEL_MODEL_UID}={model.uid}")
         items = sorted(listed.get("items", []), key=lambda o: int(o["spec"]["segment"]))
+        expired = None
         for obj in items[:-1]:
             records = obj["spec"].get("records") or []
             newest = dt.datetime.fromisoformat(records[-1]["time"].replace("Z", "+00:00")) if records else now
             if now - newest <= self._retention:
                 break
+            if records:
+                expired = (int(records[-1]["seq"]), timestamp(newest))
             await self._kube.call("delete an expired ledger segment",
                                   self._kube.custom.delete_namespaced_custom_object, api.GROUP, api.VERSION,
                                   model.namespace, api.LEDGER_PLURAL, obj["metadata"]["name"])
             log.info("%s/%s: ledger segment %s expired (retention %s)", model.namespace, model.name,
                      obj["metadata"]["name"], self._retention)
+        return expired

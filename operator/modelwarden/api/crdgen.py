@@ -66,7 +66,8 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _crd(*, kind: str, plural: str, short_names: list[str], spec: type[BaseModel],
-         status: type[BaseModel] | None, columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
+         status: type[BaseModel] | None, columns: list[dict[str, Any]], description: str,
+         scope: str = "Namespaced") -> dict[str, Any]:
     properties: dict[str, Any] = {
         "apiVersion": {"type": "string"},
         "kind": {"type": "string"},
@@ -92,7 +93,7 @@ def _crd(*, kind: str, plural: str, short_names: list[str], spec: type[BaseModel
         "metadata": {"name": f"{plural}.{api.GROUP}", "labels": {"app.kubernetes.io/part-of": "modelwarden"}},
         "spec": {
             "group": api.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
                       "shortNames": short_names, "categories": ["modelwarden"]},
             "versions": [version],
@@ -160,6 +161,23 @@ def crds() -> dict[str, dict[str, Any]]:
                 _column("Segment", ".spec.segment", "integer"),
                 age,
             ],
+        ),
+        "modelledgercheckpoints.yaml": _crd(
+            kind="ModelLedgerCheckpoint", plural=api.CHECKPOINT_PLURAL, short_names=["mlhead"],
+            spec=api.LedgerCheckpoint, status=None, scope="Cluster",
+            description="The head of one model's decision ledger as the operator last wrote it, named by the "
+                        "model's uid (issue 27). Cluster-scoped and written only by the operator: deleting or "
+                        "rewriting a ledger's segments in the model's namespace cannot move it.",
+            columns=[_column("Namespace", ".spec.namespace"), _column("Model", ".spec.model"),
+                     _column("Seq", ".spec.seq", "integer"), age],
+        ),
+        "trustpolicies.yaml": _crd(
+            kind="TrustPolicy", plural=api.TRUST_PLURAL, short_names=["mwtrust"],
+            spec=api.TrustPolicySpec, status=None, scope="Cluster",
+            description="The cluster's trust roots (issue 27): the operator keys the decision ledger is verified "
+                        "with, and the keys model artifacts must be signed by. Cluster-scoped: model namespaces "
+                        "cannot edit it; they may only narrow it.",
+            columns=[age],
         ),
     }
 

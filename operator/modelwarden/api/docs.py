@@ -78,7 +78,9 @@ def render() -> str:
                                  ("ModelApproval spec", api.ModelApprovalSpec, "spec"),
                                  ("ModelAction spec", api.ModelActionSpec, "spec"),
                                  ("ModelAction status", api.ModelActionStatus, "status"),
-                                 ("ModelLedger spec", api.ModelLedgerSpec, "spec")):
+                                 ("ModelLedger spec", api.ModelLedgerSpec, "spec"),
+                                 ("ModelLedgerCheckpoint spec", api.LedgerCheckpoint, "spec"),
+                                 ("TrustPolicy spec", api.TrustPolicySpec, "spec")):
         out += [f"## {title}", "", "| field | type | required | default | description |", "|---|---|---|---|---|",
                 *_rows(model, prefix), ""]
     return "\n".join(out)

@@ -66,6 +66,8 @@ class ConditionType(StrEnum):
     STALLED = "Stalled"
     # issue 27: a removed annotation (modelwarden.io/promote|resume|rollback) is set and decides nothing
     ANNOTATIONS_IGNORED = "AnnotationsIgnored"
+    # issue 27: the decision ledger does not end where the operator's last checkpoint says; nothing is appended
+    LEDGER_BROKEN = "LedgerBroken"
 
 
 class Reason(StrEnum):
@@ -141,6 +143,11 @@ class Reason(StrEnum):
     SHADOW_NO_VERDICT = "ShadowNoVerdict"
     SHADOW_PASSED = "ShadowPassed"
     SHADOW_DISAGREEMENT = "ShadowDisagreement"
+    # LedgerBroken (issue 27): why the operator stopped appending, or that the chain matches its checkpoint again
+    LEDGER_TAIL_MISSING = "LedgerTailMissing"
+    LEDGER_TAIL_ALTERED = "LedgerTailAltered"
+    LEDGER_KEY_RETIRED = "LedgerKeyRetired"
+    LEDGER_INTACT = "LedgerIntact"
 
 
 class Gate(StrEnum):
@@ -728,12 +735,23 @@ class ModelApprovalSpec(_Model):
     role: Annotated[str, Field(pattern=ROLE_PATTERN)]
     approver: Annotated[str, Field(min_length=1, max_length=253, description="Must be the creating user's name.")]
     comment: Annotated[str, Field(max_length=4096)] = ""
+    signer: Annotated[str | None, Field(
+        default=None, pattern=SHA256_PATTERN,
+        description="The artifact signature's signer (key fingerprint) this approval signs off, when the model "
+                    "requires a signature (`modelwarden approve` fills it in). An approval counts only under the "
+                    "signature requirement it was given for: with a signer, only while the model requires a "
+                    "signature and it verified by that signer; without one, only while none is required.")]
 
 
 # --- ModelAction (issue 18) ---------------------------------------------------------------------------------
 
 ACTION_PLURAL = "modelactions"
 LEDGER_PLURAL = "modelledgers"
+TRUST_PLURAL = "trustpolicies"
+# The one TrustPolicy the operator and `ledger verify` read (cluster-scoped: no model namespace can edit it).
+TRUST_POLICY_NAME = "cluster"
+# The ledger checkpoint of a model: a cluster-scoped object named by the model's uid.
+CHECKPOINT_PLURAL = "modelledgercheckpoints"
 ActionVerb = Literal["promote", "rollback", "resume", "enable"]
 
 
@@ -825,6 +843,25 @@ class LedgerRecord(_Model):
     signature: str = ""
 
 
+class LedgerCheckpoint(_Model):
+    """The head of one model's ledger as the operator last wrote it (issue 27), kept **outside the model's
+    namespace**: a cluster-scoped ModelLedgerCheckpoint named by the model's uid, which only the operator may write
+    (cluster-admin aside), so whoever may delete or rewrite the model's ModelLedger segments cannot also move it.
+    ``expiredThrough``: the newest record the operator deleted by retention (its time in ``expiredNewest``), so a
+    missing oldest segment is "expired" only when the operator says so and the dates agree."""
+
+    namespace: str
+    model: str
+    model_uid: str
+    seq: int
+    hash: str
+    at: str
+    key_id: str = ""
+    retention_days: int = 400
+    expired_through: int | None = None
+    expired_newest: str | None = None
+
+
 class ModelLedgerSpec(_Model):
     """One segment of a model's decision ledger. Not owned by the MLModel: it outlives it, until retention."""
 
@@ -832,3 +869,32 @@ class ModelLedgerSpec(_Model):
     model_uid: str
     segment: Annotated[int, Field(ge=0)]
     records: Annotated[list[LedgerRecord], Field(max_length=64)] = Field(default_factory=list)
+
+
+# --- TrustPolicy (issue 27): the cluster's trust roots, cluster-scoped ----------------------------------------
+
+
+class LedgerKey(_Model):
+    """An operator key trusted to sign ledger records made within its validity window (RFC 3339 times)."""
+
+    key_id: Annotated[str, Field(pattern=r"^[a-f0-9]{16}$", description="First 16 hex of sha256(raw public key).")]
+    public_key: Annotated[str, Field(min_length=1, max_length=4096, description="PEM, Ed25519.")]
+    not_before: Annotated[str, Field(description="Records made before this are not trusted under this key.")]
+    not_after: Annotated[str | None, Field(
+        default=None, description="Retired from then on: records made after it are not trusted, and an operator "
+                                  "holding this key signs nothing new.")]
+
+
+class ArtifactKey(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    public_key: Annotated[str, Field(min_length=1, max_length=4096, description="PEM (P-256/384/521).")]
+
+
+class TrustPolicySpec(_Model):
+    """What the cluster trusts. Only cluster administrators may write it (no shipped role grants write; the
+    operator reads it). A model's namespace may only narrow it: ``spec.artifact.signature`` requires a signature
+    and its ConfigMap can only remove keys from ``artifactKeys``, never add one."""
+
+    ledger_keys: list[LedgerKey] = Field(default_factory=list, description="Keys `ledger verify` trusts.")
+    artifact_keys: list[ArtifactKey] = Field(
+        default_factory=list, description="Keys trusted to sign model artifacts, for every namespace.")

@@ -41,12 +41,14 @@ def read_ledger(api_client: client.ApiClient, namespace: str, name: str, model: 
         return LedgerEvidence([], 0, uid, head, {"checked": False, "reason": "the ledger was not readable"},
                               error=f"ModelLedgers of {namespace}/{name} not readable: {e.status} {e.reason}")
     try:
-        keys = ledger_cli.public_keys(api_client, key_namespace)
+        # issue 27: the keys the cluster's TrustPolicy trusts (each within its window), not whatever is published
+        trusted = ledger_cli.trust_policy(api_client)
     except ApiException as e:
-        reason = f"public keys (ConfigMap {key_namespace}/{PUBLIC_KEYS_CONFIGMAP}) not readable: {e.status} {e.reason}"
+        reason = f"the cluster's TrustPolicy not readable: {e.status} {e.reason}"
         return LedgerEvidence(stored.records, stored.first_seq, uid, head, {"checked": False, "reason": reason})
+    keys = {kid: pem for kid, (_, pem) in trusted.items()}
     verdict = ledger_cli.verdict_result(argparse.Namespace(model=name, namespace=namespace), stored,
-                                        ledger_cli.check(stored, keys))
+                                        ledger_cli.check(stored, {}, trusted))
     return LedgerEvidence(stored.records, stored.first_seq, uid, head, {"checked": True, **verdict}, keys)
 
 

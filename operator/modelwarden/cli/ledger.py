@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from modelwarden.api import v1alpha1 as api
 from modelwarden.artifacts.ledger_keys import PUBLIC_KEYS_CONFIGMAP, checker
 from modelwarden.cli.training import CheckOutcome
-from modelwarden.engine.ledger import Verdict, verify
+from modelwarden.engine.ledger import Segment, TrustedKey, Verdict, key_problem, missing_segments, verify
 
 
 class LedgerError(Exception):
@@ -49,6 +49,9 @@ class Stored:
     first_seq: int
     model_uid: str | None
     head: api.LedgerHead | None
+    segments: list[Segment] = field(default_factory=list)
+    checkpoint: api.LedgerCheckpoint | None = None
+    model: str = ""
 
 
 def read(api_client: client.ApiClient, namespace: str, model: str, uid: str | None = None) -> Stored:
@@ -69,15 +72,42 @@ def read(api_client: client.ApiClient, namespace: str, model: str, uid: str | No
         uid = max(items, key=lambda o: o["metadata"]["creationTimestamp"])["spec"]["modelUid"]
         items = [o for o in items if o["spec"].get("modelUid") == uid]
     items.sort(key=lambda o: int(o["spec"]["segment"]))
-    records, places = [], []
+    records, places, segments = [], [], []
     for obj in items:
-        for i, raw in enumerate(obj["spec"].get("records") or []):
-            records.append(api.LedgerRecord.model_validate(raw))
+        stored = [api.LedgerRecord.model_validate(raw) for raw in obj["spec"].get("records") or []]
+        for i, record in enumerate(stored):
+            records.append(record)
             places.append((f"ModelLedger {obj['metadata']['name']}", i))
+        if stored:
+            segments.append(Segment(int(obj["spec"]["segment"]), obj["metadata"]["name"], stored[0].seq,
+                                    stored[-1].seq))
+    checkpoint = None
+    if uid is not None:
+        try:
+            cp: Any = custom.get_cluster_custom_object(api.GROUP, api.VERSION, api.CHECKPOINT_PLURAL, uid)
+            checkpoint = api.LedgerCheckpoint.model_validate(cp["spec"])
+        except ApiException as e:
+            if e.status != 404:
+                raise
     first_seq = 0
-    if items and int(items[0]["spec"]["segment"]) > 0 and records:
-        first_seq = records[0].seq  # older segments expired (retention)
-    return Stored(records, places, first_seq, uid, head)
+    if checkpoint is None and items and int(items[0]["spec"]["segment"]) > 0 and records:
+        first_seq = records[0].seq  # no checkpoint (a ledger from before issue 27): older segments taken as expired
+    if checkpoint is not None:
+        head = api.LedgerHead(seq=checkpoint.seq, hash=checkpoint.hash, at=checkpoint.at)
+    return Stored(records, places, first_seq, uid, head, segments, checkpoint, model)
+
+
+def trust_policy(api_client: client.ApiClient) -> dict[str, tuple[TrustedKey, str]]:
+    """The ledger keys the cluster's TrustPolicy trusts: key id -> (its window, its PEM). None there: empty."""
+    try:
+        obj: Any = client.CustomObjectsApi(api_client).get_cluster_custom_object(
+            api.GROUP, api.VERSION, api.TRUST_PLURAL, api.TRUST_POLICY_NAME)
+    except ApiException as e:
+        if e.status == 404:
+            return {}
+        raise
+    spec = api.TrustPolicySpec.model_validate(obj.get("spec") or {})
+    return {k.key_id: (TrustedKey(k.key_id, k.not_before, k.not_after), k.public_key) for k in spec.ledger_keys}
 
 
 def public_keys(api_client: client.ApiClient, key_namespace: str) -> dict[str, str]:
@@ -85,10 +115,33 @@ def public_keys(api_client: client.ApiClient, key_namespace: str) -> dict[str, s
     return dict(cm.data or {})
 
 
-def check(stored: Stored, keys: dict[str, str]) -> Verdict:
-    signature_ok = checker(keys)
-    return verify(stored.records, lambda r: signature_ok(r.key_id, r.hash, r.signature), head=stored.head,
-                  first_seq=stored.first_seq)
+def check(stored: Stored, keys: dict[str, str], trusted: dict[str, tuple[TrustedKey, str]] | None = None,
+          now: dt.datetime | None = None) -> Verdict:
+    """``keys``: PEMs trusted as they are (offline: the verifier's own choice); ``trusted``: the TrustPolicy's keys,
+    each only within its window (in the cluster; then ``keys`` is not used)."""
+    first_seq = stored.first_seq
+    if stored.checkpoint is not None:
+        finding, first_seq = missing_segments(
+            stored.segments, stored.checkpoint, now or dt.datetime.now(dt.UTC),
+            lambda i: f"ModelLedger {stored.model}-{(stored.model_uid or '')[:8]}-{i:06d}")
+        if finding is not None:
+            return Verdict(len(stored.records), stored.head, finding)
+        first_seq = stored.records[0].seq if stored.records and first_seq else first_seq
+    if trusted is None:
+        signature_ok = checker(keys)
+        return verify(stored.records, lambda r: signature_ok(r.key_id, r.hash, r.signature), head=stored.head,
+                      first_seq=first_seq)
+    windows = {kid: key for kid, (key, _) in trusted.items()}
+    policy_ok = checker({kid: pem for kid, (_, pem) in trusted.items()})
+
+    def signed(r: api.LedgerRecord) -> bool | str:
+        problem = key_problem(windows, r.key_id, r.time)
+        if problem is not None:
+            published = " (it is only published, not trusted)" if r.key_id in keys else ""
+            return problem + published
+        return policy_ok(r.key_id, r.hash, r.signature) or f"its signature does not verify under key {r.key_id}"
+
+    return verify(stored.records, signed, head=stored.head, first_seq=first_seq)
 
 
 def _where(stored: Stored, position: int) -> str:
@@ -146,10 +199,14 @@ def _read_checked(args: argparse.Namespace, api_client: client.ApiClient | None)
     except ApiException as e:
         raise _readable(e, f"the ledger of {args.namespace}/{args.model}") from e
     try:
-        keys = public_keys(api_client, args.key_namespace)
+        trusted = trust_policy(api_client)
     except ApiException as e:
-        raise _readable(e, f"the public keys (ConfigMap {args.key_namespace}/{PUBLIC_KEYS_CONFIGMAP})") from e
-    return stored, check(stored, keys)
+        raise _readable(e, f"the cluster's TrustPolicy {api.TRUST_POLICY_NAME}") from e
+    try:
+        published = public_keys(api_client, args.key_namespace)
+    except ApiException:
+        published = {}  # only to say that a key is published but not trusted
+    return stored, check(stored, published, trusted)
 
 
 def cmd_verify(args: argparse.Namespace, api_client: client.ApiClient | None) -> CheckOutcome:

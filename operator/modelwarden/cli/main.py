@@ -75,22 +75,27 @@ def cmd_approve(args: argparse.Namespace) -> dict[str, Any]:
     if version != spec.version and not args.sha256:
         raise CLIError(f"--version {version} is not the version in spec ({spec.version}): give --sha256 too")
     approver = _whoami(api_client)
+    # What is being signed off: the signer the operator verified for these exact bytes, if a signature is required;
+    # the approval counts only under that requirement (issue 27).
+    status = api.MLModelStatus.model_validate(model.get("status") or {})
+    signer = status.verified_signer if status.verified_sha256 == sha256 else None
+    if spec.artifact.signature is not None and signer is None:
+        raise CLIError(f"{args.model} requires a signature and the operator has not verified one for sha256 "
+                       f"{sha256[:12]} yet: approve once `modelwarden status` shows its signer")
     body = {
         "apiVersion": api.API_VERSION, "kind": "ModelApproval",
         "metadata": {"name": f"{args.model}-{version}-{args.role}-{approver}".lower().replace(":", "-")[:253],
                      "namespace": args.namespace,
                      "labels": {api.LABEL_MODEL: args.model, api.LABEL_VERSION: version}},
         "spec": api.ModelApprovalSpec(model_ref=api.ModelRef(name=args.model), version=version, sha256=sha256,
-                                      role=args.role, approver=approver, comment=args.comment).wire(),
+                                      role=args.role, approver=approver, comment=args.comment,
+                                      signer=signer if spec.artifact.signature is not None else None).wire(),
     }
     try:
         client.CustomObjectsApi(api_client).create_namespaced_custom_object(
             api.GROUP, api.VERSION, args.namespace, api.APPROVAL_PLURAL, body)
     except ApiException as e:
         raise _api_error(e, f"approving {args.model} {version} as {args.role}") from e
-    # What is being signed off: the signer the operator verified for these exact bytes, if a signature is required.
-    status = api.MLModelStatus.model_validate(model.get("status") or {})
-    signer = status.verified_signer if status.verified_sha256 == sha256 else None
     return {"approved": args.model, "version": version, "sha256": sha256, "role": args.role, "approver": approver,
             "signer": signer or "none verified"}
 

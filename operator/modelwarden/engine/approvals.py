@@ -18,6 +18,8 @@ class Approval:
     version: str
     sha256: str
     approved_at: str | None = None
+    # the artifact signer this approval signed off (None: given while no signature was required)
+    signer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,14 @@ class Quorum:
 
 
 def evaluate_quorum(required_roles: Sequence[str], approvals: Iterable[Approval], *, version: str,
-                    sha256: str) -> Quorum:
-    matching = [a for a in approvals if a.version == version and a.sha256 == sha256]
+                    sha256: str, signer: str | None = None) -> Quorum:
+    """``signer``: the fingerprint of the verified signature when the model requires one (None: none required).
+    An approval binds the signature requirement it was given under (issue 27): dropping or changing the
+    requirement after approval needs new approvals."""
+    approvals = list(approvals)
+    same_bytes = [a for a in approvals if a.version == version and a.sha256 == sha256]
+    matching = [a for a in same_bytes if a.signer == signer]
+    unbound = sorted({a.approver for a in same_bytes if a.signer != signer})
     stale = sorted({a.approver for a in approvals if a.version == version and a.sha256 != sha256})
     by_role: dict[str, list[Approval]] = {r: [] for r in required_roles}
     for a in sorted(matching, key=lambda a: (a.approved_at or "", a.name)):
@@ -54,6 +62,10 @@ def evaluate_quorum(required_roles: Sequence[str], approvals: Iterable[Approval]
         parts.append(f"each required role needs a different person ({detail})")
     if stale:
         parts.append(f"approvals by {', '.join(stale)} are for a different sha256 and do not count")
+    if unbound:
+        required = f"a signature by {signer[:12]}" if signer else "no signature"
+        parts.append(f"approvals by {', '.join(unbound)} were given under another signature requirement (now: "
+                     f"{required}) and do not count")
     return Quorum(met=False, missing_roles=missing, message="; ".join(parts))
 
 

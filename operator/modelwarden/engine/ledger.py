@@ -14,6 +14,12 @@ removing or inserting one record breaks the link after it. The operator signs ``
   metric, an exported bundle) is not in the chain because the chain ends before it;
 - *inserted*: a record that does not belong between two records that link to each other, or a valid record
   repeated.
+
+Issue 27: the operator keeps a **checkpoint** of the head outside the model's namespace and never appends to a chain
+whose tail does not match it (:func:`tail_problem`); :func:`missing_segments` names whole segments that are gone
+(the tail, all of them, one in the middle) and accepts a missing oldest segment as expired only when the checkpoint
+says the operator expired it and its newest record is past the retention; :func:`key_problem` trusts a key only by
+the cluster's TrustPolicy and only within its validity window.
 """
 
 from __future__ import annotations
@@ -25,9 +31,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from modelwarden.api.v1alpha1 import HandledAction, LedgerHead, LedgerRecord, MLModelStatus, Phase, Reason
+from modelwarden.api.v1alpha1 import (
+    HandledAction,
+    LedgerCheckpoint,
+    LedgerHead,
+    LedgerRecord,
+    MLModelStatus,
+    Phase,
+    Reason,
+)
 from modelwarden.engine.actions import Event
-from modelwarden.engine.timestamps import timestamp
+from modelwarden.engine.timestamps import parse_timestamp, timestamp
 
 GENESIS = "0" * 64
 OPERATOR = "operator"
@@ -106,11 +120,12 @@ class Verdict:
         return self.finding is None
 
 
-SignatureCheck = Callable[[LedgerRecord], bool]
+# True when the record's signature verifies under a trusted key; False or a sentence saying why when it does not.
+SignatureCheck = Callable[[LedgerRecord], "bool | str"]
 
 
 def _intact(record: LedgerRecord, signed: SignatureCheck) -> bool:
-    return digest(record) == record.hash and signed(record)
+    return digest(record) == record.hash and signed(record) is True
 
 
 def verify(records: Sequence[LedgerRecord], signed: SignatureCheck, *, head: LedgerHead | None = None,
@@ -133,7 +148,9 @@ def verify(records: Sequence[LedgerRecord], signed: SignatureCheck, *, head: Led
             if links_around:
                 return Verdict(len(records), head, Finding("inserted", record.seq, i,
                                                            "not part of the chain: the next record links around it"))
-            why = "its content does not match its hash" if digest(record) != record.hash else "bad signature"
+            verdict = signed(record)
+            why = ("its content does not match its hash" if digest(record) != record.hash
+                   else verdict if isinstance(verdict, str) else "bad signature")
             return Verdict(len(records), head, Finding("altered", record.seq, i, why))
         if record.seq > expected_seq:
             return Verdict(len(records), head, Finding(
@@ -157,6 +174,123 @@ def verify(records: Sequence[LedgerRecord], signed: SignatureCheck, *, head: Led
             return Verdict(len(records), head, Finding(
                 "altered", head.seq, at, "does not match the published head"))
     return Verdict(len(records), head if last is None else head_of(last))
+
+
+# --- issue 27: trusted keys, the checkpoint, whole segments ---
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A ledger key the cluster's TrustPolicy trusts, and when (RFC 3339; ``not_after`` None: not retired)."""
+
+    key_id: str
+    not_before: str
+    not_after: str | None = None
+
+
+def key_problem(trusted: Mapping[str, TrustedKey], key_id: str, at: str) -> str | None:
+    """Why a record made at ``at`` and signed with ``key_id`` is not trusted (None: it is, signature aside). A key
+    only published (the operator's ConfigMap) or ephemeral is not in ``trusted``."""
+    key = trusted.get(key_id)
+    if key is None:
+        return f"signed by key {key_id or '(none)'}, which the cluster's TrustPolicy does not trust"
+    made = parse_timestamp(at)
+    if made < parse_timestamp(key.not_before):
+        return f"made at {at}, before key {key_id} was trusted ({key.not_before})"
+    if key.not_after is not None and made > parse_timestamp(key.not_after):
+        return f"made at {at}, after key {key_id} was retired ({key.not_after})"
+    return None
+
+
+def retired(key: TrustedKey | None, now: datetime) -> bool:
+    """An operator whose key is retired signs nothing new (its records would not verify)."""
+    return key is not None and key.not_after is not None and now > parse_timestamp(key.not_after)
+
+
+def tail_problem(checkpoint: LedgerCheckpoint | None, tail: Sequence[LedgerRecord],
+                 signed: SignatureCheck) -> tuple[Reason, str] | None:
+    """Whether the stored chain still ends where the operator's checkpoint says (``tail``: the newest stored records,
+    oldest first). Records after the checkpoint's head are accepted only when they chain to it and carry the
+    operator's signature (a crash between writing a segment and its checkpoint). None: append; else the
+    ``LedgerBroken`` reason and what is wrong (nothing may be appended)."""
+    if checkpoint is None:
+        return None
+    head = f"record {checkpoint.seq} ({checkpoint.hash[:12]})"
+    if not tail:
+        return Reason.LEDGER_TAIL_MISSING, (
+            f"no ledger segment is left, but the operator's checkpoint says the ledger ends at {head}: "
+            "the whole ledger was deleted")
+    last = tail[-1]
+    if last.seq < checkpoint.seq:
+        return Reason.LEDGER_TAIL_MISSING, (
+            f"the ledger ends at record {last.seq}, the operator's checkpoint at {head}: records "
+            f"{last.seq + 1}-{checkpoint.seq} were deleted")
+    at = next((i for i, r in enumerate(tail) if r.seq == checkpoint.seq), None)
+    if at is None or tail[at].hash != checkpoint.hash or digest(tail[at]) != tail[at].hash:
+        return Reason.LEDGER_TAIL_ALTERED, f"the stored record {checkpoint.seq} is not the checkpoint's {head}"
+    for before, record in zip(tail[at:], tail[at + 1:], strict=False):
+        if record.seq != before.seq + 1 or record.prev != before.hash or not _intact(record, signed):
+            return Reason.LEDGER_TAIL_ALTERED, (
+                f"record {record.seq}, after the checkpoint's {head}, was not written by the operator")
+    return None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stored segment: its index, name and the seqs of its first and last records."""
+
+    index: int
+    name: str
+    first_seq: int
+    last_seq: int
+
+
+def _seqs(index: int) -> str:
+    return f"records {index * SEGMENT_RECORDS}-{(index + 1) * SEGMENT_RECORDS - 1}"
+
+
+def missing_segments(segments: Sequence[Segment], checkpoint: LedgerCheckpoint, now: datetime,
+                     name: Callable[[int], str]) -> tuple[Finding | None, int]:
+    """Segments the checkpoint says exist but are gone, named; and the seq the stored chain may start at (records
+    before it expired). A missing oldest segment counts as expired only when the checkpoint records that the
+    operator expired it **and** its newest record is older than the retention; otherwise it was removed."""
+    last_index = checkpoint.seq // SEGMENT_RECORDS
+    expired_below = 0  # the first seq that must still be stored
+    if checkpoint.expired_through is not None and checkpoint.expired_newest is not None:
+        age = now - parse_timestamp(checkpoint.expired_newest)
+        if age.total_seconds() > checkpoint.retention_days * 86400:
+            expired_below = checkpoint.expired_through + 1
+    first_index = expired_below // SEGMENT_RECORDS
+    present = {s.index for s in segments}
+    missing = [i for i in range(first_index, last_index + 1) if i not in present]
+    head = f"the operator's checkpoint puts the head at record {checkpoint.seq}"
+    if not missing:
+        return None, expired_below
+    first = missing[0]
+    seq = max(first * SEGMENT_RECORDS, expired_below)
+    names = ", ".join(name(i) for i in missing)
+    if not present:
+        return Finding("removed", seq, 0, f"the whole ledger is missing: segments {first}-{last_index} "
+                                          f"({names}); {head}"), expired_below
+    stored_after = [i for i in present if i > first]
+    if not stored_after:
+        what = (f"the tail is missing: segment {first}" if first == last_index
+                else f"the tail is missing: segments {first}-{last_index}")
+        return Finding("removed", seq, sum(s.last_seq - s.first_seq + 1 for s in segments),
+                       f"{what} ({names}, from record {seq}); {head}"), expired_below
+    position = sum(s.last_seq - s.first_seq + 1 for s in segments if s.index < first)
+    if first < min(present):  # the oldest expected segment is gone
+        if checkpoint.expired_through is None:
+            why = "the operator never expired it"
+        elif expired_below == 0:
+            why = (f"the operator's expiry (records up to {checkpoint.expired_through}, newest at "
+                   f"{checkpoint.expired_newest}) is within the retention of {checkpoint.retention_days} days")
+        else:
+            why = f"the operator expired only records up to {checkpoint.expired_through}"
+        return Finding("removed", seq, position, f"segment {first} ({_seqs(first)}, {name(first)}) is missing and "
+                                                 f"not expired: {why}"), expired_below
+    return Finding("removed", seq, position, f"segment {first} ({_seqs(first)}, {name(first)}) is missing between "
+                                             f"the stored segments"), expired_below
 
 
 # --- what a pass records ---

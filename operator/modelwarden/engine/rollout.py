@@ -123,7 +123,8 @@ def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: date
         return p.finish(Phase.FAILED if _mismatch(p) else Phase.PROGRESSING)
 
     quorum = evaluate_quorum(spec.approvals.required_roles, obs.approvals, version=target.version,
-                             sha256=target.sha256)
+                             sha256=target.sha256,
+                             signer=p.status.verified_signer if spec.artifact.signature is not None else None)
     if not quorum.met:
         return _await_approval(p, quorum)
     records = _record_approvals(p, quorum)

@@ -90,7 +90,7 @@ class WatchCaches:
             per_model[meta["name"]] = Approval(
                 name=meta["name"], role=spec.get("role", ""), approver=spec.get("approver", ""),
                 version=spec.get("version", ""), sha256=spec.get("sha256", ""),
-                approved_at=meta.get("creationTimestamp"))
+                approved_at=meta.get("creationTimestamp"), signer=spec.get("signer"))
         self.wake(key)
 
     def observe_deployment(self, event_type: str | None, body: Mapping[str, Any]) -> None:

@@ -35,7 +35,7 @@ from modelwarden.adapters.kube import (
     KubeWorkloads,
 )
 from modelwarden.adapters.leases import KubeLeases
-from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
+from modelwarden.adapters.ledger import KubeLedger, LedgerSigner, trusted_ledger_key
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.notify import GrafanaAnnotator, LogOnly, WebhookNotifier
 from modelwarden.adapters.operator_identity import OperatorIdentity
@@ -132,8 +132,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
             signer = LedgerSigner.generate()
             logger.warning("MODELWARDEN_LEDGER_KEY_FILE is not set: the decision ledger is signed with an ephemeral "
                            "key (id %s), published like any other; mount a Secret for a stable key", signer.key_id)
+        own_key = await trusted_ledger_key(kube, signer.key_id)
+        if own_key is None:
+            logger.warning("the ledger key %s is not in the cluster's TrustPolicy (%s): `modelwarden ledger verify` "
+                           "will not accept its records until a cluster administrator adds it (an ephemeral key "
+                           "never is by default)", signer.key_id, api.TRUST_POLICY_NAME)
         ledger = KubeLedger(kube, signer, key_namespace=config.ledger_key_namespace,
-                            retention_days=config.ledger_retention_days)
+                            retention_days=config.ledger_retention_days, own_key=own_key)
         # In the background: records are signed (and chained) from the start; only verifiers need the public
         # key, and start-up (liveness, reconciling) must not wait for a namespace someone has yet to create.
         memo["ledger_key"] = asyncio.create_task(_publish_ledger_key(ledger, config.ledger_key_namespace))

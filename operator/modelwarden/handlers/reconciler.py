@@ -24,12 +24,13 @@ from modelwarden.adapters.artifact_store import (
     sibling,
 )
 from modelwarden.adapters.kube import Conflict, EventRecorder, KubeError, ModelStatusWriter, Workloads
-from modelwarden.adapters.ledger import LedgerWriter
+from modelwarden.adapters.ledger import LedgerBroken, LedgerWriter
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.adapters.model_actions import ActionStatusWriter, requests_of, unrecorded
 from modelwarden.adapters.routers import TrafficRouter
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import Event
+from modelwarden.engine.conditions import get_condition, set_condition
 from modelwarden.engine.decision import ArtifactCheck, Observation, SignatureVerdict
 from modelwarden.engine.ledger import Entry, action_entry, decision_entries
 from modelwarden.engine.model_actions import (
@@ -138,15 +139,31 @@ class Reconciler:
         entries = self._ledger_entries(state, observation, (*decision.events, *retraining.events), status)
         acts_first = any(e.recorded_after_acting for e in entries)
         head = None
+        broken: LedgerBroken | None = None
         if not acts_first:
-            head = await self._append(model, entries, observation.generation, now)
+            try:
+                head = await self._append(model, entries, observation.generation, now)
+            except LedgerBroken as e:
+                # Decided but not recordable: nothing of this pass is carried out (a rollback, which acts first,
+                # still is); the model says why and a person is paged.
+                return await self._ledger_broken(model, state, state.status, e, observation.generation, now)
         await self.applier.apply(model, spec, router, (*decision.actions, *retraining.actions), now.timestamp())
         undelivered = await self.applier.deliver_pending(model)
         if acts_first:
-            head = await self._append(model, entries, observation.generation, now)
+            try:
+                head = await self._append(model, entries, observation.generation, now)
+            except LedgerBroken as e:
+                broken = e
+        if broken is not None:
+            return await self._ledger_broken(model, state, status, broken, observation.generation, now)
         if head is not None:
             status = status.model_copy(update={"ledger": head})
             own_metrics.ledger_head(model.namespace, model.name, head.seq, head.hash)
+            if get_condition(status.conditions, api.ConditionType.LEDGER_BROKEN) is not None:
+                status = status.model_copy(update={"conditions": set_condition(
+                    status.conditions, type=api.ConditionType.LEDGER_BROKEN, status=False,
+                    reason=api.Reason.LEDGER_INTACT, message="the stored chain ends at the operator's checkpoint",
+                    now=now, generation=observation.generation)})
         outcome_written, conflict = await self._write_status(state.body, state.status, status)
         if self.fault is not None and actions.fed is not None and outcome_written is not None:
             self.fault("after-action-committed")
@@ -169,6 +186,27 @@ class Reconciler:
         if undelivered:
             waits.append(UNDELIVERED_RETRY_SECONDS)
         return Outcome(requeue_after=min([*waits, self.resync_seconds]), written=outcome_written, conflict=conflict)
+
+    async def _ledger_broken(self, model: ModelObject, state: ModelState, status: api.MLModelStatus,
+                             broken: LedgerBroken, generation: int, now: dt.datetime) -> Outcome:
+        """``LedgerBroken=True`` with the reason, written once; a page when it is new. Nothing is appended,
+        re-chained or re-signed: repairing the chain is a person's decision."""
+        was = get_condition(state.status.conditions, api.ConditionType.LEDGER_BROKEN)
+        status = status.model_copy(update={"conditions": set_condition(
+            status.conditions, type=api.ConditionType.LEDGER_BROKEN, status=True, reason=broken.reason,
+            message=broken.message, now=now, generation=generation)})
+        log.error("%s/%s: %s: %s", model.namespace, model.name, broken.reason, broken.message)
+        written, conflict = await self._write_status(state.body, state.status, status)
+        if was is None or was.status != "True" or was.reason != broken.reason:
+            summary = f"decision ledger broken ({broken.reason}): {broken.message}"
+            failure = await self.applier.notifier.notify(model.name, model.namespace, "page", summary, None)
+            if failure:
+                log.warning("%s/%s: could not page about the ledger: %s", model.namespace, model.name, failure)
+            try:
+                await self.events.record(model, "Warning", api.ConditionType.LEDGER_BROKEN, broken.message)
+            except KubeError as e:
+                log.warning("could not record Event LedgerBroken for %s/%s: %s", model.namespace, model.name, e)
+        return Outcome(requeue_after=self.resync_seconds, written=written, conflict=conflict)
 
     def _ledger_entries(self, state: ModelState, observation: Observation, events: tuple[Event, ...],
                         new: api.MLModelStatus) -> list[Entry]:
@@ -297,7 +335,9 @@ class Reconciler:
                                     f"trusted keys (ConfigMap {signature.config_map_name}): {e}")
         if not keys:
             return SignatureVerdict(False, api.Reason.TRUSTED_KEYS_UNAVAILABLE,
-                                    f"ConfigMap {signature.config_map_name} holds no public key")
+                                    f"no public key in ConfigMap {signature.config_map_name} is trusted by the "
+                                    f"cluster's TrustPolicy {api.TRUST_POLICY_NAME} (a namespace may only narrow "
+                                    "it)")
         return await self.artifacts.verify_signature(uri, keys, limits)
 
     async def _observe_retraining(self, model: ModelObject, state: ModelState, status: api.MLModelStatus,
