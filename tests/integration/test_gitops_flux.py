@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from localenv import flux as flux_env
@@ -150,3 +151,54 @@ def test_commits_drive_the_model_through_flux(
         c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name in incidents], timeout=60)
     ledgers = admin.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.LEDGER_PLURAL)
     assert ledgers["items"], "the decision ledger outlives the MLModel"
+
+
+def test_flux_cannot_approve_and_tenants_cannot_read_approver_credentials(
+        flux: flux_env.Controllers, git_server: flux_env.GitServer, modelwarden_installed: Cluster,
+        api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path) -> None:
+    """An approval committed beside the model is applied as the namespace's models-applier, not as the approver:
+    the admission policy refuses it and the Kustomization says why. The approvers' kubeconfigs live in flux-system,
+    which a namespace editor cannot read."""
+    cluster = modelwarden_installed
+    repo = flux_env.GitRepo(git_server, f"{namespace}-forged")
+    flux_env.sync(cluster, namespace, repo.url, timeout="1m")
+    uri, sha = artifact(tmp_path, "v1")
+    forged = approval(MODEL, "v1", sha, "finance", flux_env.APPROVERS["finance"], name="forged")
+    commit = repo.commit({f"models/{MODEL}.yaml": [mlmodel(MODEL, "v1", uri, sha), forged]}, "v1, self-approved")
+
+    def refused() -> bool:
+        k = flux_env.kustomization(cluster, namespace, "models")
+        status, _, message = flux_env.ready(k)
+        return status == "False" and commit in (k.get("status") or {}).get("lastAttemptedRevision", "") \
+            and "forged" in message
+    wait("the Kustomization reports the refused approval", refused)
+    message = flux_env.ready(flux_env.kustomization(cluster, namespace, "models"))[2]
+    assert f"spec.approver must be the requesting user system:serviceaccount:{namespace}:models-applier" in message, \
+        message
+    approvals_made = admin_approvals(api_clients["admin"], namespace)
+    assert "forged" not in approvals_made
+
+    # The developer edits the model namespace (Kubernetes' `edit` role, which reads its Secrets) ...
+    client.RbacAuthorizationV1Api(api_clients["admin"]).create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "developer-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "developer"}]})
+    def reads_namespace_secrets() -> bool:
+        try:
+            client.CoreV1Api(api_clients["developer"]).list_namespaced_secret(namespace)
+        except client.ApiException:
+            return False
+        return True
+
+    wait("the developer reads the namespace's Secrets", reads_namespace_secrets)
+    # ... and still cannot read an approver's credentials.
+    with pytest.raises(client.ApiException) as denied:
+        client.CoreV1Api(api_clients["developer"]).read_namespaced_secret("approver-finance-approver",
+                                                                          flux_env.NAMESPACE)
+    assert denied.value.status == 403
+
+
+def admin_approvals(api_client: client.ApiClient, namespace: str) -> set[str]:
+    items = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL)["items"]
+    return {a["metadata"]["name"] for a in items}
