@@ -202,8 +202,7 @@ def run_gitops(keep: bool) -> int:
                           300, line)
         status = model_status(custom, namespace)
         stalled = next(c for c in status.conditions if c.type == "Stalled")
-        failed = wait_for("Kustomization failed", lambda: kustomization()[0] == "False"
-                          and stalled.message in kustomization()[2], 120, line)
+        failed = wait_for("Kustomization failed", lambda: kustomization()[0] == "False", 120, line)
         k_status, k_reason, k_message = kustomization()
         say(f"    halted {halted:.0f}s after the injection; the Kustomization failed {failed:.0f}s after the halt")
         print(f"\nMLModel Stalled: {stalled.reason} — {stalled.message}", flush=True)
@@ -273,5 +272,5 @@ def run_gitops(keep: bool) -> int:
               f"(over {len(latencies)} commits)", flush=True)
         say(f"done in {time.monotonic() - started:.0f}s")
         ok = (rolled_back and generation_after == generation_before and counts["spec"] == 2 and still_v3
-              and unchanged and k_status == "False")
+              and unchanged and k_status == "False" and f"MLModel/{namespace}/{MODEL} status: 'Failed'" in k_message)
         return 0 if ok else 1

@@ -22,7 +22,8 @@ def test_commits_through_flux_roll_out_roll_back_and_resume() -> None:
     assert done.returncode == 0, out[-5000:] + done.stderr[-5000:]
     stalled = re.search(r"MLModel Stalled: (\w+) — ", out)
     assert stalled is not None and stalled.group(1) == "CanaryAnalysisFailed", out[-4000:]
-    assert "Kustomization models: Ready=False HealthCheckFailed — " in out, out[-4000:]
+    assert re.search(r"Kustomization models: Ready=False HealthCheckFailed — .*failed early due to stalled "
+                     r"resources: \[MLModel/demo-\w+/fraud-scorer status: 'Failed'\]", out), out[-4000:]
     generations = re.search(r"Generation before the injection (\d+), after the rollback (\d+); spec.version v2; "
                             r"spec owned by \['kustomize-controller'\]", out)
     assert generations is not None and generations.group(1) == generations.group(2), out[-4000:]
