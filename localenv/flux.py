@@ -181,6 +181,7 @@ def start(cluster: Cluster, work: Path) -> Controllers:
     work.mkdir(parents=True, exist_ok=True)
     controllers = Controllers(logs=work / "logs")
     storage_port = free_port()
+    (work / "storage").mkdir(exist_ok=True)
     try:
         for controller in MODULES:
             token = cluster.kubectl("create", "token", controller, "-n", NAMESPACE, "--duration=24h").stdout.strip()
