@@ -26,6 +26,8 @@ from tests.integration.test_gitops_health import annotate, ready
 from tests.integration.test_rollback_triggers import InProcessOperator
 
 MODEL = "m"
+# The first test to use the `flux` fixture may wait for make test's background Flux build (~10-45 min cold).
+pytestmark = pytest.mark.timeout(3000)
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float = 120, tick: Callable[[], Any] | None = None) -> None:
