@@ -179,7 +179,9 @@ def run_gitops(keep: bool) -> int:
             return sha
 
         say(f"5/8 commit MLModel {MODEL} v1 and its two approvals (finance, regulatory)")
-        commit({MODEL_FILE: body("v1", v1), **approval_files("v1", v1.sha256)}, "fraud-scorer v1, approved")
+        # models/ keeps a file besides the MLModels: a path that is gone fails the Kustomization (no prune).
+        commit({"models/README.md": "MLModels here are applied by Flux.", MODEL_FILE: body("v1", v1),
+                **approval_files("v1", v1.sha256)}, "fraud-scorer v1, approved")
         writes = flux_env.Writes(custom, namespace, MODEL).start()
         parts["writes"] = writes
         wait_for("v1 Stable", lambda: model_status(custom, namespace).phase == api.Phase.STABLE, 300, line)

@@ -301,14 +301,17 @@ class GitRepo:
         return done.stdout.strip()
 
     def commit(self, files: Mapping[str, Any | None], message: str) -> str:
-        """Write (an object or list of objects as YAML) or delete (``None``) each path, commit, push; the commit's
-        sha."""
+        """Write (text, or an object or list of objects as YAML) or delete (``None``) each path, commit, push; the
+        commit's sha."""
         for rel, content in files.items():
             path = self.checkout / rel
             if content is None:
                 path.unlink()
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                path.write_text(content + "\n")
+                continue
             docs = content if isinstance(content, list) else [content]
             path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         self._git("add", "-A")

@@ -84,8 +84,9 @@ def test_commits_drive_the_model_through_flux(
         return True
 
     # v1 and its two approvals in one commit → applied by Flux → Stable, and the Kustomization Ready.
-    v1 = repo.commit({**model("v1"), **approvals("v1", sha["v1"])}, "fraud model v1, approved by finance and "
-                                                                      "regulatory")
+    # models/ keeps a file besides the MLModels: a path that no longer exists fails the Kustomization (no prune).
+    v1 = repo.commit({"models/README.md": "MLModels here are applied by Flux.", **model("v1"),
+                      **approvals("v1", sha["v1"])}, "fraud model v1, approved by finance and regulatory")
     wait("Flux created the MLModel", exists)
     writes = flux_env.Writes(client.CustomObjectsApi(api_clients["admin"]), namespace, MODEL).start()
     op.until(MODEL, lambda s: s.phase == Phase.STABLE and ready(s), limit=300)
@@ -162,7 +163,7 @@ def test_flux_cannot_approve_and_tenants_cannot_read_approver_credentials(
         flux: flux_env.Controllers, git_server: flux_env.GitServer, modelwarden_installed: Cluster,
         api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path) -> None:
     """An approval committed beside the model is applied as the namespace's models-applier, not as the approver:
-    the admission policy refuses it and the Kustomization says why. The approvers' kubeconfigs live in flux-system,
+    the API server refuses it and the Kustomization says why. The approvers' kubeconfigs live in flux-system,
     which a namespace editor cannot read."""
     cluster = modelwarden_installed
     repo = flux_env.GitRepo(git_server, f"{namespace}-forged")
@@ -178,8 +179,8 @@ def test_flux_cannot_approve_and_tenants_cannot_read_approver_credentials(
             and "forged" in message
     wait("the Kustomization reports the refused approval", refused)
     message = flux_env.ready(flux_env.kustomization(cluster, namespace, "models"))[2]
-    assert f"spec.approver must be the requesting user system:serviceaccount:{namespace}:models-applier" in message, \
-        message
+    # Refused by RBAC first (models-applier may edit MLModels only); the admission policy stands behind it.
+    assert f'"forged" is forbidden: User "system:serviceaccount:{namespace}:models-applier"' in message, message
     approvals_made = admin_approvals(api_clients["admin"], namespace)
     assert "forged" not in approvals_made
 
