@@ -67,7 +67,7 @@ test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under
 
 # Flux (source- and kustomize-controller, ~10 min cold) builds beside the lint, unit and integration tests; only the
 # tests that need it wait for it (the `flux` fixture runs last and blocks on hack/build-flux.sh's lock).
-flux-build-background: ## start hack/build-flux.sh in the background; its log is $$MODELWARDEN_CACHE/flux-build.log
+flux-build-background: ## start hack/build-flux.sh in the background (log: flux-build.log in the cache)
 	@log="$${MODELWARDEN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/modelwarden}/flux-build.log"; \
 	  mkdir -p "$$(dirname "$$log")"; nohup bash hack/build-flux.sh >"$$log" 2>&1 </dev/null & \
 	  echo "[flux] building source- and kustomize-controller in the background (log: $$log)"
