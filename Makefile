@@ -13,7 +13,7 @@ BUILD := { $(PY) -m localenv.images build >/dev/null & images=$$!; $(PY) -m loca
            built=$$?; wait $$images && exit $$built; }
 
 .PHONY: help install lint typecheck test test-unit test-integration test-e2e cluster-up cluster-down cluster-build \
-        system-deps demo clean crds rules docs
+        system-deps demo clean crds rules docs flux-build-background
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,7 +65,14 @@ test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under
 	@$(BUILD)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint typecheck test-unit test-integration test-e2e ## everything CI runs
+# Flux (source- and kustomize-controller, ~10 min cold) builds beside the lint, unit and integration tests; only the
+# tests that need it wait for it (the `flux` fixture runs last and blocks on hack/build-flux.sh's lock).
+flux-build-background: ## start hack/build-flux.sh in the background (log: flux-build.log in the cache)
+	@log="$${MODELWARDEN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/modelwarden}/flux-build.log"; \
+	  mkdir -p "$$(dirname "$$log")"; nohup bash hack/build-flux.sh >"$$log" 2>&1 </dev/null & \
+	  echo "[flux] building source- and kustomize-controller in the background (log: $$log)"
+
+test: flux-build-background lint typecheck test-unit test-integration test-e2e ## everything CI runs
 
 demo: $(STAMP) system-deps ## the main job: v1 approved and served, v2 canaried and promoted, errors injected, automatic rollback to v1's SHA256
 	@$(BUILD)

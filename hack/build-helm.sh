@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the pinned Helm v3 CLI from the Go module proxy.
+# Build the pinned Helm v3 CLI from the Go module proxy. v3.21.4: the module list marks it approved (v3.22.0, the
+# earlier pin, is served but not approved). The list prefers helm.sh/helm/v4 (v4.3.2 approved): its module path
+# and version stamping differ (helm.sh/helm/v4/internal/version; the Kubernetes version comes from client-go's
+# build info, no -X), and moving to it waits for a run of tests/integration/test_chart.py with it.
 # Output: $MODELWARDEN_CACHE/helm/<version>/bin/helm (the path is printed on stdout; progress goes to stderr).
 # Idempotent: a version that is already built is left alone (a `.complete` stamp marks a finished build).
 set -euo pipefail
 
-HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 CACHE="${MODELWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelwarden}"
 OUT="$CACHE/helm/$HELM_VERSION"
 BIN="$OUT/bin"
@@ -40,7 +43,7 @@ for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$k8s_minor"
 done
 
-log "compiling helm $HELM_VERSION from the Go module proxy (cold: ~12 min on 2 busy cores)"
+log "compiling helm $HELM_VERSION from the Go module proxy (cold: ~1.5 min on a quiet machine after the Kubernetes build, ~4.5 min at load ~15)"
 start=$SECONDS
 CGO_ENABLED=0 GOBIN="$BIN" GOFLAGS= go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 

@@ -13,7 +13,9 @@ With ``--inject drift`` v2 is healthy by every error metric but scores shifted (
 through a shadow stage first (the ``replicas`` router: its pods are kept out of the Service) and is halted there,
 before any user got an answer from it; the stage's numbers and the answers' versions are printed.
 
-    python -m localenv.demo [--keep] [--inject stable|canary|drift]
+With ``--gitops`` every change is a Git commit that a real Flux applies (``localenv/demo_gitops.py``).
+
+    python -m localenv.demo [--keep] [--inject stable|canary|drift] [--gitops]
 """
 
 from __future__ import annotations
@@ -346,7 +348,7 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
     try:
         yield parts
     finally:
-        for name in ("load", "targets", "prometheus", "receiver", "artifacts"):
+        for name in ("load", "writes", "flux", "git", "targets", "prometheus", "receiver", "artifacts"):
             part = parts.get(name)
             if part is not None:
                 with contextlib.suppress(Exception):
@@ -549,7 +551,14 @@ def main(argv: list[str] | None = None) -> int:
                              "drift: v2 with shifted scores, stopped in its shadow stage")
     parser.add_argument("--trigger", choices=sorted(ROLLBACK_POLICIES), default="ErrorBudgetExhausted",
                         help="with --inject stable: the one stable trigger that is armed")
+    parser.add_argument("--gitops", action="store_true",
+                        help="drive the story by commits to a Git repository that Flux applies (errors injected into "
+                             "v2's canary)")
     args = parser.parse_args(argv)
+    if args.gitops:
+        from localenv.demo_gitops import run_gitops
+
+        return run_gitops(args.keep)
     return run(args.keep, args.inject, args.trigger)
 
 

@@ -13,10 +13,17 @@ import pytest
 from kubernetes import client, config
 
 from localenv import cluster as cluster_env
+from localenv import flux as flux_env
 from localenv import modelwarden as modelwarden_env
 from localenv import node as real_node
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need Flux run last: `make test` builds it in the background meanwhile (hack/build-flux.sh), and
+    only the `flux` fixture waits for that build."""
+    items.sort(key=lambda item: "flux" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -122,3 +129,22 @@ def operator(modelwarden_installed: cluster_env.Cluster, tmp_path: Path) -> Iter
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def flux(modelwarden_installed: cluster_env.Cluster,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[flux_env.Controllers]:
+    """Flux's source-controller and kustomize-controller running against the cluster (waits for their build)."""
+    flux_env.build()
+    flux_env.install(modelwarden_installed)
+    controllers = flux_env.start(modelwarden_installed, tmp_path_factory.mktemp("flux"))
+    yield controllers
+    controllers.stop()
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[flux_env.GitServer]:
+    """Git repositories served on loopback (smart HTTP through `git http-backend`)."""
+    server = flux_env.GitServer(tmp_path_factory.mktemp("git"))
+    yield server
+    server.stop()
