@@ -23,9 +23,9 @@ from modelwarden.api.v1alpha1 import (
     Phase,
     Reason,
 )
+from modelwarden.engine import standby
 from modelwarden.engine.actions import (
     DeleteTrack,
-    EnsureServices,
     Notify,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
@@ -82,11 +82,13 @@ def promote_token(version: str, step_index: int) -> str:
 
 
 def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Decision:
+    # What the user-facing Service selects and the warm standby follow from what the rest decided.
+    return standby.plan(spec, _decide(spec, status, obs, now), obs, now)
+
+
+def _decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Decision:
     p = Pass(spec=spec, old=status, obs=obs, now=now, status=status)
     target = target_of(spec)
-
-    if not obs.services_present:
-        p.actions.append(EnsureServices())
 
     if not spec.enabled:
         return _disabled(p)

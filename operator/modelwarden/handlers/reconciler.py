@@ -232,12 +232,15 @@ class Reconciler:
             log.warning("%s/%s: %s", model.namespace, model.name, e)
         meta = state.body["metadata"]
         annotations = meta.get("annotations") or {}
+        endpoints = self.applier.endpoints_applied(model, state.spec)
         return Observation(
             generation=int(meta.get("generation", 0)),
             approvals=state.approvals,
             stable=state.stable,
             canary=state.canary,
-            services_present=self.applier.router_ready(model, state.spec),
+            standby=state.standby,
+            services_present=endpoints is not None,
+            endpoints=endpoints or "serving",
             route_canary_weight=route_weight,
             artifact=check,
             # A ModelAction admitted into this pass, else the deprecated annotations (identity unknown).
