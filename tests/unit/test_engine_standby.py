@@ -14,6 +14,7 @@ import pytest
 from modelwarden.api.v1alpha1 import MLModelSpec, MLModelStatus, Phase
 from modelwarden.engine.actions import ApplyTrack, DeleteTrack, EnsureServices, FlushAndWarm
 from modelwarden.engine.decision import Decision
+from modelwarden.engine.rollout import artifact_to_check
 from modelwarden.engine.standby import desired_endpoints
 from tests.unit.engine_world import SHA, T0, World, approvals, honest_world, make_spec, settle
 
@@ -95,6 +96,7 @@ def test_a_rollback_in_the_window_serves_the_standby_with_the_artifact_store_dow
     assert ApplyTrack in {type(a) for a in d.actions}
     standby_scale = [a for a in d.actions if isinstance(a, ApplyTrack) and a.track == "standby"]
     assert [(a.artifact.sha256, a.replicas) for a in standby_scale] == [(SHA["v1"], 4)], "scaled up to the model's"
+    assert artifact_to_check(s, d.status) is None, "the (down) store is not asked again while the standby serves"
     d = world.step(s, d.status, now + timedelta(seconds=1))
     rb = d.status.last_rollback
     assert d.status.phase == Phase.HALTED and rb is not None and rb.traffic_restored_at is not None

@@ -69,6 +69,11 @@ def warm_standby(obs: Observation, artifact: ArtifactVersion) -> bool:
 
 
 
+def served_by_standby(rollback: Rollback) -> bool:
+    return any(t.event == "StandbyServing" for t in rollback.timeline)
+
+
+
 def _rollback_id(p: Pass, version: str) -> str:
     return f"rb-{p.now.strftime('%Y%m%dt%H%M%S')}-{version}".lower()
 
@@ -148,7 +153,7 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
     restore = ArtifactVersion(version=entry.version, sha256=entry.sha256, uri=entry.uri, format=entry.format)
 
     standby = not canary_only and warm_standby(p.obs, restore)
-    if standby and not any(t.event == "StandbyServing" for t in rb.timeline):
+    if standby and not served_by_standby(rb):
         rb = _timeline(rb, p, "StandbyServing", f"the warm standby of {restore.version} (sha256 verified in its "
                                                 "pods) takes the traffic: no artifact store, no cold start")
     if not canary_only and not standby and not verified_target(rb):

@@ -43,7 +43,14 @@ from modelwarden.engine.decision import (
     verified_target,
 )
 from modelwarden.engine.health import Health, budget_percent, judge
-from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
+from modelwarden.engine.rollback import (
+    continue_rollback,
+    halted,
+    handled_requests,
+    manual_rollback,
+    served_by_standby,
+    start_rollback,
+)
 from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
@@ -53,11 +60,12 @@ from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
     """The URI the handler must hash before ``decide`` can go on (None: nothing to check).
 
-    A rollback re-verifies its target's sha256 before serving it; a new spec revision is verified once.
+    A rollback re-verifies its target's sha256 before serving it (unless its warm standby serves it: the store is
+    not asked again); a new spec revision is verified once.
     """
     rollback = status.last_rollback
     if rollback is not None and rollback.completed_at is None and rollback.to_version is not None \
-            and not verified_target(rollback):
+            and not verified_target(rollback) and not served_by_standby(rollback):
         entry = history_entry_for(status, rollback.to_version, rollback.to_sha256)
         return entry.uri if entry is not None else None
     target = target_of(spec)
