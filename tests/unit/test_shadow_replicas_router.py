@@ -57,6 +57,7 @@ def test_the_standby_is_owned_and_labelled_like_the_other_deployments() -> None:
     assert body["metadata"]["annotations"][api.ANNOTATION_SHA256] == SHA["v2"]
     env = {e["name"]: e.get("value") for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ARTIFACT_SHA256"] == SHA["v2"], "its pods verify the bytes like every pod"
+    assert env["MODEL_TRACK"] == "stable", "it answers (after a rollback) as the restored stable"
 
 
 def test_a_template_without_the_label_reads_as_such() -> None:

@@ -158,7 +158,8 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     env: list[dict[str, Any]] = [
         {"name": "MODEL_NAME", "value": model.name},
         {"name": "MODEL_VERSION", "value": artifact.version},
-        {"name": "MODEL_TRACK", "value": track},
+        # The standby serves only as the restored stable (its metrics count there); the server knows two tracks.
+        {"name": "MODEL_TRACK", "value": "stable" if track == "standby" else track},
         {"name": "ARTIFACT_URI", "value": artifact.uri},
         {"name": "ARTIFACT_DIR", "value": f"{ARTIFACT_MOUNT}/artifact"},
         {"name": "ARTIFACT_SHA256", "value": artifact.sha256},
