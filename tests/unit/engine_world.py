@@ -110,7 +110,7 @@ class World:
 
     def observe(self, spec: MLModelSpec, status: MLModelStatus) -> Observation:
         check = None
-        uri = artifact_to_check(spec, status)
+        uri = artifact_to_check(spec, status, self.standby)
         if uri is not None:
             actual = self.real_sha.get(uri)
             check = ArtifactCheck(uri=uri, actual=actual, error=None if actual else "no such file")

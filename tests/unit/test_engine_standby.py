@@ -96,7 +96,8 @@ def test_a_rollback_in_the_window_serves_the_standby_with_the_artifact_store_dow
     assert ApplyTrack in {type(a) for a in d.actions}
     standby_scale = [a for a in d.actions if isinstance(a, ApplyTrack) and a.track == "standby"]
     assert [(a.artifact.sha256, a.replicas) for a in standby_scale] == [(SHA["v1"], 4)], "scaled up to the model's"
-    assert artifact_to_check(s, d.status) is None, "the (down) store is not asked again while the standby serves"
+    assert artifact_to_check(s, d.status, world.standby) is None, "the (down) store is not asked while it serves"
+    assert artifact_to_check(s, d.status) is not None, "without a Ready standby the target is verified again"
     d = world.step(s, d.status, now + timedelta(seconds=1))
     rb = d.status.last_rollback
     assert d.status.phase == Phase.HALTED and rb is not None and rb.traffic_restored_at is not None

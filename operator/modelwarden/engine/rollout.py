@@ -34,6 +34,7 @@ from modelwarden.engine.decision import (
     Decision,
     Observation,
     Pass,
+    TrackState,
     fingerprint,
     history_entry,
     history_entry_for,
@@ -48,7 +49,6 @@ from modelwarden.engine.rollback import (
     halted,
     handled_requests,
     manual_rollback,
-    served_by_standby,
     start_rollback,
 )
 from modelwarden.engine.shadow import in_stage, shadow_stage
@@ -57,7 +57,7 @@ from modelwarden.engine.traffic import TrafficPlan
 from modelwarden.engine.triggers import CANARY_ANALYSIS, Assessment
 
 
-def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
+def artifact_to_check(spec: MLModelSpec, status: MLModelStatus, standby: TrackState | None = None) -> str | None:
     """The URI the handler must hash before ``decide`` can go on (None: nothing to check).
 
     A rollback re-verifies its target's sha256 before serving it (unless its warm standby serves it: the store is
@@ -65,9 +65,13 @@ def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
     """
     rollback = status.last_rollback
     if rollback is not None and rollback.completed_at is None and rollback.to_version is not None \
-            and not verified_target(rollback) and not served_by_standby(rollback):
+            and not verified_target(rollback):
         entry = history_entry_for(status, rollback.to_version, rollback.to_sha256)
-        return entry.uri if entry is not None else None
+        warm = (standby is not None and standby.ready_replicas >= 1
+                and (standby.version, standby.sha256) == (entry.version, entry.sha256) if entry else False)
+        if entry is None or warm:
+            return None
+        return entry.uri
     target = target_of(spec)
     if status.stable is not None and same(status.stable, target):
         return None

@@ -213,7 +213,7 @@ class Reconciler:
     async def _observe(self, model: ModelObject, state: ModelState, router: TrafficRouter,
                        reading: FleetReading, admission: Admission | None = None) -> Observation:
         check = None
-        uri = artifact_to_check(state.spec, state.status)
+        uri = artifact_to_check(state.spec, state.status, state.standby)
         if uri is not None:
             try:
                 check = ArtifactCheck(uri=uri, actual=await self.artifacts.sha256(uri))
