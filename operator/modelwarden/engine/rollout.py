@@ -67,10 +67,12 @@ def artifact_to_check(spec: MLModelSpec, status: MLModelStatus, standby: TrackSt
     if rollback is not None and rollback.completed_at is None and rollback.to_version is not None \
             and not verified_target(rollback):
         entry = history_entry_for(status, rollback.to_version, rollback.to_sha256)
-        warm = (standby is not None and standby.ready_replicas >= 1
-                and (standby.version, standby.sha256) == (entry.version, entry.sha256) if entry else False)
-        if entry is None or warm:
+        if entry is None:
             return None
+        if standby is not None and standby.ready_replicas >= 1 and (standby.version, standby.sha256) == (
+                entry.version, entry.sha256):
+            return None  # its warm standby serves it: the store is not asked
+
         return entry.uri
     target = target_of(spec)
     if status.stable is not None and same(status.stable, target):
