@@ -72,7 +72,6 @@ def artifact_to_check(spec: MLModelSpec, status: MLModelStatus, standby: TrackSt
         if standby is not None and standby.ready_replicas >= 1 and (standby.version, standby.sha256) == (
                 entry.version, entry.sha256):
             return None  # its warm standby serves it: the store is not asked
-
         return entry.uri
     target = target_of(spec)
     if status.stable is not None and same(status.stable, target):
