@@ -7,8 +7,9 @@ the standby's idle cost (CPU, memory of its pod).
 Each run, in a fresh namespace under the ``restricted`` Pod Security level: v1 then v2 approved and promoted
 (``replicas: 2``, one 100% step), answers sent to the Service's ClusterIP through kube-proxy, a new connection each.
 The trigger is ``modelwarden rollback`` as the on-call user (a ModelAction the API server attributes); the clock
-runs from the CLI's return to the first batch of 20 answers that all carry v1's ``x-model-sha256`` (200 more
-confirm). In (a) the artifact server is stopped before the trigger; in (b) ``spec.rollback.standby.replicas: 0``.
+runs from the CLI's start (its own Python start-up included) to the first batch of 20 answers that all carry v1's
+``x-model-sha256``. In (a) the artifact server is stopped before the trigger; in (b)
+``spec.rollback.standby.replicas: 0``.
 The idle cost is read from the kubelet's summary API (the standby pod's CPU and working set, sampled for 20 s).
 
 The same story, with assertions and one run of each, is ``tests/integration/test_real_node_standby.py``.
@@ -161,14 +162,14 @@ class Story:
             return list(pool.map(lambda i: self.answer(url, i), range(n)))
 
     def roll_back(self) -> float:
-        """``modelwarden rollback`` as on-call: seconds from its return to every answer on v1's sha256."""
+        """``modelwarden rollback`` as on-call: seconds from its start to every answer on v1's sha256."""
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfigs["oncall"])}
         url = self.service_url()
+        started = time.monotonic()  # the CLI may wait for the operator's outcome: the clock includes it
         done = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", "rollback", MODEL, "-n", self.namespace],
                               env=env, capture_output=True, text=True, check=False, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"modelwarden rollback: {done.stderr}")
-        started = time.monotonic()
         v1 = self.artifacts["v1"].sha256
         wait_for(lambda: set(self.answers(url, 20)) == {v1}, 600, "every answer on v1's sha256")
         return time.monotonic() - started

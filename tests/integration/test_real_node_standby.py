@@ -5,15 +5,24 @@ the stable Deployment cannot fetch v1. The story's steps are ``bench/rollback_st
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from kubernetes import client
 
-from bench.rollback_standby import MODEL, REPLICAS, Story, build_artifacts, ready
+from bench.rollback_standby import MODEL, REPLICAS, Story, build_artifacts, ready, wait_for
 from localenv.artifacts import ArtifactServer
 from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api import v1alpha1 as api
+
+
+def programmed(namespace: str) -> set[str]:
+    """The pod IPs kube-proxy's iptables rules send the model Service's connections to now."""
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    marker = f'--comment "{namespace}/{MODEL}:http -> '
+    return {line.split(marker, 1)[1].split(":", 1)[0] for line in nat.splitlines()
+            if line.startswith("-A KUBE-SVC-") and marker in line}
 
 
 def test_a_rollback_with_the_artifact_store_down_is_served_by_the_standby_through_the_service(
@@ -34,7 +43,16 @@ def test_a_rollback_with_the_artifact_store_down_is_served_by_the_standby_throug
             assert selector == {api.LABEL_MODEL: MODEL, api.LABEL_SERVING: "true"}
             [standby] = story.pods("standby")
             assert standby.metadata.labels[api.LABEL_SERVING] == "false" and ready(standby)
-            assert set(story.answers(url, 200)) == {v2}, "the standby answers no user before a rollback"
+            # kube-proxy follows the EndpointSlices a moment later (and a drained v1 pod answers until then): count
+            # once its rules name exactly the stable's pods.
+            stable_ips = {p.status.pod_ip for p in story.pods("stable")}
+            wait_for(lambda: programmed(real_namespace) == stable_ips, 120,
+                     "kube-proxy's rules for the Service naming exactly the stable's pods")
+            assert standby.status.pod_ip not in programmed(real_namespace)
+            before = set(story.answers(url, 200))
+            pods = [(p.metadata.name, p.metadata.labels, p.metadata.annotations.get(api.ANNOTATION_SHA256), ready(p))
+                    for p in story.pods()]
+            assert before == {v2}, f"the standby answers no user before a rollback; v1 {v1}, v2 {v2}; pods {pods}"
         finally:
             server.close()  # the artifact store is down from here on
 
@@ -42,7 +60,7 @@ def test_a_rollback_with_the_artifact_store_down_is_served_by_the_standby_throug
         answers = story.answers(url, 200)
         assert set(answers) == {v1}, f"answers after the rollback: {sorted(set(answers))}"
         print(f"rollback with the artifact store down: every answer on v1's sha256 {took:.1f}s after "
-              "`modelwarden rollback` returned")
+              "`modelwarden rollback` started")
         status = story.status()
         assert status.phase == api.Phase.HALTED and status.stable is not None and status.stable.sha256 == v1
         rb = status.last_rollback
