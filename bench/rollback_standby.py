@@ -180,8 +180,9 @@ class Story:
         cpu, memory = [], []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            raw = self.core.connect_get_node_proxy_with_path(real_node.NODE_NAME, "stats/summary")
-            summary = json.loads(raw) if isinstance(raw, str) else raw
+            raw = self.core.connect_get_node_proxy_with_path(real_node.NODE_NAME, "stats/summary",
+                                                             _preload_content=False)
+            summary = json.loads(raw.data)
             for pod in summary.get("pods", []):
                 if pod["podRef"]["namespace"] == self.namespace and pod["podRef"]["name"] in names:
                     cpu.append(pod.get("cpu", {}).get("usageNanoCores", 0) / 1e6)
