@@ -24,6 +24,7 @@ from modelwarden.engine.decision import (
 )
 from modelwarden.engine.health import MetricsView
 from modelwarden.engine.rollout import artifact_to_check, decide
+from modelwarden.engine.traffic import Endpoints
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 SHA = {"v1": "1" * 64, "v2": "2" * 64, "v3": "3" * 64}
@@ -58,8 +59,10 @@ class World:
 
     stable: TrackState | None = None
     canary: TrackState | None = None
+    standby: TrackState | None = None
     route: int | None = None
     services: bool = False
+    endpoints: Endpoints = "serving"
     real_sha: dict[str, str] = field(default_factory=dict)
     # URIs the store cannot serve right now (a 503, a timeout): uri -> the error the handler reports
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -78,8 +81,9 @@ class World:
         for a in actions:
             if isinstance(a, EnsureServices):
                 self.services = True
+                self.endpoints = a.endpoints
             elif isinstance(a, ApplyTrack):
-                current = self.stable if a.track == "stable" else self.canary
+                current = {"stable": self.stable, "canary": self.canary, "standby": self.standby}[a.track]
                 same_template = (current is not None and current.fingerprint == a.fingerprint
                                  and current.serves(a.artifact))
                 ready = min(current.ready_replicas, a.replicas) if current is not None and same_template else 0
@@ -88,11 +92,13 @@ class World:
                                  replicas=a.replicas, ready_replicas=ready, rolled_out=False)
                 if a.track == "stable":
                     self.stable = new
+                elif a.track == "standby":
+                    self.standby = new
                 else:
                     self.canary = new
                     self.canary_hidden = a.hidden
             elif isinstance(a, DeleteTrack):
-                self.canary = None
+                setattr(self, a.track, None)
             elif isinstance(a, SetRouteWeight):
                 self.route = a.canary_weight
 
@@ -101,10 +107,12 @@ class World:
             self.stable = replace(self.stable, ready_replicas=self.stable.replicas, rolled_out=True)
         if self.canary is not None:
             self.canary = replace(self.canary, ready_replicas=self.canary.replicas, rolled_out=True)
+        if self.standby is not None:
+            self.standby = replace(self.standby, ready_replicas=self.standby.replicas, rolled_out=True)
 
     def observe(self, spec: MLModelSpec, status: MLModelStatus) -> Observation:
         check = None
-        uri = artifact_to_check(spec, status)
+        uri = artifact_to_check(spec, status, self.standby)
         if uri is not None:
             actual = None if uri in self.unreadable else self.real_sha.get(uri)
             check = ArtifactCheck(uri=uri, actual=actual,
@@ -112,7 +120,8 @@ class World:
                                   None if actual else "no such file")
         return Observation(
             generation=self.generation, approvals=self.approvals, stable=self.stable, canary=self.canary,
-            services_present=self.services, route_canary_weight=self.route, artifact=check, promote=self.promote,
+            standby=self.standby, services_present=self.services, endpoints=self.endpoints,
+            route_canary_weight=self.route, artifact=check, promote=self.promote,
             resume=self.resume, rollback=self.rollback, metrics=self.metrics,
             metrics_configured=self.metrics_configured,
         )

@@ -20,6 +20,9 @@ from modelwarden.engine.triggers import CanaryNumbers
 from tests.unit.engine_world import SHA, T0, World, approvals, honest_world, make_spec, settle
 
 STEPS = {"steps": [{"setWeight": 50, "pauseSeconds": 60}, {"setWeight": 100, "pauseSeconds": 0}]}
+# No warm standby: these rollbacks take the artifact store's path (re-verify, then a cold start);
+# test_engine_standby.py has the standby's.
+COLD = {"standby": {"replicas": 0}}
 
 
 def series(now: datetime, value: float, minutes: int = 60) -> list[tuple[float, float]]:
@@ -42,12 +45,12 @@ def promoted_v2(world: World) -> tuple[MLModelStatus, datetime]:
     world.metrics_configured = True
     now = T0
     world.metrics = healthy(now, "v1")
-    status, now, _ = settle(world, make_spec("v1", rollout=STEPS), MLModelStatus(), now)
+    status, now, _ = settle(world, make_spec("v1", rollout=STEPS, rollback=COLD), MLModelStatus(), now)
     assert status.phase == Phase.STABLE
     for _ in range(12):
         world.metrics = healthy(now, "v1", "v2", canary_ok="v2")
         world.pods_ready()
-        status = world.step(make_spec("v2", rollout=STEPS), status, now).status
+        status = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), status, now).status
         now += timedelta(seconds=61)
         if status.phase == Phase.STABLE and status.stable and status.stable.version == "v2":
             break
@@ -58,7 +61,7 @@ def promoted_v2(world: World) -> tuple[MLModelStatus, datetime]:
 def test_budget_exhausted_after_promotion_rolls_back_to_prior_approved_sha() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.metrics = view(now, budget={"v2": series(now, 0.01), "v1": series(now, 0.9)})
 
     d = world.step(spec, status, now)
@@ -105,8 +108,8 @@ def test_canary_that_fails_analysis_is_removed_and_the_revision_halted() -> None
     world.approvals = approvals("v1") + approvals("v2")
     world.metrics_configured = True
     world.metrics = healthy(T0, "v1")
-    status, now, _ = settle(world, make_spec("v1", rollout=STEPS), MLModelStatus(), T0)
-    spec = make_spec("v2", rollout=STEPS)
+    status, now, _ = settle(world, make_spec("v1", rollout=STEPS, rollback=COLD), MLModelStatus(), T0)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     for _ in range(4):  # canary up and at 50%
         world.pods_ready()
         status = world.step(spec, status, now).status
@@ -156,8 +159,8 @@ def test_tampered_rollback_target_is_not_served() -> None:
     status, now = promoted_v2(world)
     world.real_sha["file:///models/v1.skops"] = "e" * 64
     world.metrics = view(now, budget={"v2": series(now, 0.01)})
-    d = world.step(make_spec("v2", rollout=STEPS), status, now)
-    d = world.step(make_spec("v2", rollout=STEPS), d.status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), d.status, now)
     assert d.status.phase == Phase.HALTED
     assert not [a for a in d.actions if isinstance(a, ApplyTrack)]
     assert d.status.stable is not None and d.status.stable.version == "v2"
@@ -167,8 +170,8 @@ def test_tampered_rollback_target_is_not_served() -> None:
 def test_prometheus_down_mid_canary_neither_promotes_nor_rolls_back() -> None:
     world = honest_world("v1", "v2")
     world.approvals = approvals("v1") + approvals("v2")
-    status, now, _ = settle(world, make_spec("v1", rollout=STEPS), MLModelStatus(), T0)
-    spec = make_spec("v2", rollout=STEPS)
+    status, now, _ = settle(world, make_spec("v1", rollout=STEPS, rollback=COLD), MLModelStatus(), T0)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     for _ in range(4):
         world.pods_ready()
         status = world.step(spec, status, now).status
@@ -199,7 +202,7 @@ def test_prometheus_down_mid_canary_neither_promotes_nor_rolls_back() -> None:
 def test_operator_crash_mid_rollback_finishes_it_once() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.metrics = view(now, budget={"v2": series(now, 0.01)})
     started = world.step(spec, world.step(spec, status, now).status, now)
     assert started.status.phase == Phase.ROLLING_BACK
@@ -226,14 +229,14 @@ def test_new_approved_revision_clears_a_halt() -> None:
     world = honest_world("v1", "v2", "v3")
     status, now = promoted_v2(world)
     world.metrics = view(now, budget={"v2": series(now, 0.01)})
-    d = world.step(make_spec("v2", rollout=STEPS), status, now)
-    d = world.step(make_spec("v2", rollout=STEPS), d.status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), d.status, now)
     world.pods_ready()
-    d = world.step(make_spec("v2", rollout=STEPS), d.status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), d.status, now)
     assert d.status.phase == Phase.HALTED
     world.approvals += approvals("v3")
     world.metrics = healthy(now, "v1")
-    d = world.step(make_spec("v3", rollout=STEPS), d.status, now + timedelta(minutes=1))
+    d = world.step(make_spec("v3", rollout=STEPS, rollback=COLD), d.status, now + timedelta(minutes=1))
     assert d.status.halt is None
     assert d.status.canary is not None and d.status.canary.version == "v3"
     assert promote_token("v3", 0) == "v3/0"
@@ -242,7 +245,7 @@ def test_new_approved_revision_clears_a_halt() -> None:
 def test_manual_rollback_takes_the_same_path_once_per_request() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.rollback = "req1"
     for _ in range(3):
         world.pods_ready()
@@ -261,7 +264,7 @@ def test_manual_rollback_to_a_version_not_in_history_pages_and_keeps_stable() ->
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
     world.rollback = "req2:v9"
-    d = world.step(make_spec("v2", rollout=STEPS), status, now)
+    d = world.step(make_spec("v2", rollout=STEPS, rollback=COLD), status, now)
     assert d.status.phase == Phase.HALTED
     assert d.status.stable is not None and d.status.stable.version == "v2"
     assert any(isinstance(a, Notify) and a.severity == "page" for a in d.actions)
@@ -273,7 +276,7 @@ def test_a_healthy_stable_model_keeps_its_status_while_its_numbers_drift() -> No
     world = honest_world("v1")
     world.approvals = approvals("v1")
     world.metrics_configured = True
-    spec = make_spec("v1", rollout=STEPS)
+    spec = make_spec("v1", rollout=STEPS, rollback=COLD)
     now = T0 + timedelta(hours=2)
     world.metrics = view(now, budget={"v1": series(now, 0.9713)}, burn={"v1": (0.31, 0.27)})
     status, now, _ = settle(world, spec, MLModelStatus(), now)
@@ -292,7 +295,7 @@ def test_a_young_series_is_not_judged_and_says_so_without_a_clock_in_the_message
     world = honest_world("v1")
     world.approvals = approvals("v1")
     world.metrics_configured = True
-    spec = make_spec("v1", rollout=STEPS)
+    spec = make_spec("v1", rollout=STEPS, rollback=COLD)
     now = T0
     world.metrics = view(now, budget={"v1": series(now, 0.9, minutes=3)})
     status, now, _ = settle(world, spec, MLModelStatus(), now)

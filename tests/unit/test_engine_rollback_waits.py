@@ -24,6 +24,8 @@ from tests.unit.test_engine_rollback import STEPS, promoted_v2, series, view
 V1 = ArtifactVersion(version="v1", sha256=SHA["v1"], uri="https://store.example/v1/model.skops", format="skops")
 SIGNED = make_spec("v1", artifact={"uri": V1.uri, "sha256": SHA["v1"], "signature": {"configMapName": "keys"}})
 UNSIGNED = make_spec("v1")
+# No warm standby: these rollbacks wait on the artifact store (test_engine_standby.py has the standby's path).
+COLD = {"standby": {"replicas": 0}}
 
 
 @pytest.mark.parametrize(("case", "spec", "check", "rejected", "waiting_for"), [
@@ -62,7 +64,7 @@ def test_retry_delay_is_bounded_and_jittered(waited: float) -> None:
 def test_a_503_from_the_store_waits_then_restores_the_prior_sha_with_one_incident_and_one_page() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.metrics = view(now, budget={"v2": series(now, 0.01), "v1": series(now, 0.9)})
     v1_uri = "file:///models/v1.skops"
     world.unreadable[v1_uri] = f"GET {v1_uri}: HTTP 503"
@@ -106,7 +108,7 @@ def test_a_503_from_the_store_waits_then_restores_the_prior_sha_with_one_inciden
 def test_a_long_wait_pages_once_under_the_rollbacks_id() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.metrics = view(now, budget={"v2": series(now, 0.01), "v1": series(now, 0.9)})
     world.unreadable["file:///models/v1.skops"] = "GET file:///models/v1.skops: ConnectTimeout"
     d = world.step(spec, status, now)
@@ -125,7 +127,7 @@ def test_a_pass_retried_after_a_failed_write_starts_the_same_rollback() -> None:
     must name the same rollback, so the incident record, ledger records and page stay one."""
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
     world.metrics = view(now, budget={"v2": series(now, 0.01), "v1": series(now, 0.9)})
     ids = {world.step(spec, status, now + timedelta(seconds=s)).status.last_rollback.id  # type: ignore[union-attr]
            for s in (0, 5, 60)}

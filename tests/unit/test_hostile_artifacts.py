@@ -297,7 +297,7 @@ class SlowStoreWorld(World):
 def test_a_rollback_waits_for_its_pending_target_verification_then_completes() -> None:
     world = SlowStoreWorld(real_sha=honest_world("v1", "v2").real_sha)
     status, now = promoted_v2(world)
-    spec = make_spec("v2", rollout=STEPS)
+    spec = make_spec("v2", rollout=STEPS, rollback={"standby": {"replicas": 0}})  # the store's path
     world.pending, world.rollback = True, "req1"
     events = []
     for _ in range(3):

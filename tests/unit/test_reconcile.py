@@ -105,7 +105,7 @@ class FakeRouter:
     weight: int | None = None
     ensured: int = 0
 
-    async def ensure_objects(self, model: ModelObject) -> None:
+    async def ensure_objects(self, model: ModelObject, endpoints: str) -> None:
         self.ensured += 1
 
     async def canary_weight(self, model: ModelObject) -> int | None:
@@ -270,7 +270,7 @@ def test_the_servers_identity_comes_first_once_per_namespace_and_the_router_obje
                              ApplyTrack("canary", artifact, 1, "f")]
     asyncio.run(applier.apply(model, spec, router, actions, T0.timestamp()))
     assert cluster.calls == [("identity", NS), ("apply", ("stable", "v1", 1)), ("apply", ("canary", "v1", 1))]
-    assert router.ensured == 1 and applier.router_ready(model, spec)
+    assert router.ensured == 1 and applier.endpoints_applied(model, spec) == "serving"
 
 
 def test_a_failing_traffic_action_fails_the_pass() -> None:

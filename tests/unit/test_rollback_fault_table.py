@@ -235,7 +235,10 @@ class World:
     @staticmethod
     def _spec(version: str, signed: bool) -> api.MLModelSpec:
         artifact = {"uri": URI[version], "sha256": SHA[version], **(SIGNED if signed else {})}
-        return make_spec(version, artifact=artifact, rollout=STEPS, serving={"replicas": 2})
+        # No warm standby: the table is about the artifact store's path (the standby's is
+        # tests/integration/test_real_node_standby.py and test_rollback_standby.py).
+        return make_spec(version, artifact=artifact, rollout=STEPS, serving={"replicas": 2},
+                         rollback={"standby": {"replicas": 0}})
 
     def _operator(self) -> Controller:
         return Controller(workloads=self.cluster, status_writer=self.cluster, events=self.cluster,

@@ -1,17 +1,20 @@
-"""The replicas router's shadow stage as manifests (issue 20): with a shadow stage the model's Service selects
-``LABEL_SERVING=true``, which the stage's candidate pods lack; without one, nothing changes (no roll on
-upgrade)."""
+"""Pod labels and Service selectors as manifests (issues 20, 24): every pod carries ``LABEL_SERVING`` ("false" for
+a shadow candidate and the warm standby); the user-facing Service selects what the engine's ``Endpoints`` says,
+under both routers."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from modelwarden.adapters.manifests import ModelObject, deployment_manifest
+import pytest
+
+from modelwarden.adapters.manifests import ModelObject, deployment_manifest, track_state
+from modelwarden.adapters.routers import gateway_api as gateway_router
 from modelwarden.adapters.routers import replicas as replicas_router
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.decision import fingerprint
-from modelwarden.engine.routers.replicas import gates_endpoints
+from modelwarden.engine.traffic import Endpoints
 from tests.unit.engine_world import SHA, make_spec
 
 MODEL = ModelObject(namespace="team", name="credit", uid="u1")
@@ -34,31 +37,46 @@ def pod_labels(s: api.MLModelSpec, track: api.Track, *, hidden: bool = False) ->
     return dict(body["spec"]["template"]["metadata"]["labels"])
 
 
-def test_only_the_replicas_router_with_a_shadow_stage_gates_endpoints() -> None:
-    assert gates_endpoints(spec("replicas", shadow=True))
-    assert not gates_endpoints(spec("replicas", shadow=False))
-    assert not gates_endpoints(spec("gatewayAPI", shadow=True))
+@pytest.mark.parametrize("routing", ["replicas", "gatewayAPI"])
+@pytest.mark.parametrize("shadow", [True, False])
+def test_every_pod_carries_the_serving_label_false_only_for_the_candidate_in_shadow_and_the_standby(
+        routing: str, shadow: bool) -> None:
+    s = spec(routing, shadow)
+    assert pod_labels(s, "canary", hidden=True)[api.LABEL_SERVING] == "false"
+    assert pod_labels(s, "canary")[api.LABEL_SERVING] == "true"
+    assert pod_labels(s, "stable")[api.LABEL_SERVING] == "true"
+    assert pod_labels(s, "standby")[api.LABEL_SERVING] == "false"
 
 
-def test_the_shadow_candidate_lacks_the_label_the_service_selects() -> None:
-    gated = spec("replicas", shadow=True)
-    assert pod_labels(gated, "canary", hidden=True)[api.LABEL_SERVING] == "false"
-    assert pod_labels(gated, "canary")[api.LABEL_SERVING] == "true"
-    assert pod_labels(gated, "stable")[api.LABEL_SERVING] == "true"
-    for ungated in (spec("replicas", shadow=False), spec("gatewayAPI", shadow=True)):
-        assert api.LABEL_SERVING not in pod_labels(ungated, "canary", hidden=True)
+def test_the_standby_is_owned_and_labelled_like_the_other_deployments() -> None:
+    body = deployment_manifest(MODEL, spec("replicas", False), "standby", ARTIFACT, 1, "fp")
+    assert body["metadata"]["name"] == "credit-standby"
+    assert body["metadata"]["ownerReferences"] == [MODEL.owner_reference()]
+    assert body["metadata"]["labels"][api.LABEL_TRACK] == "standby"
+    assert body["metadata"]["labels"][api.LABEL_MANAGED_BY] == "modelwarden"
+    assert body["metadata"]["annotations"][api.ANNOTATION_SHA256] == SHA["v2"]
+    env = {e["name"]: e.get("value") for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ARTIFACT_SHA256"] == SHA["v2"], "its pods verify the bytes like every pod"
+    assert env["MODEL_TRACK"] == "stable", "it answers (after a rollback) as the restored stable"
 
 
-def test_flipping_the_label_changes_the_fingerprint_only_when_gated() -> None:
-    gated = spec("replicas", shadow=True)
-    assert fingerprint(gated, ARTIFACT, hidden=True) != fingerprint(gated, ARTIFACT)
-    plain = spec("replicas", shadow=False)
-    assert fingerprint(plain, ARTIFACT, hidden=True) == fingerprint(plain, ARTIFACT)
+def test_a_template_without_the_label_reads_as_such() -> None:
+    body = deployment_manifest(MODEL, spec("replicas", False), "stable", ARTIFACT, 1, "fp")
+    assert track_state(body).serving == "true"
+    del body["spec"]["template"]["metadata"]["labels"][api.LABEL_SERVING]
+    assert track_state(body).serving is None
+
+
+def test_hiding_the_candidate_changes_its_fingerprint_and_serving_pods_keep_theirs() -> None:
+    for s in (spec("replicas", True), spec("replicas", False)):
+        assert fingerprint(s, ARTIFACT, hidden=True) != fingerprint(s, ARTIFACT)
+    assert fingerprint(spec("replicas", True), ARTIFACT) == fingerprint(spec("replicas", False), ARTIFACT)
 
 
 class FakeKube:
     def __init__(self) -> None:
         self.core = self
+        self.custom = self
         self.applied: dict[str, dict[str, Any]] = {}
 
     def patch_namespaced_service(self) -> None: ...
@@ -67,14 +85,35 @@ class FakeKube:
         self.applied[body["metadata"]["name"]] = body
 
 
-def services(s: api.MLModelSpec) -> dict[str, dict[str, str]]:
+def services(s: api.MLModelSpec, endpoints: Endpoints) -> dict[str, dict[str, str]]:
     kube = FakeKube()
-    asyncio.run(replicas_router.from_spec(s, kube).ensure_objects(MODEL))  # type: ignore[arg-type]
+    router = (replicas_router.from_spec(s, kube) if s.rollout.traffic_routing.type == "replicas"  # type: ignore[arg-type]
+              else gateway_router.GatewayAPIRouter(kube, "r"))  # type: ignore[arg-type]
+    asyncio.run(router.ensure_objects(MODEL, endpoints))
     return {name: body["spec"]["selector"] for name, body in kube.applied.items()}
 
 
-def test_the_user_service_selects_serving_pods_and_the_mirror_target_selects_the_candidate() -> None:
-    assert services(spec("replicas", shadow=True)) == {
+TRACK = {api.LABEL_MODEL: "credit", api.LABEL_MANAGED_BY: "modelwarden"}
+
+
+def test_the_replicas_router_selects_what_the_engine_says() -> None:
+    assert services(spec("replicas", shadow=True), "serving") == {
         "credit": {api.LABEL_MODEL: "credit", api.LABEL_SERVING: "true"},
-        "credit-canary": {api.LABEL_MODEL: "credit", api.LABEL_MANAGED_BY: "modelwarden", api.LABEL_TRACK: "canary"}}
-    assert services(spec("replicas", shadow=False)) == {"credit": {api.LABEL_MODEL: "credit"}}
+        "credit-canary": {**TRACK, api.LABEL_TRACK: "canary"}}
+    assert services(spec("replicas", shadow=False), "serving") == {
+        "credit": {api.LABEL_MODEL: "credit", api.LABEL_SERVING: "true"}}
+    assert services(spec("replicas", shadow=False), "model") == {"credit": {api.LABEL_MODEL: "credit"}}
+    assert services(spec("replicas", shadow=False), "standby") == {
+        "credit": {api.LABEL_MODEL: "credit", api.LABEL_TRACK: "standby"}}
+
+
+def test_the_gateway_router_points_the_stable_backend_at_the_standby_only_after_a_rollback() -> None:
+    s = spec("gatewayAPI", shadow=False)
+    assert services(s, "serving") == {
+        "credit": {api.LABEL_MODEL: "credit", api.LABEL_SERVING: "true"},
+        "credit-stable": {**TRACK, api.LABEL_TRACK: "stable"},
+        "credit-canary": {**TRACK, api.LABEL_TRACK: "canary"}}
+    assert services(s, "standby") == {
+        "credit": {api.LABEL_MODEL: "credit", api.LABEL_TRACK: "standby"},
+        "credit-stable": {**TRACK, api.LABEL_TRACK: "standby"},
+        "credit-canary": {**TRACK, api.LABEL_TRACK: "canary"}}

@@ -14,8 +14,8 @@ from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.actions import CreateRetrainingJob, MirrorTo
 from modelwarden.engine.decision import TrackState
 from modelwarden.engine.retraining import JobState, window_label
-from modelwarden.engine.routers.replicas import gates_endpoints
 from modelwarden.engine.timestamps import timestamp
+from modelwarden.engine.traffic import Endpoints
 
 FIELD_MANAGER = "modelwarden"
 SERVER_PORT = 8080
@@ -101,6 +101,7 @@ def track_state(deployment: Mapping[str, Any]) -> TrackState:
     replicas = int(spec.get("replicas", 1))
     rolled_out = (int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
                   and int(status.get("updatedReplicas", 0)) >= replicas)
+    template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
     return TrackState(
         version=(meta.get("labels") or {}).get(api.LABEL_VERSION, ""),
         sha256=annotations.get(api.ANNOTATION_SHA256, ""),
@@ -108,6 +109,7 @@ def track_state(deployment: Mapping[str, Any]) -> TrackState:
         replicas=replicas,
         ready_replicas=int(status.get("readyReplicas", 0)),
         rolled_out=rolled_out or replicas == 0,
+        serving=template_labels.get(api.LABEL_SERVING),
     )
 
 
@@ -170,9 +172,9 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     image = spec.serving.image or server_image
     selector = labels(model, track)
     pod_labels = {**selector, api.LABEL_VERSION: artifact.version}
-    if gates_endpoints(spec):
-        # Not in the Deployment's selector (immutable): flipping it rolls the pods, nothing else.
-        pod_labels[api.LABEL_SERVING] = "false" if hidden else "true"
+    # On every pod, never in the Deployment's selector (immutable): flipping it rolls the pods, nothing else. The
+    # standby's and a shadow candidate's pods answer no user (engine/standby.py: what the Service selects).
+    pod_labels[api.LABEL_SERVING] = "false" if hidden or track == "standby" else "true"
     annotations = {api.ANNOTATION_SHA256: artifact.sha256, ANNOTATION_FINGERPRINT: fingerprint}
     contract = {"name": spec.feature_contract.name, "features": spec.feature_contract.features}
     # The server's environment (`python -m model_server --help-env`). spec.enabled is deliberately not here:
@@ -180,7 +182,8 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
     env: list[dict[str, Any]] = [
         {"name": "MODEL_NAME", "value": model.name},
         {"name": "MODEL_VERSION", "value": artifact.version},
-        {"name": "MODEL_TRACK", "value": track},
+        # The standby serves only as the restored stable (its metrics count there); the server knows two tracks.
+        {"name": "MODEL_TRACK", "value": "stable" if track == "standby" else track},
         {"name": "ARTIFACT_URI", "value": artifact.uri},
         {"name": "ARTIFACT_DIR", "value": f"{ARTIFACT_MOUNT}/artifact"},
         {"name": "ARTIFACT_SHA256", "value": artifact.sha256},
@@ -269,6 +272,15 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
             },
         },
     }
+
+
+def endpoint_selector(model: ModelObject, endpoints: Endpoints) -> dict[str, str]:
+    """The user-facing Service's selector for ``endpoints`` (engine/standby.py decides which)."""
+    if endpoints == "standby":
+        return {api.LABEL_MODEL: model.name, api.LABEL_TRACK: "standby"}
+    if endpoints == "serving":
+        return {api.LABEL_MODEL: model.name, api.LABEL_SERVING: "true"}
+    return {api.LABEL_MODEL: model.name}
 
 
 def service_manifest(model: ModelObject, name: str, selector: dict[str, str]) -> dict[str, Any]:

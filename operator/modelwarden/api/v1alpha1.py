@@ -35,8 +35,8 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRACK = f"{GROUP}/track"
 LABEL_VERSION = f"{GROUP}/version"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-# Under the replicas router with a shadow stage: the model's user-facing Service selects only pods with this
-# label "true"; the candidate's pods carry "false" during the stage (they answer only mirrored requests).
+# On every pod: "true" where users may be served. The model's user-facing Service selects it once every pod of
+# the model carries it; a shadow stage's candidate and the warm standby carry "false" (no user traffic).
 LABEL_SERVING = f"{GROUP}/serving"
 ANNOTATION_SHA256 = f"{GROUP}/sha256"
 # Removed (issue 27): these annotations decided promote/resume/rollback with nobody proven behind them. The operator
@@ -49,7 +49,9 @@ IGNORED_ANNOTATIONS = {ANNOTATION_PROMOTE: "modelwarden promote MODEL", ANNOTATI
 # On retraining Jobs: which window (RFC 3339, as a label-safe "20270608t0200z") a Job trains for.
 LABEL_RETRAINING_WINDOW = f"{GROUP}/retraining-window"
 
-Track = Literal["stable", "canary"]
+# "standby": the prior approved version kept warm after a promotion (spec.rollback.standby), served only by a
+# rollback.
+Track = Literal["stable", "canary", "standby"]
 
 
 class ConditionType(StrEnum):
@@ -438,6 +440,18 @@ class FastBurn(_Model):
     factor: Annotated[str, Field(pattern=DECIMAL_PATTERN, description="Burn-rate multiple over 1h and 5m.")] = "14.4"
 
 
+class Standby(_Model):
+    """The prior approved version kept warm after a promotion, so that a rollback inside the window needs neither
+    the artifact store nor a cold start. Its pods verify their bytes as every pod does and never receive user
+    traffic until a rollback. Cost: ``replicas`` pods of the model's resources for ``durationSeconds`` after each
+    promotion."""
+
+    replicas: Annotated[int, Field(ge=0, le=100, description="Ready replicas of the prior approved version kept "
+                                                              "after a promotion; 0 turns the standby off.")] = 1
+    duration_seconds: Annotated[int, Field(ge=60, le=30 * 86400, description=(
+        "How long after a promotion the standby is kept (a rollback in progress keeps it until it ends)."))] = 86400
+
+
 class RollbackPolicy(_Model):
     error_budget_floor_percent: Annotated[
         str, Field(pattern=DECIMAL_PATTERN, description="Roll back when the budget stays below this percent.")
@@ -451,6 +465,7 @@ class RollbackPolicy(_Model):
     resume_by_another_person: bool = Field(
         default=False, description="A resume after a rollback must come from someone who neither approved nor "
                                    "promoted the rolled-back version (the operator rejects it: SamePerson).")
+    standby: Standby = Field(default_factory=Standby)
 
 
 class Approvals(_Model):

@@ -11,11 +11,15 @@ from datetime import datetime
 from typing import Literal
 
 from modelwarden.api.v1alpha1 import ArtifactVersion, Rollback, Track
+from modelwarden.engine.traffic import Endpoints
 
 
 @dataclass(frozen=True)
 class EnsureServices:
-    """The objects the model's traffic router needs (its Services, …), created by the router's adapter."""
+    """The objects the model's traffic router needs (its Services, …), created by the router's adapter, with the
+    user-facing Service selecting ``endpoints``."""
+
+    endpoints: Endpoints = "serving"
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,8 @@ from modelwarden.engine.conditions import set_condition
 from modelwarden.engine.health import MetricsView
 from modelwarden.engine.kstatus import with_kstatus_conditions
 from modelwarden.engine.routers import planner_for
-from modelwarden.engine.routers.replicas import gates_endpoints
 from modelwarden.engine.timestamps import timestamp
-from modelwarden.engine.traffic import RouterPlanner
+from modelwarden.engine.traffic import Endpoints, RouterPlanner
 
 HISTORY_LIMIT = 20
 
@@ -59,6 +58,8 @@ class TrackState:
     ready_replicas: int
     # the Deployment controller has seen and finished rolling out the latest template
     rolled_out: bool = True
+    # the pod template's serving label (None: a template from before every pod carried it)
+    serving: str | None = "true"
 
     def serves(self, artifact: ArtifactVersion) -> bool:
         return self.version == artifact.version and self.sha256 == artifact.sha256
@@ -106,7 +107,11 @@ class Observation:
     approvals: tuple[Approval, ...] = ()
     stable: TrackState | None = None
     canary: TrackState | None = None
+    # the warm standby of the prior approved version (spec.rollback.standby)
+    standby: TrackState | None = None
     services_present: bool = False
+    # what the user-facing Service selects (as this process applied it; meaningful when services_present)
+    endpoints: Endpoints = "serving"
     # routers with a weighted route only: the canary weight the route carries now
     route_canary_weight: int | None = None
     artifact: ArtifactCheck | None = None
@@ -153,9 +158,9 @@ def fingerprint(spec: MLModelSpec, artifact: ArtifactVersion, mirror: MirrorTo |
         payload["signature"] = spec.artifact.signature.wire()
     if mirror is not None:
         payload["mirror"] = [mirror.percent, mirror.decision_threshold]
-    if gates_endpoints(spec):
-        # Only then: other models keep their fingerprint (and pods) on upgrade.
-        payload["serving"] = [payload["serving"], not hidden]
+    if hidden:
+        # Only then: serving pods keep their fingerprint on upgrade.
+        payload["hidden"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -224,11 +229,12 @@ class Pass:
 
     def apply_track(self, track: Track, artifact: ArtifactVersion, replicas: int,
                     mirror: MirrorTo | None = None, *, hidden: bool = False) -> None:
-        hidden = hidden and gates_endpoints(self.spec)
         fp = fingerprint(self.spec, artifact, mirror, hidden=hidden)
-        observed = self.obs.stable if track == "stable" else self.obs.canary
+        observed = {"stable": self.obs.stable, "canary": self.obs.canary, "standby": self.obs.standby}[track]
+        # A template without the serving label is applied again (one roll): the Service selects that label once
+        # every pod carries it.
         if (observed is None or not observed.serves(artifact) or observed.fingerprint != fp
-                or observed.replicas != replicas):
+                or observed.replicas != replicas or observed.serving is None):
             self.actions.append(ApplyTrack(track, artifact, replicas, fp, mirror, hidden))
 
     def delete_canary(self) -> None:

@@ -24,6 +24,7 @@ from modelwarden.api.v1alpha1 import (
     Reason,
     Rollback,
     TimelineEntry,
+    Track,
 )
 from modelwarden.engine.actions import (
     AnnotateGrafana,
@@ -37,6 +38,7 @@ from modelwarden.engine.decision import (
     HISTORY_LIMIT,
     ArtifactCheck,
     Decision,
+    Observation,
     Pass,
     fingerprint,
     history_entry,
@@ -82,6 +84,18 @@ def rollback_target(history: list[HistoryEntry], current: ArtifactVersion,
         if entry.sha256 not in never and entry.approvals:
             return entry
     return None
+
+
+
+def warm_standby(obs: Observation, artifact: ArtifactVersion) -> bool:
+    """The standby (spec.rollback.standby) serves ``artifact`` with a Ready pod: its bytes were verified against
+    the sha256 in the pod, so a rollback to it needs neither the artifact store nor a cold start."""
+    return obs.standby is not None and obs.standby.serves(artifact) and obs.standby.ready_replicas >= 1
+
+
+
+def served_by_standby(rollback: Rollback) -> bool:
+    return any(t.event == "StandbyServing" for t in rollback.timeline)
 
 
 
@@ -173,7 +187,11 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
     assert entry is not None, "a rollback target always comes from history"
     restore = ArtifactVersion(version=entry.version, sha256=entry.sha256, uri=entry.uri, format=entry.format)
 
-    if not canary_only and not verified_target(rb):
+    standby = not canary_only and warm_standby(p.obs, restore)
+    if standby and not served_by_standby(rb):
+        rb = _timeline(rb, p, "StandbyServing", f"the warm standby of {restore.version} (sha256 verified in its "
+                                                "pods) takes the traffic: no artifact store, no cold start")
+    if not canary_only and not standby and not verified_target(rb):
         check = p.obs.artifact
         if check is None or check.uri != restore.uri:
             p.requeue(0)  # the handler hashes the target on the very next pass
@@ -207,17 +225,22 @@ def continue_rollback(p: Pass, rb: Rollback) -> Decision:
     if leaving:
         p.actions.append(FlushAndWarm(flush_track="canary", warm_track=None, rollback=rb))
     p.apply_track("stable", restore, replicas)
-    restored = (p.obs.stable is not None and p.obs.stable.ready_for(restore, fingerprint(p.spec, restore), replicas)
-                and p.obs.canary is None and (not p.router.weighted_route
-                                              or p.obs.route_canary_weight in (0, None)))
+    # With a warm standby the user-facing Service moves onto its pods (engine/standby.py) while the stable
+    # Deployment rolls to the restored version behind it.
+    serving = (p.obs.services_present and p.obs.endpoints == "standby") if standby else (
+        p.obs.stable is not None and p.obs.stable.ready_for(restore, fingerprint(p.spec, restore), replicas))
+    restored = serving and p.obs.canary is None and (not p.router.weighted_route
+                                                     or p.obs.route_canary_weight in (0, None))
     if not restored:
+        if standby:
+            p.requeue(1)  # the Service's selector moves in this pass's actions; no watch reports it
         p.update(last_rollback=rb, canary_weight=0)
         p.condition(ConditionType.PROGRESSING, True, Reason.ROLLBACK_STARTED,
                     f"rolling back to {restore.version} (sha256 {restore.sha256[:12]})")
         return p.finish(Phase.ROLLING_BACK)
     return _finish_rollback(p, rb, restored=restore, canary_only=canary_only, severity="page",
                             summary=f"{rb.message}; rolled back {rb.from_version} → {restore.version} "
-                                    f"(sha256 {restore.sha256})")
+                                    f"(sha256 {restore.sha256})", warm="standby" if standby else "stable")
 
 
 
@@ -296,7 +319,7 @@ def _wait(p: Pass, rb: Rollback, restore: ArtifactVersion, reason: Reason, found
 
 
 def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None, canary_only: bool,
-                     severity: Literal["page", "warning"], summary: str) -> Decision:
+                     severity: Literal["page", "warning"], summary: str, warm: Track = "stable") -> Decision:
     now = timestamp(p.now)
     if restored is not None:
         rb = _timeline(rb, p, "TrafficRestored", f"100% of traffic on {restored.version} "
@@ -311,7 +334,7 @@ def _finish_rollback(p: Pass, rb: Rollback, *, restored: ArtifactVersion | None,
             signer = previous.signer if previous is not None else None
             history = [*history, history_entry(restored, approvals, p.now, signer)][-HISTORY_LIMIT:]
             p.update(stable=restored, history=history)
-        p.actions.append(FlushAndWarm(flush_track=None, warm_track="stable", rollback=rb))
+        p.actions.append(FlushAndWarm(flush_track=None, warm_track=warm, rollback=rb))
         p.condition(ConditionType.READY, True, Reason.STABLE,
                     f"{restored.version} ready ({p.spec.serving.replicas} replicas)")
         p.event("Normal", Reason.TRAFFIC_RESTORED, f"traffic back on {restored.version} (sha256 {restored.sha256})")

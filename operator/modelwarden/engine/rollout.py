@@ -23,9 +23,9 @@ from modelwarden.api.v1alpha1 import (
     Phase,
     Reason,
 )
+from modelwarden.engine import standby
 from modelwarden.engine.actions import (
     DeleteTrack,
-    EnsureServices,
     Notify,
 )
 from modelwarden.engine.approvals import Quorum, evaluate_quorum
@@ -35,6 +35,7 @@ from modelwarden.engine.decision import (
     Decision,
     Observation,
     Pass,
+    TrackState,
     fingerprint,
     history_entry,
     history_entry_for,
@@ -44,7 +45,13 @@ from modelwarden.engine.decision import (
     verified_target,
 )
 from modelwarden.engine.health import Health, budget_percent, judge
-from modelwarden.engine.rollback import continue_rollback, halted, handled_requests, manual_rollback, start_rollback
+from modelwarden.engine.rollback import (
+    continue_rollback,
+    halted,
+    handled_requests,
+    manual_rollback,
+    start_rollback,
+)
 from modelwarden.engine.shadow import in_stage, shadow_stage
 from modelwarden.engine.timestamps import seconds_since, timestamp
 from modelwarden.engine.traffic import TrafficPlan
@@ -58,16 +65,22 @@ DEFAULT_RETRY_SECONDS = 30
 RETRY_AFTER_FAILURE: dict[str, int] = {Reason.ARTIFACT_TOO_LARGE: 600, Reason.VERIFICATION_TIMED_OUT: 120}
 
 
-def artifact_to_check(spec: MLModelSpec, status: MLModelStatus) -> str | None:
+def artifact_to_check(spec: MLModelSpec, status: MLModelStatus, standby: TrackState | None = None) -> str | None:
     """The URI the handler must hash before ``decide`` can go on (None: nothing to check).
 
-    A rollback re-verifies its target's sha256 before serving it; a new spec revision is verified once.
+    A rollback re-verifies its target's sha256 before serving it (unless its warm standby serves it: the store is
+    not asked again); a new spec revision is verified once.
     """
     rollback = status.last_rollback
     if rollback is not None and rollback.completed_at is None and rollback.to_version is not None \
             and not verified_target(rollback):
         entry = history_entry_for(status, rollback.to_version, rollback.to_sha256)
-        return entry.uri if entry is not None else None
+        if entry is None:
+            return None
+        if standby is not None and standby.ready_replicas >= 1 and (standby.version, standby.sha256) == (
+                entry.version, entry.sha256):
+            return None  # its warm standby serves it: the store is not asked
+        return entry.uri
     target = target_of(spec)
     if status.stable is not None and same(status.stable, target):
         return None
@@ -90,11 +103,13 @@ def promote_token(version: str, step_index: int) -> str:
 
 
 def decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Decision:
+    # What the user-facing Service selects and the warm standby follow from what the rest decided.
+    return standby.plan(spec, _decide(spec, status, obs, now), obs, now)
+
+
+def _decide(spec: MLModelSpec, status: MLModelStatus, obs: Observation, now: datetime) -> Decision:
     p = Pass(spec=spec, old=status, obs=obs, now=now, status=status)
     target = target_of(spec)
-
-    if not obs.services_present:
-        p.actions.append(EnsureServices())
 
     if not spec.enabled:
         return _disabled(p)

@@ -54,13 +54,22 @@ def shadow_stage(p: Pass, target: ArtifactVersion, verdict: Assessment | None) -
     first = p.router.plan(replicas, p.spec.rollout.steps[0].set_weight, canary_ready=True)
     # Under the replicas router the candidate's pods stay out of the user-facing Service (DESIGN §3).
     hidden = not p.router.weighted_route
+    where = f"shadow stage of {target.version}"
+    if hidden and not (p.obs.services_present and p.obs.endpoints == "serving"):
+        # The Service still selects every pod of the model (pods from before the serving label): a candidate
+        # started now would be one of its endpoints. The stable's pods get the label first (engine/standby.py).
+        p.apply_track("stable", stable, replicas)
+        p.condition(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_STABLE,
+                    f"{where}: waiting for every pod of {stable.version} to carry the serving label before the "
+                    "candidate starts")
+        p.requeue(interval)
+        return p.finish(Phase.PROGRESSING)
     p.apply_track("canary", target, first.canary_replicas, hidden=hidden)
     p.apply_track("stable", stable, replicas, mirror)
     p.set_route(0)
     if p.status.canary_weight:
         p.update(canary_weight=0)
     obs = p.obs
-    where = f"shadow stage of {target.version}"
     if not running(p.status, target):
         ready = (obs.canary is not None
                  and obs.canary.ready_for(target, fingerprint(p.spec, target, hidden=hidden), first.canary_replicas)

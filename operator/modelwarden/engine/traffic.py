@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+# Which pods the model's user-facing Service selects (every router's adapter maps it to its selectors):
+# "model": every pod of the model (pods created before every pod carried the serving label);
+# "serving": pods labelled serving=true (never a shadow candidate or the standby);
+# "standby": the warm standby's pods only (a rollback served them: the stable's pods are the rolled-back version).
+Endpoints = Literal["model", "serving", "standby"]
 
 
 @dataclass(frozen=True)

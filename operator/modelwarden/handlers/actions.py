@@ -36,7 +36,7 @@ from modelwarden.engine.actions import (
     RecordIncident,
     SetRouteWeight,
 )
-from modelwarden.engine.routers.replicas import gates_endpoints
+from modelwarden.engine.traffic import Endpoints
 
 log = logging.getLogger("modelwarden.actions")
 
@@ -45,9 +45,9 @@ Clock = Callable[[], float]  # unix seconds
 
 
 def router_shape(spec: api.MLModelSpec) -> str:
-    """What the router's objects depend on: a change (a shadow stage added under the replicas router narrows the
-    user-facing Service's selector) applies them again."""
-    return spec.rollout.traffic_routing.type + ("/serving-gated" if gates_endpoints(spec) else "")
+    """What the router's objects depend on besides the endpoints: a change (another router, a shadow stage's
+    mirror Service) applies them again."""
+    return spec.rollout.traffic_routing.type + ("/shadow" if spec.rollout.shadow is not None else "")
 
 
 @dataclass
@@ -61,9 +61,10 @@ class ActionApplier:
     # Where a CriticalFeedback rollback's evidence is read: the feedback store itself (complete whichever pods are
     # gone); unset, the servers' admin API of the rolled-back track (only what live pods reach).
     feedback_evidence: FeedbackEvidence | None = None
-    # What this process has applied once and need not apply again: (model, router type) pairs whose objects
-    # exist, namespaces that hold the servers' ServiceAccount and RoleBinding.
-    routers_ensured: set[tuple[Key, str]] = field(default_factory=set)
+    # What this process has applied once and need not apply again: per model, the router shape whose objects
+    # exist and what its user-facing Service selects; namespaces that hold the servers' ServiceAccount and
+    # RoleBinding.
+    routers_ensured: dict[Key, tuple[str, Endpoints]] = field(default_factory=dict)
     identities_ensured: set[str] = field(default_factory=set)
     # A rollback's notifications and annotations this process delivered, keyed by the rollback's id: a pass
     # retried after a later failure (the ledger, the status write) does not send them again. Across a restart
@@ -72,11 +73,13 @@ class ActionApplier:
     # What failed to be delivered, per model, retried on the model's later passes (in this process).
     undelivered: dict[Key, list[AnnotateGrafana | Notify]] = field(default_factory=dict)
 
-    def router_ready(self, model: ModelObject, spec: api.MLModelSpec) -> bool:
-        return ((model.namespace, model.name), router_shape(spec)) in self.routers_ensured
+    def endpoints_applied(self, model: ModelObject, spec: api.MLModelSpec) -> Endpoints | None:
+        """What the model's user-facing Service selects, as applied by this process (None: not applied yet)."""
+        shape, endpoints = self.routers_ensured.get((model.namespace, model.name), ("", "serving"))
+        return endpoints if shape == router_shape(spec) else None
 
     def forget(self, key: Key) -> None:
-        self.routers_ensured = {r for r in self.routers_ensured if r[0] != key}
+        self.routers_ensured.pop(key, None)
         self.undelivered.pop(key, None)
 
     async def apply(self, model: ModelObject, spec: api.MLModelSpec, router: TrafficRouter,
@@ -90,9 +93,9 @@ class ActionApplier:
                          now: float) -> None:
         failure: str | None = None
         match action:
-            case EnsureServices():
-                await router.ensure_objects(model)
-                self.routers_ensured.add(((model.namespace, model.name), router_shape(spec)))
+            case EnsureServices(endpoints=endpoints):
+                await router.ensure_objects(model, endpoints)
+                self.routers_ensured[(model.namespace, model.name)] = (router_shape(spec), endpoints)
             case ApplyTrack(track=track, artifact=artifact, replicas=replicas, fingerprint=fingerprint, mirror=mirror,
                             hidden=hidden):
                 if model.namespace not in self.identities_ensured:

@@ -46,6 +46,7 @@ class ModelState:
     stable: TrackState | None
     canary: TrackState | None
     jobs: Mapping[str, JobState]
+    standby: TrackState | None = None
     # the model's ModelActions (issue 18), as raw objects
     actions: tuple[dict[str, Any], ...] = ()
 
@@ -97,7 +98,7 @@ class WatchCaches:
         meta = body["metadata"]
         labels = meta.get("labels") or {}
         model, track = labels.get(api.LABEL_MODEL), labels.get(api.LABEL_TRACK)
-        if not model or track not in ("stable", "canary"):
+        if not model or track not in ("stable", "canary", "standby"):
             return
         key = (meta["namespace"], model)
         tracks = self.deployments.setdefault(key, {})
@@ -183,7 +184,7 @@ class WatchCaches:
         tracks = self.deployments.get(key, {})
         return ModelState(body=body, spec=spec, status=status,
                           approvals=tuple(self.approvals.get(key, {}).values()),
-                          stable=tracks.get("stable"), canary=tracks.get("canary"),
+                          stable=tracks.get("stable"), canary=tracks.get("canary"), standby=tracks.get("standby"),
                           jobs={name: job_state(job) for name, job in self.jobs.get(key, {}).items()},
                           actions=tuple(self.actions.get(key, {}).values()))
 

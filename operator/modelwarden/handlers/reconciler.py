@@ -110,9 +110,10 @@ class Reconciler:
             if actions.fed is None:
                 observation = replace(observation, rollback=None)
         decision = decide(spec, state.status, observation, now)
-        rollback_target = artifact_to_check(spec, decision.status)
+        rollback_target = artifact_to_check(spec, decision.status, state.standby)
         if (decision.status.phase == api.Phase.ROLLING_BACK and decision.requeue_after == 0
-                and rollback_target is not None and rollback_target != artifact_to_check(spec, state.status)):
+                and rollback_target is not None
+                and rollback_target != artifact_to_check(spec, state.status, state.standby)):
             # A rollback just started and asks for its target's sha256: hash it now and walk the next step in
             # this same pass, so traffic moves before the ledger and status writes; were those to fail (a ledger
             # or API server outage), the retried pass starts the same rollback (same id) and acts the same again.
@@ -280,7 +281,7 @@ class Reconciler:
         check = None
         # A rollback's target is read again before the action is admitted (engine.model_actions.verified).
         uri = (admission.verify.uri if admission is not None and admission.verify is not None
-               else artifact_to_check(state.spec, state.status))
+               else artifact_to_check(state.spec, state.status, state.standby))
         if uri is not None:
             check = await self._verify(model, state.spec, uri)
         route_weight = None
@@ -289,12 +290,15 @@ class Reconciler:
         except KubeError as e:
             log.warning("%s/%s: %s", model.namespace, model.name, e)
         meta = state.body["metadata"]
+        endpoints = self.applier.endpoints_applied(model, state.spec)
         return Observation(
             generation=int(meta.get("generation", 0)),
             approvals=state.approvals,
             stable=state.stable,
             canary=state.canary,
-            services_present=self.applier.router_ready(model, state.spec),
+            standby=state.standby,
+            services_present=endpoints is not None,
+            endpoints=endpoints or "serving",
             route_canary_weight=route_weight,
             artifact=check,
             # Only a ModelAction admitted into this pass (a proven requester) decides these.

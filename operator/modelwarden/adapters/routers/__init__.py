@@ -14,11 +14,13 @@ from modelwarden.adapters.kube import KubeClient
 from modelwarden.adapters.manifests import ModelObject
 from modelwarden.adapters.routers import gateway_api, replicas
 from modelwarden.api.v1alpha1 import MLModelSpec
+from modelwarden.engine.traffic import Endpoints
 
 
 class TrafficRouter(Protocol):
-    async def ensure_objects(self, model: ModelObject) -> None:
-        """Create (server-side apply) everything the router needs for ``model``: its Services, …"""
+    async def ensure_objects(self, model: ModelObject, endpoints: Endpoints) -> None:
+        """Create (server-side apply) everything the router needs for ``model``: its Services, …, the user-facing
+        ones selecting ``endpoints``."""
 
     async def canary_weight(self, model: ModelObject) -> int | None:
         """The canary's weight as the router carries it now (None: not applicable or not found)."""

@@ -1,6 +1,7 @@
 """The ``gatewayAPI`` router: it sets the backend weights of the HTTPRoute the user names in
 ``spec.rollout.trafficRouting.gatewayAPI.httpRoute``; the route's backendRefs must point at the
-``<model>-stable`` and ``<model>-canary`` Services this router creates (beside ``<model>``, both tracks).
+``<model>-stable`` and ``<model>-canary`` Services this router creates (beside ``<model>``, both tracks; the
+warm standby's pods are in none of them until a rollback serves them, then in ``<model>-stable`` and ``<model>``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from modelwarden.adapters.kube import KubeClient, KubeError
-from modelwarden.adapters.manifests import ModelObject, labels, service_manifest
+from modelwarden.adapters.manifests import ModelObject, endpoint_selector, labels, service_manifest
 from modelwarden.api import v1alpha1 as api
 from modelwarden.engine.routers.gateway_api import NAME
+from modelwarden.engine.traffic import Endpoints
 
 __all__ = ["NAME", "GatewayAPIRouter", "from_spec"]
 
@@ -47,10 +49,12 @@ class GatewayAPIRouter:
         self._custom = kube.custom
         self._route = route_name
 
-    async def ensure_objects(self, model: ModelObject) -> None:
-        tracks: tuple[api.Track, ...] = ("stable", "canary")
-        services = [service_manifest(model, model.name, {api.LABEL_MODEL: model.name}),
-                    *(service_manifest(model, model.deployment_name(t), labels(model, t)) for t in tracks)]
+    async def ensure_objects(self, model: ModelObject, endpoints: Endpoints) -> None:
+        # After a rollback onto the warm standby the route's stable backend is the standby's pods.
+        stable: api.Track = "standby" if endpoints == "standby" else "stable"
+        services = [service_manifest(model, model.name, endpoint_selector(model, endpoints)),
+                    service_manifest(model, model.deployment_name("stable"), labels(model, stable)),
+                    service_manifest(model, model.deployment_name("canary"), labels(model, "canary"))]
         await asyncio.gather(*(self._kube.apply(self._kube.core.patch_namespaced_service, svc) for svc in services))
 
     async def _get(self, model: ModelObject) -> dict[str, Any]:

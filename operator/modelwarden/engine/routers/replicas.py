@@ -9,17 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modelwarden.api.v1alpha1 import MLModelSpec
 from modelwarden.engine.traffic import TrafficPlan, before_routing, canary_replicas
 
 NAME = "replicas"
-
-
-def gates_endpoints(spec: MLModelSpec) -> bool:
-    """Whether the model's user-facing Service selects pods by ``LABEL_SERVING`` too: only under this router
-    with a shadow stage, where both tracks' pods would otherwise be its endpoints. Models without a shadow stage
-    keep their selector and pod templates (no roll on upgrade)."""
-    return spec.rollout.shadow is not None and spec.rollout.traffic_routing.type == NAME
 
 
 @dataclass(frozen=True)
