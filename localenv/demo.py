@@ -216,6 +216,33 @@ class LoadGenerator:
 # --- the story ----------------------------------------------------------------------------------------------
 
 
+def start_platform(cluster: cluster_env.Cluster, core: client.CoreV1Api, namespace: str, work: Path,
+                   parts: dict[str, Any]) -> Receiver:
+    """PostgreSQL for the model's feedback (every pod of every version shares it), Prometheus scraping the model's
+    pods with the shipped rules (evaluated every 5 s), the pager/Grafana receiver, and the operator installed by the
+    Helm chart as a pod. Each part goes into ``parts`` to be stopped at the end; the receiver is returned."""
+    feedback = postgres_env.start(pods=(real_node.HOST_IP, real_node.POD_CIDR))
+    parts["postgres"] = feedback
+    feedback_dsn = feedback.add_user("feedback", secrets.token_hex(16))
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=FEEDBACK_SECRET), string_data={"dsn": feedback_dsn}))
+    receiver = Receiver(real_node.HOST_IP)
+    parts["receiver"] = receiver
+    rules = work / "rules.yaml"
+    rules.write_text((REPO_ROOT / "manifests/prometheus/rules.yaml").read_text().replace("interval: 30s",
+                                                                                           "interval: 5s"))
+    targets = work / "targets.json"
+    targets.write_text("[]")
+    prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets,
+                                host=real_node.HOST_IP)
+    parts["prometheus"] = prom
+    pod_targets = PodTargets(core, namespace, targets)
+    pod_targets.start()
+    parts["targets"] = pod_targets
+    install_operator(cluster, core, namespace, work, prom.url, receiver.url, feedback_dsn)
+    return receiver
+
+
 def cli(cluster: cluster_env.Cluster, user: str, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "modelwarden.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, "KUBECONFIG": str(cluster.kubeconfigs[user])}, check=False, cwd=REPO_ROOT)
@@ -403,25 +430,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
 
         say("3/7 Prometheus with the shipped rules, PostgreSQL for the model's feedback (every pod of every version "
             "shares it), and the operator installed by the Helm chart as a pod")
-        feedback = postgres_env.start(pods=(real_node.HOST_IP, real_node.POD_CIDR))
-        parts["postgres"] = feedback
-        feedback_dsn = feedback.add_user("feedback", secrets.token_hex(16))
-        core.create_namespaced_secret(namespace, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=FEEDBACK_SECRET), string_data={"dsn": feedback_dsn}))
-        receiver = Receiver(real_node.HOST_IP)
-        parts["receiver"] = receiver
-        rules = work / "rules.yaml"
-        rules.write_text((REPO_ROOT / "manifests/prometheus/rules.yaml").read_text().replace("interval: 30s",
-                                                                                               "interval: 5s"))
-        targets = work / "targets.json"
-        targets.write_text("[]")
-        prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets,
-                                    host=real_node.HOST_IP)
-        parts["prometheus"] = prom
-        pod_targets = PodTargets(core, namespace, targets)
-        pod_targets.start()
-        parts["targets"] = pod_targets
-        install_operator(cluster, core, namespace, work, prom.url, receiver.url, feedback_dsn)
+        receiver = start_platform(cluster, core, namespace, work, parts)
         say(f"    operator pod Ready on {real_node.NODE_NAME} (image from operator/Dockerfile, built here)")
         load: LoadGenerator | None = None
 

@@ -10,7 +10,6 @@ applies and the operator's writes are counted from kustomize-controller's log an
 from __future__ import annotations
 
 import json
-import secrets
 import statistics
 import time
 import uuid
@@ -22,25 +21,19 @@ from kubernetes import client, config
 from localenv import cluster as cluster_env
 from localenv import flux as flux_env
 from localenv import modelwarden as modelwarden_env
-from localenv import node as real_node
-from localenv import postgres as postgres_env
-from localenv import prometheus as prometheus_env
-from localenv._proc import REPO_ROOT, EnvironmentStartError
+from localenv._proc import EnvironmentStartError
 from localenv.artifacts import ArtifactServer
 from localenv.demo import (
-    FEEDBACK_SECRET,
     MODEL,
     NAMESPACE_PREFIX,
     LoadGenerator,
-    PodTargets,
-    Receiver,
     inject_faults,
-    install_operator,
     mlmodel_body,
     model_pods,
     model_status,
     say,
     stack,
+    start_platform,
     status_line,
     wait_for,
 )
@@ -50,7 +43,7 @@ MODEL_FILE = f"models/{MODEL}.yaml"
 
 
 def get_model(custom: client.CustomObjectsApi, namespace: str) -> Any:
-    return get_model(custom, namespace)
+    return custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, MODEL)
 
 
 def config_maps(core: client.CoreV1Api, namespace: str) -> set[str]:
@@ -103,25 +96,7 @@ def run_gitops(keep: bool) -> int:
         parts["artifacts"] = artifacts
 
         say("3/8 Prometheus with the shipped rules, PostgreSQL for feedback, the operator from the Helm chart")
-        feedback = postgres_env.start(pods=(real_node.HOST_IP, real_node.POD_CIDR))
-        parts["postgres"] = feedback
-        feedback_dsn = feedback.add_user("feedback", secrets.token_hex(16))
-        core.create_namespaced_secret(namespace, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=FEEDBACK_SECRET), string_data={"dsn": feedback_dsn}))
-        receiver = Receiver(real_node.HOST_IP)
-        parts["receiver"] = receiver
-        rules = work / "rules.yaml"
-        rules.write_text((REPO_ROOT / "manifests/prometheus/rules.yaml").read_text().replace("interval: 30s",
-                                                                                               "interval: 5s"))
-        targets = work / "targets.json"
-        targets.write_text("[]")
-        prom = prometheus_env.start(work / "prometheus", scrape_interval="2s", rule_files=[rules], file_sd=targets,
-                                    host=real_node.HOST_IP)
-        parts["prometheus"] = prom
-        pod_targets = PodTargets(core, namespace, targets)
-        pod_targets.start()
-        parts["targets"] = pod_targets
-        install_operator(cluster, core, namespace, work, prom.url, receiver.url, feedback_dsn)
+        start_platform(cluster, core, namespace, work, parts)
 
         say(f"4/8 Flux {flux_env.SOURCE_CONTROLLER_VERSION} (source-controller, kustomize-controller) as host "
             "processes, each as its own ServiceAccount; a Git repository on loopback")
