@@ -209,7 +209,10 @@ def build_dockerfile(builder: Builder, name: str, dockerfile: Path, reference: s
     builder.export(reference, archive)
     _drop_stale(name, archive)
     # The previous build of this reference is untagged now; its layers would pile up in buildah's storage.
-    builder.run("rmi", "--prune", what="pruning untagged images")
+    try:
+        builder.run("rmi", "--prune", what="pruning untagged images")
+    except EnvironmentStartError as e:  # a build beside this one, or one killed midway, still uses a layer
+        progress("images", f"left untagged images for the next build to prune: {str(e).splitlines()[0]}")
     progress("images", f"{reference} built in {time.monotonic() - started:.0f}s")
     return BuiltImage(reference, archive)
 
