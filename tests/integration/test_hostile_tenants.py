@@ -53,7 +53,9 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
     uri2, sha2 = artifact(tmp_path, "v2")
     approve(api_clients, namespace, "m", "v1", sha1)
     approve(api_clients, namespace, "m", "v2", sha2)
-    admin.create(mlmodel("m", "v1", uri1, sha1, steps=steps))
+    # No warm standby: the rollback must take the artifact store's path, through the verification pool the hostile
+    # tenants are filling (a standby would serve v1 without verifying anything).
+    admin.create(mlmodel("m", "v1", uri1, sha1, steps=steps, rollback={"standby": {"replicas": 0}}))
     admin.wait_phase("m", Phase.STABLE, timeout=90, check=operator.check_alive)
     admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri2, "sha256": sha2}})
     wait_for(lambda: (s := admin.status("m")).phase == Phase.STABLE and s.stable is not None

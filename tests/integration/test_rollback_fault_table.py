@@ -189,7 +189,9 @@ def test_rollback_under_fault_on_the_real_api_server(
             for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
                 Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
             if version == "v1":
-                admin.create(mlmodel("m", "v1", uri, sha, steps=[{"setWeight": 100, "pauseSeconds": 0}]))
+                # No warm standby: these faults are on the artifact store's path, which a Ready standby skips.
+                admin.create(mlmodel("m", "v1", uri, sha, steps=[{"setWeight": 100, "pauseSeconds": 0}],
+                                     rollback={"standby": {"replicas": 0}}))
             else:
                 admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri, "sha256": sha}})
             op.until("m", lambda s, v=version: s.phase == Phase.STABLE and s.stable is not None
