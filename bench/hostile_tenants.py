@@ -77,7 +77,9 @@ def spec(version: str, uri: str, sha: str) -> dict[str, object]:
     return {"version": version, "artifact": {"uri": uri, "sha256": sha, "format": "skops"},
             "featureContract": {"name": "demo", "features": ["a", "b"], "nFeatures": 2},
             "serving": {"replicas": 2, "feedbackStore": FEEDBACK_STORE},
-            "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}]}}
+            "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}]},
+            # No warm standby: the rollback takes the artifact store's path, through the verification pool.
+            "rollback": {"standby": {"replicas": 0}}}
 
 
 def main() -> int:
@@ -95,6 +97,8 @@ def main() -> int:
     modelwarden_env.install(cluster)
     admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
     core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
+    oncall = client.CustomObjectsApi(config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfigs["oncall"])))
     approvers = Approvers(cluster)
     here, tenant = f"bench-here-{uuid.uuid4().hex[:6]}", f"bench-tenant-{uuid.uuid4().hex[:6]}"
     for ns in (here, tenant):
@@ -146,8 +150,12 @@ def main() -> int:
         assert done is not None, f"{name}: v2 not promoted"
 
     def rollback(name: str) -> float | None:
-        custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, here, api.MLMODEL_PLURAL, name, {
-            "metadata": {"annotations": {api.ANNOTATION_ROLLBACK: f"bench-{uuid.uuid4().hex[:6]}"}}})
+        # A ModelAction as on-call (what `modelwarden rollback` files; the annotation decides nothing).
+        model: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, here, api.MLMODEL_PLURAL, name)
+        uid = model["metadata"]["uid"]
+        oncall.create_namespaced_custom_object(api.GROUP, api.VERSION, here, api.ACTION_PLURAL, {
+            "apiVersion": api.API_VERSION, "kind": "ModelAction", "metadata": {"generateName": f"{name}-rollback-"},
+            "spec": {"modelRef": {"name": name}, "verb": "rollback", "requester": "oncall", "modelUid": uid}})
         return wait(lambda: restored_on(apps, here, name, shas[name][0]), args.limit)
 
     alone = [rollback(name) for name in models[:args.runs]]

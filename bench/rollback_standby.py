@@ -224,7 +224,7 @@ def main() -> int:
         root = Path(tmp)
         artifacts = build_artifacts(root)
         operator = modelwarden_env.OperatorProcess(cluster, root / "operator.log", env={
-            "MODELWARDEN_RESYNC_SECONDS": "5", "MODELWARDEN_ADMIN_TOKEN": "bench-admin-key"}).start()
+            "MODELWARDEN_RESYNC_SECONDS": "5"}).start()
         try:
             results: dict[str, list[float]] = {"standby, store down": [], "no standby, store up": []}
             idle: tuple[float, float] | None = None

@@ -375,7 +375,8 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
     try:
         yield parts
     finally:
-        for name in ("load", "writes", "flux", "git", "targets", "prometheus", "receiver", "artifacts"):
+        # flux_sync before flux: the controllers remove their own finalizers.
+        for name in ("load", "writes", "flux_sync", "flux", "git", "targets", "prometheus", "receiver", "artifacts"):
             part = parts.get(name)
             if part is not None:
                 with contextlib.suppress(Exception):

@@ -105,7 +105,9 @@ def run_gitops(keep: bool) -> int:
         git = flux_env.GitServer(work / "git")
         parts["flux"], parts["git"] = controllers, git
         repo = flux_env.GitRepo(git, "models")
-        flux_env.sync(cluster, namespace, repo.url)
+        synced = flux_env.sync(cluster, namespace, repo.url)
+        if not keep:  # removed at the end (with prune: the MLModel too), before the controllers stop
+            parts["flux_sync"] = synced
         say(f"    {repo.url}: ./models applied as {namespace}/{flux_env.APPLIER} (prune, wait); ./approvals/<role> "
             "as each approver")
 

@@ -330,7 +330,7 @@ def approvals_kustomization(namespace: str, role: str) -> str:
     return f"{namespace}-approvals-{role}"
 
 
-def sync(cluster: Cluster, namespace: str, repo_url: str, timeout: str = "10m") -> None:
+def sync(cluster: Cluster, namespace: str, repo_url: str, timeout: str = "10m") -> Synced:
     """Flux objects that apply ``./models`` into ``namespace`` (as its ``models-applier`` ServiceAccount; prune,
     wait for health) and ``./approvals/<role>`` as each approver (from ``flux-system``)."""
     objects: list[dict[str, Any]] = [
@@ -385,6 +385,27 @@ def sync(cluster: Cluster, namespace: str, repo_url: str, timeout: str = "10m") 
                                  "path": f"./approvals/{role}", "prune": True, "targetNamespace": namespace,
                                  "kubeConfig": {"secretRef": {"name": secret, "key": "value"}}}})
     _apply(cluster, objects)
+    return Synced(cluster, namespace)
+
+
+FLUX_KINDS = "kustomizations.kustomize.toolkit.fluxcd.io,gitrepositories.source.toolkit.fluxcd.io"
+
+
+@dataclass
+class Synced:
+    """The Flux objects ``sync`` made for one namespace. ``stop()`` deletes them while the controllers still run:
+    their finalizers would otherwise hold the namespace in Terminating and leave the ``flux-system`` ones behind."""
+
+    cluster: Cluster
+    namespace: str
+
+    def stop(self) -> None:
+        self.cluster.kubectl("delete", FLUX_KINDS, "--all", "-n", self.namespace, "--ignore-not-found",
+                             "--timeout=60s", check=False)
+        names = [f"kustomizations.kustomize.toolkit.fluxcd.io/{approvals_kustomization(self.namespace, role)}"
+                 for role in APPROVERS]
+        self.cluster.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "--timeout=60s", *names,
+                             f"gitrepositories.source.toolkit.fluxcd.io/{self.namespace}-models", check=False)
 
 
 def kustomization(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:

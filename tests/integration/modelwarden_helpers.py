@@ -27,6 +27,13 @@ def cli(cluster: Cluster, user: str, *args: str) -> subprocess.CompletedProcess[
                           text=True, check=False, timeout=60)
 
 
+def act(cluster: Cluster, user: str, verb: str, model: str, namespace: str, *args: str) -> None:
+    """``modelwarden VERB MODEL`` as ``user``: a ModelAction (the annotations that used to ask for this decide
+    nothing)."""
+    done = cli(cluster, user, verb, model, "-n", namespace, *args)
+    assert done.returncode == 0, done.stderr
+
+
 def artifact(directory: Path, version: str, payload: bytes | None = None) -> tuple[str, str]:
     """Write a model file; return (file:// uri, sha256)."""
     data = payload if payload is not None else f"model {version}".encode() * 64

@@ -19,7 +19,7 @@ from localenv.hostile_store import HostileStore, signed_directory, ten_hostile_m
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel, wait_for
+from tests.integration.modelwarden_helpers import Models, act, approval, artifact, mlmodel, wait_for
 
 MiB = 1 << 20
 
@@ -53,7 +53,9 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
     uri2, sha2 = artifact(tmp_path, "v2")
     approve(api_clients, namespace, "m", "v1", sha1)
     approve(api_clients, namespace, "m", "v2", sha2)
-    admin.create(mlmodel("m", "v1", uri1, sha1, steps=steps))
+    # No warm standby: the rollback must take the artifact store's path, through the verification pool the hostile
+    # tenants are filling (a standby would serve v1 without verifying anything).
+    admin.create(mlmodel("m", "v1", uri1, sha1, steps=steps, rollback={"standby": {"replicas": 0}}))
     admin.wait_phase("m", Phase.STABLE, timeout=90, check=operator.check_alive)
     admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri2, "sha256": sha2}})
     wait_for(lambda: (s := admin.status("m")).phase == Phase.STABLE and s.stable is not None
@@ -74,8 +76,7 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
         wait_for(lambda: any(artifact_reason(tenant, m.name) == api.Reason.VERIFICATION_PENDING for m in hostile),
                  timeout=60, what="a hostile verification in flight")
 
-        admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m", {
-            "metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "oncall-1"}}})
+        act(operator.cluster, "oncall", "rollback", "m", namespace)
         wait_for(lambda: (s := admin.status("m")).last_rollback is not None
                  and s.last_rollback.traffic_restored_at is not None, timeout=120, what="the rollback's traffic back")
         operator.check_alive()

@@ -32,7 +32,7 @@ def test_a_rollback_with_the_artifact_store_down_is_served_by_the_standby_throug
     v1, v2 = artifacts["v1"].sha256, artifacts["v2"].sha256
     story = Story(modelwarden_installed, real_namespace, artifacts)
     operator = OperatorProcess(modelwarden_installed, tmp_path / "operator.log", env={
-        "MODELWARDEN_RESYNC_SECONDS": "5", "MODELWARDEN_ADMIN_TOKEN": "integration-admin-key"}).start()
+        "MODELWARDEN_RESYNC_SECONDS": "5"}).start()
     try:
         server = ArtifactServer(tmp_path)
         try:

@@ -35,7 +35,7 @@ from localenv.cluster import Cluster
 from modelwarden.adapters.notify import WebhookNotifier
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import Models, act, approval, artifact, mlmodel
 from tests.integration.test_ledger import verify
 from tests.integration.test_rollback_triggers import InProcessOperator
 
@@ -189,7 +189,9 @@ def test_rollback_under_fault_on_the_real_api_server(
             for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
                 Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
             if version == "v1":
-                admin.create(mlmodel("m", "v1", uri, sha, steps=[{"setWeight": 100, "pauseSeconds": 0}]))
+                # No warm standby: these faults are on the artifact store's path, which a Ready standby skips.
+                admin.create(mlmodel("m", "v1", uri, sha, steps=[{"setWeight": 100, "pauseSeconds": 0}],
+                                     rollback={"standby": {"replicas": 0}}))
             else:
                 admin.patch_spec("m", {"version": "v2", "artifact": {"uri": uri, "sha256": sha}})
             op.until("m", lambda s, v=version: s.phase == Phase.STABLE and s.stable is not None
@@ -206,8 +208,7 @@ def test_rollback_under_fault_on_the_real_api_server(
         store.down_until = time.monotonic() + fault.store_503_seconds
         asked = time.monotonic()
         restarted = False
-        admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m",
-                                                    {"metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "oc-1"}}})
+        act(modelwarden_installed, "oncall", "rollback", "m", namespace)
         on_prior: float | None = None
         status = MLModelStatus()
         while time.monotonic() - asked < LIMIT_SECONDS:

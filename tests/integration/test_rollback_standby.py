@@ -14,6 +14,7 @@ from kubernetes import client
 from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
+from tests.integration.modelwarden_helpers import act
 from tests.integration.test_rollback_triggers import InProcessOperator, promoted_v2
 
 
@@ -49,8 +50,7 @@ def test_a_rollback_with_the_artifact_store_gone_is_served_by_the_standby(
 
     # The artifact store is gone (v1's file with it); an on-call rollback.
     (tmp_path / "model-v1.skops").unlink()
-    admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m",
-                                                {"metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "req1"}}})
+    act(modelwarden_installed, "oncall", "rollback", "m", namespace)
     seen = []
     status = api.MLModelStatus()
     for _ in range(30):
