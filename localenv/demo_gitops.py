@@ -198,7 +198,7 @@ def run_gitops(keep: bool) -> int:
         commit({MODEL_FILE: body("v2", v2), **approval_files("v2", v2.sha256)}, "fraud-scorer v2, approved")
         wait_for("canary answering", lambda: v2.sha256 in load.serving(), 300, line)
         generation_before: int = get_model(custom, namespace)["metadata"]["generation"]
-        hit = inject_faults(core, namespace, "canary")
+        hit = inject_faults(cluster, core, namespace, "canary")
         say(f"    faults set on {', '.join(hit)} (half their requests fail); nobody acts")
         halted = wait_for("automatic rollback", lambda: model_status(custom, namespace).phase == api.Phase.HALTED,
                           300, line)

@@ -22,7 +22,7 @@ from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
 from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
-from tests.integration.test_gitops_health import annotate, ready
+from tests.integration.test_gitops_health import act, ready
 from tests.integration.test_rollback_triggers import InProcessOperator
 
 MODEL = "m"
@@ -101,7 +101,7 @@ def test_commits_drive_the_model_through_flux(
 
     # A rollback while Flux waits on v2 (here asked for by a person; tests/e2e has errors on real pods): the
     # Kustomization fails at once with the MLModel's Stalled message, and Flux does not fight the rollback.
-    annotate(admin, MODEL, api.ANNOTATION_ROLLBACK, "req-1")
+    act(cluster, "oncall", "rollback", MODEL, namespace)
     halted = op.until(MODEL, lambda s: s.phase == Phase.HALTED)
     stalled = next(c for c in halted.conditions if c.type == "Stalled")
     assert stalled.status == "True" and stalled.reason == "ManualRollback"

@@ -19,7 +19,7 @@ from localenv.hostile_store import HostileStore, signed_directory, ten_hostile_m
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel, wait_for
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel, wait_for
 
 MiB = 1 << 20
 
@@ -74,8 +74,8 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
         wait_for(lambda: any(artifact_reason(tenant, m.name) == api.Reason.VERIFICATION_PENDING for m in hostile),
                  timeout=60, what="a hostile verification in flight")
 
-        admin.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MLMODEL_PLURAL, "m", {
-            "metadata": {"annotations": {api.ANNOTATION_ROLLBACK: "oncall-1"}}})
+        filed = cli(operator.cluster, "oncall", "rollback", "m", "-n", namespace, "-o", "json")
+        assert filed.returncode == 0, filed.stderr
         wait_for(lambda: (s := admin.status("m")).last_rollback is not None
                  and s.last_rollback.traffic_restored_at is not None, timeout=120, what="the rollback's traffic back")
         operator.check_alive()
