@@ -163,6 +163,7 @@ def main() -> int:
     alone = [rollback(name) for name in models[:args.runs]]
     key, public = write_key(work)
     big_sha = signed_directory(work / "store" / "big", key, model_bytes=64 * MiB)
+    modelwarden_env.trust_artifact_keys(cluster, {"release": public.decode()}, "hostile-tenants-bench")
     core.create_namespaced_config_map(tenant, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="trusted-keys"),
                                                                  data={"release.pub": public.decode()}))
     with HostileStore(work / "store", zeros_per_second=args.zeros_mib_per_second * MiB) as store:

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from localenv import cluster as cluster_env
 from localenv.hostile_store import HostileStore, signed_directory, ten_hostile_models, write_key
-from localenv.modelwarden import OperatorProcess
+from localenv.modelwarden import OperatorProcess, trust_artifact_keys
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
 from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel, wait_for
@@ -61,6 +61,8 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
 
     key, public = write_key(tmp_path)
     big_sha = signed_directory(tmp_path / "store" / "big", key, model_bytes=64 * MiB)
+    # the cluster's TrustPolicy trusts the key (issue 27); the namespace's ConfigMap narrows to it
+    trust_artifact_keys(operator.cluster, {"release": public.decode()}, "hostile-tenants-test")
     client.CoreV1Api(api_clients["admin"]).create_namespaced_config_map(hostile_namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="trusted-keys"), data={"release.pub": public.decode()}))
     tenant = Models(api_clients["admin"], hostile_namespace)
