@@ -4,16 +4,17 @@
 
 Real control plane (private environment, KWOK nodes), real operator process (MODELWARDEN_RESYNC_SECONDS=10, its
 TMPDIR a directory of its own so its temporary-file use can be measured). ``2 x runs`` models are each promoted
-v1 → v2; then ``runs`` of them are rolled back (the deprecated annotation, as an on-call engineer would) with no
-other tenant, then the ten hostile models of localenv.hostile_store (trickling, huge declared sizes, a manifest
-declaring 1 TiB, an endless body, a 64 MiB signed model within and over its limits) are created in another
-namespace and the other ``runs`` models are rolled back while those are verified. Each rollback is timed from
-the annotation to the stable Deployment fully rolled out and Ready on v1's sha256 with no canary; a rollback
-that takes longer than ``--limit`` seconds is reported as such. The operator's peak RSS (VmHWM) and the peak size
-of its TMPDIR (sampled every 0.1 s) are reported for the whole run.
+v1 → v2; then ``runs`` of them are rolled back (a rollback ModelAction filed as the on-call engineer, as
+``modelwarden rollback`` does) with no other tenant, then the ten hostile models of localenv.hostile_store
+(trickling, huge declared sizes, a manifest declaring 1 TiB, an endless body, a 64 MiB signed model within and
+over its limits) are created in another namespace and the other ``runs`` models are rolled back while those are
+verified. Each rollback is timed from the action's creation to the stable Deployment fully rolled out and Ready on
+v1's sha256 with no canary; a rollback that takes longer than ``--limit`` seconds is reported as such. The
+operator's peak RSS (VmHWM) and the peak size of its TMPDIR (sampled every 0.1 s) are reported for the whole run.
 
 ``--before DIR`` runs the operator from another source tree's ``operator/`` (e.g. ``git archive <commit>
-operator | tar -x -C DIR``) against the same scenario, for a before/after comparison.
+operator | tar -x -C DIR``) against the same scenario, for a before/after comparison; that tree must act on
+ModelActions (issue 27), since the rollback annotation decides nothing any more.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main() -> int:
     oncall = client.CustomObjectsApi(config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(cluster.kubeconfigs["oncall"])))
     approvers = Approvers(cluster)
+    oncall = client.CustomObjectsApi(
+        config.new_client_from_config(config_file=str(cluster.kubeconfigs["oncall"])))  # type: ignore[no-untyped-call]
     here, tenant = f"bench-here-{uuid.uuid4().hex[:6]}", f"bench-tenant-{uuid.uuid4().hex[:6]}"
     for ns in (here, tenant):
         core.create_namespace(cluster_env.simulated_nodes_namespace(ns))
@@ -150,17 +153,21 @@ def main() -> int:
         assert done is not None, f"{name}: v2 not promoted"
 
     def rollback(name: str) -> float | None:
-        # A ModelAction as on-call (what `modelwarden rollback` files; the annotation decides nothing).
-        model: Any = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, here, api.MLMODEL_PLURAL, name)
-        uid = model["metadata"]["uid"]
+        # the ModelAction `modelwarden rollback` files, created directly so that the CLI's start-up is not timed
+        uid = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, here, api.MLMODEL_PLURAL, name)[
+            "metadata"]["uid"]
+        action = api.ModelActionSpec(model_ref=api.ModelRef(name=name), verb="rollback", requester="oncall",
+                                     model_uid=uid)
         oncall.create_namespaced_custom_object(api.GROUP, api.VERSION, here, api.ACTION_PLURAL, {
-            "apiVersion": api.API_VERSION, "kind": "ModelAction", "metadata": {"generateName": f"{name}-rollback-"},
-            "spec": {"modelRef": {"name": name}, "verb": "rollback", "requester": "oncall", "modelUid": uid}})
+            "apiVersion": api.API_VERSION, "kind": "ModelAction",
+            "metadata": {"generateName": f"{name}-rollback-", "labels": {api.LABEL_MODEL: name}},
+            "spec": action.wire()})
         return wait(lambda: restored_on(apps, here, name, shas[name][0]), args.limit)
 
     alone = [rollback(name) for name in models[:args.runs]]
     key, public = write_key(work)
     big_sha = signed_directory(work / "store" / "big", key, model_bytes=64 * MiB)
+    modelwarden_env.trust_artifact_keys(cluster, {"release": public.decode()}, "hostile-tenants-bench")
     core.create_namespaced_config_map(tenant, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="trusted-keys"),
                                                                  data={"release.pub": public.decode()}))
     with HostileStore(work / "store", zeros_per_second=args.zeros_mib_per_second * MiB) as store:

@@ -108,6 +108,16 @@ def trusted_ledger_key(cluster: Cluster) -> Path:
     return path
 
 
+def trust_artifact_keys(cluster: Cluster, keys: dict[str, str], manager: str) -> None:
+    """As the cluster administrator: the cluster's TrustPolicy trusts these artifact keys (name → PEM), under field
+    manager ``manager`` (so the ledger key :func:`trusted_ledger_key` put there stays). A namespace's ConfigMap can
+    only narrow this list (issue 27)."""
+    policy = {"apiVersion": "modelwarden.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": TRUST_POLICY},
+              "spec": {"artifactKeys": [{"name": name, "publicKey": pem} for name, pem in keys.items()]}}
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={manager}", "-f", "-",
+                    input=json.dumps(policy))
+
+
 OPERATOR_NAMESPACE = "modelwarden-system"
 OPERATOR_SERVICE_ACCOUNT = "modelwarden-operator"
 

@@ -21,8 +21,8 @@ from localenv import flux as flux_env
 from localenv.cluster import Cluster
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
-from tests.integration.modelwarden_helpers import Models, act, approval, artifact, mlmodel
-from tests.integration.test_gitops_health import ready
+from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.test_gitops_health import act, ready
 from tests.integration.test_rollback_triggers import InProcessOperator
 
 MODEL = "m"

@@ -16,10 +16,10 @@ from kubernetes import client
 
 from localenv import cluster as cluster_env
 from localenv.hostile_store import HostileStore, signed_directory, ten_hostile_models, write_key
-from localenv.modelwarden import OperatorProcess
+from localenv.modelwarden import OperatorProcess, trust_artifact_keys
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, act, approval, artifact, mlmodel, wait_for
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel, wait_for
 
 MiB = 1 << 20
 
@@ -63,6 +63,8 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
 
     key, public = write_key(tmp_path)
     big_sha = signed_directory(tmp_path / "store" / "big", key, model_bytes=64 * MiB)
+    # the cluster's TrustPolicy trusts the key (issue 27); the namespace's ConfigMap narrows to it
+    trust_artifact_keys(operator.cluster, {"release": public.decode()}, "hostile-tenants-test")
     client.CoreV1Api(api_clients["admin"]).create_namespaced_config_map(hostile_namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="trusted-keys"), data={"release.pub": public.decode()}))
     tenant = Models(api_clients["admin"], hostile_namespace)
@@ -76,7 +78,8 @@ def test_a_rollback_completes_while_another_namespace_serves_ten_hostile_artifac
         wait_for(lambda: any(artifact_reason(tenant, m.name) == api.Reason.VERIFICATION_PENDING for m in hostile),
                  timeout=60, what="a hostile verification in flight")
 
-        act(operator.cluster, "oncall", "rollback", "m", namespace)
+        filed = cli(operator.cluster, "oncall", "rollback", "m", "-n", namespace, "-o", "json")
+        assert filed.returncode == 0, filed.stderr
         wait_for(lambda: (s := admin.status("m")).last_rollback is not None
                  and s.last_rollback.traffic_restored_at is not None, timeout=120, what="the rollback's traffic back")
         operator.check_alive()

@@ -35,7 +35,7 @@ from localenv.cluster import Cluster
 from modelwarden.adapters.notify import WebhookNotifier
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
-from tests.integration.modelwarden_helpers import Models, act, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
 from tests.integration.test_ledger import verify
 from tests.integration.test_rollback_triggers import InProcessOperator
 
@@ -208,7 +208,9 @@ def test_rollback_under_fault_on_the_real_api_server(
         store.down_until = time.monotonic() + fault.store_503_seconds
         asked = time.monotonic()
         restarted = False
-        act(modelwarden_installed, "oncall", "rollback", "m", namespace)
+        # on-call files the rollback (a ModelAction bound to the model's uid), as the runbook says
+        filed = cli(modelwarden_installed, "oncall", "rollback", "m", "-n", namespace, "-o", "json")
+        assert filed.returncode == 0, filed.stderr
         on_prior: float | None = None
         status = MLModelStatus()
         while time.monotonic() - asked < LIMIT_SECONDS:
