@@ -30,18 +30,23 @@ def test_history_rollback_resume_disable_enable_as_a_user_runs_them(
     for version, sha in (("v1", sha1), ("v2", sha2)):
         for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
             Models(api_clients[user], namespace).approve(approval("loans", version, sha, role, user))
+    for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
+        Models(api_clients[user], namespace).approve(approval("solo", "v1", sha1, role, user))
     admin.create(mlmodel("loans", "v1", uri1, sha1))
+    admin.create(mlmodel("solo", "v1", uri1, sha1))
     admin.wait_phase("loans", Phase.STABLE, timeout=90, check=operator.check_alive)
+    admin.wait_phase("solo", Phase.STABLE, timeout=90, check=operator.check_alive)
 
-    # rollback with nothing earlier to go back to: the model halts on what it serves, and says why
-    done = modelwarden(operator, "oncall", "rollback", "loans", "-n", namespace)
+    # rollback with nothing earlier to go back to: the model halts on what it serves, and says why. (Its own
+    # model: a version rolled back once is never a rollback target again, so `loans` keeps v1 eligible below.)
+    done = modelwarden(operator, "oncall", "rollback", "solo", "-n", namespace)
     assert done.returncode == 0, done.stderr
-    status = admin.wait_phase("loans", Phase.HALTED, timeout=60, check=operator.check_alive)
+    status = admin.wait_phase("solo", Phase.HALTED, timeout=60, check=operator.check_alive)
     assert status.stable is not None and status.stable.version == "v1"
-    assert "NoRollbackTarget" in {e.reason for e in admin.events("loans")}
-    done = modelwarden(operator, "oncall", "resume", "loans", "-n", namespace)
+    assert "NoRollbackTarget" in {e.reason for e in admin.events("solo")}
+    done = modelwarden(operator, "oncall", "resume", "solo", "-n", namespace)
     assert done.returncode == 0, done.stderr
-    admin.wait_phase("loans", Phase.STABLE, timeout=60, check=operator.check_alive)
+    admin.wait_phase("solo", Phase.STABLE, timeout=60, check=operator.check_alive)
 
     admin.patch_spec("loans", {"version": "v2", "artifact": {"uri": uri2, "sha256": sha2}})
     admin.wait_phase("loans", Phase.STABLE, timeout=120, check=operator.check_alive,
