@@ -237,6 +237,8 @@ def up(state_dir: Path | None = None) -> Cluster:
     existing = Cluster.load(state_dir)
     if existing and existing.healthy():
         progress("cluster", f"already running at {existing.server}")
+        if has_node:
+            real_node.refresh_images(state_dir)
         return existing
     if existing:
         progress("cluster", "stale state found; restarting")

@@ -438,6 +438,15 @@ def _import_images(ctr: Path, paths: NodePaths, built: list[images.BuiltImage]) 
         progress("node", f"imported {image.reference} in {time.monotonic() - started:.0f}s")
 
 
+def refresh_images(state_dir: Path) -> None:
+    """Import into a running node's containerd the images built since it started: a reused cluster must not run
+    new pods from images of older sources (the tag stays, the content changes)."""
+    paths = NodePaths(state_dir / "node")
+    if not paths.socket.exists():
+        return
+    _import_images(require_debian_package("ctr", "containerd"), paths, images.build_all())
+
+
 def start(state_dir: Path, server: str, pki: Path, bin_dir: Path, admin_kubectl: list[str]) -> dict[str, int]:
     """Start containerd, import the images, then kubelet and kube-proxy; wait until the node is Ready.
 
