@@ -224,6 +224,7 @@ class GitServer:
 
     def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
