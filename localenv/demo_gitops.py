@@ -209,16 +209,21 @@ def run_gitops(keep: bool) -> int:
         wait_for("Kustomization Ready", lambda: kustomization()[0] == "True", 180, line)
         wait_for("v3 serving", lambda: load.serving() == {v3.sha256}, 120, line)
         say(f"    {line()}")
-        version_before = get_model(custom, namespace)["metadata"]["resourceVersion"]
+        # What a withdrawn approval must not cause: a spec write (Flux) or a rollback. Status writes go on (the
+        # operator records the budget it reads from the live Prometheus).
+        generation_v3 = get_model(custom, namespace)["metadata"]["generation"]
+        rollback_before = model_status(custom, namespace).last_rollback
         commit({f"approvals/finance/{MODEL}-v3.yaml": None}, "withdraw finance's approval of v3")
         wait_for("approval pruned", lambda: f"{MODEL}-v3-finance" not in {
             a["metadata"]["name"] for a in listing(custom, namespace, api.APPROVAL_PLURAL)}, 60)
         time.sleep(15)
         after = model_status(custom, namespace)
         still_v3 = after.phase == api.Phase.STABLE and load.serving() == {v3.sha256}
-        unchanged = get_model(custom, namespace)["metadata"]["resourceVersion"] == version_before
+        unchanged = get_model(custom, namespace)["metadata"]["generation"] == generation_v3
+        rolled_back_again = after.last_rollback != rollback_before
         print(f"\nApproval withdrawn: phase {after.phase}, serving {sorted(load.serving())[0][:12]}… (v3), MLModel "
-              f"{'not written' if unchanged else 'written'}; rollbacks since: none", flush=True)
+              f"spec {'not written' if unchanged else 'written'}; rollbacks since: "
+              f"{'one' if rolled_back_again else 'none'}", flush=True)
 
         say("8/8 commit removing the MLModel (prune: true) → Flux deletes it")
         incidents = sorted(n for n in config_maps(core, namespace) if n.startswith(f"{MODEL}-rb-"))
@@ -251,5 +256,5 @@ def run_gitops(keep: bool) -> int:
               f"(over {len(latencies)} commits)", flush=True)
         say(f"done in {time.monotonic() - started:.0f}s")
         ok = (rolled_back and generation_after == generation_before and counts["spec"] == 2 and still_v3
-              and unchanged and k_status == "False" and f"MLModel/{namespace}/{MODEL} status: 'Failed'" in k_message)
+              and unchanged and not rolled_back_again and k_status == "False" and f"MLModel/{namespace}/{MODEL} status: 'Failed'" in k_message)
         return 0 if ok else 1

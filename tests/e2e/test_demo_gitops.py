@@ -32,7 +32,7 @@ def test_commits_through_flux_roll_out_roll_back_and_resume() -> None:
                             r"spec owned by \['kustomize-controller'\]", out)
     assert generations is not None and generations.group(1) == generations.group(2), out[-4000:]
     assert "operator: " in out and re.search(r"spec writes 0\b", out), out[-4000:]
-    assert "Approval withdrawn: phase Stable" in out and "MLModel not written" in out
+    assert "Approval withdrawn: phase Stable" in out and "MLModel spec not written; rollbacks since: none" in out
     assert "deleted with it (owner references)" in out and "decision ledger: " in out
     counts = re.search(r"writes seen on the MLModel: (\{.*\})", out)
     assert counts is not None and json.loads(counts.group(1))["spec"] == 2, out[-3000:]
