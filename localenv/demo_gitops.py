@@ -256,5 +256,6 @@ def run_gitops(keep: bool) -> int:
               f"(over {len(latencies)} commits)", flush=True)
         say(f"done in {time.monotonic() - started:.0f}s")
         ok = (rolled_back and generation_after == generation_before and counts["spec"] == 2 and still_v3
-              and unchanged and not rolled_back_again and k_status == "False" and f"MLModel/{namespace}/{MODEL} status: 'Failed'" in k_message)
+              and unchanged and not rolled_back_again and k_status == "False"
+              and f"MLModel/{namespace}/{MODEL} status: 'Failed'" in k_message)
         return 0 if ok else 1
