@@ -216,6 +216,23 @@ class LoadGenerator:
 # --- the story ----------------------------------------------------------------------------------------------
 
 
+def start_cluster(parts: dict[str, Any]) -> tuple[cluster_env.Cluster, client.CoreV1Api, client.CustomObjectsApi, str]:
+    """The control plane with its real node, ModelWarden's CRDs and identities, and a fresh ``restricted``
+    namespace for the story (recorded in ``parts`` for the clean-up)."""
+    cluster = cluster_env.up()
+    if not cluster_env.with_real_node():
+        raise EnvironmentStartError("the demo runs on the real node; MODELWARDEN_NODE=none started without it")
+    modelwarden_env.install(cluster)
+    admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
+    core, custom = client.CoreV1Api(admin), client.CustomObjectsApi(admin)
+    namespace = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted",
+                                "pod-security.kubernetes.io/enforce-version": "latest"})))
+    parts.update(core=core, namespace=namespace)
+    return cluster, core, custom, namespace
+
+
 def start_platform(cluster: cluster_env.Cluster, core: client.CoreV1Api, namespace: str, work: Path,
                    parts: dict[str, Any]) -> Receiver:
     """PostgreSQL for the model's feedback (every pod of every version shares it), Prometheus scraping the model's
@@ -402,17 +419,7 @@ def run(keep: bool, inject: str, trigger: str = "ErrorBudgetExhausted") -> int:
     with stack(keep) as parts:
         work: Path = parts["work"]
         say("1/7 local Kubernetes control plane and its real node (built from the Go module proxy on first use)")
-        cluster = cluster_env.up()
-        if not cluster_env.with_real_node():
-            raise EnvironmentStartError("the demo runs on the real node; MODELWARDEN_NODE=none started without it")
-        modelwarden_env.install(cluster)
-        admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
-        core, custom = client.CoreV1Api(admin), client.CustomObjectsApi(admin)
-        namespace = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-            name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted",
-                                    "pod-security.kubernetes.io/enforce-version": "latest"})))
-        parts.update(core=core, namespace=namespace)
+        cluster, core, custom, namespace = start_cluster(parts)
 
         say("2/7 two model versions: trained, saved as ONNX with manifest.json (sha256 of every file), served over "
             f"HTTP on {real_node.HOST_IP} for the pods to fetch")

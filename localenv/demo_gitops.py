@@ -12,20 +12,15 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
-from localenv import cluster as cluster_env
 from localenv import flux as flux_env
-from localenv import modelwarden as modelwarden_env
-from localenv._proc import EnvironmentStartError
 from localenv.artifacts import ArtifactServer
 from localenv.demo import (
     MODEL,
-    NAMESPACE_PREFIX,
     LoadGenerator,
     inject_faults,
     mlmodel_body,
@@ -33,6 +28,7 @@ from localenv.demo import (
     model_status,
     say,
     stack,
+    start_cluster,
     start_platform,
     status_line,
     wait_for,
@@ -70,17 +66,7 @@ def run_gitops(keep: bool) -> int:
     with stack(keep) as parts:
         work: Path = parts["work"]
         say("1/8 local Kubernetes control plane and its real node")
-        cluster = cluster_env.up()
-        if not cluster_env.with_real_node():
-            raise EnvironmentStartError("the demo runs on the real node; MODELWARDEN_NODE=none started without it")
-        modelwarden_env.install(cluster)
-        admin = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))  # type: ignore[no-untyped-call]
-        core, custom = client.CoreV1Api(admin), client.CustomObjectsApi(admin)
-        namespace = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-            name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted",
-                                    "pod-security.kubernetes.io/enforce-version": "latest"})))
-        parts.update(core=core, namespace=namespace)
+        cluster, core, custom, namespace = start_cluster(parts)
 
         say("2/8 three model versions (ONNX + manifest.json), served over HTTP for the pods to fetch")
         v1 = build_demo_artifact(work / "v1", fmt="onnx", model=MODEL, version="v1",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 from kubernetes import client
 
 from localenv.cluster import Cluster
+from localenv.modelwarden import trust_artifact_keys
 from model_server.demo_artifact import build_demo_artifact, train
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import Phase
@@ -69,15 +69,6 @@ CASES: list[tuple[str, Callable[[Path], None], str, str]] = [
 ]
 
 
-def trust_artifact_keys(cluster: Cluster, keys: dict[str, str]) -> None:
-    """As the cluster administrator: the cluster's TrustPolicy trusts these artifact keys (its own field manager,
-    so the ledger key the local environment put there stays)."""
-    policy = {"apiVersion": api.API_VERSION, "kind": "TrustPolicy", "metadata": {"name": api.TRUST_POLICY_NAME},
-              "spec": {"artifactKeys": [{"name": name, "publicKey": pem} for name, pem in keys.items()]}}
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=signature-gate-test", "-f", "-",
-                    input=json.dumps(policy))
-
-
 @contextlib.contextmanager
 def served_over_http(root: Path) -> Iterator[str]:
     """``root`` on a loopback HTTP server, as an artifact store (or the local environment) serves it to pods."""
@@ -107,7 +98,7 @@ def _signature_gate_story(scheme: str, base_url: str, modelwarden_installed: Clu
     tenant, tenant_pub = write_key(tmp_path, "tenant")
     # The cluster administrator trusts the release key cluster-wide (issue 27); the namespace lists it and, to try
     # widening the cluster's trust, a key of its own.
-    trust_artifact_keys(modelwarden_installed, {"release": release_pub.decode()})
+    trust_artifact_keys(modelwarden_installed, {"release": release_pub.decode()}, "signature-gate-test")
     client.CoreV1Api(api_clients["admin"]).create_namespaced_config_map(namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="trusted-keys"),
         data={"release.pub": release_pub.decode(), "tenant.pub": tenant_pub.decode()}))
