@@ -229,7 +229,7 @@ def start_cluster(parts: dict[str, Any]) -> tuple[cluster_env.Cluster, client.Co
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted",
                                 "pod-security.kubernetes.io/enforce-version": "latest"})))
-    parts.update(core=core, namespace=namespace)
+    parts.update(cluster=cluster, core=core, namespace=namespace)
     return cluster, core, custom, namespace
 
 
@@ -324,7 +324,9 @@ def install_operator(cluster: cluster_env.Cluster, core: client.CoreV1Api, names
                          "grafanaUrl": receiver_url, "webhookFlavor": "pagerduty"},
               "secrets": {"existingSecret": OPERATOR_SECRET}}
     (work / "values.json").write_text(json.dumps(values))
-    rendered = run_command([helm, "template", "modelwarden", CHART, "--namespace", namespace,
+    # The release is named after the namespace: the chart's cluster-scoped objects (the ledger ClusterRole and its
+    # binding) carry the release's name, and "modelwarden" would take over the local environment's own binding.
+    rendered = run_command([helm, "template", namespace, CHART, "--namespace", namespace,
                             "-f", work / "values.json"], "helm template")
     cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=with_fault_injection(rendered))
 
@@ -405,6 +407,10 @@ def stack(keep: bool) -> Iterator[dict[str, Any]]:
             if "namespace" in parts and "core" in parts:
                 with contextlib.suppress(Exception):
                     parts["core"].delete_namespace(parts["namespace"])
+                with contextlib.suppress(Exception):  # the release's cluster-scoped objects outlive its namespace
+                    kinds = "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding"
+                    parts["cluster"].kubectl("delete", kinds, "--ignore-not-found",
+                                             "-l", f"app.kubernetes.io/instance={parts['namespace']}")
             if not was_running:
                 cluster_env.down()
             shutil.rmtree(work, ignore_errors=True)
