@@ -517,28 +517,26 @@ def start(state_dir: Path, server: str, pki: Path, bin_dir: Path, admin_kubectl:
     return pids
 
 
+def _cgroup_dirs(top: Path) -> list[Path]:
+    """``top`` and every cgroup below it, deepest first. The kubelet and containerd remove cgroups while we walk
+    (a pod's teardown races ours): ``os.walk`` skips a directory that vanished where ``Path.rglob`` raises."""
+    return [Path(d) for d, _, _ in os.walk(top, topdown=False)]
+
+
 def _kill_cgroup_tree(name: str) -> None:
     """Kill every process in the ``name`` cgroup (all hierarchies) and remove the cgroups, deepest first."""
     for _ in range(3):
         for hierarchy in CGROUP_ROOT.iterdir():
-            top = hierarchy / name
-            if not top.is_dir():
-                continue
-            for procs in top.rglob("cgroup.procs"):
+            for d in _cgroup_dirs(hierarchy / name):
                 with contextlib.suppress(OSError):
-                    for pid in procs.read_text().split():
+                    for pid in (d / "cgroup.procs").read_text().split():
                         with contextlib.suppress(ProcessLookupError, ValueError):
                             os.kill(int(pid), signal.SIGKILL)
         time.sleep(0.3)
         for hierarchy in CGROUP_ROOT.iterdir():
-            top = hierarchy / name
-            if not top.is_dir():
-                continue
-            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            for d in _cgroup_dirs(hierarchy / name):
                 with contextlib.suppress(OSError):
                     d.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
 
 
 def _unmount_under(root: Path) -> None:
