@@ -13,7 +13,7 @@ BUILD := bash hack/build-env.sh $(PY)
 CACHE_DIR := $${MODELWARDEN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/modelwarden}
 
 .PHONY: help install lint typecheck test test-unit test-integration test-e2e cluster-up cluster-down cluster-build \
-        system-deps demo clean crds rules docs flux-build-background cluster-build-background
+        system-deps demo clean crds rules docs build-background
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,21 +65,19 @@ test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under
 	@$(BUILD)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-# Flux (source- and kustomize-controller, ~10 min cold) builds beside the lint, unit and integration tests; only the
-# tests that need it wait for it (the `flux` fixture runs last and blocks on hack/build-flux.sh's lock).
-flux-build-background: ## start hack/build-flux.sh in the background (log: flux-build.log in the cache)
-	@log="$(CACHE_DIR)/flux-build.log"; \
-	  mkdir -p "$$(dirname "$$log")"; nohup bash hack/build-flux.sh >"$$log" 2>&1 </dev/null & \
-	  echo "[flux] building source- and kustomize-controller in the background (log: $$log)"
+# Cold, the builds are the longest part of `make test`. One background job starts at once, beside the lint and unit
+# tests: the Kubernetes binaries and the node's images first (the integration tests' own build waits on
+# hack/build-env.sh's lock, and reports a failure again), then Flux, which only the last tests need (the `flux`
+# fixture and `demo --gitops` wait on hack/build-flux.sh's lock): it compiles while the integration tests wait on
+# pods and timers, instead of taking the CPUs from the Kubernetes build.
+build-background: $(STAMP) system-deps ## start hack/build-env.sh, then hack/build-flux.sh, in the background (logs in the cache)
+	@cache="$(CACHE_DIR)"; mkdir -p "$$cache"; \
+	  nohup bash -c '$(BUILD) >"$$0/env-build.log" 2>&1; bash hack/build-flux.sh >"$$0/flux-build.log" 2>&1' \
+	    "$$cache" </dev/null >/dev/null 2>&1 & \
+	  echo "[build] Kubernetes, the node's images, then Flux: building in the background (logs: $$cache/env-build.log," \
+	       "$$cache/flux-build.log)"
 
-# Cold, the Kubernetes build is the longest part of `make test`: it starts beside the lint and unit tests, and
-# test-integration's own build waits for it (hack/build-env.sh's lock). A failure there is reported again there.
-cluster-build-background: $(STAMP) system-deps ## start hack/build-env.sh in the background (log: env-build.log in the cache)
-	@log="$(CACHE_DIR)/env-build.log"; \
-	  mkdir -p "$$(dirname "$$log")"; nohup $(BUILD) >"$$log" 2>&1 </dev/null & \
-	  echo "[build] Kubernetes binaries and the node's images building in the background (log: $$log)"
-
-test: flux-build-background cluster-build-background lint typecheck test-unit test-integration test-e2e ## everything CI runs
+test: build-background lint typecheck test-unit test-integration test-e2e ## everything CI runs
 
 demo: $(STAMP) system-deps ## the main job: v1 approved and served, v2 canaried and promoted, errors injected, automatic rollback to v1's SHA256
 	@$(BUILD)

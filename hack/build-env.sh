@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build everything the local environment runs (the pinned Kubernetes binaries and KWOK, the node's images), one
-# build at a time: `make test` starts it in the background at once (cluster-build-background) and the tests' own
+# build at a time: `make test` starts it in the background at once (build-background) and the tests' own
 # call waits on the lock below, then finds everything cached. The images (debootstrap, pip downloads: mostly the
 # network and the disk) build while the Go compiler has the CPUs.
 # usage: hack/build-env.sh PYTHON    (progress on stderr; exit status non-zero if either build failed)
