@@ -89,7 +89,7 @@ class ModelServer:
                                    dataplane=self.dataplane, store=self.store, feedback=self.feedback,
                                    records=self.records, mirror=self.mirror, comparator=self.comparator,
                                    errors=self.errors)
-        timer = InferenceTimer(self.metrics, self.lifecycle)
+        timer = InferenceTimer(self.metrics)
         self.v1 = V1Endpoints(s, self.dataplane, timer)
         self.v2 = V2Endpoints(s, self.dataplane, self.lifecycle, self.governance, timer)
         self.service = ServiceEndpoints(s, self.dataplane, self.lifecycle, self.governance, self.metrics,

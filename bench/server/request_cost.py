@@ -80,7 +80,7 @@ def strip(app: ModelServer, stages: tuple[str, ...]) -> None:
     app.router.add("/v2/models/{name}/infer", "POST", app.v2.infer)
 
     async def untimed(work: Any) -> Any:
-        return await work()
+        return await work
 
     if "metrics" in stages:  # outcome counter and latency histogram (one InferenceTimer serves every protocol)
         timer.timed = untimed  # type: ignore[method-assign]
