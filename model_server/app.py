@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from model_server import auth
@@ -194,7 +193,7 @@ class ModelServer:
                            level=logging.ERROR, path=path, exc_info=True)
             response = error_response(HttpError(500, "INTERNAL_ERROR"), oip=path.startswith("/v2"))
         # Every answer says which server made it: load through a Service can be counted by version and sha256.
-        await send_response(send, replace(response, headers=[*response.headers, *self._served_by]))
+        await send_response(send, response, self._served_by)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
