@@ -173,13 +173,10 @@ class ModelServer:
     # ------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # the HTTP answer inline below: one coroutine less on every request
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
         path: str = scope["path"]
         try:
             handler, params = self.router.resolve(path, scope["method"])
