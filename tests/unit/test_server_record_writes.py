@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from model_server.records import RecordBuffer
 from model_server.store import PredictionRecord, SqliteFeedbackStore
 
 
@@ -29,3 +30,16 @@ def test_a_flush_of_any_size_stores_each_record_once_and_intact(tmp_path: Path, 
         assert stored == flush + 3
     finally:
         store.close()
+
+
+def test_a_full_buffer_drops_and_counts_the_oldest_records_first() -> None:
+    dropped: list[int] = []
+    buffer = RecordBuffer(max_pending=5, on_drop=dropped.append)
+    records = _records(0, 9)
+    buffer.add(records[:3])
+    for record in records[3:7]:
+        buffer.append(record)  # one request's record: the usual case
+    buffer.add(records[7:])
+    assert sum(dropped) == 4
+    with buffer.taken() as batch:
+        assert batch == records[4:]
