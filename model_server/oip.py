@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from model_server.batching import all_finite
 from model_server.http import HttpError, invalid_input, parse_json
 from modelwarden.artifacts import FeatureContract, FeatureMismatch
 
@@ -192,11 +193,11 @@ def decode_tensor(t: Any, limits: Limits, binary: memoryview, offset: int) -> tu
         if size != elements * dtype.itemsize or size > len(binary) - offset:
             raise invalid_input(f"binary_data_size {size} does not hold shape {shape} of {datatype} "
                                 f"({elements * dtype.itemsize} bytes; {len(binary) - offset} arrived)", tensor=name)
-        values = np.frombuffer(binary[offset:offset + size], dtype=dtype)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).astype(np.float64)
+        data = array.tolist()
+        if dtype.kind == "f" and not all_finite(array, data):
             raise invalid_input("tensor data must be finite numbers", tensor=name)
-        array = values.astype(np.float64)
-        return Tensor(name, shape, array.tolist(), array), offset + size
+        return Tensor(name, shape, data, array), offset + size
     data = t.get("data")
     if not isinstance(data, list):
         raise invalid_input("a tensor needs name, shape, datatype and data", tensor=name)
