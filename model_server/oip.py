@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -45,8 +44,9 @@ MAX_LISTED = 100  # feature names per list in a FEATURE_MISMATCH answer
 EXTENSIONS = ("binary_tensor_data",)
 
 
-@dataclass(frozen=True)
-class Limits:
+# Limits, Tensor and InferInput are tuples: a few are made per request, and a frozen dataclass's __init__ sets each
+# field through object.__setattr__.
+class Limits(NamedTuple):
     max_rows: int
     max_columns: int
 
@@ -55,16 +55,14 @@ class Limits:
         return self.max_rows * self.max_columns
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
     name: str
     shape: list[int]
     data: list[Any]
     array: npt.NDArray[np.float64] | None = None  # binary data: the same values, checked finite
 
 
-@dataclass(frozen=True)
-class InferInput:
+class InferInput(NamedTuple):
     id: str | None
     rows: list[dict[str, Any]]
     outputs: tuple[str, ...]           # in the order asked for (all of them when none were named)
