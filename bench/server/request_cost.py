@@ -9,8 +9,9 @@ SQLite, drift window, metrics).
 In-process (the default): the ASGI app called directly, without the network, at concurrency 1 and 32.
 ``--transport``: the real server processes under the server's uvicorn configuration, driven by wrk over
 loopback (server on core 1, wrk on core 0), layer by layer from the whole app down to a bare ASGI app on
-uvicorn's own protocol: metrics, records, drift, scoring, the endpoint, our ASGI entry, GuardedProtocol, the
-floor. Each layer is what a variant with it costs more than the variant without it.
+uvicorn's own protocol: metrics, records, drift, scoring, the endpoint, our ASGI entry, the app's process (the
+floor's bare app answering in it), GuardedProtocol, the floor. Each layer is what a variant with it costs more
+than the variant without it.
 
 Thread CPU time, not wall time: on a shared machine it moves far less with other people's load than a wrk run's
 req/s does. It says where the server's own time goes, not what a client waits (``run.py`` measures that).
@@ -42,7 +43,7 @@ import peers
 from model_server.app import ModelServer
 from model_server.config import Settings
 from model_server.demo_artifact import build_demo_artifact, train
-from model_server.http import Handler, Params, Receive, Response, Scope, read_body
+from model_server.http import Handler, Params, Receive, Response, Scope, Send, read_body
 
 N_FEATURES = 28
 Case = tuple[str, bytes, list[tuple[bytes, bytes]]]
@@ -200,12 +201,26 @@ def serve(kind: str) -> int:
     if kind == "app":
         app = ModelServer(settings)
 
+        bare_entry = False
+
         async def set_stages(scope: Scope, receive: Receive, params: Params) -> Response:
-            strip(app, tuple(orjson.loads(await read_body(scope, receive, 1 << 16))))
+            nonlocal bare_entry
+            stages = tuple(orjson.loads(await read_body(scope, receive, 1 << 16)))
+            strip(app, tuple(s for s in stages if s != "ASGI entry"))
+            bare_entry = "ASGI entry" in stages
             return Response(200, b"{}")
 
         app.router.add(STAGES_PATH, "POST", set_stages)
-        config = uvicorn_config(app, settings)
+        bare = bare_asgi.app
+
+        async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+            # "ASGI entry" taken out: the floor's bare app answers in the app's process (stages set through the app).
+            if bare_entry and scope["type"] == "http" and scope["path"] != STAGES_PATH:
+                await bare(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        config = uvicorn_config(entry, settings)
     else:
         config = uvicorn_config(bare_asgi.app, settings, lifespan="off",
                                 **({"http": HttpToolsProtocol} if kind == "floor" else {}))
@@ -238,12 +253,14 @@ VARIANTS = (
     ("app - metrics, records, drift", "app", STAGES[:3]),
     ("app - metrics, records, drift, scoring", "app", STAGES),
     ("app - all of the endpoint", "app", TRANSPORT_STAGES),
+    ("app - all of the endpoint, ASGI entry", "app", (*TRANSPORT_STAGES, "ASGI entry")),
     ("guarded floor", "guarded floor", ()),
     ("floor", "floor", ()),
 )
 LAYERS = ("metrics (outcome counter, latency histogram)", "record pipeline (loop + store thread)",
           "drift window", "scoring", "endpoint: parse, validation, data plane glue, answer encoding",
           "our ASGI entry: router, errors, served-by headers (and uvicorn writing them)",
+          "the app's process: the floor's bare app answering in it, against in the floor's own process",
           "GuardedProtocol (header/body deadlines, connection cap)",
           "floor: uvicorn, httptools, uvloop, sockets, a bare ASGI app")
 
