@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from model_server import auth
@@ -89,7 +88,7 @@ class ModelServer:
                                    dataplane=self.dataplane, store=self.store, feedback=self.feedback,
                                    records=self.records, mirror=self.mirror, comparator=self.comparator,
                                    errors=self.errors)
-        timer = InferenceTimer(self.metrics, self.lifecycle)
+        timer = InferenceTimer(self.metrics)
         self.v1 = V1Endpoints(s, self.dataplane, timer)
         self.v2 = V2Endpoints(s, self.dataplane, self.lifecycle, self.governance, timer)
         self.service = ServiceEndpoints(s, self.dataplane, self.lifecycle, self.governance, self.metrics,
@@ -174,13 +173,10 @@ class ModelServer:
     # ------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # the HTTP answer inline below: one coroutine less on every request
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
         path: str = scope["path"]
         try:
             handler, params = self.router.resolve(path, scope["method"])
@@ -194,7 +190,7 @@ class ModelServer:
                            level=logging.ERROR, path=path, exc_info=True)
             response = error_response(HttpError(500, "INTERNAL_ERROR"), oip=path.startswith("/v2"))
         # Every answer says which server made it: load through a Service can be counted by version and sha256.
-        await send_response(send, replace(response, headers=[*response.headers, *self._served_by]))
+        await send_response(send, response, self._served_by)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -243,8 +243,12 @@ async def read_json(scope: Scope, receive: Receive, limit: int) -> Any:
         return parse_json(body)  # raises the 400
 
 
-async def send_response(send: Send, response: Response) -> None:
-    headers = [(b"content-type", response.content_type), (b"content-length", str(len(response.body)).encode()),
-               *response.headers]
+async def send_response(send: Send, response: Response, more_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """``response`` on the wire, with ``more_headers`` after its own (the server's, on every answer)."""
+    headers = [(b"content-type", response.content_type), (b"content-length", str(len(response.body)).encode())]
+    if response.headers:
+        headers += response.headers
+    if more_headers:
+        headers += more_headers
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

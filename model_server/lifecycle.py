@@ -66,13 +66,18 @@ class Lifecycle:
         self._comparator = comparator
         self._errors = errors
         self.shutting_down = False
-        self.requests_served = 0  # counted by the endpoints; said in /status, the heartbeat and the last line
         # The drift thread runs below the loop's priority, like the store thread.
         self._drift_executor = ThreadPoolExecutor(1, thread_name_prefix="drift", initializer=background_priority)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: Any = None
         governance.add_listener(self._on_state_change)
+
+    @property
+    def requests_served(self) -> int:
+        """Inference answers so far (counted by the endpoints' timer): said in /status, the heartbeat and the
+        last line."""
+        return self._metrics.fold()
 
     # ------------------------------------------------------------------ readiness
 

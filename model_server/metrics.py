@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from model_server.governance import GovernanceState
@@ -25,6 +26,10 @@ ERROR_KINDS = (
 SEVERITIES = ("info", "minor", "major", "critical")
 STAKEHOLDERS = ("finance", "regulator", "risk", "operations", "customer", "other")
 PREDICTION_SCORE_FEATURE = "__prediction__"  # the ml_feature_drift_psi `feature` of the model's output
+# Inference answers are counted in plain Python and folded into their Prometheus series (the outcome counter and
+# the latency histogram) this many at a time, and before every scrape: their lock-taking inc/observe cost ~2 µs
+# per answer; a fold costs ~0.01 µs per answer.
+FOLD_ANSWERS = 1024
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -78,6 +83,40 @@ class ServerMetrics:
         self.store_up_child = self.store_up.labels(model, version)
         self.records_pending_child = self.records_pending.labels(model, version)
         self.slo_objective.labels(model, version).set(slo_objective_ratio)
+        self.answers_folded = 0  # inference answers counted in ml_inference_requests_total so far
+        self._answer_outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._answer_seconds: list[float] = []
+        self._latency_bounds = np.asarray(self.latency_child._upper_bounds)  # ends with +Inf
+
+    def answered(self, outcome: str, seconds: float) -> None:
+        """One inference answer: its outcome and latency, folded into their series in batches (see
+        :meth:`fold`)."""
+        self._answer_outcomes[outcome] += 1
+        pending = self._answer_seconds
+        pending.append(seconds)
+        if len(pending) >= FOLD_ANSWERS:
+            self.fold()
+
+    def fold(self) -> int:
+        """Count the answers not yet in ml_inference_requests_total and ml_inference_latency_seconds there (what
+        :meth:`render` does first, so a scrape sees every answer given before it); the answers so far."""
+        seconds, self._answer_seconds = self._answer_seconds, []
+        if seconds:
+            values = np.asarray(seconds)
+            # Histogram.observe's bucket: the first upper bound >= the value.
+            counts = np.bincount(np.searchsorted(self._latency_bounds, values, side="left"),
+                                 minlength=len(self._latency_bounds))
+            child = self.latency_child
+            for i in np.flatnonzero(counts).tolist():
+                child._buckets[i].inc(int(counts[i]))
+            child._sum.inc(float(values.sum()))
+        outcomes = self._answer_outcomes
+        for outcome, n in outcomes.items():
+            if n:
+                self.outcome[outcome].inc(n)
+                self.answers_folded += n
+                outcomes[outcome] = 0
+        return self.answers_folded
 
     def add_drift_features(self, features: Iterable[str]) -> None:
         for f in features:
@@ -93,5 +132,6 @@ class ServerMetrics:
         self.feedback.labels(model, version, severity, stakeholder).inc()
 
     def render(self) -> bytes:
+        self.fold()
         return generate_latest(self.registry)
 

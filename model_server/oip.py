@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from model_server.batching import all_finite
 from model_server.http import HttpError, invalid_input, parse_json
 from modelwarden.artifacts import FeatureContract, FeatureMismatch
 
@@ -44,8 +44,9 @@ MAX_LISTED = 100  # feature names per list in a FEATURE_MISMATCH answer
 EXTENSIONS = ("binary_tensor_data",)
 
 
-@dataclass(frozen=True)
-class Limits:
+# Limits, Tensor and InferInput are tuples: a few are made per request, and a frozen dataclass's __init__ sets each
+# field through object.__setattr__.
+class Limits(NamedTuple):
     max_rows: int
     max_columns: int
 
@@ -54,16 +55,14 @@ class Limits:
         return self.max_rows * self.max_columns
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
     name: str
     shape: list[int]
     data: list[Any]
     array: npt.NDArray[np.float64] | None = None  # binary data: the same values, checked finite
 
 
-@dataclass(frozen=True)
-class InferInput:
+class InferInput(NamedTuple):
     id: str | None
     rows: list[dict[str, Any]]
     outputs: tuple[str, ...]           # in the order asked for (all of them when none were named)
@@ -192,11 +191,11 @@ def decode_tensor(t: Any, limits: Limits, binary: memoryview, offset: int) -> tu
         if size != elements * dtype.itemsize or size > len(binary) - offset:
             raise invalid_input(f"binary_data_size {size} does not hold shape {shape} of {datatype} "
                                 f"({elements * dtype.itemsize} bytes; {len(binary) - offset} arrived)", tensor=name)
-        values = np.frombuffer(binary[offset:offset + size], dtype=dtype)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).astype(np.float64)
+        data = array.tolist()
+        if dtype.kind == "f" and not all_finite(array, data):
             raise invalid_input("tensor data must be finite numbers", tensor=name)
-        array = values.astype(np.float64)
-        return Tensor(name, shape, array.tolist(), array), offset + size
+        return Tensor(name, shape, data, array), offset + size
     data = t.get("data")
     if not isinstance(data, list):
         raise invalid_input("a tensor needs name, shape, datatype and data", tensor=name)

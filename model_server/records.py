@@ -34,6 +34,14 @@ class RecordBuffer:
             del pending[:overflow]
             self._on_drop(overflow)
 
+    def append(self, record: PredictionRecord) -> None:
+        """One record (:meth:`add` of a list of one)."""
+        pending = self._pending
+        pending.append(record)
+        if len(pending) > self._max:
+            del pending[0]
+            self._on_drop(1)
+
     @contextmanager
     def taken(self) -> Iterator[list[PredictionRecord]]:
         """Everything pending, handed over; put back in front (before newer records) if the block raises."""

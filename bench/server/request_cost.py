@@ -1,13 +1,20 @@
-"""CPU time per request through model_server's ASGI app, without the network: ``/predict`` (JSON keyed by
-name), OIP infer with a JSON tensor, and OIP infer with a binary tensor asking for binary outputs (what
-tritonclient sends by default). One row of 28 features, the logistic demo model from skops, every production
-feature on (prediction records to SQLite, drift window, metrics).
+"""CPU time per request through model_server, stage by stage: ``/predict`` (JSON keyed by name), OIP infer with
+a JSON tensor, and OIP infer with a binary tensor asking for binary outputs (what tritonclient sends by default).
+One row of 28 features, the logistic demo model from skops, every production feature on (prediction records to
+SQLite, drift window, metrics).
 
     .venv/bin/python bench/server/request_cost.py [--requests 5000] [--repeats 5]
+    .venv/bin/python bench/server/request_cost.py --transport [--path predict] [--concurrency 32] [--seconds 4]
 
-Thread CPU time, not wall time: on a shared machine it moves far less with other people's load than a wrk run
-does. It prints the median per request and each path's ratio to ``/predict`` in the same run; it says where the
-server's own time goes, not what a client waits (``run.py`` measures that).
+In-process (the default): the ASGI app called directly, without the network, at concurrency 1 and 32.
+``--transport``: the real server processes under the server's uvicorn configuration, driven by wrk over
+loopback (server on core 1, wrk on core 0), layer by layer from the whole app down to a bare ASGI app on
+uvicorn's own protocol: metrics, records, drift, scoring, the endpoint, our ASGI entry, the app's process (the
+floor's bare app answering in it), GuardedProtocol, the floor. Each layer is what a variant with it costs more
+than the variant without it.
+
+Thread CPU time, not wall time: on a shared machine it moves far less with other people's load than a wrk run's
+req/s does. It says where the server's own time goes, not what a client waits (``run.py`` measures that).
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +43,7 @@ import peers
 from model_server.app import ModelServer
 from model_server.config import Settings
 from model_server.demo_artifact import build_demo_artifact, train
+from model_server.http import Handler, Params, Receive, Response, Scope, Send, read_body
 
 N_FEATURES = 28
 Case = tuple[str, bytes, list[tuple[bytes, bytes]]]
@@ -53,6 +64,9 @@ def cases(features: tuple[str, ...], row: list[float]) -> dict[str, Case]:
 
 # Each stage is taken out in turn, cumulatively, and what the requests cost less is that stage's share.
 STAGES = ("metrics", "record pipeline", "drift", "scoring")
+# Through the transport, one more: the endpoint's own work (parse, validation, the data plane's glue, the answer's
+# encoding) replaced by the answer it gave first; what is left of the app is its ASGI entry and router.
+TRANSPORT_STAGES = (*STAGES, "endpoint")
 CONCURRENCY = (1, 32)
 
 
@@ -63,9 +77,11 @@ def strip(app: ModelServer, stages: tuple[str, ...]) -> None:
     for obj, name in ((timer, "timed"), (dataplane, "_record")):
         obj.__dict__.pop(name, None)  # the class's method again
     batcher._observe, batcher._score = app.dataplane.drift.observe, app.model.score
+    app.router.add("/predict", "POST", app.v1.predict)
+    app.router.add("/v2/models/{name}/infer", "POST", app.v2.infer)
 
     async def untimed(work: Any) -> Any:
-        return await work()
+        return await work
 
     if "metrics" in stages:  # outcome counter and latency histogram (one InferenceTimer serves every protocol)
         timer.timed = untimed  # type: ignore[method-assign]
@@ -75,6 +91,23 @@ def strip(app: ModelServer, stages: tuple[str, ...]) -> None:
         batcher._observe = None
     if "scoring" in stages:  # the model's arithmetic (the batcher's future and hand-over stay)
         batcher._score = lambda x: np.full(len(x), 0.5)
+    if "endpoint" in stages:  # the body is still read; the answer is the first one the endpoint gave
+        app.router.add("/predict", "POST", first_answer(app.v1.predict, app.settings.max_body_bytes))
+        app.router.add("/v2/models/{name}/infer", "POST", first_answer(app.v2.infer, app.settings.max_body_bytes))
+
+
+def first_answer(handler: Handler, limit: int) -> Handler:
+    """``handler`` answering once, then that answer again to every request (after reading its body)."""
+    answered: list[Response] = []
+
+    async def again(scope: Scope, receive: Receive, params: Params) -> Response:
+        if not answered:
+            answered.append(await handler(scope, receive, params))
+        else:
+            await read_body(scope, receive, limit)
+        return answered[0]
+
+    return again
 
 
 async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str], list[tuple[float, float]]], float]:
@@ -143,12 +176,194 @@ async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str
     return results, drift_us
 
 
+# ------------------------------------------------------------------ through the transport (--transport)
+
+# The server processes of a --transport run, all under the server's own uvicorn configuration: the bare floor app
+# on uvicorn's httptools protocol, the same app on GuardedProtocol, and model_server (whose stages are taken out
+# in turn through a bench-only route).
+SERVE_KINDS = ("floor", "guarded floor", "app")
+STAGES_PATH = "/bench/stages"
+PATHS = {"predict": "/predict (JSON by name)", "oip-json": "OIP infer, JSON tensor",
+         "oip-binary": "OIP infer, binary tensor and outputs"}
+
+
+def serve(kind: str) -> int:
+    """Run one server process of a --transport run (settings from the environment, as ``python -m
+    model_server``)."""
+    import bare_asgi
+    import orjson
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from model_server.transport import uvicorn_config
+
+    settings = Settings.from_env()
+    if kind == "app":
+        app = ModelServer(settings)
+
+        bare_entry = False
+
+        async def set_stages(scope: Scope, receive: Receive, params: Params) -> Response:
+            nonlocal bare_entry
+            stages = tuple(orjson.loads(await read_body(scope, receive, 1 << 16)))
+            strip(app, tuple(s for s in stages if s != "ASGI entry"))
+            bare_entry = "ASGI entry" in stages
+            return Response(200, b"{}")
+
+        app.router.add(STAGES_PATH, "POST", set_stages)
+        bare = bare_asgi.app
+
+        async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+            # "ASGI entry" taken out: the floor's bare app answers in the app's process (stages set through the app).
+            if bare_entry and scope["type"] == "http" and scope["path"] != STAGES_PATH:
+                await bare(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        config = uvicorn_config(entry, settings)
+    else:
+        config = uvicorn_config(bare_asgi.app, settings, lifespan="off",
+                                **({"http": HttpToolsProtocol} if kind == "floor" else {}))
+    uvicorn.Server(config).run()
+    return 0
+
+
+def run_time_ns(pid: int) -> tuple[int, int, int]:
+    """(main thread on-CPU, other threads on-CPU, all threads waiting runnable for a core) ns of ``pid`` so far
+    (``/proc/<pid>/task/*/schedstat``: nanoseconds, where ``stat``'s ticks are 10 ms)."""
+    main = other = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, runnable, _ = (int(v) for v in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue
+        waited += runnable
+        if task.name == str(pid):
+            main += on_cpu
+        else:
+            other += on_cpu
+    return main, other, waited
+
+
+# (label, server kind, stages taken out): each row's layer is what it costs more than the row below it.
+VARIANTS = (
+    ("app", "app", ()),
+    ("app - metrics", "app", STAGES[:1]),
+    ("app - metrics, records", "app", STAGES[:2]),
+    ("app - metrics, records, drift", "app", STAGES[:3]),
+    ("app - metrics, records, drift, scoring", "app", STAGES),
+    ("app - all of the endpoint", "app", TRANSPORT_STAGES),
+    ("app - all of the endpoint, ASGI entry", "app", (*TRANSPORT_STAGES, "ASGI entry")),
+    ("guarded floor", "guarded floor", ()),
+    ("floor", "floor", ()),
+)
+LAYERS = ("metrics (outcome counter, latency histogram)", "record pipeline (loop + store thread)",
+          "drift window", "scoring", "endpoint: parse, validation, data plane glue, answer encoding",
+          "our ASGI entry: router, errors, served-by headers (and uvicorn writing them)",
+          "the app's process: the floor's bare app answering in it, against in the floor's own process",
+          "GuardedProtocol (header/body deadlines, connection cap)",
+          "floor: uvicorn, httptools, uvloop, sockets, a bare ASGI app")
+
+
+def transport(seconds: float, repeats: int, concurrency: int, path: str) -> dict[str, list[tuple[float, ...]]]:
+    """Per variant and repeat: (main thread, other threads, waited for a core) µs per request, and req/s."""
+    import httpx
+    import run
+
+    from model_server.testing import free_port, wait_until
+
+    work = Path(tempfile.mkdtemp(prefix="mw-cost-"))
+    artifact = build_demo_artifact(work / "artifact", trained=train("logistic", N_FEATURES, 5000, seed=0))
+    url_path, body, headers = cases(artifact.features, [float(v) for v in artifact.sample[1]])[PATHS[path]]
+    pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    server_cpu, load_cpu = ("1", "0") if pin else (None, None)
+    servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    results: dict[str, list[tuple[float, ...]]] = {}
+    try:
+        for kind in SERVE_KINDS:
+            port = free_port()
+            env = {**os.environ, **artifact.env("bench", "1.0.0"), "FEEDBACK_DSN": str(work / "feedback.sqlite3"),
+                   "HOST": "127.0.0.1", "PORT": str(port), "WARMUP_ROUNDS": "1"}
+            argv = [sys.executable, __file__, "--serve", kind]
+            with (work / "servers.log").open("ab") as log:
+                proc = subprocess.Popen(["taskset", "-c", server_cpu, *argv] if server_cpu else argv, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+            servers[kind] = (f"http://127.0.0.1:{port}", proc)
+        for kind, (url, proc) in servers.items():
+            probe = url + ("/v2/health/ready" if kind == "app" else "/")
+
+            def ready(proc: subprocess.Popen[bytes] = proc, probe: str = probe) -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a server exited with {proc.returncode}; see {work / 'servers.log'}")
+                return httpx.get(probe).status_code == 200
+
+            wait_until(ready, 60, f"the {kind} server")
+        script = run._script(work, run.Endpoint(url_path, body, None, tuple(
+            (k.decode(), v.decode("latin-1")) for k, v in headers)))
+        for r in range(repeats):
+            for label, kind, stages in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+                url, proc = servers[kind]
+                if kind == "app":
+                    httpx.post(url + STAGES_PATH, json=list(stages)).raise_for_status()
+                run.wrk(url + url_path, script, concurrency, 1, load_cpu)  # warm up this variant
+                before = run_time_ns(proc.pid)
+                rps, _, _, errors, requests = run.wrk(url + url_path, script, concurrency, seconds, load_cpu)
+                after = run_time_ns(proc.pid)
+                if errors:
+                    raise RuntimeError(f"{label}: {errors} answers other than 2xx")
+                results.setdefault(label, []).append(
+                    (*((a - b) / 1000 / requests for a, b in zip(after, before, strict=True)), rps))
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait()
+    return results
+
+
+def print_transport(results: dict[str, list[tuple[float, ...]]], args: argparse.Namespace,
+                    load: tuple[float, float]) -> None:
+    def median(label: str, field: int) -> float:
+        return statistics.median(v[field] for v in results[label])
+
+    print(f"\n{PATHS[args.path]} at concurrency {args.concurrency}, wrk for {args.seconds:g} s per variant, median "
+          f"of {args.repeats} repeats; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after. CPU time "
+          "per request of the server process (schedstat: loop = its main thread, + its other threads: the store "
+          "thread). Each row is what the variant above it costs more than the one below it.\n")
+    print("| layer | CPU µs/req (loop + other threads) | share of the app's |")
+    print("|---|---:|---:|")
+    labels = [v[0] for v in VARIANTS]
+    app_total = median("app", 0) + median("app", 1)
+    for layer, label, below in zip(LAYERS, labels, [*labels[1:], None], strict=True):
+        loop = median(label, 0) - (median(below, 0) if below else 0.0)
+        other = median(label, 1) - (median(below, 1) if below else 0.0)
+        print(f"| {layer} | {loop + other:.1f} ({loop:.1f} + {other:.1f}) | {(loop + other) / app_total:.0%} |")
+    floor = median("floor", 0) + median("floor", 1)
+    print(f"| **the app, all of it** | **{app_total:.1f}** | {app_total / floor:.2f} times the floor's |")
+    print(f"\nreq/s: the app {median('app', 3):,.0f}, the floor {median('floor', 3):,.0f} "
+          f"({median('app', 3) / median('floor', 3):.0%}); the app's threads waited for a core "
+          f"{median('app', 2):.0f} µs per request. 60% of the floor's req/s needs at most {floor / 0.6:.0f} µs "
+          f"of CPU per request ({1 / 0.6:.2f} times the floor's).")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10000, help="requests per path, concurrency and stage, "
                         "per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--transport", action="store_true", help="through uvicorn and loopback sockets with wrk, "
+                        "layer by layer down to the bare uvicorn floor (one path, one concurrency)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="--transport: wrk's run per variant")
+    parser.add_argument("--concurrency", type=int, default=32, help="--transport: wrk's connections")
+    parser.add_argument("--path", choices=sorted(PATHS), default="predict", help="--transport: what is requested")
+    parser.add_argument("--serve", choices=SERVE_KINDS, help=argparse.SUPPRESS)  # a --transport server process
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve)
+    if args.transport:
+        load = os.getloadavg()[0]
+        measured = transport(args.seconds, args.repeats, args.concurrency, args.path)
+        print_transport(measured, args, (load, os.getloadavg()[0]))
+        return 0
     results, drift_us = uvloop.run(measure(args.requests, args.repeats))
 
     def loop_us(label: str, c: int, stage: str) -> float:

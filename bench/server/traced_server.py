@@ -72,14 +72,17 @@ def install() -> None:
 
     server_drift.DriftWindow.compute = drift_compute  # type: ignore[method-assign]
 
-    http = server_app.ModelServer._http
+    call = server_app.ModelServer.__call__
 
-    async def traced_http(self: server_app.ModelServer, scope: Any, receive: Any, send: Any) -> None:
+    async def traced_call(self: server_app.ModelServer, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await call(self, scope, receive, send)
+            return
         t0 = time.monotonic_ns()
-        await http(self, scope, receive, send)
+        await call(self, scope, receive, send)
         requests.append((t0, time.monotonic_ns()))
 
-    server_app.ModelServer._http = traced_http  # type: ignore[method-assign]
+    server_app.ModelServer.__call__ = traced_call  # type: ignore[method-assign]
 
     startup, shutdown = server_lifecycle.Lifecycle.startup, server_lifecycle.Lifecycle.shutdown
     ticks: list[asyncio.Task[None]] = []

@@ -10,25 +10,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
+from typing import Any
 
 from model_server.http import HttpError, Outcome, Response
-from model_server.lifecycle import Lifecycle
 from model_server.metrics import ServerMetrics
 
 
 class InferenceTimer:
     """Counts every inference answer by outcome and observes its latency (the SLO's numbers)."""
 
-    def __init__(self, metrics: ServerMetrics, lifecycle: Lifecycle) -> None:
-        self._metrics = metrics
-        self._lifecycle = lifecycle
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._answered = metrics.answered
 
-    async def timed(self, work: Callable[[], Awaitable[Response]]) -> Response:
+    async def timed(self, work: Coroutine[Any, Any, Response]) -> Response:
         started = time.perf_counter()
         outcome: Outcome = "client_error"
         try:
-            response = await work()
+            response = await work
             outcome = response.outcome
             return response
         except HttpError as e:
@@ -38,6 +37,4 @@ class InferenceTimer:
             outcome = "error"
             raise
         finally:
-            self._lifecycle.requests_served += 1
-            self._metrics.outcome[outcome].inc()
-            self._metrics.latency_child.observe(time.perf_counter() - started)
+            self._answered(outcome, time.perf_counter() - started)

@@ -19,7 +19,7 @@ class V1Endpoints:
         self._timer = timer
 
     async def predict(self, scope: Scope, receive: Receive, params: Params) -> Response:
-        return await self._timer.timed(lambda: self._predict(scope, receive))
+        return await self._timer.timed(self._predict(scope, receive))
 
     async def _predict(self, scope: Scope, receive: Receive) -> Response:
         s = self._settings

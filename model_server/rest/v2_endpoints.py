@@ -36,7 +36,7 @@ class V2Endpoints:
 
     async def infer(self, scope: Scope, receive: Receive, params: Params) -> Response:
         self._check_model_path(params)
-        return await self._timer.timed(lambda: self._infer(scope, receive))
+        return await self._timer.timed(self._infer(scope, receive))
 
     async def _infer(self, scope: Scope, receive: Receive) -> Response:
         s = self._settings

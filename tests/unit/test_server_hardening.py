@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -348,6 +349,17 @@ def test_a_short_body_gets_408_and_the_connection_closed(guarded: str) -> None:
                      b"Content-Length: 100\r\n\r\n{\"features\":")
         answer = _read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_kept_alive_connection_is_timed_per_request_not_from_its_start(guarded: str) -> None:
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(guarded) as sock:
+        for _ in range(3):  # 1.2 s on one connection, idle between requests longer than the 0.5 s deadlines
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.6)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le")  # then one that stalls is still cut off
+        assert _read_all(sock).startswith(b"HTTP/1.1 408 ")
 
 
 def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:

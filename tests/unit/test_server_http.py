@@ -12,13 +12,22 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_server.app import ModelServer
 from model_server.batching import MicroBatcher
 from model_server.config import Settings
 from model_server.demo_artifact import DemoArtifact, build_demo_artifact, train
-from model_server.metrics import ERROR_KINDS, OUTCOMES, SEVERITIES, STAKEHOLDERS
+from model_server.metrics import (
+    ERROR_KINDS,
+    FOLD_ANSWERS,
+    LATENCY_BUCKETS,
+    OUTCOMES,
+    SEVERITIES,
+    STAKEHOLDERS,
+    ServerMetrics,
+)
 from model_server.testing import TokenIssuer, http_client, serve_in_thread, wait_until
 
 ISSUER = TokenIssuer()
@@ -313,6 +322,29 @@ def test_admin_is_refused_without_a_configured_verifier(artifact: DemoArtifact, 
 
 
 # ---------------------------------------------------------------- metrics
+
+def test_a_scrape_counts_every_answer_given_before_it() -> None:
+    metrics = ServerMetrics("fraud", "2.1.0", "canary", "ab" * 32, ())
+    registry = CollectorRegistry()
+    observed = Histogram("ml_inference_latency_seconds", "Inference request latency (server side).",
+                         ["model", "version", "track"], buckets=LATENCY_BUCKETS, registry=registry)
+    # Across a batch fold and up to a scrape: values on bucket bounds, between them, and beyond the last.
+    latencies = [*LATENCY_BUCKETS, 0.0, 3e-5, 0.0003, 0.07, 9.0] * (FOLD_ANSWERS // 10 + 1)
+    for i, seconds in enumerate(latencies):
+        metrics.answered("error" if i % 3 == 0 else "success", seconds)
+        observed.labels("fraud", "2.1.0", "canary").observe(seconds)
+
+    def samples(text: bytes, family: str) -> dict[tuple[str, str, str], float]:
+        return {(s.name, s.labels.get("le", ""), s.labels.get("outcome", "")): s.value
+                for f in text_string_to_metric_families(text.decode()) if f.name == family for s in f.samples}
+
+    scraped = metrics.render()
+    assert samples(scraped, "ml_inference_latency_seconds") == pytest.approx(
+        samples(generate_latest(registry), "ml_inference_latency_seconds")), "as if each answer were observed"
+    outcomes = samples(scraped, "ml_inference_requests")
+    assert outcomes[("ml_inference_requests_total", "", "error")] == len(range(0, len(latencies), 3))
+    assert outcomes[("ml_inference_requests_total", "", "success")] == len(latencies) - len(range(0, len(latencies), 3))
+
 
 def test_every_label_set_starts_at_zero(artifact: DemoArtifact, tmp_path: Path) -> None:
     app = ModelServer(settings_for(artifact, tmp_path))
