@@ -1,0 +1,471 @@
+"""The rollback fault table on the real node, through the model's Service (issue 24).
+
+Each row, in a fresh namespace under the ``restricted`` Pod Security level: v1 then v2 approved and promoted on the
+real node (``bench/rollback_standby.py``'s story), the operator a real process (``OperatorProcess``, the
+least-privilege user) paging a real webhook receiver on loopback; the fault injected; ``modelwarden rollback`` as
+on-call. Answers are counted from the ``x-model-sha256`` response header of predictions sent to the Service's
+ClusterIP through kube-proxy, a new connection each. Each row asserts: every answer ends on v1's SHA256; exactly one
+incident and one page (pages counted by the incident they carry, as PagerDuty's dedup_key does); ``modelwarden
+ledger verify`` passes with one RollbackStarted and one RollbackComplete; the target was never rejected. It prints
+fault → seconds from the request until every answer carries v1's SHA256 → seconds until the rollback is done →
+incidents, pages.
+
+The faults are real: the artifact server answers 503; PostgreSQL (the models' shared feedback store) is stopped;
+the API server itself answers the operator's writes 429 (an admission webhook that answers "429 Too Many Requests"
+for the operator's user: API Priority and Fairness cannot reject every request — a priority level of zero seats
+still admits a request whenever none of its own is executing); the operator process is killed with SIGKILL;
+the leader of two operator processes is killed with SIGKILL.
+
+    bash realnode.sh .venv/bin/python -m pytest tests/integration/test_real_node_fault_table.py -q -s [-k <row id>]
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import http.server
+import ipaddress
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client
+
+from bench.rollback_standby import MODEL, Story, build_artifacts, wait_for
+from localenv.artifacts import ArtifactServer
+from localenv.cluster import Cluster
+from localenv.modelwarden import OperatorProcess
+from localenv.postgres import Postgres
+from modelwarden.api import v1alpha1 as api
+from tests.integration.incidents import Pager, ledger_decisions, serving
+from tests.integration.modelwarden_helpers import LEADER_ELECTION_ENV, Models, campaign_identity, lease_holder
+from tests.integration.test_ledger import verify
+
+OPERATOR_ENV = {"MODELWARDEN_RESYNC_SECONDS": "5"}
+OPERATOR_USER = "modelwarden-operator"
+
+
+@dataclass
+class Rig:
+    """What a row works with: the story, the artifact store, the pager, the operator processes."""
+
+    cluster: Cluster
+    request: pytest.FixtureRequest
+    story: Story
+    store: ArtifactServer
+    pager: Pager
+    tmp_path: Path
+    operators: list[OperatorProcess] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def start_operator(self, env: dict[str, str] | None = None) -> OperatorProcess:
+        # The row's namespace only: what other tests left in the cluster is not this row's to reconcile or page for.
+        proc = OperatorProcess(self.cluster, self.tmp_path / f"operator-{len(self.operators)}.log", env={
+            **OPERATOR_ENV, "MODELWARDEN_NAMESPACES": self.story.namespace, "MODELWARDEN_WEBHOOK_URL": self.pager.url,
+            **(env or {})}).start()
+        self.operators.append(proc)
+        return proc
+
+    def check_alive(self) -> None:
+        for proc in self.operators:
+            if proc.process is not None:
+                proc.check_alive()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.log()[-4000:]}" for p in self.operators)
+
+
+class Fault:
+    """One row: its hooks run around the on-call rollback; each lift is idempotent (also run on failure)."""
+
+    name = ""  # the table's line
+    id = ""  # the pytest parameter's: -k store-503-20s
+    standby_replicas = 0  # the artifact store's path: no warm standby, unless the row is about it
+
+    def start_operators(self, rig: Rig) -> None:
+        rig.start_operator()
+
+    def feedback_store(self, rig: Rig) -> dict[str, Any] | None:
+        return None
+
+    def before(self, rig: Rig) -> None:
+        """Just before the request (after v2 is promoted and every answer is v2's)."""
+
+    def meanwhile(self, rig: Rig, elapsed: float) -> None:
+        """Once the request is filed, then before each look at the answers."""
+
+    def on_prior(self, rig: Rig) -> None:
+        """Every answer is v1's; the fault may still be in force."""
+
+    def lift(self, rig: Rig) -> None:
+        """The dependency is back."""
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        """The row's own assertions, once the rollback is done and the fault lifted."""
+
+
+class StoreUnavailable(Fault):
+    name = "artifact store 503 for 20 s"
+    id = "store-503-20s"
+    seconds = 20.0
+
+    def before(self, rig: Rig) -> None:
+        rig.store.unavailable_for(self.seconds)
+
+    def lift(self, rig: Rig) -> None:
+        rig.store.unavailable_for(0)
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        assert rig.store.answered_503 > 0, "the fault was not seen"
+        assert status.last_rollback is not None
+        events = [t.event for t in status.last_rollback.timeline]
+        assert api.Reason.WAITING_FOR_ARTIFACT_STORE in events, events
+
+
+class StoreDownStandby(Fault):
+    name = "artifact store down, warm standby on"
+    id = "store-down-standby"
+    standby_replicas = 1
+
+    def before(self, rig: Rig) -> None:
+        rig.store.close()
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        assert status.last_rollback is not None
+        assert "StandbyServing" in [t.event for t in status.last_rollback.timeline]
+
+
+def _call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], str]:
+    """One request on a new connection: status, JSON body (or {}), Retry-After."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json", "Connection": "close"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), dict(json.load(resp)), str(resp.headers.get("Retry-After", ""))
+    except urllib.error.HTTPError as e:
+        return e.code, {}, str(e.headers.get("Retry-After", ""))
+
+
+class PostgresDown(Fault):
+    """The models' shared feedback store (PostgreSQL, DSN from the namespace's Secret) stopped before the request and
+    started again once every answer is v1's: the restored pods start and serve without it, feedback answers 503
+    (never a false 201), and every label acknowledged before the outage reads back after it."""
+
+    name = "PostgreSQL down during the rollback"
+    id = "postgres-down"
+
+    def __init__(self) -> None:
+        self.pg: Postgres | None = None
+        self.stopped = False
+        self.acknowledged: list[str] = []
+        self.during_outage: list[str] = []
+
+    def feedback_store(self, rig: Rig) -> dict[str, Any] | None:
+        self.pg = rig.request.getfixturevalue("pod_reachable_postgres")
+        return dict(rig.request.getfixturevalue("pods_feedback_store"))
+
+    def predict(self, rig: Rig) -> str:
+        features = dict.fromkeys(rig.story.artifacts["v1"].features, 0.3)
+        code, body, _ = _call(f"{rig.story.service_url()}/predict", {"features": features})
+        assert code == 200, code
+        return str(body["predictionId"])
+
+    def label(self, rig: Rig, prediction_id: str) -> tuple[int, str]:
+        code, _, retry_after = _call(f"{rig.story.service_url()}/feedback", {
+            "predictionId": prediction_id, "label": 1, "severity": "minor", "stakeholder": "finance"})
+        return code, retry_after
+
+    def acknowledges(self, rig: Rig, prediction_id: str) -> bool:
+        return self.label(rig, prediction_id)[0] == 201
+
+    def before(self, rig: Rig) -> None:
+        for _ in range(5):
+            pid = self.predict(rig)
+            wait_for(functools.partial(self.acknowledges, rig, pid), 60, "a label acknowledged before the outage")
+            self.acknowledged.append(pid)
+        assert self.pg is not None
+        self.pg.stop()
+        self.stopped = True
+
+    def on_prior(self, rig: Rig) -> None:
+        # The restored pods started without the store and serve /predict; feedback is refused, never acknowledged.
+        for _ in range(5):
+            pid = self.predict(rig)
+            code, retry_after = self.label(rig, pid)
+            assert code == 503 and retry_after, f"feedback with the store down: {code} (Retry-After {retry_after!r})"
+            self.during_outage.append(pid)
+
+    def lift(self, rig: Rig) -> None:
+        if self.pg is not None and self.stopped:
+            self.pg.start()
+            self.stopped = False
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        url = rig.story.service_url()
+
+        def labelled(pid: str) -> bool:
+            code, body, _ = _call(f"{url}/feedback/{pid}")
+            return code == 200 and [f["stakeholder"] for f in body.get("feedback", [])] == ["finance"]
+
+        for pid in self.acknowledged:
+            wait_for(functools.partial(labelled, pid), 120, f"the label acknowledged before the outage on {pid}")
+
+        # What was answered during the outage waited in its server's buffer: it takes feedback once that server has
+        # written it (until then: 503 while that replica reconnects, or 404 from the other replica).
+        def accepted(pid: str) -> bool:
+            code, _ = self.label(rig, pid)
+            assert code in (200, 201, 404, 503), f"feedback on {pid}, answered while the store was down: {code}"
+            return code in (200, 201)
+
+        for pid in self.during_outage:
+            wait_for(functools.partial(accepted, pid), 120, f"feedback on {pid}, answered during the outage")
+
+
+class Throttler:
+    """An HTTPS admission webhook on loopback that answers every request it is sent "429 Too Many Requests" while
+    ``on``; the API server returns that status to the client. Registered for the operator's user only (a
+    matchCondition), for every write of every resource and subresource."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.name, self.on, self.answered_429 = name, True, 0
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fault-throttle")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(hours=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                               critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .sign(key, hashes.SHA256()))
+        self.ca_pem = cert.public_bytes(serialization.Encoding.PEM)
+        (directory / "throttle.crt").write_bytes(self.ca_pem)
+        (directory / "throttle.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        throttler = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": not throttler.on}
+                if throttler.on:
+                    throttler.answered_429 += 1
+                    response["status"] = {"code": 429, "reason": "TooManyRequests",
+                                          "message": "fault injected: the API server is throttling you"}
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                   "response": response}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(directory / "throttle.crt", directory / "throttle.key")
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def configuration(self) -> dict[str, Any]:
+        return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": self.name},
+                "webhooks": [{
+                    "name": "throttle.faults.modelwarden.io",
+                    "clientConfig": {"url": f"https://127.0.0.1:{self.server.server_address[1]}/throttle",
+                                     "caBundle": base64.b64encode(self.ca_pem).decode()},
+                    "rules": [{"apiGroups": ["*"], "apiVersions": ["*"], "operations": ["*"],
+                               "resources": ["*", "*/*"], "scope": "*"}],
+                    "matchConditions": [{"name": "the-operator-only",
+                                         "expression": f"request.userInfo.username == '{OPERATOR_USER}'"}],
+                    "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 5}]}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ApiThrottled(Fault):
+    """Real 429s from the real API server to every write of the operator's user for 30 s, from just before the
+    request: the operator retries with backoff and completes once they stop."""
+
+    name = "API server 429 to the operator for 30 s"
+    id = "api-429-30s"
+    standby_replicas = 1
+    seconds = 30.0
+
+    def __init__(self) -> None:
+        self.throttler: Throttler | None = None
+        self.since = 0.0
+
+    def operator_refused(self, rig: Rig) -> bool:
+        """Whether an operator write (a dry-run Event, which its role may create) is answered 429 now."""
+        core = client.CoreV1Api(rig.request.getfixturevalue("api_clients")[OPERATOR_USER])
+        event = client.CoreV1Event(metadata=client.V1ObjectMeta(generate_name="fault-probe-"),
+                                   involved_object=client.V1ObjectReference(kind="MLModel", name=MODEL),
+                                   reason="Probe", message="probe", type="Normal")
+        try:
+            core.create_namespaced_event(rig.story.namespace, event, dry_run="All")
+        except client.exceptions.ApiException as e:
+            return bool(e.status == 429)
+        return False
+
+    def before(self, rig: Rig) -> None:
+        self.throttler = Throttler(rig.tmp_path, f"fault-throttle-{rig.story.namespace}")
+        rig.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.throttler.configuration()))
+        wait_for(lambda: self.operator_refused(rig), 30, "the API server answering the operator's writes 429")
+        self.since = time.monotonic()
+
+    def meanwhile(self, rig: Rig, elapsed: float) -> None:
+        if time.monotonic() - self.since >= self.seconds:
+            self.lift(rig)
+
+    def lift(self, rig: Rig) -> None:
+        if self.throttler is not None and self.throttler.on:
+            self.throttler.on = False  # the API server's configuration goes a moment later: nothing is refused now
+            rig.cluster.kubectl("delete", "validatingwebhookconfiguration", self.throttler.name, "--ignore-not-found")
+            rig.notes.append(f"429s answered to the operator: {self.throttler.answered_429}")
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        assert self.throttler is not None and self.throttler.answered_429 > 1, "the operator was not throttled"
+        self.throttler.close()
+
+
+class OperatorKilled(Fault):
+    """SIGKILL of the operator right after the request; a new process completes the same rollback."""
+
+    name = "operator kill -9 after the request"
+    id = "operator-kill-9"
+    standby_replicas = 1
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def meanwhile(self, rig: Rig, elapsed: float) -> None:
+        if not self.killed:
+            self.killed = True
+            rig.operators[0].kill()
+            rb = rig.story.status().last_rollback
+            rig.notes.append(f"killed {elapsed:.2f}s after the request; rollback in status then: "
+                             f"{rb.id if rb else 'none'}")
+            rig.start_operator()
+
+
+class LeaderKilled(Fault):
+    """Two operator processes with leader election; SIGKILL of the leader right after the request: the other takes
+    the Lease (after its duration) and completes the same rollback."""
+
+    name = "leader kill -9 after the request, failover"
+    id = "leader-failover"
+    standby_replicas = 1
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def start_operators(self, rig: Rig) -> None:
+        leases = rig.request.getfixturevalue("leases")
+        first = rig.start_operator(LEADER_ELECTION_ENV)
+        wait_for(lambda: "campaigning for Lease" in first.log(), 30, "the first operator campaigns")
+        wait_for(lambda: lease_holder(leases) == campaign_identity(first), 30, "the first operator leads")
+        rig.start_operator(LEADER_ELECTION_ENV)
+
+    def meanwhile(self, rig: Rig, elapsed: float) -> None:
+        if not self.killed:
+            self.killed = True
+            holder = lease_holder(rig.request.getfixturevalue("leases"))
+            [leader] = [p for p in rig.operators if campaign_identity(p) == holder]
+            leader.kill()
+            rig.notes.append(f"leader killed {elapsed:.2f}s after the request")
+
+
+FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), ApiThrottled(), OperatorKilled(), LeaderKilled(),
+                       StoreDownStandby()]
+TABLE: list[str] = []
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_rollback_under_fault_through_the_service(
+        fault: Fault, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],
+        real_namespace: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    artifacts = build_artifacts(tmp_path)
+    v1, v2 = artifacts["v1"].sha256, artifacts["v2"].sha256
+    pager = Pager()
+    rig = Rig(modelwarden_installed, request, Story(modelwarden_installed, real_namespace, artifacts),
+              ArtifactServer(tmp_path), pager, tmp_path)
+    story = rig.story
+    with serving(pager.server):
+        try:
+            fault.start_operators(rig)
+            uris = {v: rig.store.uri(a.directory / a.model_file) for v, a in artifacts.items()}
+            story.promote_v1_then_v2(uris, fault.standby_replicas, rig.check_alive, fault.feedback_store(rig))
+            url = story.service_url()
+            # kube-proxy follows the EndpointSlices a moment after the pods: count once every answer is v2's.
+            wait_for(lambda: set(story.answers(url, 40)) == {v2}, 120, "every answer on v2's sha256 before the fault")
+            assert pager.received == [], pager.received
+
+            fault.before(rig)
+            to_prior = story.roll_back(lambda elapsed: fault.meanwhile(rig, elapsed), timeout=240)
+            asked = time.monotonic() - to_prior
+            answers = story.answers(url, 100)
+            assert set(answers) == {v1}, f"answers after the rollback: {sorted(set(answers))}"
+            fault.on_prior(rig)
+            fault.lift(rig)
+
+            def done() -> bool:
+                rig.check_alive()
+                return story.status().phase == api.Phase.HALTED
+
+            wait_for(done, 120, "the rollback ends Halted")
+            to_done = time.monotonic() - asked
+            status = story.status()
+            fault.check(rig, status)
+
+            assert status.stable is not None and status.stable.sha256 == v1
+            assert set(story.answers(url, 100)) == {v1}, "every answer carries the prior SHA256"
+            rb = status.last_rollback
+            assert rb is not None and rb.to_sha256 == v1
+            assert [i.id for i in status.incidents] == [rb.id], status.incidents
+            assert "TargetRejected" not in [t.event for t in rb.timeline], rb.timeline
+            reasons = [e.reason for e in Models(api_clients["admin"], real_namespace).events(MODEL)]
+            assert api.Reason.TARGET_SHA256_MISMATCH not in reasons, "the target is never rejected"
+            code, result = verify(modelwarden_installed, real_namespace, MODEL)
+            assert code == 0, result
+            decisions = ledger_decisions(api_clients["admin"], real_namespace)
+            assert decisions.count(api.Reason.ROLLBACK_STARTED) == 1, decisions
+            assert decisions.count(api.Reason.ROLLBACK_COMPLETE) == 1, decisions
+            # Pages arrive a moment after the status says so (best effort, retried): give them that moment.
+            wait_for(lambda: pager.pages >= 1, 30, "the page")
+            assert pager.pages == 1, pager.received
+            paged = {(n.get("rollback") or {}).get("id") for n in pager.received if n.get("severity") == "page"}
+            assert paged == {rb.id}, pager.received
+        except BaseException:
+            print(rig.logs())
+            raise
+        finally:
+            fault.lift(rig)
+            for proc in rig.operators:
+                proc.stop()
+            rig.store.close()
+
+    TABLE.append(f"{fault.name:<44} {to_prior:>16.1f} {to_done:>9.1f} {len(status.incidents):>9} {pager.pages:>5}"
+                 + (f"   ({'; '.join(rig.notes)})" if rig.notes else ""))
+    print("\n" + f"{'fault':<44} {'s to every v1 ans':>16} {'s to done':>9} {'incidents':>9} {'pages':>5}\n"
+          + "\n".join(TABLE))
