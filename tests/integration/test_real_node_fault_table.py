@@ -10,25 +10,18 @@ ledger verify`` passes with one RollbackStarted and one RollbackComplete; the ta
 fault → seconds from the request until every answer carries v1's SHA256 → seconds until the rollback is done →
 incidents, pages.
 
-The faults are real: the artifact server answers 503; PostgreSQL (the models' shared feedback store) is stopped;
-the API server itself answers the operator's writes 429 (an admission webhook that answers "429 Too Many Requests"
-for the operator's user: API Priority and Fairness cannot reject every request — a priority level of zero seats
-still admits a request whenever none of its own is executing); the operator process is killed with SIGKILL;
-the leader of two operator processes is killed with SIGKILL.
+The faults are real: the artifact server answers 503, or is stopped (the warm standby serves); PostgreSQL (the
+models' shared feedback store) is stopped; the leader of two operator processes is killed with SIGKILL. (API Priority
+and Fairness cannot give the API-throttling row its 429s: a priority level of zero seats still admits a request
+whenever none of its own is executing — 120 requests of the operator's user all answered 200.)
 
     bash realnode.sh .venv/bin/python -m pytest tests/integration/test_real_node_fault_table.py -q -s [-k <row id>]
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import functools
-import http.server
-import ipaddress
 import json
-import ssl
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,10 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 
 from bench.rollback_standby import MODEL, Story, build_artifacts, wait_for
@@ -54,7 +43,6 @@ from tests.integration.modelwarden_helpers import LEADER_ELECTION_ENV, Models, c
 from tests.integration.test_ledger import verify
 
 OPERATOR_ENV = {"MODELWARDEN_RESYNC_SECONDS": "5"}
-OPERATOR_USER = "modelwarden-operator"
 
 
 @dataclass
@@ -234,121 +222,6 @@ class PostgresDown(Fault):
             wait_for(functools.partial(accepted, pid), 120, f"feedback on {pid}, answered during the outage")
 
 
-class Throttler:
-    """An HTTPS admission webhook on loopback that answers every request it is sent "429 Too Many Requests" while
-    ``on``; the API server returns that status to the client. Registered for the operator's user only (a
-    matchCondition), for every write of every resource and subresource."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.name, self.on, self.answered_429 = name, True, 0
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fault-throttle")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(hours=1))
-                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                               critical=False)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .sign(key, hashes.SHA256()))
-        self.ca_pem = cert.public_bytes(serialization.Encoding.PEM)
-        (directory / "throttle.crt").write_bytes(self.ca_pem)
-        (directory / "throttle.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        throttler = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": not throttler.on}
-                if throttler.on:
-                    throttler.answered_429 += 1
-                    response["status"] = {"code": 429, "reason": "TooManyRequests",
-                                          "message": "fault injected: the API server is throttling you"}
-                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                                   "response": response}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(directory / "throttle.crt", directory / "throttle.key")
-        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def configuration(self) -> dict[str, Any]:
-        return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-                "metadata": {"name": self.name},
-                "webhooks": [{
-                    "name": "throttle.faults.modelwarden.io",
-                    "clientConfig": {"url": f"https://127.0.0.1:{self.server.server_address[1]}/throttle",
-                                     "caBundle": base64.b64encode(self.ca_pem).decode()},
-                    "rules": [{"apiGroups": ["*"], "apiVersions": ["*"], "operations": ["*"],
-                               "resources": ["*/*"], "scope": "*"}],
-                    "matchConditions": [{"name": "the-operator-only",
-                                         "expression": f"request.userInfo.username == '{OPERATOR_USER}'"}],
-                    "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
-                    "timeoutSeconds": 5}]}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class ApiThrottled(Fault):
-    """Real 429s from the real API server to every write of the operator's user for 30 s, from just before the
-    request: the operator retries with backoff and completes once they stop."""
-
-    name = "API server 429 to the operator for 30 s"
-    id = "api-429-30s"
-    standby_replicas = 1
-    seconds = 30.0
-
-    def __init__(self) -> None:
-        self.throttler: Throttler | None = None
-        self.since = 0.0
-
-    def operator_refused(self, rig: Rig) -> bool:
-        """Whether an operator write (a dry-run Event, which its role may create) is answered 429 now."""
-        core = client.CoreV1Api(rig.request.getfixturevalue("api_clients")[OPERATOR_USER])
-        event = client.CoreV1Event(metadata=client.V1ObjectMeta(generate_name="fault-probe-"),
-                                   involved_object=client.V1ObjectReference(kind="MLModel", name=MODEL),
-                                   reason="Probe", message="probe", type="Normal")
-        try:
-            core.create_namespaced_event(rig.story.namespace, event, dry_run="All")
-        except client.exceptions.ApiException as e:
-            return bool(e.status == 429)
-        return False
-
-    def before(self, rig: Rig) -> None:
-        self.throttler = Throttler(rig.tmp_path, f"fault-throttle-{rig.story.namespace}")
-        rig.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.throttler.configuration()))
-        wait_for(lambda: self.operator_refused(rig), 30, "the API server answering the operator's writes 429")
-        self.since = time.monotonic()
-
-    def meanwhile(self, rig: Rig, elapsed: float) -> None:
-        if time.monotonic() - self.since >= self.seconds:
-            self.lift(rig)
-
-    def lift(self, rig: Rig) -> None:
-        if self.throttler is not None and self.throttler.on:
-            self.throttler.on = False  # the API server's configuration goes a moment later: nothing is refused now
-            rig.cluster.kubectl("delete", "validatingwebhookconfiguration", self.throttler.name, "--ignore-not-found")
-            rig.notes.append(f"429s answered to the operator: {self.throttler.answered_429}")
-
-    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
-        assert self.throttler is not None and self.throttler.answered_429 > 1, "the operator was not throttled"
-        self.throttler.close()
-
-
 class OperatorKilled(Fault):
     """SIGKILL of the operator right after the request; a new process completes the same rollback."""
 
@@ -398,7 +271,9 @@ class LeaderKilled(Fault):
 
 # OperatorKilled is left out until the bug it found is fixed: after a kill -9 right after the request (standby on),
 # the new process completes the rollback (Halted, one incident, one page) and then every answer is v2's again.
-FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), ApiThrottled(), LeaderKilled(), StoreDownStandby()]
+# The API-throttling row (an admission webhook answering the operator's writes 429) is in this file's history; it did
+# not yet get the API server to answer 429.
+FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), LeaderKilled(), StoreDownStandby()]
 TABLE: list[str] = []
 
 
