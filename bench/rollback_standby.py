@@ -55,11 +55,13 @@ def build_artifacts(directory: Path) -> dict[str, DemoArtifact]:
             for v in ("v1", "v2")}
 
 
-def model_spec(version: str, uri: str, artifact: DemoArtifact, standby_replicas: int) -> dict[str, Any]:
+def model_spec(version: str, uri: str, artifact: DemoArtifact, standby_replicas: int,
+               feedback_store: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"version": version, "artifact": {"uri": uri, "sha256": artifact.sha256, "format": "onnx"},
             "featureContract": {"name": artifact.contract, "features": list(artifact.features),
                                 "nFeatures": len(artifact.features)},
-            "serving": {"replicas": REPLICAS, "resources": RESOURCES, "feedbackStore": FEEDBACK_STORE},
+            "serving": {"replicas": REPLICAS, "resources": RESOURCES,
+                        "feedbackStore": feedback_store or FEEDBACK_STORE},
             "rollout": {"steps": [{"setWeight": 100, "pauseSeconds": 0}]},
             "rollback": {"standby": {"replicas": standby_replicas}}}
 
@@ -121,7 +123,9 @@ class Story:
         return (st.phase == api.Phase.STABLE and st.stable is not None and st.stable.version == version
                 and len(self.pods("stable")) == REPLICAS and all(ready(p) for p in self.pods("stable")))
 
-    def promote_v1_then_v2(self, uris: dict[str, str], standby_replicas: int, check: Callable[[], None]) -> None:
+    def promote_v1_then_v2(self, uris: dict[str, str], standby_replicas: int, check: Callable[[], None],
+                           feedback_store: dict[str, Any] | None = None) -> None:
+        """``feedback_store``: ``serving.feedbackStore`` (default: a development SQLite store in each pod)."""
         def stable(version: str) -> Callable[[], bool]:
             def done() -> bool:
                 check()
@@ -130,12 +134,12 @@ class Story:
 
         self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.MLMODEL_PLURAL, {
             "apiVersion": api.API_VERSION, "kind": "MLModel", "metadata": {"name": MODEL},
-            "spec": model_spec("v1", uris["v1"], self.artifacts["v1"], standby_replicas)})
+            "spec": model_spec("v1", uris["v1"], self.artifacts["v1"], standby_replicas, feedback_store)})
         self.approve("v1")
         wait_for(stable("v1"), 300, "v1 Stable with every pod Ready")
         self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.MLMODEL_PLURAL, MODEL,
                                                    {"spec": model_spec("v2", uris["v2"], self.artifacts["v2"],
-                                                                       standby_replicas)})
+                                                                       standby_replicas, feedback_store)})
         self.approve("v2")
         wait_for(stable("v2"), 300, "v2 promoted, Stable with every pod Ready")
         if standby_replicas:
@@ -161,8 +165,11 @@ class Story:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda i: self.answer(url, i), range(n)))
 
-    def roll_back(self) -> float:
-        """``modelwarden rollback`` as on-call: seconds from its start to every answer on v1's sha256."""
+    def roll_back(self, meanwhile: Callable[[float], None] = lambda elapsed: None, timeout: float = 600) -> float:
+        """``modelwarden rollback`` as on-call: seconds from its start to every answer on v1's sha256.
+
+        ``meanwhile(seconds since the start)`` runs once the request is filed and before each look at the answers:
+        where a fault table injects and lifts its fault."""
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfigs["oncall"])}
         url = self.service_url()
         started = time.monotonic()  # the CLI may wait for the operator's outcome: the clock includes it
@@ -171,7 +178,12 @@ class Story:
         if done.returncode != 0:
             raise RuntimeError(f"modelwarden rollback: {done.stderr}")
         v1 = self.artifacts["v1"].sha256
-        wait_for(lambda: set(self.answers(url, 20)) == {v1}, 600, "every answer on v1's sha256")
+
+        def all_on_v1() -> bool:
+            meanwhile(time.monotonic() - started)
+            return set(self.answers(url, 20)) == {v1}
+
+        wait_for(all_on_v1, timeout, "every answer on v1's sha256")
         return time.monotonic() - started
 
     def idle_cost(self, seconds: float = 20) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from localenv import modelwarden as modelwarden_env
 from localenv import node as real_node
 from localenv import postgres as postgres_env
 from localenv import prometheus as prometheus_env
+from tests.integration.modelwarden_helpers import LEASE_NAME, LEASE_NAMESPACE
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -129,6 +130,25 @@ def operator(modelwarden_installed: cluster_env.Cluster, tmp_path: Path) -> Iter
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def leases(modelwarden_installed: cluster_env.Cluster, api_clients: dict[str, client.ApiClient],
+           ) -> Iterator[client.CoordinationV1Api]:
+    """The admin's view of the operator's leader Lease; deleted before and after (a crashed earlier run may have
+    left it held)."""
+    api = client.CoordinationV1Api(api_clients["admin"])
+
+    def delete() -> None:
+        try:
+            api.delete_namespaced_lease(LEASE_NAME, LEASE_NAMESPACE)
+        except client.exceptions.ApiException as e:
+            if e.status != 404:
+                raise
+
+    delete()
+    yield api
+    delete()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from localenv.cluster import Cluster
+from localenv.modelwarden import OperatorProcess
 from modelwarden.api import v1alpha1 as api
 
 FEATURES = ["f1", "f2", "f3"]
@@ -140,3 +142,26 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+# Leader election as the chart runs it: the shipped leader-election Role names exactly this Lease.
+LEASE_NAMESPACE, LEASE_NAME = "modelwarden-system", "modelwarden-operator"
+LEADER_ELECTION_ENV = {"MODELWARDEN_LEADER_ELECTION": "true", "MODELWARDEN_LEASE_NAMESPACE": LEASE_NAMESPACE,
+                       "MODELWARDEN_LEASE_NAME": LEASE_NAME}
+
+
+def lease_holder(leases: client.CoordinationV1Api) -> str:
+    """Who holds the operator's Lease now ("" if nobody, or no Lease)."""
+    try:
+        return str(leases.read_namespaced_lease(LEASE_NAME, LEASE_NAMESPACE).spec.holder_identity or "")
+    except client.exceptions.ApiException as e:
+        if e.status == 404:
+            return ""
+        raise
+
+
+def campaign_identity(proc: OperatorProcess) -> str:
+    """The identity an operator process campaigns for the Lease under (from its log)."""
+    found = re.search(r"campaigning for Lease \S+ as (\S+)", proc.log())
+    assert found, f"no campaign line in the log:\n{proc.log()[-2000:]}"
+    return found.group(1)

@@ -12,9 +12,8 @@ The measured times are printed (``pytest -s``) and bounded by assertions.
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,20 @@ from kubernetes import client
 from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
 from modelwarden.api.v1alpha1 import Phase
-from tests.integration.modelwarden_helpers import Models, approval, artifact, mlmodel
+from tests.integration.modelwarden_helpers import (
+    LEADER_ELECTION_ENV,
+    LEASE_NAME,
+    LEASE_NAMESPACE,
+    Models,
+    approval,
+    artifact,
+    campaign_identity,
+    lease_holder,
+    mlmodel,
+)
 
-LEASE_NAMESPACE, LEASE_NAME = "modelwarden-system", "modelwarden-operator"
 LEASE_DURATION, RETRY_PERIOD = 15.0, 2.0
-ENV = {"MODELWARDEN_LEADER_ELECTION": "true", "MODELWARDEN_LEASE_NAMESPACE": LEASE_NAMESPACE,
-       "MODELWARDEN_LEASE_NAME": LEASE_NAME, "MODELWARDEN_RESYNC_SECONDS": "10"}
+ENV = {**LEADER_ELECTION_ENV, "MODELWARDEN_RESYNC_SECONDS": "10"}
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,35 +52,11 @@ def _wait(predicate: Callable[[], object], timeout: float, what: str, check: Cal
     return time.monotonic() - began
 
 
-def _identity(proc: OperatorProcess) -> str:
-    found = re.search(r"campaigning for Lease \S+ as (\S+)", proc.log())
-    assert found, f"no campaign line in the log:\n{proc.log()[-2000:]}"
-    return found.group(1)
-
-
 def _metric(text: str, line_start: str) -> float:
     for line in text.splitlines():
         if line.startswith(line_start + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{line_start} not in /metrics:\n{text}")
-
-
-@pytest.fixture
-def leases(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],
-           ) -> Iterator[client.CoordinationV1Api]:
-    """The admin's view of the Lease; deleted before and after (a crashed earlier run may have left it held)."""
-    api = client.CoordinationV1Api(api_clients["admin"])
-
-    def delete() -> None:
-        try:
-            api.delete_namespaced_lease(LEASE_NAME, LEASE_NAMESPACE)
-        except client.exceptions.ApiException as e:
-            if e.status != 404:
-                raise
-
-    delete()
-    yield api
-    delete()
 
 
 def test_one_leader_acts_and_fails_over(modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient],
@@ -87,12 +70,7 @@ def test_one_leader_acts_and_fails_over(modelwarden_installed: Cluster, api_clie
         return proc
 
     def holder() -> str:
-        try:
-            return str(leases.read_namespaced_lease(LEASE_NAME, LEASE_NAMESPACE).spec.holder_identity or "")
-        except client.exceptions.ApiException as e:
-            if e.status == 404:
-                return ""
-            raise
+        return lease_holder(leases)
 
     admin = Models(api_clients["admin"], namespace)
     finance = Models(api_clients["finance-approver"], namespace)
@@ -106,10 +84,10 @@ def test_one_leader_acts_and_fails_over(modelwarden_installed: Cluster, api_clie
 
     try:
         a = operator("a")
-        id_a = _identity(a)
+        id_a = campaign_identity(a)
         _wait(lambda: holder() == id_a, 10, "the first operator takes the free Lease")
         b = operator("b")
-        id_b = _identity(b)
+        id_b = campaign_identity(b)
         assert id_a != id_b
 
         # Exactly one acts: a takes m1 to Stable; b only watches (warm cache, no reconcile, not leader).
@@ -145,7 +123,7 @@ def test_one_leader_acts_and_fails_over(modelwarden_installed: Cluster, api_clie
 
         # A clean stop releases the Lease: c (a candidate that has been watching) takes over at once.
         c = operator("c")
-        id_c = _identity(c)
+        id_c = campaign_identity(c)
         time.sleep(RETRY_PERIOD * 1.5)  # c has read the Lease at least once
         stopping = time.monotonic()
         b.stop()

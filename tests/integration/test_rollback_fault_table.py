@@ -2,39 +2,37 @@
 
 The production Controller runs in this process as the least-privilege operator user against the real control
 plane (KWOK nodes: pods are simulated, so "every answer" is the stable Deployment's pod template SHA256 with no
-canary left — the real-node version through the Service is the integrator's to add). The artifact store is a
-real HTTP server on loopback that can answer 503; the pager is a real webhook receiver on loopback; the ledger is
+canary left; the same table on the real node, counting answers through the model's Service, with PostgreSQL, API
+throttling and leader failover rows, is ``test_real_node_fault_table.py``). The artifact store is a real HTTP
+server on loopback that can answer 503; the pager is a real webhook receiver on loopback; the ledger is
 the real ModelLedger chain, checked with `modelwarden ledger verify`.
 
 Each row asserts: the stable ends on v1's SHA256, exactly one incident and one page (pages counted by the
 incident they carry, as PagerDuty's dedup_key does), the ledger verifies, and no rejection of the target. It
 prints fault → seconds from the request until v1 serves → seconds until done → incidents, pages.
 
-Extend :data:`FAULTS` for faults of other parts (standby, PostgreSQL, hostile tenants, leader failover).
+Extend :data:`FAULTS` for faults of the operator's own decisions; faults of what serves (pods, Service, feedback
+store) belong in the real-node table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import functools
-import http.server
 import json
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 
+from localenv.artifacts import ArtifactServer
 from localenv.cluster import Cluster
 from modelwarden.adapters.notify import WebhookNotifier
 from modelwarden.api import v1alpha1 as api
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
+from tests.integration.incidents import Pager, ledger_decisions, serving
 from tests.integration.modelwarden_helpers import Models, approval, artifact, cli, mlmodel
 from tests.integration.test_ledger import verify
 from tests.integration.test_rollback_triggers import InProcessOperator
@@ -90,68 +88,6 @@ def ledger_write_refused(cluster: Cluster, namespace: str) -> bool:
     return "fault injected" in done.stderr
 
 
-class FlakyStore:
-    """Serves a directory over HTTP; answers 503 until ``down_until`` (monotonic seconds)."""
-
-    def __init__(self, root: Path) -> None:
-        self.down_until = 0.0
-        self.answered_503 = 0
-        store = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if time.monotonic() < store.down_until:
-                    store.answered_503 += 1
-                    self.send_error(503, "store unavailable")
-                    return
-                super().do_GET()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler,
-                                                                                           directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
-class Pager:
-    """A generic webhook receiver: every notification's body."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        pager = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                pager.received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    @property
-    def pages(self) -> int:
-        return len({(n.get("rollback") or {}).get("id") for n in self.received if n.get("severity") == "page"})
-
-
-@contextlib.contextmanager
-def serving(*servers: http.server.ThreadingHTTPServer) -> Iterator[None]:
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    try:
-        yield
-    finally:
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-
-
 def run(op: InProcessOperator, namespace: str, name: str) -> tuple[float | None, MLModelStatus]:
     """One pass as a worker runs it (failures back off), on fresh caches and the real clock."""
     async def one() -> float | None:
@@ -177,15 +113,15 @@ TABLE: list[str] = []
 def test_rollback_under_fault_on_the_real_api_server(
         fault: Fault, modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str,
         tmp_path: Path) -> None:
-    store, pager = FlakyStore(tmp_path), Pager()
-    with serving(store.server, pager.server):
+    store, pager = ArtifactServer(tmp_path, host="127.0.0.1"), Pager()
+    with store, serving(pager.server):
         op = InProcessOperator(modelwarden_installed, namespace)
         op.controller.notifier = op.controller.applier.notifier = WebhookNotifier(pager.url)
         admin = Models(api_clients["admin"], namespace)
         shas: dict[str, str] = {}
         for version in ("v1", "v2"):
             _, sha = artifact(tmp_path, version)
-            uri, shas[version] = f"{store.url}/model-{version}.skops", sha
+            uri, shas[version] = f"{store.base_url}/model-{version}.skops", sha
             for role, user in (("finance", "finance-approver"), ("regulatory", "regulatory-approver")):
                 Models(api_clients[user], namespace).approve(approval("m", version, sha, role, user))
             if version == "v1":
@@ -205,7 +141,7 @@ def test_rollback_under_fault_on_the_real_api_server(
             while not ledger_write_refused(modelwarden_installed, namespace) and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert ledger_write_refused(modelwarden_installed, namespace), "the fault is not in force"
-        store.down_until = time.monotonic() + fault.store_503_seconds
+        store.unavailable_for(fault.store_503_seconds)
         asked = time.monotonic()
         restarted = False
         # on-call files the rollback (a ModelAction bound to the model's uid), as the runbook says
@@ -243,9 +179,7 @@ def test_rollback_under_fault_on_the_real_api_server(
         assert any(t.event == api.Reason.WAITING_FOR_ARTIFACT_STORE for t in status.last_rollback.timeline)
     code, result = verify(modelwarden_installed, namespace, "m")
     assert code == 0, result
-    ledger = client.CustomObjectsApi(api_clients["admin"]).list_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.LEDGER_PLURAL)
-    decisions = [r["decision"] for o in ledger["items"] for r in o["spec"]["records"]]
+    decisions = ledger_decisions(api_clients["admin"], namespace)
     assert decisions.count(api.Reason.ROLLBACK_STARTED) == 1 and decisions.count(api.Reason.ROLLBACK_COMPLETE) == 1
     TABLE.append(f"{fault.name:<48} {on_prior:>14.1f} {done:>9.1f} {len(status.incidents):>9} {pager.pages:>5}")
     print("\n" + f"{'fault':<48} {'s to prior SHA':>14} {'s to done':>9} {'incidents':>9} {'pages':>5}\n"
