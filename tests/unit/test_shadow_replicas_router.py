@@ -117,3 +117,24 @@ def test_the_gateway_router_points_the_stable_backend_at_the_standby_only_after_
         "credit": {api.LABEL_MODEL: "credit", api.LABEL_TRACK: "standby"},
         "credit-stable": {**TRACK, api.LABEL_TRACK: "standby"},
         "credit-canary": {**TRACK, api.LABEL_TRACK: "canary"}}
+
+
+def _deployment(generation: int, observed: int, replicas: int, total: int, updated: int, ready: int) -> dict[str, Any]:
+    return {"metadata": {"generation": generation, "labels": {}, "annotations": {}},
+            "spec": {"replicas": replicas, "template": {"metadata": {"labels": {}}}},
+            "status": {"observedGeneration": observed, "replicas": total, "updatedReplicas": updated,
+                       "readyReplicas": ready}}
+
+
+@pytest.mark.parametrize(("generation", "observed", "total", "updated", "ready", "rolled_out"), [
+    (2, 2, 1, 1, 1, True),   # done: the one pod runs the new template and is ready
+    (2, 1, 1, 1, 1, False),  # the controller has not seen the new template yet
+    (2, 2, 2, 1, 1, False),  # the new pod starts; the ready one is the old template's (a rollback's bad version)
+    (2, 2, 1, 0, 1, False),  # the new ReplicaSet has no pod yet
+])
+def test_a_deployment_is_rolled_out_only_when_no_pod_of_an_older_template_is_left(
+        generation: int, observed: int, total: int, updated: int, ready: int, rolled_out: bool) -> None:
+    """Issue 24: after a standby rollback the Service went back to the stable Deployment while its one ready pod
+    was still the rolled-back version's (readyReplicas counts every template's pods)."""
+    state = track_state(_deployment(generation, observed, 1, total, updated, ready))
+    assert state.rolled_out is rolled_out

@@ -99,8 +99,12 @@ def track_state(deployment: Mapping[str, Any]) -> TrackState:
     status = deployment.get("status") or {}
     annotations = meta.get("annotations") or {}
     replicas = int(spec.get("replicas", 1))
+    # Rolled out as `kubectl rollout status` has it: the controller saw this template, every replica runs it, and
+    # no pod of an older template is left (readyReplicas counts those too: while the new pod starts, the old one is
+    # the ready one, and a Service switched onto this Deployment then would serve the old version).
+    updated = int(status.get("updatedReplicas", 0))
     rolled_out = (int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
-                  and int(status.get("updatedReplicas", 0)) >= replicas)
+                  and updated >= replicas and int(status.get("replicas", 0)) <= updated)
     template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
     return TrackState(
         version=(meta.get("labels") or {}).get(api.LABEL_VERSION, ""),
