@@ -42,7 +42,8 @@ from tests.integration.incidents import Pager, ledger_decisions, serving
 from tests.integration.modelwarden_helpers import LEADER_ELECTION_ENV, Models, campaign_identity, lease_holder
 from tests.integration.test_ledger import verify
 
-OPERATOR_ENV = {"MODELWARDEN_RESYNC_SECONDS": "5"}
+RESYNC_SECONDS = 5
+OPERATOR_ENV = {"MODELWARDEN_RESYNC_SECONDS": str(RESYNC_SECONDS)}
 
 
 @dataclass
@@ -269,11 +270,9 @@ class LeaderKilled(Fault):
             rig.notes.append(f"leader killed {elapsed:.2f}s after the request")
 
 
-# OperatorKilled is left out until the bug it found is fixed: after a kill -9 right after the request (standby on),
-# the new process completes the rollback (Halted, one incident, one page) and then every answer is v2's again.
 # The API-throttling row (an admission webhook answering the operator's writes 429) is in this file's history; it did
 # not yet get the API server to answer 429.
-FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), LeaderKilled(), StoreDownStandby()]
+FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), OperatorKilled(), LeaderKilled(), StoreDownStandby()]
 TABLE: list[str] = []
 
 
@@ -316,6 +315,10 @@ def test_rollback_under_fault_through_the_service(
 
             assert status.stable is not None and status.stable.sha256 == v1
             assert set(story.answers(url, 100)) == {v1}, "every answer carries the prior SHA256"
+            # The passes after the rollback keep the traffic there (the Service once went back to the stable
+            # Deployment while its one ready pod was still v2's): two resyncs later every answer is still v1's.
+            time.sleep(2 * RESYNC_SECONDS + 1)
+            assert set(story.answers(url, 100)) == {v1}, "every answer stays on the prior SHA256"
             rb = status.last_rollback
             assert rb is not None and rb.to_sha256 == v1
             assert [i.id for i in status.incidents] == [rb.id], status.incidents

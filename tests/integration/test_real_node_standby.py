@@ -6,6 +6,7 @@ the stable Deployment cannot fetch v1. The story's steps are ``bench/rollback_st
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from kubernetes import client
@@ -77,6 +78,11 @@ def test_a_rollback_with_the_artifact_store_down_is_served_by_the_standby_throug
         deployment = client.AppsV1Api(api_clients["admin"]).read_namespaced_deployment(f"{MODEL}-standby",
                                                                                         real_namespace)
         assert deployment.spec.replicas == REPLICAS
+        assert set(story.answers(url, 200)) == {v1}
+        # Later passes keep it there: the stable Deployment's one ready pod is still v2's (its v1 pod cannot fetch),
+        # so the Service must not go back to it. Two resyncs later every answer is still v1's.
+        time.sleep(11)
+        assert story.core.read_namespaced_service(MODEL, real_namespace).spec.selector[api.LABEL_TRACK] == "standby"
         assert set(story.answers(url, 200)) == {v1}
     except BaseException:
         print(operator.log()[-6000:])
