@@ -59,23 +59,24 @@ test-unit: $(STAMP) ## fast, pure tests
 
 test-integration: $(STAMP) system-deps ## tests against the real control plane, Prometheus and PostgreSQL
 	@$(BUILD)
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration --durations=20 $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under load, Prometheus, operator)
 	@$(BUILD)
-	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+	$(PY) -m pytest tests/e2e --durations=10 $(PYTEST_ARGS)
 
 # Cold, the builds are the longest part of `make test`. One background job starts at once, beside the lint and unit
 # tests: the Kubernetes binaries and the node's images first (the integration tests' own build waits on
-# hack/build-env.sh's lock, and reports a failure again), then Flux, which only the last tests need (the `flux`
+# hack/build-env.sh's lock, and reports a failure again), then helm (the chart tests, a minute into the integration
+# tests, wait on hack/build-helm.sh's lock), then Flux, which only the last tests need (the `flux`
 # fixture and `demo --gitops` wait on hack/build-flux.sh's lock): it compiles while the integration tests wait on
 # pods and timers, instead of taking the CPUs from the Kubernetes build.
-build-background: $(STAMP) system-deps ## start hack/build-env.sh, then hack/build-flux.sh, in the background (logs in the cache)
+build-background: $(STAMP) system-deps ## start hack/build-env.sh, then hack/build-helm.sh and hack/build-flux.sh, in the background (logs in the cache)
 	@cache="$(CACHE_DIR)"; mkdir -p "$$cache"; \
-	  nohup bash -c '$(BUILD) >"$$0/env-build.log" 2>&1; bash hack/build-flux.sh >"$$0/flux-build.log" 2>&1' \
-	    "$$cache" </dev/null >/dev/null 2>&1 & \
-	  echo "[build] Kubernetes, the node's images, then Flux: building in the background (logs: $$cache/env-build.log," \
-	       "$$cache/flux-build.log)"
+	  nohup bash -c '$(BUILD) >"$$0/env-build.log" 2>&1; bash hack/build-helm.sh >"$$0/helm-build.log" 2>&1; \
+	    bash hack/build-flux.sh >"$$0/flux-build.log" 2>&1' "$$cache" </dev/null >/dev/null 2>&1 & \
+	  echo "[build] Kubernetes, the node's images, then helm and Flux: building in the background (logs:" \
+	       "$$cache/env-build.log, $$cache/helm-build.log, $$cache/flux-build.log)"
 
 test: build-background lint typecheck test-unit test-integration test-e2e ## everything CI runs
 

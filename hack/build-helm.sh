@@ -4,7 +4,9 @@
 # and version stamping differ (helm.sh/helm/v4/internal/version; the Kubernetes version comes from client-go's
 # build info, no -X), and moving to it waits for a run of tests/integration/test_chart.py with it.
 # Output: $MODELWARDEN_CACHE/helm/<version>/bin/helm (the path is printed on stdout; progress goes to stderr).
-# Idempotent: a version that is already built is left alone (a `.complete` stamp marks a finished build).
+# Idempotent: a version that is already built is left alone (a `.complete` stamp marks a finished build). `make test`
+# builds it in the background once the Kubernetes build is done; a second caller (the chart tests, the demo) blocks
+# on the lock below until that build is done, then finds it complete.
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
@@ -14,6 +16,12 @@ BIN="$OUT/bin"
 
 log() { printf '[build-helm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+  log "waiting for the helm build already running (make test starts it in the background)"
+  flock 9
+fi
 if [[ -f "$OUT/.complete" && -x "$BIN/helm" ]]; then
   echo "$BIN/helm"
   exit 0
