@@ -33,7 +33,7 @@ from modelwarden.adapters.kube import KubeClient, KubeEventRecorder, KubeStatusW
 from modelwarden.adapters.ledger import KubeLedger, LedgerSigner
 from modelwarden.adapters.model_actions import KubeActionStatusWriter
 from modelwarden.adapters.operator_identity import OperatorIdentity
-from modelwarden.adapters.prometheus import PrometheusMetrics
+from modelwarden.adapters.prometheus import BURN_LONG, BURN_SHORT, PrometheusMetrics
 from modelwarden.adapters.routers import router_for
 from modelwarden.adapters.server_admin import HTTPServerAdmin
 from modelwarden.api.v1alpha1 import MLModelStatus, Phase
@@ -189,6 +189,31 @@ def test_error_budget_trigger_on_backfilled_history(
         assert healthy is not None and healthy.status == "True", healthy
         assert status.last_rollback is None
         assert REGISTRY.get_sample_value("modelwarden_rollbacks_total") == rollbacks_before
+
+
+def burn_series(name: str, value: float) -> prometheus_env.Series:
+    """A recorded burn rate (``ml:inference_burn_rate:*``, as the shipped rules record it) for v2, flat for 2 hours."""
+    points = [(float(t), value) for t in range(int(END - 120 * 60), int(END) + 1, STEP)]
+    return prometheus_env.Series(name, {"model": "m", "version": "v2"}, points)
+
+
+def test_fast_burn_trigger_on_backfilled_burn_rates(
+        modelwarden_installed: Cluster, api_clients: dict[str, client.ApiClient], namespace: str, tmp_path: Path,
+        prometheus_factory: Callable[..., prometheus_env.Prometheus]) -> None:
+    """FastBurn, the second stable trigger: both recorded burn rates above 14.4x while the budget itself is still
+    healthy roll v2 back by FastBurn (the rules that record them are promtool-tested in tests/prometheus; the demo's
+    live story in tests/e2e arms ErrorBudgetExhausted)."""
+    op = InProcessOperator(modelwarden_installed, namespace)
+    admin, shas = promoted_v2(op, api_clients, namespace, tmp_path)
+    prom = prometheus_factory(backfilled=[budget_series("v2", 0), burn_series(BURN_LONG, 20.0),
+                                          burn_series(BURN_SHORT, 30.0)])
+    op.evaluate(prom.url)
+    status = op.until("m", lambda s: s.phase == Phase.HALTED)
+    assert status.last_rollback is not None and status.last_rollback.trigger == "FastBurn", status.last_rollback
+    assert status.stable is not None and status.stable.sha256 == shas["v1"]
+    deployment = admin.deployment("m-stable")
+    assert deployment is not None
+    assert deployment.spec.template.metadata.annotations["modelwarden.io/sha256"] == shas["v1"]
 
 
 def feedback_series(stakeholder: str, labels_at_minutes: list[float]) -> prometheus_env.Series:
