@@ -73,9 +73,9 @@ test-e2e: $(STAMP) system-deps ## the demo's story as a test (real servers under
 # core the integration tests leave idle, not theirs), which only the last tests need (the `flux`
 # fixture and `demo --gitops` wait on hack/build-flux.sh's lock): it compiles while the integration tests wait on
 # pods and timers, instead of taking the CPUs from the Kubernetes build.
-build-background: $(STAMP) system-deps ## start hack/build-env.sh, then hack/build-helm.sh and hack/build-flux.sh, in the background (logs in the cache)
+build-background: system-deps ## start hack/build-env.sh, then hack/build-helm.sh and hack/build-flux.sh, in the background (logs in the cache)
 	@cache="$(CACHE_DIR)"; mkdir -p "$$cache"; \
-	  nohup bash -c 'nice -n -5 $(BUILD) >"$$0/env-build.log" 2>&1; bash hack/build-helm.sh >"$$0/helm-build.log" 2>&1; \
+	  nohup bash -c 'nice -n -5 $(BUILD) $(STAMP) >"$$0/env-build.log" 2>&1; bash hack/build-helm.sh >"$$0/helm-build.log" 2>&1; \
 	    nice -n 19 bash hack/build-flux.sh >"$$0/flux-build.log" 2>&1' "$$cache" </dev/null >/dev/null 2>&1 & \
 	  echo "[build] Kubernetes, the node's images, then helm and Flux: building in the background (logs:" \
 	       "$$cache/env-build.log, $$cache/helm-build.log, $$cache/flux-build.log)"
