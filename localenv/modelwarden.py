@@ -170,6 +170,8 @@ class OperatorProcess:
     log_path: Path
     user: str = "modelwarden-operator"
     env: dict[str, str] = field(default_factory=dict)
+    # the user's own kubeconfig unless given (e.g. one naming localenv.apiserver_front instead of the API server)
+    kubeconfig: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     liveness_port: int = 0
     metrics_port: int = 0
@@ -177,7 +179,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
         # The local environment is where model servers may serve /admin/faults (tests call it as cluster-admin).
-        env = {"KUBECONFIG": str(self.cluster.kubeconfigs[self.user]), "MODELWARDEN_SERVER_FAULT_INJECTION": "true",
+        env = {"KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfigs[self.user]),
+               "MODELWARDEN_SERVER_FAULT_INJECTION": "true",
                "MODELWARDEN_LEDGER_KEY_FILE": str(self.cluster.state_dir / LEDGER_KEY_FILE), **self.env}
         self.process = start_process(
             [sys.executable, "-m", "modelwarden.handlers",

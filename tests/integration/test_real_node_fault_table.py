@@ -11,9 +11,12 @@ fault → seconds from the request until every answer carries v1's SHA256 → se
 incidents, pages.
 
 The faults are real: the artifact server answers 503, or is stopped (the warm standby serves); PostgreSQL (the
-models' shared feedback store) is stopped; the leader of two operator processes is killed with SIGKILL. (API Priority
-and Fairness cannot give the API-throttling row its 429s: a priority level of zero seats still admits a request
-whenever none of its own is executing — 120 requests of the operator's user all answered 200.)
+models' shared feedback store) is stopped; every request of the operator is answered 429 for 30 s; the leader of two
+operator processes is killed with SIGKILL. The 429s come from a front on loopback between the operator process and
+the real API server (``localenv/apiserver_front.py``: the operator's own token passed through, every other request
+forwarded, watches streamed): API Priority and Fairness cannot refuse every request of one user (a priority level of
+zero seats still admits a request whenever none of its own is executing — 120 requests of the operator's user all
+answered 200), and an admission webhook answering 429 did not get the API server to answer 429.
 
     bash realnode.sh .venv/bin/python -m pytest tests/integration/test_real_node_fault_table.py -q -s [-k <row id>]
 """
@@ -33,6 +36,7 @@ import pytest
 from kubernetes import client
 
 from bench.rollback_standby import MODEL, Story, build_artifacts, wait_for
+from localenv.apiserver_front import APIServerFront
 from localenv.artifacts import ArtifactServer
 from localenv.cluster import Cluster
 from localenv.modelwarden import OperatorProcess
@@ -59,11 +63,11 @@ class Rig:
     operators: list[OperatorProcess] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def start_operator(self, env: dict[str, str] | None = None) -> OperatorProcess:
+    def start_operator(self, env: dict[str, str] | None = None, kubeconfig: Path | None = None) -> OperatorProcess:
         # The row's namespace only: what other tests left in the cluster is not this row's to reconcile or page for.
         proc = OperatorProcess(self.cluster, self.tmp_path / f"operator-{len(self.operators)}.log", env={
             **OPERATOR_ENV, "MODELWARDEN_NAMESPACES": self.story.namespace, "MODELWARDEN_WEBHOOK_URL": self.pager.url,
-            **(env or {})}).start()
+            **(env or {})}, kubeconfig=kubeconfig).start()
         self.operators.append(proc)
         return proc
 
@@ -270,9 +274,44 @@ class LeaderKilled(Fault):
             rig.notes.append(f"leader killed {elapsed:.2f}s after the request")
 
 
-# The API-throttling row (an admission webhook answering the operator's writes 429) is in this file's history; it did
-# not yet get the API server to answer 429.
-FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), OperatorKilled(), LeaderKilled(), StoreDownStandby()]
+class APIServerThrottled(Fault):
+    """Every request of the operator answered 429 (``Retry-After: 1``, a ``TooManyRequests`` Status) for 30 s from
+    just before the request, by a front on loopback between the operator process and the real API server
+    (``localenv/apiserver_front.py``): the same user and token, authorized by the API server. The operator's watches
+    already streaming keep streaming, as on the API server (a watch is admitted when it starts): it sees the request
+    at once and must carry the rollback through 429s on every read and write it makes, retrying."""
+
+    name = "API server 429 to the operator for 30 s"
+    id = "api-429-30s"
+    standby_replicas = 1
+    seconds = 30.0
+
+    def __init__(self) -> None:
+        self.front: APIServerFront | None = None
+
+    def start_operators(self, rig: Rig) -> None:
+        self.front = APIServerFront.of(rig.cluster)
+        rig.request.addfinalizer(self.front.close)
+        user = OperatorProcess.user
+        rig.start_operator(kubeconfig=self.front.kubeconfig(rig.cluster.kubeconfigs[user],
+                                                            rig.tmp_path / f"{user}-via-front.kubeconfig"))
+
+    def before(self, rig: Rig) -> None:
+        assert self.front is not None
+        self.front.throttle_for(self.seconds)
+
+    def lift(self, rig: Rig) -> None:
+        if self.front is not None:
+            self.front.throttle_for(0)
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        assert self.front is not None
+        assert self.front.answered_429 > 0, "the fault was not seen"
+        rig.notes.append(f"{self.front.answered_429} requests of the operator answered 429")
+
+
+FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), APIServerThrottled(), OperatorKilled(), LeaderKilled(),
+                       StoreDownStandby()]
 TABLE: list[str] = []
 
 
