@@ -12,7 +12,8 @@ incidents, pages.
 
 The faults are real: the artifact server answers 503, or is stopped (the warm standby serves); PostgreSQL (the
 models' shared feedback store) is stopped; every request of the operator is answered 429 for 30 s; the leader of two
-operator processes is killed with SIGKILL. The 429s come from a front on loopback between the operator process and
+operator processes is killed with SIGKILL; another namespace's ten hostile artifacts are being verified by the same
+operator. The 429s come from a front on loopback between the operator process and
 the real API server (``localenv/apiserver_front.py``: the operator's own token passed through, every other request
 forwarded, watches streamed): API Priority and Fairness cannot refuse every request of one user (a priority level of
 zero seats still admits a request whenever none of its own is executing — 120 requests of the operator's user all
@@ -28,6 +29,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,18 @@ from bench.rollback_standby import MODEL, Story, build_artifacts, wait_for
 from localenv.apiserver_front import APIServerFront
 from localenv.artifacts import ArtifactServer
 from localenv.cluster import Cluster
-from localenv.modelwarden import OperatorProcess
+from localenv.hostile_store import HostileModel, HostileStore, signed_directory, ten_hostile_models, write_key
+from localenv.modelwarden import OperatorProcess, trust_artifact_keys
 from localenv.postgres import Postgres
 from modelwarden.api import v1alpha1 as api
 from tests.integration.incidents import Pager, ledger_decisions, serving
-from tests.integration.modelwarden_helpers import LEADER_ELECTION_ENV, Models, campaign_identity, lease_holder
+from tests.integration.modelwarden_helpers import (
+    LEADER_ELECTION_ENV,
+    Models,
+    campaign_identity,
+    lease_holder,
+    mlmodel,
+)
 from tests.integration.test_ledger import verify
 
 RESYNC_SECONDS = 5
@@ -310,8 +319,77 @@ class APIServerThrottled(Fault):
         rig.notes.append(f"{self.front.answered_429} requests of the operator answered 429")
 
 
+class HostileTenants(Fault):
+    """Another namespace's ten hostile artifacts (trickling bytes, huge declared sizes, a manifest declaring 1 TiB,
+    an endless body, a 64 MiB signed model within and over its limits: ``localenv.hostile_store``) are being
+    verified by the same operator process when the on-call rollback is asked for. The rollback takes the artifact
+    store's path (no standby), through the verification pool they fill, and completes in its ordinary time; each
+    hostile model gets its own condition and nothing of theirs is served."""
+
+    name = "ten hostile artifacts of another namespace"
+    id = "hostile-tenants"
+
+    def __init__(self) -> None:
+        self.namespace = f"h-{uuid.uuid4().hex[:10]}"
+        self.store: HostileStore | None = None
+        self.hostile: list[HostileModel] = []
+
+    def start_operators(self, rig: Rig) -> None:
+        core = client.CoreV1Api(rig.story.clients["admin"])
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=self.namespace, labels={"pod-security.kubernetes.io/enforce": "restricted"})))
+        rig.request.addfinalizer(lambda: core.delete_namespace(self.namespace))
+        rig.start_operator({"MODELWARDEN_NAMESPACES": f"{rig.story.namespace},{self.namespace}"})
+
+    def tenant(self, rig: Rig) -> Models:
+        return Models(rig.story.clients["admin"], self.namespace)
+
+    def pending(self, rig: Rig) -> list[str]:
+        tenant = self.tenant(rig)
+        return [m.name for m in self.hostile if _artifact_reason(tenant, m.name) == api.Reason.VERIFICATION_PENDING]
+
+    def before(self, rig: Rig) -> None:
+        key, public = write_key(rig.tmp_path)
+        big_sha = signed_directory(rig.tmp_path / "hostile" / "big", key, model_bytes=64 << 20)
+        trust_artifact_keys(rig.cluster, {"release": public.decode()}, "real-node-fault-table")
+        client.CoreV1Api(rig.story.clients["admin"]).create_namespaced_config_map(self.namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="trusted-keys"), data={"release.pub": public.decode()}))
+        self.store = HostileStore(rig.tmp_path / "hostile").__enter__()
+        self.hostile = ten_hostile_models(self.store.url, big_sha, "trusted-keys")
+        tenant = self.tenant(rig)
+        for model in self.hostile:
+            body = mlmodel(model.name, "v1", "file:///unused", "0" * 64, steps=[{"setWeight": 100, "pauseSeconds": 0}])
+            body["spec"]["artifact"] = {"format": "skops", **model.artifact}
+            tenant.create(body)
+        # The rollback is asked for only once the hostile verifications are running.
+        wait_for(lambda: bool(self.pending(rig)), 60, "a hostile verification in flight")
+
+    def on_prior(self, rig: Rig) -> None:
+        rig.notes.append(f"{len(self.pending(rig))} of 10 hostile verifications still pending when every answer was "
+                         "v1's")
+
+    def lift(self, rig: Rig) -> None:
+        if self.store is not None:
+            self.store.__exit__(None, None, None)
+            self.store = None
+
+    def check(self, rig: Rig, status: api.MLModelStatus) -> None:
+        assert status.last_rollback is not None
+        assert "TargetVerified" in [t.event for t in status.last_rollback.timeline], "the store's path, verified"
+        tenant = self.tenant(rig)
+        for model in self.hostile:
+            theirs = tenant.status(model.name)
+            assert theirs.phase != api.Phase.FAILED, f"{model.name}: nothing proven about its bytes is no mismatch"
+            assert theirs.stable is None, f"{model.name}: nothing unverified or unapproved is served"
+
+
+def _artifact_reason(models: Models, name: str) -> str | None:
+    found = next((c for c in models.status(name).conditions if c.type == api.ConditionType.ARTIFACT_VERIFIED), None)
+    return found.reason if found is not None else None
+
+
 FAULTS: list[Fault] = [StoreUnavailable(), PostgresDown(), APIServerThrottled(), OperatorKilled(), LeaderKilled(),
-                       StoreDownStandby()]
+                       StoreDownStandby(), HostileTenants()]
 TABLE: list[str] = []
 
 
