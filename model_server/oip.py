@@ -117,6 +117,7 @@ class _Plan(NamedTuple):
 # number of bytes behind it, the full decode takes the same decisions, the data's finiteness aside.
 _PLANS: dict[tuple[bytes, int, int, int], _Plan] = {}
 MAX_PLANS = 64  # distinct headers remembered; beyond, forgotten all at once (a client with an id per request)
+MAX_PLAN_HEADER = 1024  # bytes: tritonclient's and the KServe SDK's headers are 150-300; a longer one is not kept
 
 
 def decode_request(body: bytes, json_length: int | None, contract: FeatureContract | None,
@@ -124,7 +125,7 @@ def decode_request(body: bytes, json_length: int | None, contract: FeatureContra
     """An OIP request body as rows keyed by feature name. Without a ``contract`` (the neutral prediction
     answers) positional columns are named ``column_{j}`` and not checked, and ``columns`` (the width of the
     contract the server knows, if any) bounds them."""
-    if json_length is not None and contract is not None:
+    if json_length is not None and json_length <= MAX_PLAN_HEADER and contract is not None:
         key = (body[:json_length], len(body), id(contract), max_rows)
         plan = _PLANS.get(key)
         if plan is not None and plan.contract is contract:

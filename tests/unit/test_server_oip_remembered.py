@@ -146,3 +146,11 @@ def test_an_answer_with_a_request_id_echoes_it() -> None:
     request = oip.decode_request(*binary([[1, 2, 3, 4]], id="req-7"), CONTRACT, 100)
     header, _, _ = read_binary_answer(*encode(request, [0.5], ["0" * 32]))
     assert header["id"] == "req-7"
+
+
+def test_long_headers_are_not_kept() -> None:
+    """At most MAX_PLANS headers of at most MAX_PLAN_HEADER bytes: a client cannot make the server hold its
+    4 MiB headers."""
+    body, length = binary([[1, 2, 3, 4]], id="x" * oip.MAX_PLAN_HEADER)
+    assert oip.decode_request(body, length, CONTRACT, 100).id == "x" * oip.MAX_PLAN_HEADER
+    assert oip._PLANS == {}
