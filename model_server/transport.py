@@ -93,15 +93,17 @@ class _OneWrite:
     def end_of_answer(self) -> None:
         """The answer is complete: what is held goes out, and the next write starts the next answer."""
         self._awaiting_headers = True
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._transport.write(held)
+        self._flush()
 
     def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
         if self._held is not None:
             held, self._held = self._held, None
-            self._transport.write(held)
-        self._transport.close()
+            if not self._transport.is_closing():  # (a closed uvloop transport raises on write)
+                self._transport.write(held)
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
