@@ -401,14 +401,18 @@ def profile(url: str, script: Path, concurrency: int, seconds: float, load_cpu: 
         recorder.send_signal(2)  # SIGINT: perf writes its file and exits
         recorder.wait()
     out = []
-    for sort in ("dso", "dso,sym"):
+    for sort in ("pid,dso", "dso,sym"):  # perf's "pid" is the thread: the loop's is the process's own id
         report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
                                  "-F", "sample," + sort, "--percent-limit", "0.5"],
                                 capture_output=True, text=True).stdout
         for line in report.splitlines():
             fields = line.split(None, 1)
             if len(fields) == 2 and fields[0].isdigit():
-                out.append(f"{int(fields[0]) / PERF_HZ / requests * 1e6:8.2f} µs/req  {fields[1].strip()}")
+                what = fields[1].strip()
+                if sort.startswith("pid"):
+                    thread, _, dso = what.partition(" ")
+                    what = f"{'loop' if thread.split(':')[0] == str(pid) else 'other thread'}  {dso.strip()}"
+                out.append(f"{int(fields[0]) / PERF_HZ / requests * 1e6:8.2f} µs/req  {what}")
         out.append("")
     return "\n".join(out)
 
