@@ -216,9 +216,9 @@ class DataPlane:
             except Exception as e:
                 raise HttpError(500, "PREDICT_ERROR", "the model failed on this input", kind="PREDICT_ERROR",
                                 outcome="error", detail=f"{type(e).__name__}: {e}") from None
-            if not all_finite(result):
-                raise self._non_finite(matrix, result, batch)
             scores = result.tolist()
+            if not all_finite(result, scores):
+                raise self._non_finite(matrix, result, batch)
             if self._mirror is not None:
                 self._mirror.offer(rows, scores)  # O(1): sent by a background task after this answer
         self._record(ids, rows, scores, state, now)

@@ -99,11 +99,65 @@ def header_length(headers: Sequence[tuple[bytes, bytes]], body_length: int) -> i
     return None
 
 
+class _Plan(NamedTuple):
+    """What a binary request's JSON header decodes to, for one contract: everything but the tensor's values."""
+
+    contract: FeatureContract  # held, so that its id (in the key) is not reused while the plan exists
+    request_id: str | None
+    outputs: tuple[str, ...]
+    binary_outputs: frozenset[str]
+    tensor: str
+    dtype: np.dtype[Any]
+    rows: int
+
+
+# A client sends the same JSON header with every binary request of one shape (tritonclient and the KServe SDK do):
+# the header's parse and checks are remembered by its bytes, and a request with a known header only has its tensor
+# data read and checked. Keyed by (header, body length, contract, row limit): with the same header and the same
+# number of bytes behind it, the full decode takes the same decisions, the data's finiteness aside.
+_PLANS: dict[tuple[bytes, int, int, int], _Plan] = {}
+MAX_PLANS = 64  # distinct headers remembered; beyond, forgotten all at once (a client with an id per request)
+MAX_PLAN_HEADER = 1024  # bytes: tritonclient's and the KServe SDK's headers are 150-300; a longer one is not kept
+
+
 def decode_request(body: bytes, json_length: int | None, contract: FeatureContract | None,
                    max_rows: int, columns: int | None = None) -> InferInput:
     """An OIP request body as rows keyed by feature name. Without a ``contract`` (the neutral prediction
     answers) positional columns are named ``column_{j}`` and not checked, and ``columns`` (the width of the
     contract the server knows, if any) bounds them."""
+    if json_length is not None and json_length <= MAX_PLAN_HEADER and contract is not None:
+        key = (body[:json_length], len(body), id(contract), max_rows)
+        plan = _PLANS.get(key)
+        if plan is not None and plan.contract is contract:
+            return _planned(plan, body, json_length)
+        request = _decode(body, json_length, contract, max_rows, columns)
+        if request.matrix is not None:  # one binary tensor of rows in contract order: the usual binary request
+            if len(_PLANS) >= MAX_PLANS:
+                _PLANS.clear()
+            tensor = orjson.loads(key[0])["inputs"][0]  # checked by the decode that just succeeded
+            _PLANS[key] = _Plan(contract, request.id, request.outputs, request.binary_outputs, tensor["name"][:256],
+                                np.dtype(DTYPES[tensor["datatype"]]), len(request.rows))
+        return request
+    return _decode(body, json_length, contract, max_rows, columns)
+
+
+def _planned(plan: _Plan, body: bytes, json_length: int) -> InferInput:
+    """The request of a known header: only its tensor's values are read (and checked finite)."""
+    features = plan.contract.features
+    n_cols = len(features)
+    array = np.frombuffer(body, dtype=plan.dtype, count=plan.rows * n_cols, offset=json_length).astype(np.float64)
+    data = array.tolist()
+    if plan.dtype.kind == "f" and not all_finite(array, data):
+        raise invalid_input("tensor data must be finite numbers", tensor=plan.tensor)
+    if plan.rows == 1:
+        rows = [dict(zip(features, data, strict=True))]
+    else:
+        rows = [dict(zip(features, data[i * n_cols:(i + 1) * n_cols], strict=True)) for i in range(plan.rows)]
+    return InferInput(plan.request_id, rows, plan.outputs, plan.binary_outputs, array.reshape(plan.rows, n_cols))
+
+
+def _decode(body: bytes, json_length: int | None, contract: FeatureContract | None,
+            max_rows: int, columns: int | None) -> InferInput:
     doc = parse_json(body if json_length is None else body[:json_length])
     binary = memoryview(body)[json_length:] if json_length is not None else memoryview(b"")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
@@ -264,35 +318,70 @@ def _check_rows(n_rows: int, limits: Limits) -> None:
         raise invalid_input(f"at most {limits.max_rows} rows")
 
 
+_ID_LENGTH = struct.pack("<I", 32)  # the length prefix of a prediction id (32 hex digits)
+
+
 def _bytes_elements(ids: list[str]) -> bytes:
     """BYTES tensor data in the binary extension's form: each element a 4-byte little-endian length, then it."""
     parts = []
     for value in ids:
         raw = value.encode()
-        parts.append(struct.pack("<I", len(raw)))
+        parts.append(_ID_LENGTH if len(raw) == 32 else struct.pack("<I", len(raw)))
         parts.append(raw)
     return b"".join(parts)
 
 
-def encode_response(*, model_name: str, model_version: str, request: InferInput, parameters: dict[str, Any],
-                    scores: list[float], ids: list[str]) -> tuple[bytes, int | None]:
+def _fp64_elements(scores: list[float]) -> bytes:
+    if len(scores) <= 64:  # struct is cheaper than numpy's per-call overhead for the few scores of most requests
+        return struct.pack(f"<{len(scores)}d", *scores)
+    return np.asarray(scores, dtype="<f8").tobytes()
+
+
+# The JSON header of an answer whose outputs are all binary depends on the request's form and the answer's
+# parameters and sizes, not on the scores or ids: made once per such combination (bounded like _PLANS).
+_BINARY_HEADERS: dict[tuple[Any, ...], bytes] = {}
+MAX_BINARY_HEADERS = 64
+
+
+def encode_response(*, model_name: str, model_version: str, request: InferInput,
+                    parameters: dict[str, str | bool], scores: list[float], ids: list[str]) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it (else None)."""
     n = len(scores)
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name in request.outputs:
-        meta: dict[str, Any] = {"name": name, "datatype": "FP64" if name == "prediction" else "BYTES", "shape": [n]}
-        data: list[Any] = scores if name == "prediction" else ids
-        if name in request.binary_outputs:
-            blob = np.asarray(scores, dtype="<f8").tobytes() if name == "prediction" else _bytes_elements(ids)
-            blobs.append(blob)
-            outputs.append({**meta, "parameters": {"binary_data_size": len(blob)}})
-        else:
-            outputs.append({**meta, "data": data})
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:  # OIP: the request's id, if it had one
-        doc["id"] = request.id
-    header = orjson.dumps({**doc, "parameters": parameters, "outputs": outputs})
+    if request.binary_outputs and len(request.binary_outputs) == len(request.outputs) and request.id is None:
+        blobs = [_fp64_elements(scores) if name == "prediction" else _bytes_elements(ids) for name in request.outputs]
+        key = (model_name, model_version, request.outputs, n, *map(len, blobs), *parameters.items())
+        header = _BINARY_HEADERS.get(key)
+        if header is None:
+            header = _header(model_name, model_version, request, parameters, scores, ids, blobs)
+            if len(_BINARY_HEADERS) >= MAX_BINARY_HEADERS:
+                _BINARY_HEADERS.clear()
+            _BINARY_HEADERS[key] = header
+        return b"".join([header, *blobs]), len(header)
+    blobs = [_fp64_elements(scores) if name == "prediction" else _bytes_elements(ids)
+             for name in request.outputs if name in request.binary_outputs]
+    header = _header(model_name, model_version, request, parameters, scores, ids, blobs)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def _header(model_name: str, model_version: str, request: InferInput, parameters: dict[str, str | bool],
+            scores: list[float], ids: list[str], blobs: list[bytes]) -> bytes:
+    """The answer's JSON: ``blobs`` are the binary outputs' data, in the order of ``request.outputs``."""
+    n = len(scores)
+    sizes = iter(map(len, blobs))
+    outputs: list[dict[str, Any]] = []
+    for name in request.outputs:
+        output: dict[str, Any] = {"name": name, "datatype": "FP64" if name == "prediction" else "BYTES",
+                                  "shape": [n]}
+        if name in request.binary_outputs:
+            output["parameters"] = {"binary_data_size": next(sizes)}
+        else:
+            output["data"] = scores if name == "prediction" else ids
+        outputs.append(output)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:  # OIP: the request's id, if it had one
+        doc["id"] = request.id
+    doc["parameters"] = parameters
+    doc["outputs"] = outputs
+    return orjson.dumps(doc)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -51,15 +52,17 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
 
 
 @contextmanager
-def serve_in_thread(app: ModelServer, *, wait_ready: bool = True, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields the base URL. Stops (gracefully) on exit."""
+def serve_in_thread(app: ModelServer, *, wait_ready: bool = True, timeout: float = 30.0,
+                    **uvicorn_options: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port; yields the base URL. Stops (gracefully) on exit. ``uvicorn_options``
+    override the server's uvicorn configuration (e.g. ``timeout_keep_alive``)."""
     # An explicit IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the listening
     # socket says TCP, and without it every response waits out the client's delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.settings, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, app.settings, **{"timeout_graceful_shutdown": 5, **uvicorn_options}))
     thread = threading.Thread(target=lambda: uvloop.run(server.serve(sockets=[sock])), daemon=True,
                               name="model-server")
     thread.start()

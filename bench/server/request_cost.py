@@ -181,8 +181,9 @@ async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str
 # The server processes of a --transport run, all under the server's own uvicorn configuration: the bare floor app
 # on uvicorn's httptools protocol, the same app on GuardedProtocol, and model_server (whose stages are taken out
 # in turn through a bench-only route).
-SERVE_KINDS = ("floor", "guarded floor", "app")
+SERVE_KINDS = ("floor", "guarded floor", "sized floor", "app")
 STAGES_PATH = "/bench/stages"
+ANSWER_PATH = "/bench/answer"  # the sized floor's answer, set per path
 PATHS = {"predict": "/predict (JSON by name)", "oip-json": "OIP infer, JSON tensor",
          "oip-binary": "OIP infer, binary tensor and outputs"}
 
@@ -210,7 +211,13 @@ def serve(kind: str) -> int:
             bare_entry = "ASGI entry" in stages
             return Response(200, b"{}")
 
+        async def batches(scope: Scope, receive: Receive, params: Params) -> Response:
+            batcher = app.dataplane.batcher
+            assert batcher is not None
+            return Response(200, orjson.dumps([batcher.batches, batcher.rows]))
+
         app.router.add(STAGES_PATH, "POST", set_stages)
+        app.router.add(STAGES_PATH, "GET", batches)  # scoring calls and rows scored so far
         bare = bare_asgi.app
 
         async def entry(scope: Scope, receive: Receive, send: Send) -> None:
@@ -221,6 +228,27 @@ def serve(kind: str) -> int:
                 await app(scope, receive, send)
 
         config = uvicorn_config(entry, settings)
+    elif kind == "sized floor":
+        # The floor's bare app on uvicorn's own protocol, answering the app's answer for the path measured (its
+        # status line, headers and body): what the size of this path's request and answer costs the transport.
+        answer: list[Any] = [[(b"content-type", b"application/json"), (b"content-length", b"2")], b"{}"]
+
+        async def sized(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            if scope["path"] == ANSWER_PATH:
+                doc = orjson.loads(await read_body(scope, receive, 1 << 20))
+                answer[:] = [[(k.encode("latin-1"), v.encode("latin-1")) for k, v in doc["headers"]],
+                             bytes.fromhex(doc["body"])]
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            while (await receive()).get("more_body"):
+                pass
+            await send({"type": "http.response.start", "status": 200, "headers": answer[0]})
+            await send({"type": "http.response.body", "body": answer[1]})
+
+        config = uvicorn_config(sized, settings, lifespan="off", http=HttpToolsProtocol)
     else:
         config = uvicorn_config(bare_asgi.app, settings, lifespan="off",
                                 **({"http": HttpToolsProtocol} if kind == "floor" else {}))
@@ -246,7 +274,8 @@ def run_time_ns(pid: int) -> tuple[int, int, int]:
 
 
 # (label, server kind, stages taken out): each row's layer is what it costs more than the row below it.
-VARIANTS = (
+Variant = tuple[str, str, tuple[str, ...]]
+CHAIN: tuple[Variant, ...] = (
     ("app", "app", ()),
     ("app - metrics", "app", STAGES[:1]),
     ("app - metrics, records", "app", STAGES[:2]),
@@ -256,7 +285,8 @@ VARIANTS = (
     ("app - all of the endpoint, ASGI entry", "app", (*TRANSPORT_STAGES, "ASGI entry")),
     ("guarded floor", "guarded floor", ()),
     ("floor", "floor", ()),
-)
+)  # the layers: each is a variant minus the next
+VARIANTS = (*CHAIN, ("sized floor", "sized floor", ()))
 LAYERS = ("metrics (outcome counter, latency histogram)", "record pipeline (loop + store thread)",
           "drift window", "scoring", "endpoint: parse, validation, data plane glue, answer encoding",
           "our ASGI entry: router, errors, served-by headers (and uvicorn writing them)",
@@ -265,8 +295,15 @@ LAYERS = ("metrics (outcome counter, latency histogram)", "record pipeline (loop
           "floor: uvicorn, httptools, uvloop, sockets, a bare ASGI app")
 
 
-def transport(seconds: float, repeats: int, concurrency: int, path: str) -> dict[str, list[tuple[float, ...]]]:
-    """Per variant and repeat: (main thread, other threads, waited for a core) µs per request, and req/s."""
+Measured = dict[tuple[str, int, str], list[tuple[float, ...]]]  # (path, concurrency, variant) -> per repeat
+BATCH_ROWS: dict[tuple[str, int], list[float]] = {}  # (path, concurrency) -> the app's rows per scoring call, per run
+
+
+def transport(seconds: float, repeats: int, concurrencies: list[int], paths: list[str],
+              perf: Path | None = None) -> tuple[Measured, dict[tuple[str, int, str], str]]:
+    """Per (path, concurrency, variant) and repeat: (main thread, other threads, waited for a core) µs per request,
+    and req/s; with ``perf``, a ``perf record`` profile of the app, the sized floor and the floor per path and
+    concurrency (one more wrk run each), summarised as text."""
     import httpx
     import run
 
@@ -274,11 +311,12 @@ def transport(seconds: float, repeats: int, concurrency: int, path: str) -> dict
 
     work = Path(tempfile.mkdtemp(prefix="mw-cost-"))
     artifact = build_demo_artifact(work / "artifact", trained=train("logistic", N_FEATURES, 5000, seed=0))
-    url_path, body, headers = cases(artifact.features, [float(v) for v in artifact.sample[1]])[PATHS[path]]
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     server_cpu, load_cpu = ("1", "0") if pin else (None, None)
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
-    results: dict[str, list[tuple[float, ...]]] = {}
+    results: Measured = {}
+    profiles: dict[tuple[str, int, str], str] = {}
+    batch_rows = BATCH_ROWS
     try:
         for kind in SERVE_KINDS:
             port = free_port()
@@ -298,51 +336,121 @@ def transport(seconds: float, repeats: int, concurrency: int, path: str) -> dict
                 return httpx.get(probe).status_code == 200
 
             wait_until(ready, 60, f"the {kind} server")
-        script = run._script(work, run.Endpoint(url_path, body, None, tuple(
-            (k.decode(), v.decode("latin-1")) for k, v in headers)))
-        for r in range(repeats):
-            for label, kind, stages in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
-                url, proc = servers[kind]
-                if kind == "app":
-                    httpx.post(url + STAGES_PATH, json=list(stages)).raise_for_status()
-                run.wrk(url + url_path, script, concurrency, 1, load_cpu)  # warm up this variant
-                before = run_time_ns(proc.pid)
-                rps, _, _, errors, requests = run.wrk(url + url_path, script, concurrency, seconds, load_cpu)
-                after = run_time_ns(proc.pid)
-                if errors:
-                    raise RuntimeError(f"{label}: {errors} answers other than 2xx")
-                results.setdefault(label, []).append(
-                    (*((a - b) / 1000 / requests for a, b in zip(after, before, strict=True)), rps))
+        all_cases = cases(artifact.features, [float(v) for v in artifact.sample[1]])
+        for path in paths:
+            url_path, body, headers = all_cases[PATHS[path]]
+            app_url = servers["app"][0]
+            httpx.post(app_url + STAGES_PATH, json=[]).raise_for_status()
+            answer = httpx.post(app_url + url_path, content=body, headers=[(k.decode(), v.decode()) for k, v in
+                                                                             headers])
+            answer.raise_for_status()
+            httpx.post(servers["sized floor"][0] + ANSWER_PATH, json={
+                "headers": [(k, v) for k, v in answer.headers.multi_items()], "body": answer.content.hex()},
+            ).raise_for_status()
+            script = run._script(work, run.Endpoint(url_path, body, None, tuple(
+                (k.decode(), v.decode("latin-1")) for k, v in headers)))
+            for c in concurrencies:
+                for r in range(repeats):
+                    for label, kind, stages in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+                        url, proc = servers[kind]
+                        if kind == "app":
+                            httpx.post(url + STAGES_PATH, json=list(stages)).raise_for_status()
+                        run.wrk(url + url_path, script, c, 1, load_cpu)  # warm up this variant
+                        scored = httpx.get(url + STAGES_PATH).json() if label == "app" else [0, 0]
+                        before = run_time_ns(proc.pid)
+                        rps, _, _, errors, requests = run.wrk(url + url_path, script, c, seconds, load_cpu)
+                        after = run_time_ns(proc.pid)
+                        if label == "app":  # rows per scoring call: do this path's requests share a batch?
+                            calls, rows = (a - b for a, b in zip(httpx.get(url + STAGES_PATH).json(), scored,
+                                                                  strict=True))
+                            batch_rows.setdefault((path, c), []).append(rows / max(calls, 1))
+                        if errors:
+                            raise RuntimeError(f"{label}: {errors} answers other than 2xx")
+                        results.setdefault((path, c, label), []).append(
+                            (*((a - b) / 1000 / requests for a, b in zip(after, before, strict=True)), rps))
+                if perf is not None:
+                    for label, kind in (("app", "app"), ("sized floor", "sized floor"), ("floor", "floor")):
+                        url, proc = servers[kind]
+                        if kind == "app":
+                            httpx.post(url + STAGES_PATH, json=[]).raise_for_status()
+                        profiles[(path, c, label)] = profile(url + url_path, script, c, seconds, load_cpu, proc.pid,
+                                                             perf / f"{path}-c{c}-{label.replace(' ', '-')}.data")
     finally:
         for _, proc in servers.values():
             proc.terminate()
             proc.wait()
-    return results
+    return results, profiles
 
 
-def print_transport(results: dict[str, list[tuple[float, ...]]], args: argparse.Namespace,
+PERF_HZ = 4999  # samples per second of CPU (cpu-clock: this machine's VM exposes no hardware counters)
+
+
+def profile(url: str, script: Path, concurrency: int, seconds: float, load_cpu: str | None, pid: int,
+            data: Path) -> str:
+    """``perf record`` of process ``pid`` (all its threads) while wrk runs; its samples by shared object and by
+    symbol, as µs of CPU per request."""
+    import run
+
+    data.parent.mkdir(parents=True, exist_ok=True)
+    recorder = subprocess.Popen(["perf", "record", "-q", "-F", str(PERF_HZ), "-e", "cpu-clock", "-p", str(pid),
+                                 "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        _, _, _, _, requests = run.wrk(url, script, concurrency, seconds, load_cpu)
+    finally:
+        recorder.send_signal(2)  # SIGINT: perf writes its file and exits
+        recorder.wait()
+    out = []
+    for sort in ("pid,dso", "dso,sym"):  # perf's "pid" is the thread: the loop's is the process's own id
+        report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+                                 "-F", "sample," + sort, "--percent-limit", "0.5"],
+                                capture_output=True, text=True).stdout
+        for line in report.splitlines():
+            fields = line.split(None, 1)
+            if len(fields) == 2 and fields[0].isdigit():
+                what = fields[1].strip()
+                if sort.startswith("pid"):
+                    thread, _, dso = what.partition(" ")
+                    what = f"{'loop' if thread.split(':')[0] == str(pid) else 'other thread'}  {dso.strip()}"
+                out.append(f"{int(fields[0]) / PERF_HZ / requests * 1e6:8.2f} µs/req  {what}")
+        out.append("")
+    return "\n".join(out)
+
+
+def print_transport(results: Measured, profiles: dict[tuple[str, int, str], str], args: argparse.Namespace,
                     load: tuple[float, float]) -> None:
-    def median(label: str, field: int) -> float:
-        return statistics.median(v[field] for v in results[label])
+    print(f"\nwrk for {args.seconds:g} s per variant, median of {args.repeats} repeats; 1-minute load average "
+          f"{load[0]:.1f} before, {load[1]:.1f} after. CPU time per request of the server process (schedstat: "
+          "loop = its main thread, + its other threads: the store thread). Each row is what the variant above it "
+          "costs more than the one below it.")
+    for path, c in dict.fromkeys((k[0], k[1]) for k in results):
+        def median(label: str, field: int) -> float:
+            return statistics.median(v[field] for v in results[(path, c, label)])  # noqa: B023
 
-    print(f"\n{PATHS[args.path]} at concurrency {args.concurrency}, wrk for {args.seconds:g} s per variant, median "
-          f"of {args.repeats} repeats; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after. CPU time "
-          "per request of the server process (schedstat: loop = its main thread, + its other threads: the store "
-          "thread). Each row is what the variant above it costs more than the one below it.\n")
-    print("| layer | CPU µs/req (loop + other threads) | share of the app's |")
-    print("|---|---:|---:|")
-    labels = [v[0] for v in VARIANTS]
-    app_total = median("app", 0) + median("app", 1)
-    for layer, label, below in zip(LAYERS, labels, [*labels[1:], None], strict=True):
-        loop = median(label, 0) - (median(below, 0) if below else 0.0)
-        other = median(label, 1) - (median(below, 1) if below else 0.0)
-        print(f"| {layer} | {loop + other:.1f} ({loop:.1f} + {other:.1f}) | {(loop + other) / app_total:.0%} |")
-    floor = median("floor", 0) + median("floor", 1)
-    print(f"| **the app, all of it** | **{app_total:.1f}** | {app_total / floor:.2f} times the floor's |")
-    print(f"\nreq/s: the app {median('app', 3):,.0f}, the floor {median('floor', 3):,.0f} "
-          f"({median('app', 3) / median('floor', 3):.0%}); the app's threads waited for a core "
-          f"{median('app', 2):.0f} µs per request. 60% of the floor's req/s needs at most {floor / 0.6:.0f} µs "
-          f"of CPU per request ({1 / 0.6:.2f} times the floor's).")
+        print(f"\n{PATHS[path]} at concurrency {c}:\n")
+        print("| layer | CPU µs/req (loop + other threads) | share of the app's |")
+        print("|---|---:|---:|")
+        labels = [v[0] for v in CHAIN]
+        app_total = median("app", 0) + median("app", 1)
+        for layer, label, below in zip(LAYERS, labels, [*labels[1:], None], strict=True):
+            loop = median(label, 0) - (median(below, 0) if below else 0.0)
+            other = median(label, 1) - (median(below, 1) if below else 0.0)
+            print(f"| {layer} | {loop + other:.1f} ({loop:.1f} + {other:.1f}) | {(loop + other) / app_total:.0%} |")
+        floor = median("floor", 0) + median("floor", 1)
+        sized = median("sized floor", 0) + median("sized floor", 1)
+        print(f"| **the app, all of it** | **{app_total:.1f}** | {app_total / floor:.2f} times the floor's |")
+        print(f"\nThe floor answering this path's answer (its headers and body; sized floor): {sized:.1f} µs/req, "
+              f"{sized - floor:+.1f} over the floor's fixed answer. req/s: the app {median('app', 3):,.0f}, the "
+              f"floor {median('floor', 3):,.0f} ({median('app', 3) / median('floor', 3):.0%}), the sized floor "
+              f"{median('sized floor', 3):,.0f}; the app's threads waited for a core {median('app', 2):.0f} µs per "
+              f"request. 60% of the floor's req/s needs at most {floor / 0.6:.0f} µs of CPU per request. The "
+              f"app scored {statistics.median(BATCH_ROWS[(path, c)]):.1f} rows per model call (median over its runs: "
+              "requests of one loop turn share a call).")
+        for label in ("app", "sized floor", "floor"):
+            if (path, c, label) in profiles:
+                print(f"\nperf record -F {PERF_HZ} of the {label} ({PATHS[path]}, c={c}), µs of CPU per request by "
+                      f"shared object, then by symbol (≥ 0.5% of samples):\n")
+                print(profiles[(path, c, label)])
 
 
 def main() -> int:
@@ -353,16 +461,23 @@ def main() -> int:
     parser.add_argument("--transport", action="store_true", help="through uvicorn and loopback sockets with wrk, "
                         "layer by layer down to the bare uvicorn floor (one path, one concurrency)")
     parser.add_argument("--seconds", type=float, default=4.0, help="--transport: wrk's run per variant")
-    parser.add_argument("--concurrency", type=int, default=32, help="--transport: wrk's connections")
-    parser.add_argument("--path", choices=sorted(PATHS), default="predict", help="--transport: what is requested")
+    parser.add_argument("--concurrency", default="32", help="--transport: wrk's connections (comma-separated list)")
+    parser.add_argument("--path", default="predict", help=f"--transport: what is requested, comma-separated of "
+                        f"{', '.join(sorted(PATHS))}")
+    parser.add_argument("--perf", type=Path, help="--transport: also perf record the app, the sized floor and the "
+                        "floor (one more wrk run each), files in this directory")
     parser.add_argument("--serve", choices=SERVE_KINDS, help=argparse.SUPPRESS)  # a --transport server process
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve)
     if args.transport:
+        paths = args.path.split(",")
+        if not set(paths) <= set(PATHS):
+            parser.error(f"--path: one or more of {', '.join(sorted(PATHS))}")
         load = os.getloadavg()[0]
-        measured = transport(args.seconds, args.repeats, args.concurrency, args.path)
-        print_transport(measured, args, (load, os.getloadavg()[0]))
+        measured, profiles = transport(args.seconds, args.repeats, [int(c) for c in args.concurrency.split(",")],
+                                       paths, args.perf)
+        print_transport(measured, profiles, args, (load, os.getloadavg()[0]))
         return 0
     results, drift_us = uvloop.run(measure(args.requests, args.repeats))
 

@@ -480,7 +480,12 @@ def main() -> int:
                 progress(f"repeat {repeat + 1}/{args.repeats}: {model} {target.label}")
                 loads.append(os.getloadavg()[0])
                 try:
-                    add(measure(model, target, work, args.duration, load_cpu, expected))
+                    measured = measure(model, target, work, args.duration, load_cpu, expected)
+                    add(measured)
+                    for r in measured:  # as it goes: a run stopped early still leaves what it measured
+                        progress(f"  c={r.concurrency}: {r.rps:,.0f} req/s, p50 {r.p50_us:,.0f} µs, p99 "
+                                 f"{r.p99_us:,.0f} µs, CPU {r.cpu_us:.0f} µs/req (loop {r.loop_cpu_us:.0f}), "
+                                 f"PostgreSQL {r.store_db_cpu_us:.0f} µs/req, non-2xx {r.errors}")
                 except (peers.PeerError, RuntimeError, TimeoutError, httpx.HTTPError,
                         subprocess.SubprocessError) as exc:
                     tail = "" if isinstance(exc, peers.PeerError) else _log_tail(target.log)  # PeerError has it
