@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,9 +214,11 @@ _KWOK_NODE = {
     },
     # Real workloads belong on the real node: a pod runs here only if it tolerates this.
     "spec": {"taints": [real_node.KWOK_TAINT]},
+    # Sized for bench.scale's 1,000 models promoted with their standbys: up to 4 pods per model (stable, its
+    # surge pod, canary, standby) of 50m each. At 32 CPUs the three nodes held 1,920 and promote-all stalled.
     "status": {
-        "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
-        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+        "allocatable": {"cpu": "128", "memory": "512Gi", "pods": "2000"},
+        "capacity": {"cpu": "128", "memory": "512Gi", "pods": "2000"},
         "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
                      "kubeProxyVersion": "fake"},
     },
@@ -389,6 +393,20 @@ def down(state_dir: Path | None = None) -> None:
                 stop_pid(pid)
     if state_dir.exists():
         shutil.rmtree(state_dir)
+
+
+@contextmanager
+def running() -> Iterator[Cluster]:
+    """The control plane for a test session: reused if `make cluster-up` already started it, else started here and
+    stopped at the end."""
+    already_running = Cluster.load(default_state_dir())
+    reuse = already_running is not None and already_running.healthy()
+    cluster = up()
+    try:
+        yield cluster
+    finally:
+        if not reuse:
+            down()
 
 
 def main(argv: list[str] | None = None) -> int:

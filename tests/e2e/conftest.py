@@ -13,9 +13,5 @@ from localenv import cluster as cluster_env
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster() -> Iterator[cluster_env.Cluster]:
-    already_running = cluster_env.Cluster.load(cluster_env.default_state_dir())
-    reuse = already_running is not None and already_running.healthy()
-    running = cluster_env.up()
-    yield running
-    if not reuse:
-        cluster_env.down()
+    with cluster_env.running() as running:
+        yield running

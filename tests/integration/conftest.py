@@ -30,12 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[cluster_env.Cluster]:
     """The control plane: reused if `make cluster-up` already started it, else started (and stopped) here."""
-    already_running = cluster_env.Cluster.load(cluster_env.default_state_dir())
-    reuse = already_running is not None and already_running.healthy()
-    running = cluster_env.up()
-    yield running
-    if not reuse:
-        cluster_env.down()
+    with cluster_env.running() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
