@@ -83,6 +83,25 @@ def test_predictions_round_trip_and_writes_are_idempotent(open_new: StoreFactory
     assert store.prediction("missing") is None
 
 
+def test_a_large_batch_round_trips_every_record_exactly(open_new: StoreFactory, model: str) -> None:
+    """What a flush after a long store outage writes: more rows than one statement takes, retried with a
+    duplicate inside, every float exact (the PostgreSQL store sends the batch as JSON)."""
+    store = open_new()
+    now = time.time()
+    outputs = [0.1 + 0.2, 1e-300, -0.0, 1.7976931348623157e308, 2.0 / 3.0]
+    records = [PredictionRecord(uuid.uuid4().hex, model, "1.0.0", "canary", "ENABLED|OK",
+                                json.dumps({"a": i / 7, "text": "é\u2028\"q\""}), outputs[i % len(outputs)],
+                                now + i / 1e6, "ab" * 32) for i in range(2500)]
+    store.record_predictions(records)
+    store.record_predictions([records[7], *records[2400:], records[7]])  # a retry after an ambiguous commit
+    for r in records[::97] + records[-6:]:
+        got = store.prediction(r.prediction_id)
+        assert got is not None
+        assert got[:5] == r[:5] and got.created_at == r.created_at and got.sha256 == r.sha256
+        assert json.loads(got.inputs) == json.loads(r.inputs)
+        assert got.output == r.output
+
+
 def test_feedback_is_joined_in_order_and_durable_across_reopen(open_new: StoreFactory, model: str) -> None:
     store = open_new()
     p = _prediction(model, time.time())
