@@ -368,8 +368,8 @@ _FEEDBACK_SELECT = ("feedback_id, prediction_id, model, version, label::text, se
 
 # Prediction records go to PostgreSQL as one statement per batch whose one parameter is the batch as a JSON array
 # (orjson writes it in C, each record's inputs spliced in as they are): executemany ran the statement once per
-# row, and psycopg's adaptation of its ten parameters took 24 us per row of the store thread's Python on the
-# serving core; this takes 3 (bench/server/README.md).
+# row, and psycopg's adaptation of its ten parameters cost ~33 us per record of the store thread's CPU on the
+# serving core; this costs ~4.5 (bench/server/pg_records.py).
 _PG_ROWS_PER_INSERT = 1000
 _PG_INSERT_PREDICTIONS = (
     f"INSERT INTO model_predictions ({_WRITE_PREDICTION_COLUMNS}) "
