@@ -199,6 +199,26 @@ def test_prometheus_down_mid_canary_neither_promotes_nor_rolls_back() -> None:
     assert d.status.current_step_index == 1, "with a verdict again, the canary moves on"
 
 
+def test_a_rollback_due_while_prometheus_was_down_starts_when_it_returns() -> None:
+    """Down: no verdict, so no rollback on missing numbers. Back with v2's budget spent: the rollback starts at once."""
+    world = honest_world("v1", "v2")
+    status, now = promoted_v2(world)
+    spec = make_spec("v2", rollout=STEPS, rollback=COLD)
+    world.metrics = None  # Prometheus stopped
+    for minute in range(1, 16):
+        status = world.step(spec, status, now + timedelta(minutes=minute)).status
+        assert status.phase == Phase.STABLE and status.last_rollback is None
+        healthy_condition = get_condition(status.conditions, "Healthy")
+        assert healthy_condition is not None and healthy_condition.reason == Reason.METRICS_UNAVAILABLE
+    back = now + timedelta(minutes=16)
+    world.metrics = view(back, budget={"v2": series(back, 0.01)})
+    d = world.step(spec, status, back)
+    assert d.status.phase == Phase.ROLLING_BACK and d.status.last_rollback is not None
+    assert d.status.metrics_unavailable_since is None
+    d = world.step(spec, d.status, back)  # the rollback's next pass puts v1 back
+    assert [a.artifact.version for a in d.actions if isinstance(a, ApplyTrack)] == ["v1"]
+
+
 def test_operator_crash_mid_rollback_finishes_it_once() -> None:
     world = honest_world("v1", "v2")
     status, now = promoted_v2(world)
