@@ -8,11 +8,8 @@ loop are written first, in the same store-thread call, so feedback on an answer 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -26,6 +23,7 @@ from model_server.config import Settings
 from model_server.http import HttpError, Params, Receive, Response, Scope, json_response, read_json
 from model_server.logs import EventLog
 from model_server.metrics import STAKEHOLDERS, ServerMetrics
+from model_server.priority import CoreLender
 from model_server.records import RecordBuffer
 from model_server.schemas import PREDICTION_ID_PATTERN, FeedbackIn
 from model_server.store import (
@@ -39,28 +37,12 @@ from model_server.store import (
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-BACKGROUND_NICE = 5  # scheduling priority of the store and drift threads, below the event loop's
 ERROR_LOG_INTERVAL = 10.0
 JOIN_POLL_SECONDS = 0.1
 # The durability contract's one gap, said where a client meets it (README "Feedback durability").
 UNKNOWN_PREDICTION_TEXT = ("no such prediction in the feedback store: unknown, past its retention, or never "
                            "recorded (a server killed within RECORD_FLUSH_SECONDS of answering loses the record)")
 _PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
-
-
-def background_priority() -> None:
-    """Run the calling thread below the event loop's CPU priority (Linux: ``setpriority`` on a thread id
-    applies to that thread only; elsewhere, or if refused, nothing changes).
-
-    The store thread writes a flush of prediction records (10-20 µs of CPU per record: 5-15 ms every flush at
-    a few thousand requests per second) on the event loop's core in a one-CPU pod. At equal priority a request
-    arriving during a flush waits for the scheduler's time slice (a few ms: about one request in 100 at
-    concurrency 1); at a lower one the loop gets the core back sooner. Nice 5 rather than more: it still gives
-    the store thread about a quarter of a saturated core, several times what the records need (at nice 10,
-    60 s at concurrency 32 left it behind: thousands of records pending and feedback answered in seconds).
-    What it does is unchanged: feedback is answered ``201`` only after its commit."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def validate(model: type[ModelT], doc: Any) -> ModelT:
@@ -89,11 +71,18 @@ class StoreThread:
 
     def __init__(self, factory: Callable[[str], FeedbackStore]) -> None:
         self._factory = factory
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="feedback-store", initializer=background_priority)
+        self.lender = CoreLender()  # the thread runs in the idle class, lent the loop's core when starved
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="feedback-store",
+                                            initializer=self.lender.initializer)
         self.store: FeedbackStore | None = None
 
     async def run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        loop = asyncio.get_running_loop()
+        self.lender.submitted(loop)
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        finally:
+            self.lender.finished()
 
     async def connect(self, dsn: str) -> tuple[FeedbackStore, list[int]]:
         """Open the store and bring its schema up to date (replicas starting together: see model_server.store);
@@ -120,6 +109,7 @@ class StoreThread:
             if self.store is not None:
                 await self.run(self.store.close)
         finally:
+            self.lender.close()
             self._executor.shutdown(wait=True)
 
 

@@ -28,12 +28,13 @@ from typing import Any
 from model_server.accounting import ErrorAccount
 from model_server.config import Settings
 from model_server.dataplane import DataPlane, tune_for_serving
-from model_server.feedback import FeedbackDesk, StoreThread, background_priority
+from model_server.feedback import FeedbackDesk, StoreThread
 from model_server.governance import Governance, GovernanceState
 from model_server.http import HttpError
 from model_server.loader import ArtifactRejected, ModelLoadError, load_artifact, warm_up
 from model_server.logs import EventLog
 from model_server.metrics import ServerMetrics
+from model_server.priority import background_priority
 from model_server.records import RecordBuffer
 from model_server.shadow import Comparator, Mirror
 
