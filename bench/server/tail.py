@@ -9,7 +9,8 @@ more than 0.3 ms late, each request's span in the server) from the benchmark's s
 keep-alive connection for ``--duration`` seconds and keeps each request's send and receive times on the same
 monotonic clock. Then, for the requests at or above the p99 (and the p99.9), which server events overlapped
 them, against how often the same events overlap any request: a cause is what the slow requests meet far more
-often than the rest do. PostgreSQL (``--store postgresql``) is ``localenv.postgres`` on loopback, unpinned.
+often than the rest do. PostgreSQL (``--store postgresql``) is ``localenv.postgres`` on loopback, on the
+client's core in the idle scheduling class (``run.put_aside``).
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def main() -> int:
 
             pg = postgres_env.start()
             dsn = pg.dsn
+            if (os.cpu_count() or 1) >= 2:  # aside, on the client's core, as run.py puts it on wrk's
+                from run import put_aside
+
+                put_aside(int((pg.data_dir / "postmaster.pid").read_text().split()[0]), "0")
         else:
             dsn = str(work / "feedback.sqlite3")
         port = free_port()
