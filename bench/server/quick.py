@@ -1,7 +1,8 @@
 """One model_server, the tree this file is in, ``/predict`` or OIP (skops logistic, SQLite store) driven by wrk: the
 quick A/B of a change, run alternately from two worktrees (``git worktree add ../before <commit>``).
 
-    .venv/bin/python bench/server/quick.py [--label new] [--duration 8] [--saturate 40] [--path predict|oip-binary|oip-json]
+    .venv/bin/python bench/server/quick.py [--label new] [--duration 8] [--saturate 40]
+        [--path predict|oip-binary|oip-json]
 
 Prints one line: the concurrency-1 p50 and p99, concurrency-32 req/s, p99 and the server's CPU per request, and
 the prediction records dropped. ``--saturate N`` adds N seconds at concurrency 32 with the records pending read
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import run
-
 
 PATHS = ("predict", "oip-binary", "oip-json")  # the order of run.prepare's targets for one format
 
@@ -59,8 +59,9 @@ def main() -> None:
         dropped = metric_sum(base, "ml_prediction_records_dropped_total")
     saturated = f" | {args.saturate:g} s at c=32: records pending every 5 s {[int(p) for p in pending]}" \
         if pending else ""
-    print(f"{args.label} {args.path}: c=1 p50 {c1[1]:,.0f} p99 {c1[2]:,.0f} µs | c=32 {c32[0]:,.0f} req/s p99 {c32[2]:,.0f} µs "
-          f"CPU {cpu:,.0f} µs/req | records dropped {dropped:,.0f}{saturated}", flush=True)
+    print(f"{args.label} {args.path}: c=1 p50 {c1[1]:,.0f} p99 {c1[2]:,.0f} µs | "
+          f"c=32 {c32[0]:,.0f} req/s p99 {c32[2]:,.0f} µs CPU {cpu:,.0f} µs/req | "
+          f"records dropped {dropped:,.0f}{saturated}", flush=True)
 
 
 if __name__ == "__main__":
