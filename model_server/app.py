@@ -73,7 +73,8 @@ class ModelServer:
         self.errors = ErrorAccount(self.metrics, self.governance, self.log)
         self.records = RecordBuffer(s.record_buffer_max, on_drop=self._records_dropped)
         # The store is scoped to the model's namespace (two same-named models never share evidence).
-        self.store = StoreThread(store_factory or functools.partial(open_store, namespace=s.mlmodel_namespace))
+        self.store = StoreThread(store_factory or functools.partial(open_store, namespace=s.mlmodel_namespace),
+                                 idle_class=s.store_thread_idle)
         self.feedback = FeedbackDesk(s, self.store, self.records, self.metrics, self.log)
         # The shadow stage: the stable mirrors (when SHADOW_TARGET_URL is set), any server can compare.
         self.shadow_metrics = ShadowMetrics(self.metrics.registry, s.model_name, s.model_version)

@@ -46,6 +46,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "RECORD_BUFFER_MAX": ("200000", "prediction records kept in memory while the feedback store is down or behind; "
                                     "beyond it the oldest are dropped and counted in "
                                     "ml_prediction_records_dropped_total"),
+    "STORE_THREAD_IDLE": ("false", "true: the feedback store thread runs in the idle scheduling class, so no request "
+                                   "waits for a records flush, and the event loop lends it the core when it starves "
+                                   "(model_server/priority.py). For a container whose CPU cgroup holds this server "
+                                   "alone, as the operator's pods; elsewhere other processes would starve it"),
     "FEEDBACK_JOIN_WAIT_SECONDS": ("2", "POST /feedback for a prediction not in the store yet waits this long for "
                                         "another replica's flush before answering 404"),
     "PREDICTION_RETENTION_SECONDS": ("2592000", "prediction records without feedback are deleted after this"),
@@ -120,6 +124,7 @@ class Settings:
     feedback_dsn: str = "feedback.sqlite3"
     record_flush_seconds: float = 0.25
     record_buffer_max: int = 200_000
+    store_thread_idle: bool = False
     feedback_join_wait_seconds: float = 2.0
     prediction_retention_seconds: float = 30 * 86400
     prediction_retention_max_rows: int = 1_000_000
@@ -190,6 +195,7 @@ class Settings:
             feedback_dsn=reader.text("FEEDBACK_DSN"),
             record_flush_seconds=reader.number("RECORD_FLUSH_SECONDS", minimum=0.01),
             record_buffer_max=reader.integer("RECORD_BUFFER_MAX", minimum=1),
+            store_thread_idle=reader.flag("STORE_THREAD_IDLE"),
             feedback_join_wait_seconds=reader.number("FEEDBACK_JOIN_WAIT_SECONDS", minimum=0),
             prediction_retention_seconds=reader.number("PREDICTION_RETENTION_SECONDS", minimum=1),
             prediction_retention_max_rows=reader.integer("PREDICTION_RETENTION_MAX_ROWS", minimum=1),

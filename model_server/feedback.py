@@ -23,7 +23,7 @@ from model_server.config import Settings
 from model_server.http import HttpError, Params, Receive, Response, Scope, json_response, read_json
 from model_server.logs import EventLog
 from model_server.metrics import STAKEHOLDERS, ServerMetrics
-from model_server.priority import CoreLender
+from model_server.priority import CoreLender, background_priority
 from model_server.records import RecordBuffer
 from model_server.schemas import PREDICTION_ID_PATTERN, FeedbackIn
 from model_server.store import (
@@ -69,15 +69,19 @@ class StoreThread:
     """The one thread that talks to the feedback store: SQLite wants one writer, and FIFO order keeps "flush
     records, then add feedback" sequential without locks."""
 
-    def __init__(self, factory: Callable[[str], FeedbackStore]) -> None:
+    def __init__(self, factory: Callable[[str], FeedbackStore], *, idle_class: bool = False) -> None:
         self._factory = factory
-        self.lender = CoreLender()  # the thread runs in the idle class, lent the loop's core when starved
+        # In the idle class (where the container's cgroup is the server's own), lent the loop's core when starved;
+        # elsewhere at nice 5.
+        self.lender = CoreLender() if idle_class else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="feedback-store",
-                                            initializer=self.lender.initializer)
+                                            initializer=self.lender.initializer if self.lender else background_priority)
         self.store: FeedbackStore | None = None
 
     async def run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+        if self.lender is None:
+            return await loop.run_in_executor(self._executor, fn)
         self.lender.submitted(loop)
         try:
             return await loop.run_in_executor(self._executor, fn)
@@ -109,7 +113,8 @@ class StoreThread:
             if self.store is not None:
                 await self.run(self.store.close)
         finally:
-            self.lender.close()
+            if self.lender is not None:
+                self.lender.close()
             self._executor.shutdown(wait=True)
 
 

@@ -1,9 +1,12 @@
 """CPU priority of the server's background threads, below the event loop that answers requests.
 
-The feedback store thread runs in the idle scheduling class (``SCHED_IDLE``): it gets the core only when the
-event loop does not want it, and the kernel hands the core back the moment the loop wakes. At nice 5, as it ran
-before, a request arriving during a records flush (5-15 ms of CPU on a one-core pod) waited for the scheduler's
-time slice, the largest cause of the concurrency-1 p99 (``bench/server/README.md``, session 8).
+At nice 5 a request arriving during a records flush (5-15 ms of CPU on a one-core pod) waits for the
+scheduler's time slice: the largest cause of the concurrency-1 p99 (``bench/server/README.md``, session 8). So
+where ``STORE_THREAD_IDLE`` says the server's CPU cgroup is its own (the operator's pods), the feedback store
+thread runs in the idle scheduling class (``SCHED_IDLE``): it gets the core only when the event loop does not
+want it, and the kernel hands the core back the moment the loop wakes. Elsewhere it stays at nice 5: the idle
+class yields to every other process of the cgroup, and beside a busy one (a build, on a machine without
+containers) each call would wait seconds.
 
 A thread in the idle class starves while the loop is saturated: left alone, 40 s at concurrency 32 dropped
 40,304 records. So while a store call has made no progress for ``STARVED_AFTER_SECONDS`` and the thread

@@ -343,8 +343,9 @@ def prepare(kind: str, formats: list[str], peer_venvs: dict[str, tuple[peers.Pee
     for fmt in formats:
         artifact = build_demo_artifact(directory / fmt, kind=cast(Kind, kind), fmt=cast(ModelFormat, fmt),
                                        trained=trained)
+        # STORE_THREAD_IDLE as the operator's pods have it: the server, alone on its core, stands for the pod.
         env = {**artifact.env("bench", "1.0.0"), "FEEDBACK_DSN": str(directory / f"{fmt}.sqlite3"),
-               "LOG_LEVEL": "WARNING"}
+               "LOG_LEVEL": "WARNING", "STORE_THREAD_IDLE": "true"}
         loaded = load_artifact(Settings.from_env(env))
         label = f"{fmt}: {loaded.fast_path or loaded.platform}"
         floors.append((f"in-process model_server scorer ({label})", loaded.score))

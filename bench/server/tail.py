@@ -168,7 +168,8 @@ def main() -> int:
             dsn = str(work / "feedback.sqlite3")
         port = free_port()
         env = {**os.environ, **artifact.env("bench", "1.0.0"), "FEEDBACK_DSN": dsn, "LOG_LEVEL": "WARNING",
-               "HOST": LOOPBACK, "PORT": str(port), "TRACE_OUT": str(work / "trace.json")}
+               "HOST": LOOPBACK, "PORT": str(port), "TRACE_OUT": str(work / "trace.json"),
+               "STORE_THREAD_IDLE": "true"}  # as in the operator's pods (run.py)
         if args.switch_interval:
             env["GIL_SWITCH_SECONDS"] = str(args.switch_interval)
         features = list(artifact.features)

@@ -197,6 +197,8 @@ def deployment_manifest(model: ModelObject, spec: api.MLModelSpec, track: api.Tr
         {"name": "SLO_OBJECTIVE", "value": spec.slo.objective},
         {"name": "FEATURE_CONTRACT", "value": json.dumps(contract, separators=(",", ":"))},
         {"name": "FEEDBACK_DSN", "value": f"{ARTIFACT_MOUNT}/feedback.sqlite3"},
+        # The container's CPU cgroup holds the server alone: its store thread can run in the idle class.
+        {"name": "STORE_THREAD_IDLE", "value": "true"},
         {"name": "MLMODEL_WATCH", "value": "true"},
         {"name": "MLMODEL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HOST", "value": "0.0.0.0"},

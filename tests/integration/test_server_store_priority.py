@@ -1,7 +1,11 @@
-"""The feedback store thread runs in the idle class, below the event loop, and is lent the core when starved.
+"""With ``STORE_THREAD_IDLE`` (the operator's pods) the feedback store thread runs in the idle class, below the
+event loop, and is lent the core when starved.
 
 Each scenario runs in its own process pinned to one CPU (a one-core pod): an event loop kept busy by a
-coroutine that never waits, as at saturation, beside one store-thread call.
+coroutine that never waits, as at saturation, beside one store-thread call. They measure the kernel's real
+scheduling, so they run with the integration tests: beside `make test`'s Flux build at nice 19, not beside its
+Kubernetes build at nice -5 (the unit phase), which an idle-class thread outside a pod's cgroup yields to
+entirely (that is why the setting is off outside the operator's pods).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def waiting(seconds):  # like a call waiting for PostgreSQL: no CPU wanted
     return call
 
 async def main(kind, seconds):
-    store = StoreThread(lambda dsn: None)
+    store = StoreThread(lambda dsn: None, idle_class=True)
     stop = False
     async def saturate():
         while not stop:
@@ -66,12 +70,12 @@ def run_scenario(kind: str, seconds: float) -> dict[str, float]:
 
 
 def test_a_store_call_on_a_saturated_core_finishes_because_the_loop_lends_it_time() -> None:
-    # 50 ms of CPU. In the idle class with no loan it got ~0.3% of the core: 14 s (40,304 records dropped in
-    # 40 s at concurrency 32 in the server); with the loan it takes a few tenths of a second.
-    result = run_scenario("cpu", 0.05)
+    # 20 ms of CPU. In the idle class with no loan it gets ~0.3% of the core: ~7 s (in the server, 40,304
+    # records dropped in 40 s at concurrency 32); with the loan it takes a few tenths of a second.
+    result = run_scenario("cpu", 0.02)
     assert result["idle_class"], "the store thread should run in SCHED_IDLE"
     assert result["took"] < 5.0, result
-    assert 0.02 <= result["lent"] <= result["took"], result
+    assert 0.01 <= result["lent"] <= result["took"], result
 
 
 def test_a_store_call_waiting_for_the_network_is_lent_nothing() -> None:
