@@ -25,7 +25,7 @@ import os
 import threading
 import time
 
-BACKGROUND_NICE = 5  # the drift thread, and the store thread where the idle class is refused
+BACKGROUND_NICE = 5  # the drift thread; the store thread outside the pods, or where the idle class is refused
 STARVED_AFTER_SECONDS = 0.05  # a records flush takes 5-20 ms of wall time when it is not starved
 LEND_SECONDS = 0.001
 LEND_EVERY_SECONDS = 0.004
