@@ -54,14 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return _check(settings)
 
-    import uvicorn
-
     from model_server.app import ModelServer
-    from model_server.transport import uvicorn_config
+    from model_server.transport import HttpServer
 
-    server = uvicorn.Server(uvicorn_config(ModelServer(settings), settings))
-    server.run()
-    return 0 if server.started else 3
+    return HttpServer(ModelServer(settings), settings).run()
 
 
 if __name__ == "__main__":

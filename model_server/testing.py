@@ -1,5 +1,5 @@
 """Helpers for tests and benchmarks: run a :class:`~model_server.app.ModelServer` on a loopback port inside
-this process (a uvicorn server on its own thread and event loop), or as a ``python -m model_server``
+this process (its HTTP server on its own thread and event loop), or as a ``python -m model_server``
 subprocess."""
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 import uvloop
 
 from model_server.app import ModelServer
-from model_server.transport import uvicorn_config
+from model_server.transport import HttpServer
 
 LOOPBACK = "127.0.0.1"
 
@@ -53,16 +52,17 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
 
 @contextmanager
 def serve_in_thread(app: ModelServer, *, wait_ready: bool = True, timeout: float = 30.0,
-                    **uvicorn_options: Any) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields the base URL. Stops (gracefully) on exit. ``uvicorn_options``
-    override the server's uvicorn configuration (e.g. ``timeout_keep_alive``)."""
+                    keep_alive: float | None = None) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port; yields the base URL. Stops (gracefully, at most 5 s) on exit.
+    ``keep_alive``: seconds an idle kept-alive connection stays open (the server's default otherwise)."""
     # An explicit IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the listening
     # socket says TCP, and without it every response waits out the client's delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.settings, **{"timeout_graceful_shutdown": 5, **uvicorn_options}))
+    server = HttpServer(app, app.settings, graceful_seconds=5,
+                        **({} if keep_alive is None else {"keep_alive": keep_alive}))
     thread = threading.Thread(target=lambda: uvloop.run(server.serve(sockets=[sock])), daemon=True,
                               name="model-server")
     thread.start()
