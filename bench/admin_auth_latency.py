@@ -3,7 +3,7 @@
 
     .venv/bin/python -m bench.admin_auth_latency [--calls 2000]
 
-One server process (uvicorn, loopback, in this process' own thread) serves ``POST /admin/flush`` twice: behind the
+One server process (loopback, in this process' own thread) serves ``POST /admin/flush`` twice: behind the
 new check (``model_server/auth.py``, a token signed like the API server signs TokenRequest tokens, 2048-bit RSA)
 and behind the old one, re-created here exactly as ``Admin.authenticated`` did it before (a bearer token compared
 with ``hmac.compare_digest``). Both wrap the same handler; calls alternate in blocks of 100 on one keep-alive

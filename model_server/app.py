@@ -10,7 +10,8 @@
 * :mod:`model_server.admin` - ``/admin/*``;
 * :mod:`model_server.governance` - whether the model may answer, or the neutral prediction must.
 
-Served by uvicorn (httptools, uvloop), one process per pod. Invariants:
+Served by :mod:`model_server.transport` (HTTP/1.1 on uvloop, httptools' parser), one process per pod.
+Invariants:
 
 * bad input is a 4xx with a JSON body ``{"error": CODE, ...}``, never a 5xx; an unexpected exception is
   logged and answered ``500 INTERNAL_ERROR`` (the fuzz tests hold us to never reaching it);

@@ -128,7 +128,8 @@ class Lifecycle:
                             ml_state=GovernanceState.DISABLED_CONFIG.value)
 
     async def shutdown(self) -> None:
-        """Called by uvicorn after it stopped accepting and drained in-flight requests."""
+        """Called by the HTTP server (:mod:`model_server.transport`) once it stopped accepting and the requests in
+        flight were answered."""
         self.shutting_down = True
         if self._mirror is not None:
             await self._mirror.close()

@@ -2,7 +2,7 @@
 
 Every line has ``ts``, ``level``, ``component``, ``event``, ``model``, ``version``, ``track`` and a
 human-readable ``message``; events add their own fields (``expected_count``, ``ml_state``...). Lines from
-other libraries (uvicorn) are wrapped in the same shape so the stream stays machine-readable.
+other libraries are wrapped in the same shape so the stream stays machine-readable.
 """
 
 from __future__ import annotations
@@ -36,15 +36,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    """Route every logger (ours and uvicorn's) to stdout as JSON lines."""
+    """Route every logger to stdout as JSON lines."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
 
 
 class EventLog:

@@ -7,11 +7,11 @@ SQLite, drift window, metrics).
     .venv/bin/python bench/server/request_cost.py --transport [--path predict] [--concurrency 32] [--seconds 4]
 
 In-process (the default): the ASGI app called directly, without the network, at concurrency 1 and 32.
-``--transport``: the real server processes under the server's uvicorn configuration, driven by wrk over
-loopback (server on core 1, wrk on core 0), layer by layer from the whole app down to a bare ASGI app on
-uvicorn's own protocol: metrics, records, drift, scoring, the endpoint, our ASGI entry, the app's process (the
-floor's bare app answering in it), GuardedProtocol, the floor. Each layer is what a variant with it costs more
-than the variant without it.
+``--transport``: the real server processes on the server's own transport (``model_server.transport``), driven
+by wrk over loopback (server on core 1, wrk on core 0), layer by layer from the whole app down to a bare ASGI app
+on uvicorn: metrics, records, drift, scoring, the endpoint, our ASGI entry, the app's process (the floor's bare
+app answering in it), our transport against uvicorn's (negative: ours costs less), the floor. Each layer is what
+a variant with it costs more than the variant without it.
 
 Thread CPU time, not wall time: on a shared machine it moves far less with other people's load than a wrk run's
 req/s does. It says where the server's own time goes, not what a client waits (``run.py`` measures that).
@@ -178,9 +178,9 @@ async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str
 
 # ------------------------------------------------------------------ through the transport (--transport)
 
-# The server processes of a --transport run, all under the server's own uvicorn configuration: the bare floor app
-# on uvicorn's httptools protocol, the same app on GuardedProtocol, and model_server (whose stages are taken out
-# in turn through a bench-only route).
+# The server processes of a --transport run: the bare floor app on uvicorn (httptools, uvloop), the same app on the
+# server's own transport (model_server.transport), and model_server on it (whose stages are taken out in turn through
+# a bench-only route).
 SERVE_KINDS = ("floor", "guarded floor", "sized floor", "app")
 STAGES_PATH = "/bench/stages"
 ANSWER_PATH = "/bench/answer"  # the sized floor's answer, set per path
@@ -194,11 +194,15 @@ def serve(kind: str) -> int:
     import bare_asgi
     import orjson
     import uvicorn
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from model_server.transport import uvicorn_config
+    from model_server.transport import HttpServer
 
     settings = Settings.from_env()
+
+    def on_uvicorn(app: Any) -> None:
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                                      lifespan="off", access_log=False, log_config=None, backlog=2048)).run()
+
     if kind == "app":
         app = ModelServer(settings)
 
@@ -227,7 +231,7 @@ def serve(kind: str) -> int:
             else:
                 await app(scope, receive, send)
 
-        config = uvicorn_config(entry, settings)
+        HttpServer(entry, settings).run()
     elif kind == "sized floor":
         # The floor's bare app on uvicorn's own protocol, answering the app's answer for the path measured (its
         # status line, headers and body): what the size of this path's request and answer costs the transport.
@@ -248,11 +252,11 @@ def serve(kind: str) -> int:
             await send({"type": "http.response.start", "status": 200, "headers": answer[0]})
             await send({"type": "http.response.body", "body": answer[1]})
 
-        config = uvicorn_config(sized, settings, lifespan="off", http=HttpToolsProtocol)
+        on_uvicorn(sized)
+    elif kind == "floor":
+        on_uvicorn(bare_asgi.app)
     else:
-        config = uvicorn_config(bare_asgi.app, settings, lifespan="off",
-                                **({"http": HttpToolsProtocol} if kind == "floor" else {}))
-    uvicorn.Server(config).run()
+        HttpServer(bare_asgi.app, settings).run()
     return 0
 
 
@@ -289,9 +293,9 @@ CHAIN: tuple[Variant, ...] = (
 VARIANTS = (*CHAIN, ("sized floor", "sized floor", ()))
 LAYERS = ("metrics (outcome counter, latency histogram)", "record pipeline (loop + store thread)",
           "drift window", "scoring", "endpoint: parse, validation, data plane glue, answer encoding",
-          "our ASGI entry: router, errors, served-by headers (and uvicorn writing them)",
+          "our ASGI entry: router, errors, served-by headers (and the transport writing them)",
           "the app's process: the floor's bare app answering in it, against in the floor's own process",
-          "GuardedProtocol (header/body deadlines, connection cap)",
+          "our transport (model_server.transport) against uvicorn's",
           "floor: uvicorn, httptools, uvloop, sockets, a bare ASGI app")
 
 
@@ -458,8 +462,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10000, help="requests per path, concurrency and stage, "
                         "per repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--transport", action="store_true", help="through uvicorn and loopback sockets with wrk, "
-                        "layer by layer down to the bare uvicorn floor (one path, one concurrency)")
+    parser.add_argument("--transport", action="store_true", help="through the server's transport and loopback "
+                        "sockets with wrk, layer by layer down to the bare uvicorn floor (one path, one concurrency)")
     parser.add_argument("--seconds", type=float, default=4.0, help="--transport: wrk's run per variant")
     parser.add_argument("--concurrency", default="32", help="--transport: wrk's connections (comma-separated list)")
     parser.add_argument("--path", default="predict", help=f"--transport: what is requested, comma-separated of "
@@ -490,8 +494,8 @@ def main() -> int:
     print(f"\n{args.requests} requests per path, concurrency and stage per repeat, median of {args.repeats} repeats "
           "(CPU time; 'loop' = the event loop's thread, 'off-path' = every other thread: the store thread writing "
           "records). Each stage is taken out in turn, cumulatively; its share is what the requests cost less "
-          "without it. Transport (uvicorn, httptools, the sockets) is not in this process: run.py's CPU column "
-          "for the bare uvicorn floor is it.\n")
+          "without it. Transport (the HTTP server, httptools, the sockets) is not in this process: run.py's CPU "
+          "column for the bare ASGI app on model_server's transport is it.\n")
     print("| path | c | total in-app CPU µs/req | metrics | record pipeline (loop + store thread) | drift window "
           "| scoring | parse, validation, answer, ASGI glue |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -15,6 +15,9 @@ at concurrency 1 and 32 with a one-row request:
   ``PREDICT_PROBA=true``), serving a joblib file of the same fitted estimator from their own virtualenvs under
   ``$MODELWARDEN_CACHE/bench-venvs`` (created on first use).
 
+The transport floors: a bare ASGI app answering a fixed body on uvicorn (httptools, uvloop; the server most Python
+model servers run on, and the ratios' denominator) and the same app on model_server's own transport.
+
 Every server's answer to the request is checked against the estimator's ``predict_proba`` before it is
 measured. With two or more cores each server (with all its processes) runs on one core and wrk on another. A
 repeat measures everything once, one server at a time, each started afresh and warmed up (3 s at concurrency
@@ -247,12 +250,14 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 @contextmanager
-def _bare(log_path: Path, cpu: str | None, body: bytes) -> Iterator[Endpoint]:
-    """uvicorn answering a fixed body: what any Python ASGI server on this machine cannot beat."""
+def _bare(log_path: Path, cpu: str | None, body: bytes, server: str = "uvicorn") -> Iterator[Endpoint]:
+    """A bare ASGI app answering a fixed body, on uvicorn (the floor the issue's ratios are to: what most Python
+    model servers run on) or on model_server's own transport (``server="model_server"``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "bare_asgi:app",
            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-           "--no-access-log", "--lifespan", "off", "--log-level", "warning"]
+           "--no-access-log", "--lifespan", "off", "--log-level", "warning"] if server == "uvicorn" else \
+        [sys.executable, str(Path(__file__).parent / "bare_asgi.py"), str(port)]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
     with log_path.open("ab") as log:
@@ -479,7 +484,10 @@ def main() -> int:
         bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}}).encode()
         bare = Target("bare uvicorn ASGI app (transport floor)",
                       partial(_bare, work / "bare.log", server_cpu, bare_body), work / "bare.log")
-        order.append(("-", bare.label))
+        own_bare = Target("bare ASGI app on model_server's transport",
+                          partial(_bare, work / "own-bare.log", server_cpu, bare_body, "model_server"),
+                          work / "own-bare.log")
+        order.extend([("-", bare.label), ("-", own_bare.label)])
         prepared = []
         for kind in args.models.split(","):
             progress(f"preparing {kind}")
@@ -488,7 +496,7 @@ def main() -> int:
             order.extend((kind, label) for label, _ in p.in_process)
             order.extend((kind, t.label) for t in p.targets)
         for repeat in range(args.repeats):
-            runs: list[tuple[str, Target, float | None]] = [("-", bare, None)]
+            runs: list[tuple[str, Target, float | None]] = [("-", bare, None), ("-", own_bare, None)]
             for p in prepared:
                 shift = repeat % len(p.targets)
                 runs.extend((p.kind, t, p.expected) for t in p.targets[shift:] + p.targets[:shift])

@@ -59,7 +59,7 @@ LAYERS = [
           frozenset(sys.stdlib_module_names) | {
               "cryptography", "httpx", "joblib", "jwt", "kubernetes", "numpy", "onnxruntime", "orjson",
               "prometheus_client", "psycopg", "pydantic", "scipy", "skl2onnx", "sklearn", "skops", "threadpoolctl",
-              "uvicorn", "uvloop"}),
+              "httptools", "uvloop"}),
 ]
 # Reading the clock is a side effect; the engine takes `now` as an argument.
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}

@@ -139,7 +139,8 @@ async def test_http_1_0_and_connection_close_are_answered_then_closed() -> None:
 async def test_a_malformed_request_gets_400_and_the_connection_closed() -> None:
     received: Received = []
     conn, recorder = connection(echo_app(received))
-    conn.data_received(b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
+    conn.data_received(b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"1\r\nx\r\n0\r\n\r\n")
     await settle()
     assert recorder.writes[0].startswith(b"HTTP/1.1 400 ") and b"MALFORMED_REQUEST" in recorder.writes[0]
     assert recorder.closed and received == [], "a request that could be smuggled never reaches the app"
@@ -148,7 +149,7 @@ async def test_a_malformed_request_gets_400_and_the_connection_closed() -> None:
 @in_loop
 async def test_a_body_beyond_the_limit_is_not_kept() -> None:
     received: Received = []
-    conn, recorder = connection(echo_app(received), max_body_bytes=1024)
+    conn, _ = connection(echo_app(received), max_body_bytes=1024)
     conn.data_received(post("/p", b"x" * 5000))
     await settle()
     assert [len(body) for _, body in received] == [1025], "the app sees one byte too many, and refuses (413)"
