@@ -54,6 +54,7 @@ App = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callabl
                Awaitable[None]]
 
 KEEP_ALIVE_SECONDS = 5.0  # an idle kept-alive connection is closed after this (uvicorn's default)
+MAX_HEAD_BYTES = 64 * 1024  # a request's URL and headers together; beyond: 431 (nginx's default is 8-32 KiB)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = b"connection: close\r\n"
@@ -146,6 +147,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline: float | None = None  # loop time at which the part being received (or idleness) is overdue
         self._part = "headers"  # what the deadline is for: "headers", "body" or "idle" (between requests)
         self._url = b""
+        self._head_bytes = 0  # of the URL and headers received for the request being parsed
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
@@ -176,7 +178,7 @@ class HttpConnection(asyncio.Protocol):
         self._shared.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._upgraded:
+        if self._closed or self._upgraded:
             return
         try:
             self._parser.feed_data(data)
@@ -188,7 +190,9 @@ class HttpConnection(asyncio.Protocol):
                 self._close()
         except httptools.HttpParserError as e:
             if not self._in_flight:
-                self._write(_raw_response(400, "MALFORMED_REQUEST", f"not an HTTP/1.1 request: {e}"))
+                self._write(_raw_response(431, "HEADERS_TOO_LARGE", f"the URL and headers exceed {MAX_HEAD_BYTES} "
+                                          "bytes") if self._head_bytes > MAX_HEAD_BYTES else
+                            _raw_response(400, "MALFORMED_REQUEST", f"not an HTTP/1.1 request: {e}"))
             self._close()
 
     def pause_writing(self) -> None:
@@ -201,15 +205,22 @@ class HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._body_size = b"", [], [], 0
+        self._url, self._headers, self._body, self._body_size, self._head_bytes = b"", [], [], 0, 0
         if self.deadline is None or self._part == "idle":  # the next request on a kept-alive connection
             self.deadline, self._part = self._loop.time() + self._limits.header_timeout, "headers"
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:  # stops the parser (HttpParserError): 431, connection closed
+            raise ValueError("request head too large")
 
     def on_headers_complete(self) -> None:
         self.deadline, self._part = self._loop.time() + self._limits.body_timeout, "body"

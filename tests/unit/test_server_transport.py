@@ -147,6 +147,20 @@ async def test_a_malformed_request_gets_400_and_the_connection_closed() -> None:
 
 
 @in_loop
+async def test_a_request_head_beyond_64_kib_gets_431_and_the_connection_closed() -> None:
+    received: Received = []
+    conn, recorder = connection(echo_app(received))
+    conn.data_received(b"GET /p HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(100):  # headers without end, 1 KiB at a time
+        if recorder.closed:
+            break
+        conn.data_received(b"x-filler: " + b"a" * 1024 + b"\r\n")
+    await settle()
+    assert recorder.writes[0].startswith(b"HTTP/1.1 431 ") and b"HEADERS_TOO_LARGE" in recorder.writes[0]
+    assert recorder.closed and received == []
+
+
+@in_loop
 async def test_a_body_beyond_the_limit_is_not_kept() -> None:
     received: Received = []
     conn, _ = connection(echo_app(received), max_body_bytes=1024)
