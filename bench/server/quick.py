@@ -2,17 +2,21 @@
 quick A/B of a change, run alternately from two worktrees (``git worktree add ../before <commit>``).
 
     .venv/bin/python bench/server/quick.py [--label new] [--duration 8] [--saturate 40]
-        [--path predict|oip-binary|oip-json]
+        [--path predict|oip-binary|oip-json] [--postgresql]
 
 Prints one line: the concurrency-1 p50 and p99, concurrency-32 req/s, p99 and the server's CPU per request, and
 the prediction records dropped. ``--saturate N`` adds N seconds at concurrency 32 with the records pending read
 from ``/metrics`` every 5 s (whether the store thread keeps up at saturation). Server on CPU 1, wrk on CPU 0.
+``--postgresql``: the store on a real PostgreSQL (``/predict`` or OIP binary), put aside on wrk's core as
+``run.py --postgresql`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -35,9 +39,30 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--saturate", type=float, default=0.0)
     parser.add_argument("--path", choices=PATHS, default="predict")
+    parser.add_argument("--postgresql", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mw-quick-"))
-    target = run.prepare("logistic", ["skops"], {}, work, "1").targets[PATHS.index(args.path)]
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, True)  # the SQLite store and logs of a run: hundreds of MB
+        postgres = None
+        if args.postgresql:
+            from localenv import postgres as postgres_env
+
+            pg = postgres_env.start()
+            stack.callback(pg.destroy)
+            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            run.put_aside(postmaster, "0")
+            postgres = (pg.dsn, postmaster)
+        measure(args, work, postgres)
+
+
+def measure(args: argparse.Namespace, work: Path, postgres: tuple[str, int] | None) -> None:
+    prepared = run.prepare("logistic", ["skops"], {}, work, "1", postgres)
+    if postgres is None:
+        target = prepared.targets[PATHS.index(args.path)]
+    else:
+        target = next(t for t in prepared.targets if "PostgreSQL" in t.label
+                      and (args.path == "oip-binary") == ("OIP binary" in t.label))
     with target.start() as endpoint:
         base = endpoint.url.rsplit("/", 1)[0]
         script = run._script(work, endpoint)
@@ -59,7 +84,8 @@ def main() -> None:
         dropped = metric_sum(base, "ml_prediction_records_dropped_total")
     saturated = f" | {args.saturate:g} s at c=32: records pending every 5 s {[int(p) for p in pending]}" \
         if pending else ""
-    print(f"{args.label} {args.path}: c=1 p50 {c1[1]:,.0f} p99 {c1[2]:,.0f} µs | "
+    store = " [PostgreSQL]" if postgres else ""
+    print(f"{args.label} {args.path}{store}: c=1 p50 {c1[1]:,.0f} p99 {c1[2]:,.0f} µs | "
           f"c=32 {c32[0]:,.0f} req/s p99 {c32[2]:,.0f} µs CPU {cpu:,.0f} µs/req | "
           f"records dropped {dropped:,.0f}{saturated}", flush=True)
 
