@@ -3,10 +3,10 @@ the ASGI app (:class:`~model_server.app.ModelServer`) once per request.
 
 Why not uvicorn: its per-request Python (a scope of a dozen keys, a request cycle object with an
 ``asyncio.Event``, two ASGI messages through header checks by regular expression, a keep-alive timer armed and
-cancelled) cost more CPU than our whole request path. A bare app answering a fixed body on one core served
-15,000-22,000 req/s at concurrency 32 under uvicorn and ~41,000 on this module
-(``bench/server/run.py``'s two floor rows). What this module keeps of a server, each with its test
-(``tests/unit/test_server_transport.py``, ``tests/unit/test_server_hardening.py``):
+cancelled) cost about 35 µs of CPU per request more than this module's. A bare app answering a fixed body on one
+core served 12,700-19,400 req/s at concurrency 32 under uvicorn and 24,400-25,500 on this module
+(``bench/server/run.py``'s two floor rows, one run: 74 and 40 µs of CPU per request). What this module keeps of a
+server, each with its test (``tests/unit/test_server_transport.py``, ``tests/unit/test_server_hardening.py``):
 
 * **deadlines** for slow clients, kept by one sweep per server rather than a timer per request:
   ``HTTP_HEADER_TIMEOUT_SECONDS`` from the connection's start (or the next request's first byte) until the
@@ -270,8 +270,8 @@ class HttpConnection(asyncio.Protocol):
         task.add_done_callback(self._shared.tasks.discard)
 
     async def _work(self, request: _Request) -> None:
-        """The connection's requests, one after another in one task: a task per request cost ~5 µs more of the
-        loop's CPU (its creation, asyncio's registry of tasks, its done callback)."""
+        """The connection's requests, one after another in one task: a task per request (its creation, asyncio's
+        registry of tasks, its done callback) was ~9% of the loop's samples in a profile at concurrency 32."""
         while True:
             keep_alive = await self._answer(request)
             self._in_flight = False
