@@ -18,7 +18,7 @@ import httpx
 import uvloop
 
 from model_server.app import ModelServer
-from model_server.transport import HttpServer
+from model_server.transport import KEEP_ALIVE_SECONDS, HttpServer
 
 LOOPBACK = "127.0.0.1"
 
@@ -51,17 +51,16 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
 
 @contextmanager
 def serve_in_thread(app: ModelServer, *, wait_ready: bool = True, timeout: float = 30.0,
-                    keep_alive: float | None = None) -> Iterator[str]:
+                    keep_alive: float = KEEP_ALIVE_SECONDS) -> Iterator[str]:
     """Serve ``app`` on a free loopback port; yields the base URL. Stops (gracefully, at most 5 s) on exit.
-    ``keep_alive``: seconds an idle kept-alive connection stays open (the server's default otherwise)."""
+    ``keep_alive``: seconds an idle kept-alive connection stays open."""
     # An explicit IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the listening
     # socket says TCP, and without it every response waits out the client's delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
-    server = HttpServer(app, app.settings, graceful_seconds=5,
-                        **({} if keep_alive is None else {"keep_alive": keep_alive}))
+    server = HttpServer(app, app.settings, keep_alive=keep_alive, graceful_seconds=5)
     thread = threading.Thread(target=lambda: uvloop.run(server.serve(sockets=[sock])), daemon=True,
                               name="model-server")
     thread.start()

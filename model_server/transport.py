@@ -17,6 +17,7 @@ server, each with its test (``tests/unit/test_server_transport.py``, ``tests/uni
   in flight per connection (pipelined requests wait their turn, reading paused), no new request started while
   the client does not read its answers (the socket's write buffer is full);
 * a body beyond ``MAX_BODY_BYTES`` is not kept: the app sees ``MAX_BODY_BYTES + 1`` bytes and answers ``413``;
+  a request's URL and headers beyond ``MAX_HEAD_BYTES`` (64 KiB) get ``431`` and the connection closed;
 * ``Expect: 100-continue`` answered when the request's turn comes; ``HEAD`` answered with the head only;
   HTTP/1.0 and ``Connection: close`` honoured; a malformed request gets ``400`` and the connection closed;
 * each answer in **one write** (head and body together: one syscall, one TCP segment);
@@ -122,7 +123,7 @@ class _Sweep:
 
 
 class _Shared:
-    """What a server's connections share: the app, the limits, the open connections, the requests in flight."""
+    """What a server's connections share: the app, the limits, the open connections and their worker tasks."""
 
     def __init__(self, app: App, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app

@@ -44,15 +44,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mw-quick-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)  # the SQLite store and logs of a run: hundreds of MB
-        postgres = None
-        if args.postgresql:
-            from localenv import postgres as postgres_env
-
-            pg = postgres_env.start()
-            stack.callback(pg.destroy)
-            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-            run.put_aside(postmaster, "0")
-            postgres = (pg.dsn, postmaster)
+        postgres = stack.enter_context(run.postgresql_aside("0")) if args.postgresql else None
         measure(args, work, postgres)
 
 

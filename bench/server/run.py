@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -140,6 +140,22 @@ def tree_cpu_seconds(root: int) -> float:
         if proc.name == str(root) or fields[1] == str(root):
             total += (int(fields[11]) + int(fields[12])) / _TICK
     return total
+
+
+@contextmanager
+def postgresql_aside(cpu: str | None) -> Iterator[tuple[str, int]]:
+    """A real PostgreSQL for the store rows, put aside on ``cpu`` (see :func:`put_aside`; None: left where it
+    starts); yields its DSN and postmaster's pid, and removes it on exit."""
+    from localenv import postgres as postgres_env
+
+    pg = postgres_env.start()
+    try:
+        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        if cpu is not None:
+            put_aside(postmaster, cpu)
+        yield pg.dsn, postmaster
+    finally:
+        pg.destroy()
 
 
 def put_aside(root: int, cpu: str) -> None:
@@ -470,17 +486,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mw-bench-"))
     started = time.monotonic()
-    pg = None
+    stack = ExitStack()
     try:
-        postgres: tuple[str, int] | None = None
-        if args.postgresql:
-            from localenv import postgres as postgres_env
-
-            pg = postgres_env.start()
-            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-            if load_cpu is not None:
-                put_aside(postmaster, load_cpu)
-            postgres = (pg.dsn, postmaster)
+        postgres = stack.enter_context(postgresql_aside(load_cpu)) if args.postgresql else None
         bare_body = json.dumps({"features": {f"feature_{i:02d}": 0.5 for i in range(N_FEATURES)}}).encode()
         bare = Target("bare uvicorn ASGI app (transport floor)",
                       partial(_bare, work / "bare.log", server_cpu, bare_body), work / "bare.log")
@@ -521,8 +529,7 @@ def main() -> int:
                                     + (f"\n  log ({target.log.name}):\n{tail}" if tail else ""))
                     progress(f"FAILED: {target.label}: {exc}")
     finally:
-        if pg is not None:
-            pg.destroy()
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
     summaries = {key: summarize(rs) for key, rs in samples.items()}

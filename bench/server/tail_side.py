@@ -12,6 +12,7 @@ core, as ``run.py --postgresql`` does; 1, the server's).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import tempfile
@@ -39,16 +40,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mw-tail-side-"))
-    pg = None
-    try:
-        postgres = None
-        if args.postgresql:
-            from localenv import postgres as postgres_env
-
-            pg = postgres_env.start()
-            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-            run.put_aside(postmaster, args.postgresql_cpu)
-            postgres = (pg.dsn, postmaster)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, True)
+        postgres = stack.enter_context(run.postgresql_aside(args.postgresql_cpu)) if args.postgresql else None
         prepared = run.prepare("logistic", ["skops"], {}, work, "1", postgres)
         target = next(t for t in prepared.targets
                       if ("PostgreSQL" in t.label) == args.postgresql and "OIP" not in t.label)
@@ -65,10 +59,6 @@ def main() -> None:
         where = f"PostgreSQL on CPU {args.postgresql_cpu}" if args.postgresql else "SQLite"
         print(f"{where}: wrk c=1 p50 {p50:,.0f} µs, p99 {p99:,.0f} µs over {requests:,} requests; "
               f"timed by the server above {over}")
-    finally:
-        if pg is not None:
-            pg.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
