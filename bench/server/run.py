@@ -127,9 +127,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return total, main
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and its children (a PostgreSQL postmaster and its backends), as of now."""
-    total = 0.0
+def _family(root: int) -> Iterator[tuple[str, list[str]]]:
+    """``root`` and its children (a PostgreSQL postmaster and its backends): each pid with its ``/proc`` stat
+    fields after the command name."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -138,8 +138,12 @@ def tree_cpu_seconds(root: int) -> float:
         except OSError:
             continue
         if proc.name == str(root) or fields[1] == str(root):
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+            yield proc.name, fields
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its children, as of now."""
+    return sum((int(fields[11]) + int(fields[12])) / _TICK for _, fields in _family(root))
 
 
 @contextmanager
@@ -161,17 +165,13 @@ def postgresql_aside(cpu: str | None) -> Iterator[tuple[str, int]]:
 def put_aside(root: int, cpu: str) -> None:
     """``root`` and its children (a PostgreSQL postmaster and the backends it has forked) on ``cpu`` in the idle
     scheduling class, which the backends it forks later inherit: PostgreSQL as if on a host of its own, as in
-    production. It never delays the server or wrk and gets what wrk leaves of its core; its CPU is still
-    counted. (Unpinned, it took turns with the server on the server's core; pinned at normal priority, with
-    wrk, whose measured latency it then lengthened.)"""
-    for proc in Path("/proc").iterdir():
-        try:
-            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] if proc.name.isdigit() else ""
-        except OSError:
-            continue
-        if proc.name == str(root) or ppid == str(root):
-            subprocess.run(["taskset", "-a", "-p", "-c", cpu, proc.name], check=False, capture_output=True)
-            subprocess.run(["chrt", "-a", "-i", "-p", "0", proc.name], check=False, capture_output=True)
+    production. The kernel never makes the server or wrk wait for it and it gets what wrk leaves of its core; its
+    CPU is still counted. (Unpinned, it took turns with the server on the server's core; pinned at normal
+    priority, with wrk, whose measured latency it then lengthened.) Its work still lengthens the c=1 tail of
+    both on this VM, which no priority inside it prevents: ``tail_side.py --postgresql-load``."""
+    for pid, _ in list(_family(root)):
+        subprocess.run(["taskset", "-a", "-p", "-c", cpu, pid], check=False, capture_output=True)
+        subprocess.run(["chrt", "-a", "-i", "-p", "0", pid], check=False, capture_output=True)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ answer, so parsing, the event loop's wake-up and the socket are outside it). sko
 wrk on CPU 0.
 
     .venv/bin/python bench/server/tail_side.py [--postgresql [--postgresql-cpu 0|1]]
-        [--postgresql-load RECORDS_PER_SECOND] [--duration 10]
+        [--postgresql-load RECORDS_PER_SECOND] [--idle-spin 0|1] [--duration 10]
 
 ``--postgresql``: the store on a real PostgreSQL, put aside in the idle class on ``--postgresql-cpu`` (0, wrk's
 core, as ``run.py --postgresql`` does; 1, the server's).
@@ -13,6 +13,10 @@ core, as ``run.py --postgresql`` does; 1, the server's).
 records a second into a real PostgreSQL through the store's own statement, a flush every 0.25 s as the server's
 store thread does; PostgreSQL and that writer put aside together on ``--postgresql-cpu``. What PostgreSQL's work
 on this machine does to a server that does not wait for it: the PostgreSQL rows' c=1 tail less our server's part.
+
+``--idle-spin CPU``: a Python busy loop in the idle scheduling class on CPU 0 or 1 beside the run: whether work
+that the kernel never lets the server or wrk wait for still lengthens their tail (on a VM it can: the host sees a
+busy virtual CPU, not the guest's scheduling classes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import contextlib
 import multiprocessing
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +66,7 @@ def main() -> None:
     parser.add_argument("--postgresql", action="store_true")
     parser.add_argument("--postgresql-cpu", choices=("0", "1"), default="0")
     parser.add_argument("--postgresql-load", type=int, metavar="RECORDS_PER_SECOND")
+    parser.add_argument("--idle-spin", choices=("0", "1"), metavar="CPU")
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
     if args.postgresql and args.postgresql_load:
@@ -75,6 +82,10 @@ def main() -> None:
             writer.start()
             stack.callback(writer.kill)
             run.put_aside(writer.pid or 0, args.postgresql_cpu)
+        if args.idle_spin:
+            spin = subprocess.Popen(["taskset", "-c", args.idle_spin, "chrt", "-i", "0",
+                                     sys.executable, "-c", "while True: pass"])
+            stack.callback(spin.kill)
         prepared = run.prepare("logistic", ["skops"], {}, work, "1", postgres)
         target = next(t for t in prepared.targets
                       if ("PostgreSQL" in t.label) == args.postgresql and "OIP" not in t.label)
@@ -91,6 +102,7 @@ def main() -> None:
         where = (f"PostgreSQL on CPU {args.postgresql_cpu}" if args.postgresql else
                  f"SQLite, {args.postgresql_load:,} records/s written to PostgreSQL on CPU {args.postgresql_cpu} "
                  "by another process" if args.postgresql_load else "SQLite")
+        where += f", an idle-class busy loop on CPU {args.idle_spin}" if args.idle_spin else ""
         print(f"{where}: wrk c=1 p50 {p50:,.0f} µs, p99 {p99:,.0f} µs over {requests:,} requests; "
               f"timed by the server above {over}")
 
