@@ -71,6 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.postgresql and args.postgresql_load:
         parser.error("--postgresql-load runs the server on SQLite: it excludes --postgresql")
+    if args.postgresql_load is not None and args.postgresql_load < 4:
+        parser.error("--postgresql-load: at least 4 records a second (a flush every 0.25 s)")
     work = Path(tempfile.mkdtemp(prefix="mw-tail-side-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)
@@ -81,7 +83,8 @@ def main() -> None:
                 target=write_records, args=(dsn, args.postgresql_load), daemon=True)
             writer.start()
             stack.callback(writer.kill)
-            run.put_aside(writer.pid or 0, args.postgresql_cpu)
+            assert writer.pid is not None  # started
+            run.put_aside(writer.pid, args.postgresql_cpu)
         if args.idle_spin:
             spin = subprocess.Popen(["taskset", "-c", args.idle_spin, "chrt", "-i", "0",
                                      sys.executable, "-c", "while True: pass"])
