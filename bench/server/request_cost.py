@@ -173,6 +173,7 @@ async def measure(requests: int, repeats: int) -> tuple[dict[tuple[str, int, str
         strip(app, ())
     finally:
         await app.shutdown()
+    shutil.rmtree(work, ignore_errors=True)  # the SQLite store of a run, hundreds of MB (kept if the run failed)
     return results, drift_us
 
 
@@ -383,6 +384,7 @@ def transport(seconds: float, repeats: int, concurrencies: list[int], paths: lis
         for _, proc in servers.values():
             proc.terminate()
             proc.wait()
+    shutil.rmtree(work, ignore_errors=True)  # the SQLite store and servers.log; kept, and named, if a server failed
     return results, profiles
 
 
